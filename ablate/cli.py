@@ -1,0 +1,65 @@
+"""``ablate``: the command line. Thin: parse arguments, call the library, print.
+
+User errors (``AblateError``) print one line and exit 2; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ablate.errors import AblateError
+
+
+def _data_prepare(args) -> None:
+    from ablate.data.prepare import prepare, summary_line
+
+    result = prepare(args.spec, args.out, workers=args.workers, overwrite=args.overwrite)
+    print(summary_line(result))
+
+
+def _data_inspect(args) -> None:
+    from ablate.data.inspect import domain_table
+    from ablate.data.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    if args.verify:
+        manifest.verify()
+    print(domain_table(manifest))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablate", description="Controlled data ablations for MoE pretraining.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="prepare and inspect domain-tagged datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("prepare", help="corpora YAML (or 'toyworld') -> megatron-core indexed datasets + manifest")
+    p.add_argument("spec", help="a corpora YAML, or the built-in name 'toyworld'")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
+    p.set_defaults(func=_data_prepare)
+
+    p = data.add_parser("inspect", help="per-domain token table of a manifest")
+    p.add_argument("manifest", help="DIR/manifest.json (or DIR)")
+    p.add_argument("--verify", action="store_true", help="also re-hash every dataset against its fingerprint")
+    p.set_defaults(func=_data_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AblateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The data plane: taxonomy, tokenizers, ingestion into megatron-core indexed datasets, manifest."""

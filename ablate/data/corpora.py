@@ -1,0 +1,186 @@
+"""The corpora spec: which files become which domain-tagged datasets.
+
+```yaml
+tokenizer: byte                 # or path/to/tokenizer.json, or {kind: hf, path: ..., eod_token: ...}
+seed: 1234                      # decides the held-out split (a hash of seed, source and text)
+eval_fraction: 0.01             # default share of documents held out per source
+domains: [science.physics]      # tags beyond the built-in taxonomy (optional)
+sources:
+  - path: web/*.jsonl           # a file, a directory (all .jsonl/.json/.parquet below it) or a glob
+    domain: general             # optional: else every row carries its own 'domain'
+    name: web                   # optional: default from the path
+    text_field: text            # optional
+    domain_field: domain        # optional
+    eval_fraction: 0.02         # optional
+  - reader: stdlib              # generated corpora: stdlib | gsm8k | toyworld
+  - reader: gsm8k
+    path: ../shared/benchmarks/gsm8k
+  - reader: toyworld
+    options: {documents_per_domain: 20000}
+```
+
+Relative paths are relative to the YAML file. The built-in name ``toyworld`` stands for a spec
+with one ``toyworld`` source and the byte tokenizer.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+from ablate.data.taxonomy import Taxonomy
+from ablate.errors import AblateError
+from ablate.validate import check_fraction, check_keys, check_type
+
+GENERATED_READERS = ("stdlib", "gsm8k", "toyworld")
+FILE_READERS = ("jsonl", "parquet")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SOURCE_KEYS = ("path", "name", "domain", "reader", "text_field", "domain_field", "eval_fraction", "options")
+_TOP_KEYS = ("tokenizer", "seed", "eval_fraction", "domains", "sources")
+
+
+@dataclass
+class Source:
+    name: str
+    reader: str  # jsonl | parquet | auto (by extension) | one of GENERATED_READERS
+    path: str | None
+    domain: str | None
+    text_field: str = "text"
+    domain_field: str = "domain"
+    eval_fraction: float = 0.01
+    options: dict = field(default_factory=dict)
+    where: str = ""  # "spec.yaml: sources[i]" for messages
+
+    @property
+    def generated(self) -> bool:
+        return self.reader in GENERATED_READERS
+
+
+@dataclass
+class CorporaSpec:
+    sources: list[Source]
+    tokenizer: object = "byte"
+    seed: int = 1234
+    eval_fraction: float = 0.01
+    domains: list[str] = field(default_factory=list)
+    base_dir: str = "."
+    origin: str = "<spec>"
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        return Taxonomy(self.domains)
+
+    def to_dict(self) -> dict:
+        """The normalized spec, as recorded in the manifest."""
+        return {
+            "tokenizer": self.tokenizer,
+            "seed": self.seed,
+            "domains": list(self.domains),
+            "sources": [
+                {"name": s.name, "reader": s.reader, "path": s.path, "domain": s.domain,
+                 "text_field": s.text_field, "domain_field": s.domain_field,
+                 "eval_fraction": s.eval_fraction, "options": s.options}
+                for s in self.sources
+            ],
+        }
+
+
+BUILTIN_SPECS = {
+    "toyworld": {"tokenizer": "byte", "seed": 1234, "sources": [{"reader": "toyworld", "name": "toyworld", "eval_fraction": 0.05}]},
+}
+
+
+def load_corpora_spec(arg: str) -> CorporaSpec:
+    """Load a corpora YAML, or a built-in spec by name (``toyworld``)."""
+    if arg in BUILTIN_SPECS and not os.path.exists(arg):
+        return parse_corpora_spec(BUILTIN_SPECS[arg], origin=arg, base_dir=".")
+    if not os.path.isfile(arg):
+        raise AblateError(f"{arg}: no such corpora YAML (or built-in spec: {', '.join(BUILTIN_SPECS)})")
+    try:
+        with open(arg, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise AblateError(f"{arg}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_corpora_spec(raw, origin=arg, base_dir=os.path.dirname(os.path.abspath(arg)))
+
+
+def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
+    check_keys(raw, _TOP_KEYS, origin, required=("sources",))
+    domains = raw.get("domains") or []
+    check_type(domains, list, f"{origin}: domains", "a list of domain tags")
+    taxonomy = Taxonomy(domains, where=f"{origin}: domains")
+    seed = check_type(raw.get("seed", 1234), int, f"{origin}: seed", "an integer")
+    default_eval = check_fraction(raw.get("eval_fraction", 0.01), f"{origin}: eval_fraction")
+    sources_raw = check_type(raw["sources"], list, f"{origin}: sources", "a list of sources")
+    if not sources_raw:
+        raise AblateError(f"{origin}: sources: the list is empty (at least one source is needed)")
+    sources: list[Source] = []
+    for i, s in enumerate(sources_raw):
+        where = f"{origin}: sources[{i}]"
+        check_keys(s, _SOURCE_KEYS, where)
+        reader = s.get("reader", "auto")
+        if reader not in ("auto",) + FILE_READERS + GENERATED_READERS:
+            raise AblateError(f"{where}.reader: {reader!r} is not a reader (allowed: auto, {', '.join(FILE_READERS + GENERATED_READERS)})")
+        path = s.get("path")
+        if path is None and reader not in GENERATED_READERS:
+            raise AblateError(f"{where}: missing required key 'path'")
+        if path is not None:
+            check_type(path, str, f"{where}.path", "a file, directory or glob")
+        domain = s.get("domain")
+        if domain is not None:
+            taxonomy.validate(domain, f"{where}.domain")
+        name = s.get("name") or _default_name(path, reader)
+        if not _NAME_RE.match(name):
+            raise AblateError(f"{where}.name: {name!r} must be letters, digits, '_', '.' or '-'")
+        if any(o.name == name for o in sources):
+            raise AblateError(f"{where}.name: {name!r} is used by another source (names must be unique)")
+        options = s.get("options") or {}
+        check_type(options, dict, f"{where}.options", "a mapping")
+        sources.append(Source(
+            name=name, reader=reader, path=path, domain=domain,
+            text_field=check_type(s.get("text_field", "text"), str, f"{where}.text_field", "a field name"),
+            domain_field=check_type(s.get("domain_field", "domain"), str, f"{where}.domain_field", "a field name"),
+            eval_fraction=check_fraction(s.get("eval_fraction", default_eval), f"{where}.eval_fraction"),
+            options=options, where=where,
+        ))
+    return CorporaSpec(sources=sources, tokenizer=raw.get("tokenizer", "byte"), seed=seed,
+                       eval_fraction=default_eval, domains=taxonomy.extra, base_dir=base_dir, origin=origin)
+
+
+def _default_name(path: str | None, reader: str) -> str:
+    if path is None:
+        return reader
+    stem = os.path.basename(path.rstrip("/*")) or reader
+    for suffix in (".gz", ".jsonl", ".json", ".parquet"):
+        stem = stem.removesuffix(suffix)
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or reader
+
+
+def resolve_files(source: Source, base_dir: str) -> list[str]:
+    """The input files of a file source, sorted, each with a known format."""
+    from ablate.data.ingest import file_format
+
+    pattern = os.path.join(base_dir, source.path)
+    if os.path.isdir(pattern):
+        found = [os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs]
+        files = sorted(f for f in found if file_format(f))
+        if not files:
+            raise AblateError(f"{source.where}.path: directory {source.path!r} holds no .jsonl, .json, .jsonl.gz or .parquet file")
+        return files
+    if any(c in source.path for c in "*?["):
+        files = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise AblateError(f"{source.where}.path: {source.path!r} matches no file")
+    elif os.path.isfile(pattern):
+        files = [pattern]
+    else:
+        raise AblateError(f"{source.where}.path: {source.path!r} does not exist")
+    for f in files:
+        fmt = file_format(f) if source.reader == "auto" else source.reader
+        if fmt is None:
+            raise AblateError(f"{source.where}.path: cannot tell the format of {f!r} (use .jsonl, .json, .jsonl.gz or .parquet, or set 'reader')")
+    return files

@@ -1,0 +1,76 @@
+"""Writing and fingerprinting megatron-core ``IndexedDataset`` files (``.bin`` + ``.idx``).
+
+We write with megatron-core's own ``IndexedDatasetBuilder`` so the files are exactly what its
+readers expect; the subclass only adds appending a whole shard of documents in one call (the
+stock builder takes one document per call, which is what makes Megatron-LM's preprocessing
+slow), and hashes the data as it is written so the content fingerprint costs no second pass.
+One sequence per document: that is how megatron-core's ``GPTDataset`` treats documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+import numpy as np
+
+with warnings.catch_warnings():
+    # megatron-core warns at import when Transformer Engine / Apex are absent (always on CPU).
+    warnings.simplefilter("ignore")
+    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+_COPY_BLOCK = 8 << 20
+
+
+class ShardedIndexedDatasetBuilder(IndexedDatasetBuilder):
+    """megatron-core's builder, plus ``add_shard`` (many documents at once) and a running hash."""
+
+    def __init__(self, path_prefix: str, dtype: type):
+        super().__init__(path_prefix + ".bin", dtype=dtype)
+        self.path_prefix = path_prefix
+        self._bin_hash = hashlib.sha256()
+
+    def add_shard(self, tokens_path: str, lengths: np.ndarray) -> None:
+        """Append the documents in a raw token file whose per-document lengths are ``lengths``."""
+        expected = int(lengths.sum()) * np.dtype(self.dtype).itemsize
+        copied = 0
+        with open(tokens_path, "rb") as f:
+            while block := f.read(_COPY_BLOCK):
+                self.data_file.write(block)
+                self._bin_hash.update(block)
+                copied += len(block)
+        if copied != expected:  # a shard whose two halves disagree is a bug, never silent
+            raise RuntimeError(f"shard {tokens_path}: {copied} bytes, lengths say {expected}")
+        first = len(self.sequence_lengths)
+        self.sequence_lengths.extend(lengths.tolist())
+        self.document_indices.extend(range(first + 1, first + len(lengths) + 1))
+
+    def finalize(self) -> str:
+        """Write the ``.idx``; return the content fingerprint of the pair of files."""
+        super().finalize(self.path_prefix + ".idx")
+        return combine_fingerprint(self._bin_hash.hexdigest(), _file_sha256(self.path_prefix + ".idx"))
+
+
+def combine_fingerprint(bin_sha256: str, idx_sha256: str) -> str:
+    return "sha256-" + hashlib.sha256(f"{bin_sha256}:{idx_sha256}".encode()).hexdigest()[:32]
+
+
+def content_fingerprint(path_prefix: str) -> str:
+    """Recompute a dataset's fingerprint from its files (for verifying a manifest)."""
+    return combine_fingerprint(_file_sha256(path_prefix + ".bin"), _file_sha256(path_prefix + ".idx"))
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_COPY_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def open_indexed(path_prefix: str) -> IndexedDataset:
+    """megatron-core's reader over a prefix (memory-mapped)."""
+    if not (os.path.exists(path_prefix + ".bin") and os.path.exists(path_prefix + ".idx")):
+        raise FileNotFoundError(path_prefix)
+    return IndexedDataset(path_prefix, multimodal=False, mmap=True)

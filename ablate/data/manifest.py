@@ -1,0 +1,142 @@
+"""The manifest: the one file downstream stages trust about a prepared data directory.
+
+``DIR/manifest.json``::
+
+    {
+      "format": "ablate.manifest/1",
+      "tokenizer": {"kind": "byte", "fingerprint": "byte-v1", "vocab_size": 258, "eod": 256, ...},
+      "seed": 1234,
+      "domains": [],                      # tags declared beyond the built-in taxonomy
+      "datasets":      [ENTRY, ...],      # training data, one per (source, domain)
+      "eval_datasets": [ENTRY, ...],      # held-out documents of the same (source, domain)
+      "probes": {"math_answer": {"path": "probes/math_answer.jsonl", "count": 200}, ...},
+      "spec": {...},                      # the normalized corpora spec it was made from
+      "inputs": {"<source>": "<sha256 of the raw input>", ...}
+    }
+
+    ENTRY = {"domain", "prefix" (relative to DIR), "source", "split", "documents", "tokens",
+             "bytes" (UTF-8 bytes of the text, for bits-per-byte), "dtype",
+             "tokenizer" (fingerprint), "fingerprint" (content of .bin + .idx)}
+
+The manifest holds no timestamps or host names: the same input gives a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from ablate.data.taxonomy import Taxonomy
+from ablate.errors import AblateError
+
+FORMAT = "ablate.manifest/1"
+
+
+@dataclass
+class DatasetEntry:
+    domain: str
+    prefix: str
+    source: str
+    split: str
+    documents: int
+    tokens: int
+    bytes: int
+    dtype: str
+    tokenizer: str
+    fingerprint: str
+
+
+@dataclass
+class Manifest:
+    tokenizer: dict
+    seed: int
+    domains: list[str]
+    datasets: list[DatasetEntry]
+    eval_datasets: list[DatasetEntry]
+    probes: dict = field(default_factory=dict)
+    spec: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    path: str = ""  # where it was loaded from (not serialized)
+
+    @property
+    def root(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path))
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        return Taxonomy(self.domains)
+
+    def abs_prefix(self, entry: DatasetEntry) -> str:
+        return os.path.join(self.root, entry.prefix)
+
+    def to_json(self) -> str:
+        body = {
+            "format": FORMAT,
+            "tokenizer": self.tokenizer,
+            "seed": self.seed,
+            "domains": self.domains,
+            "datasets": [asdict(d) for d in self.datasets],
+            "eval_datasets": [asdict(d) for d in self.eval_datasets],
+            "probes": self.probes,
+            "spec": self.spec,
+            "inputs": self.inputs,
+        }
+        return json.dumps(body, indent=2, sort_keys=False) + "\n"
+
+    def verify(self) -> None:
+        """Raise if any dataset's files are missing or no longer match their fingerprint."""
+        from ablate.data.indexed import content_fingerprint
+
+        for entry in self.datasets + self.eval_datasets:
+            prefix = self.abs_prefix(entry)
+            for ext in (".bin", ".idx"):
+                if not os.path.isfile(prefix + ext):
+                    raise AblateError(f"{self.path}: dataset {entry.prefix!r}: file {entry.prefix + ext} is missing")
+            if content_fingerprint(prefix) != entry.fingerprint:
+                raise AblateError(
+                    f"{self.path}: dataset {entry.prefix!r}: files no longer match their fingerprint "
+                    f"{entry.fingerprint} (re-run 'ablate data prepare')"
+                )
+
+
+def load_manifest(path: str) -> Manifest:
+    if os.path.isdir(path):
+        path = os.path.join(path, "manifest.json")
+    if not os.path.isfile(path):
+        raise AblateError(f"{path}: manifest not found (write one with 'ablate data prepare SPEC --out DIR')")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AblateError(f"{path}: not a valid manifest ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise AblateError(f"{path}: not an ablate manifest (expected format {FORMAT!r})")
+    try:
+        taxonomy = Taxonomy(raw.get("domains", []), where=f"{path}: domains")
+        entries = {}
+        for key in ("datasets", "eval_datasets"):
+            entries[key] = [DatasetEntry(**e) for e in raw[key]]
+            for i, e in enumerate(entries[key]):
+                taxonomy.validate(e.domain, f"{path}: {key}[{i}].domain")
+                if e.tokenizer != raw["tokenizer"]["fingerprint"]:
+                    raise AblateError(f"{path}: {key}[{i}]: made with tokenizer {e.tokenizer}, the manifest's is {raw['tokenizer']['fingerprint']}")
+        return Manifest(tokenizer=raw["tokenizer"], seed=raw["seed"], domains=raw.get("domains", []),
+                        datasets=entries["datasets"], eval_datasets=entries["eval_datasets"],
+                        probes=raw.get("probes", {}), spec=raw.get("spec", {}), inputs=raw.get("inputs", {}),
+                        path=path)
+    except (KeyError, TypeError) as exc:
+        raise AblateError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def load_manifests(paths: list[str]) -> list[Manifest]:
+    """Load several manifests that will be used together; they must share one tokenizer."""
+    manifests = [load_manifest(p) for p in paths]
+    first = manifests[0]
+    for m in manifests[1:]:
+        if m.tokenizer["fingerprint"] != first.tokenizer["fingerprint"]:
+            raise AblateError(
+                f"{m.path}: made with tokenizer {m.tokenizer['fingerprint']}, but {first.path} with "
+                f"{first.tokenizer['fingerprint']}: datasets from different tokenizers cannot be mixed"
+            )
+    return manifests

@@ -1,0 +1,146 @@
+"""The toy world: six domain-tagged synthetic corpora plus held-out capability probes.
+
+Small enough that a model of a few million parameters learns it in minutes on two CPU cores,
+structured enough that mixtures interact (see ``world.py``). Scale knobs (``options:`` of a
+``reader: toyworld`` source in a corpora YAML; the built-in ``toyworld`` spec uses defaults):
+
+==================== ======= ==============================================================
+knob                 default what it trades
+==================== ======= ==============================================================
+documents_per_domain 4000    data per domain (~1 MB each); more = more tokens before repeats
+domain_documents     {}      per-domain override, e.g. {math.structured: 8000}
+entities             50      fictional countries (4 facts each): more = harder recall
+max_operand          20      largest number in a problem: larger = harder arithmetic
+max_steps            3       most operations per problem: more = longer reasoning chains
+probes_per_task      200     held-out probes per capability: more = tighter confidence intervals
+seed                 spec's  the world itself (names, facts, problems)
+==================== ======= ==============================================================
+
+Probes (``DIR/probes/<task>.jsonl``, one JSON object per line with ``id``, ``prompt``,
+``answer`` and ``gold``, the gold continuation whose likelihood is scored):
+
+* ``math_answer``: unseen word problems; ``solutions`` holds the gold solution in each math style.
+* ``program_output``: unseen programs cut at ``assert <var> == ``; the answer is the value.
+* ``fact_recall``: every fact of the world, asked in a phrasing seen in training.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field, fields
+
+from ablate.data.corpora import Source
+from ablate.data.generated import Materialized, write_jsonl
+from ablate.data.toyworld import render
+from ablate.data.toyworld.world import ATTRIBUTES, make_entities, sample_problem
+from ablate.errors import AblateError
+
+DOMAINS = ("code.exec", "code.nl", "math.text", "math.structured", "math.code", "general")
+_MIX = 0x9E3779B9  # decorrelates the probe stream from the training stream of the same seed
+
+
+@dataclass
+class ToyWorldConfig:
+    seed: int = 1234
+    documents_per_domain: int = 4000
+    domain_documents: dict = field(default_factory=dict)
+    entities: int = 50
+    max_operand: int = 20
+    max_steps: int = 3
+    probes_per_task: int = 200
+
+    def __post_init__(self):
+        for f in ("documents_per_domain", "entities", "max_operand", "max_steps", "probes_per_task"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise AblateError(f"toyworld.{f}: {v!r} must be a positive integer")
+        for d, n in self.domain_documents.items():
+            if d not in DOMAINS:
+                raise AblateError(f"toyworld.domain_documents: {d!r} is not a toy-world domain (allowed: {', '.join(DOMAINS)})")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise AblateError(f"toyworld.domain_documents.{d}: {n!r} must be a non-negative integer")
+        if self.max_operand < 2:
+            raise AblateError("toyworld.max_operand: must be at least 2")
+
+    def documents(self, domain: str) -> int:
+        return self.domain_documents.get(domain, self.documents_per_domain)
+
+
+def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(training rows with text and domain, probes per task). Deterministic in ``cfg``."""
+    rng = random.Random(cfg.seed)
+    entities = make_entities(rng, cfg.entities)
+
+    # Probes first, from their own stream, so training can steer clear of them.
+    prng = random.Random(cfg.seed ^ _MIX)
+    math_probes, held_questions = [], set()
+    while len(math_probes) < cfg.probes_per_task:
+        p = sample_problem(prng, cfg.max_operand, cfg.max_steps)
+        q = render.question(p)
+        if q in held_questions:
+            continue
+        held_questions.add(q)
+        sols = {d: r(p) for d, r in render.MATH_RENDERERS.items()}
+        math_probes.append({"id": f"math-{len(math_probes)}", "prompt": q, "answer": str(p.answer),
+                            "gold": sols["math.structured"], "solutions": sols})
+    program_probes, held_programs = [], set()
+    while len(program_probes) < cfg.probes_per_task:
+        prompt, answer = render.program(sample_problem(prng, cfg.max_operand, cfg.max_steps), prng)
+        if prompt in held_programs:
+            continue
+        held_programs.add(prompt)
+        program_probes.append({"id": f"program-{len(program_probes)}", "prompt": prompt,
+                               "answer": answer, "gold": answer})
+    fact_probes = []
+    for e in entities:
+        for a in ATTRIBUTES:
+            prompt, answer = render.fact_probe(e, a)
+            fact_probes.append({"id": f"fact-{e.name}-{a}", "prompt": prompt, "answer": answer.strip(),
+                                "gold": answer})
+
+    def fresh_problem():
+        while True:
+            p = sample_problem(rng, cfg.max_operand, cfg.max_steps)
+            if render.question(p) not in held_questions:
+                return p
+
+    rows: list[dict] = []
+    for domain in DOMAINS:
+        for _ in range(cfg.documents(domain)):
+            if domain in render.MATH_RENDERERS:
+                p = fresh_problem()
+                text = render.question(p) + render.MATH_RENDERERS[domain](p)
+            elif domain == "code.exec":
+                while True:
+                    prompt, answer = render.program(fresh_problem(), rng)
+                    if prompt not in held_programs:
+                        break
+                text = prompt + answer + "\n"
+            elif domain == "code.nl":
+                text = render.documented_function(fresh_problem(), rng)
+            else:
+                text = render.general_text(rng.choice(entities), rng)
+            rows.append({"text": text, "domain": domain})
+    return rows, {"math_answer": math_probes, "program_output": program_probes, "fact_recall": fact_probes}
+
+
+_CAPABILITY = {"math_answer": "math", "program_output": "code", "fact_recall": "knowledge"}
+
+
+def materialize_toyworld(source: Source, raw_dir: str, seed: int) -> Materialized:
+    known = {f.name for f in fields(ToyWorldConfig)}
+    for key in source.options:
+        if key not in known:
+            raise AblateError(f"{source.where}.options: unknown key {key!r} (allowed: {', '.join(sorted(known))})")
+    cfg = ToyWorldConfig(**{"seed": seed, **source.options})
+    rows, probes = generate(cfg)
+    out = os.path.join(raw_dir, f"{source.name}.jsonl")
+    write_jsonl(out, rows)
+    probe_dir = os.path.join(os.path.dirname(raw_dir), "probes")
+    os.makedirs(probe_dir, exist_ok=True)
+    made = {}
+    for task, records in probes.items():
+        path = os.path.join(probe_dir, f"{task}.jsonl")
+        made[task] = {"path": path, "count": write_jsonl(path, records), "capability": _CAPABILITY[task]}
+    return Materialized([out], made)
