@@ -133,7 +133,7 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
         domain = s.get("domain")
         if domain is not None:
             taxonomy.validate(domain, f"{where}.domain")
-        name = s.get("name") or _default_name(path, reader)
+        name = s.get("name") or _default_name(path, reader, i)
         if not _NAME_RE.match(name):
             raise AblateError(f"{where}.name: {name!r} must be letters, digits, '_', '.' or '-'")
         if any(o.name == name for o in sources):
@@ -151,13 +151,17 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
                        eval_fraction=default_eval, domains=taxonomy.extra, base_dir=base_dir, origin=origin)
 
 
-def _default_name(path: str | None, reader: str) -> str:
-    if path is None:
+def _default_name(path: str | None, reader: str, index: int) -> str:
+    """A source's name when none is given: the reader's for generated sources, else the last
+    path component that is not a glob, without extensions."""
+    if reader in GENERATED_READERS or path is None:
         return reader
-    stem = os.path.basename(path.rstrip("/*")) or reader
+    parts = [p for p in path.replace(os.sep, "/").split("/") if p not in ("", ".", "..") and not any(c in p for c in "*?[")]
+    stem = parts[-1] if parts else ""
     for suffix in (".gz", ".jsonl", ".json", ".parquet"):
         stem = stem.removesuffix(suffix)
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or reader
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("_.-")
+    return stem or f"source{index}"
 
 
 def resolve_files(source: Source, base_dir: str) -> list[str]:

@@ -53,7 +53,8 @@ def strip_docs_and_comments(source: str, tree: ast.Module) -> str | None:
     for node, doc in _docstring_nodes(tree):
         first, last = lines[doc.lineno - 1], lines[doc.end_lineno - 1]
         # Only a docstring alone on its lines is removed; `def f(): "doc"; ...` stays as it is.
-        if first[: doc.col_offset].strip() == "" and last[doc.end_col_offset :].strip() in ("", ";"):
+        rest = last[doc.end_col_offset :].strip()
+        if first[: doc.col_offset].strip() == "" and (rest in ("", ";") or rest.startswith("#")):
             drop.update(range(doc.lineno - 1, doc.end_lineno))
             if len(node.body) == 1 and not isinstance(node, ast.Module):
                 insert_pass[doc.lineno - 1] = " " * doc.col_offset + "pass"

@@ -49,19 +49,20 @@ class ToyWorldConfig:
     max_operand: int = 20
     max_steps: int = 3
     probes_per_task: int = 200
+    where: str = "toyworld"  # where the options came from, for messages
 
     def __post_init__(self):
         for f in ("documents_per_domain", "entities", "max_operand", "max_steps", "probes_per_task"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise AblateError(f"toyworld.{f}: {v!r} must be a positive integer")
+                raise AblateError(f"{self.where}.{f}: {v!r} must be a positive integer")
         for d, n in self.domain_documents.items():
             if d not in DOMAINS:
-                raise AblateError(f"toyworld.domain_documents: {d!r} is not a toy-world domain (allowed: {', '.join(DOMAINS)})")
+                raise AblateError(f"{self.where}.domain_documents: {d!r} is not a toy-world domain (allowed: {', '.join(DOMAINS)})")
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise AblateError(f"toyworld.domain_documents.{d}: {n!r} must be a non-negative integer")
+                raise AblateError(f"{self.where}.domain_documents.{d}: {n!r} must be a non-negative integer")
         if self.max_operand < 2:
-            raise AblateError("toyworld.max_operand: must be at least 2")
+            raise AblateError(f"{self.where}.max_operand: must be at least 2")
 
     def documents(self, domain: str) -> int:
         return self.domain_documents.get(domain, self.documents_per_domain)
@@ -129,11 +130,11 @@ _CAPABILITY = {"math_answer": "math", "program_output": "code", "fact_recall": "
 
 
 def materialize_toyworld(source: Source, raw_dir: str, seed: int) -> Materialized:
-    known = {f.name for f in fields(ToyWorldConfig)}
+    known = {f.name for f in fields(ToyWorldConfig)} - {"where"}
     for key in source.options:
         if key not in known:
             raise AblateError(f"{source.where}.options: unknown key {key!r} (allowed: {', '.join(sorted(known))})")
-    cfg = ToyWorldConfig(**{"seed": seed, **source.options})
+    cfg = ToyWorldConfig(**{"seed": seed, **source.options, "where": f"{source.where}.options"})
     rows, probes = generate(cfg)
     out = os.path.join(raw_dir, f"{source.name}.jsonl")
     write_jsonl(out, rows)
