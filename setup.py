@@ -24,6 +24,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
+        # only where CUDA is: Transformer Engine layer specs for the GPU backend
+        "cuda": ["transformer-engine[pytorch]"],
     },
     entry_points={"console_scripts": ["ablate=ablate.cli:main"]},
 )

@@ -43,7 +43,9 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # workers are *spawned*, and a spawned child re-imports this script as its main module. A torch
 # import at the top would cost each ablate worker seconds that the real CLI never pays.
 
-GSM8K = "/work/shared/benchmarks/gsm8k/train.jsonl"
+# The shared benchmark folder sits beside the repository (see README); override with --gsm8k.
+GSM8K = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                     "benchmarks", "gsm8k", "train.jsonl")
 EOD_TOKEN = "<|endoftext|>"
 
 

@@ -98,7 +98,11 @@ def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, workers: int |
                                   source.text_field, source.domain_field, source.eval_fraction))
 
     tok_spec = tokenizer.describe()
-    results = _run_tasks(tasks, tok_spec, tuple(spec.domains), spec.seed, shard_dir, workers, progress)
+    merger = _Merger(staging, shard_dir, tokenizer)
+    results = _run_tasks(tasks, tok_spec, tuple(spec.domains), spec.seed, shard_dir, workers, progress,
+                         on_next_in_order=merger.add)
+    datasets, eval_datasets = merger.finish()
+    shutil.rmtree(shard_dir)
 
     rows_per_file: dict[str, int] = {}
     for task in tasks:
@@ -106,31 +110,11 @@ def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, workers: int |
     for path, rows in rows_per_file.items():
         if rows == 0:
             raise DataError(f"{path}: empty file (no rows)")
-
-    datasets, eval_datasets, inputs = [], [], {}
-    for source in spec.sources:
-        source_tasks = [t for t in tasks if t.source == source.name]
-        inputs[source.name] = hashlib.sha256(
-            "".join(results[t.index].content_hash for t in source_tasks).encode()).hexdigest()
-        keys = sorted({k for t in source_tasks for k in results[t.index].counts})
-        for domain, split in keys:
-            prefix = f"{source.name}/{domain}" + (".eval" if split == "eval" else "")
-            os.makedirs(os.path.join(staging, source.name), exist_ok=True)
-            builder = ShardedIndexedDatasetBuilder(os.path.join(staging, prefix), tokenizer.dtype)
-            documents = tokens = nbytes = 0
-            for t in source_tasks:
-                counts = results[t.index].counts.get((domain, split))
-                if counts is None:
-                    continue
-                tok_path, len_path = shard_paths(shard_dir, t.index, domain, split)
-                builder.add_shard(tok_path, np.load(len_path))
-                documents, tokens, nbytes = documents + counts[0], tokens + counts[1], nbytes + counts[2]
-            entry = DatasetEntry(domain=domain, prefix=prefix, source=source.name, split=split,
-                                 documents=documents, tokens=tokens, bytes=nbytes,
-                                 dtype=np.dtype(tokenizer.dtype).name, tokenizer=tokenizer.fingerprint,
-                                 fingerprint=builder.finalize())
-            (eval_datasets if split == "eval" else datasets).append(entry)
-    shutil.rmtree(shard_dir)
+    inputs = {
+        source.name: hashlib.sha256("".join(results[t.index].content_hash for t in tasks
+                                            if t.source == source.name).encode()).hexdigest()
+        for source in spec.sources
+    }
 
     if isinstance(tokenizer, HFTokenizer):
         # The data directory carries its tokenizer, so training and eval never look elsewhere.
@@ -144,20 +128,73 @@ def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, workers: int |
     return manifest
 
 
-def _run_tasks(tasks, tok_spec, domains, seed, shard_dir, workers, progress) -> dict[int, TaskResult]:
+class _Merger:
+    """Appends task shards to one builder per (source, domain, split), strictly in task order.
+
+    Fed while later tasks are still being tokenized, so the serial copy overlaps the parallel
+    work, and each shard is deleted as soon as it is copied (disk peak: output + in-flight
+    shards, not output x 2). Tasks arrive grouped by source, so only one source's builders
+    are open at a time.
+    """
+
+    def __init__(self, staging: str, shard_dir: str, tokenizer: Tokenizer):
+        self.staging, self.shard_dir, self.tokenizer = staging, shard_dir, tokenizer
+        self.source: str | None = None
+        self.open: dict[tuple[str, str], list] = {}  # key -> [builder, documents, tokens, bytes]
+        self.entries: list[DatasetEntry] = []
+
+    def add(self, task: Task, result: TaskResult) -> None:
+        if task.source != self.source:
+            self._close_source()
+            self.source = task.source
+        for key, (documents, tokens, nbytes) in result.counts.items():
+            if key not in self.open:
+                domain, split = key
+                prefix = f"{task.source}/{domain}" + (".eval" if split == "eval" else "")
+                os.makedirs(os.path.join(self.staging, task.source), exist_ok=True)
+                self.open[key] = [ShardedIndexedDatasetBuilder(os.path.join(self.staging, prefix), self.tokenizer.dtype), 0, 0, 0]
+            state = self.open[key]
+            tok_path, len_path = shard_paths(self.shard_dir, task.index, *key)
+            state[0].add_shard(tok_path, np.load(len_path))
+            state[1] += documents
+            state[2] += tokens
+            state[3] += nbytes
+            os.remove(tok_path)
+            os.remove(len_path)
+
+    def _close_source(self) -> None:
+        for (domain, split), (builder, documents, tokens, nbytes) in sorted(self.open.items()):
+            self.entries.append(DatasetEntry(
+                domain=domain, prefix=os.path.relpath(builder.path_prefix, self.staging), source=self.source,
+                split=split, documents=documents, tokens=tokens, bytes=nbytes,
+                dtype=np.dtype(self.tokenizer.dtype).name, tokenizer=self.tokenizer.fingerprint,
+                fingerprint=builder.finalize()))
+        self.open = {}
+
+    def finish(self) -> tuple[list[DatasetEntry], list[DatasetEntry]]:
+        self._close_source()
+        return ([e for e in self.entries if e.split == "train"], [e for e in self.entries if e.split == "eval"])
+
+
+def _run_tasks(tasks, tok_spec, domains, seed, shard_dir, workers, progress, on_next_in_order) -> dict[int, TaskResult]:
+    """Run every task; call ``on_next_in_order(task, result)`` in task order as results arrive."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     total = sum(_task_size(t) for t in tasks)
     results: dict[int, TaskResult] = {}
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", file=sys.stderr,
                disable=(not sys.stderr.isatty()) if progress is None else not progress)
     tokens = 0
+    next_index = 0
 
     def done(task: Task, result: TaskResult):
-        nonlocal tokens
+        nonlocal tokens, next_index
         results[task.index] = result
         tokens += sum(c[1] for c in result.counts.values())
         bar.update(_task_size(task))
         bar.set_postfix(tokens=f"{tokens:,}", refresh=False)
+        while next_index in results and next_index < len(tasks):
+            on_next_in_order(tasks[next_index], results[next_index])
+            next_index += 1
 
     with bar:
         if workers == 1:
@@ -172,8 +209,8 @@ def _run_tasks(tasks, tok_spec, domains, seed, shard_dir, workers, progress) -> 
                     for fut in as_completed(futures):
                         done(futures[fut], fut.result())
                 except BaseException:
-                    for fut in futures:
-                        fut.cancel()
+                    # the first bad row ends the run: queued tasks are dropped, not tokenized
+                    pool.shutdown(wait=True, cancel_futures=True)
                     raise
     return results
 
