@@ -29,6 +29,18 @@ def _data_inspect(args) -> None:
     print(domain_table(manifest))
 
 
+def _compile(args) -> None:
+    from ablate.recipe.compile import compile_recipe, plan_table
+    from ablate.recipe.schema import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    plan, path = compile_recipe(recipe, dry_run=args.dry_run)
+    if args.dry_run:
+        print(plan_table(plan))
+    else:
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description="Controlled data ablations for MoE pretraining.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="DIR/manifest.json (or DIR)")
     p.add_argument("--verify", action="store_true", help="also re-hash every dataset against its fingerprint")
     p.set_defaults(func=_data_inspect)
+
+    p = sub.add_parser("compile", help="recipe -> plan.json + megatron-core blend indices")
+    p.add_argument("recipe", help="a recipe YAML")
+    p.add_argument("--dry-run", action="store_true", help="print the plan as a table; build nothing")
+    p.set_defaults(func=_compile)
     return parser
 
 

@@ -30,11 +30,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-import yaml
-
 from ablate.data.taxonomy import Taxonomy
 from ablate.errors import AblateError
-from ablate.validate import check_fraction, check_keys, check_type
+from ablate.validate import check_fraction, check_keys, check_type, load_yaml_file
 
 GENERATED_READERS = ("stdlib", "gsm8k", "toyworld")
 FILE_READERS = ("jsonl", "parquet")
@@ -100,11 +98,7 @@ def load_corpora_spec(arg: str) -> CorporaSpec:
         return parse_corpora_spec(BUILTIN_SPECS[arg], origin=arg, base_dir=".")
     if not os.path.isfile(arg):
         raise AblateError(f"{arg}: no such corpora YAML (or built-in spec: {', '.join(BUILTIN_SPECS)})")
-    try:
-        with open(arg, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise AblateError(f"{arg}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = load_yaml_file(arg, "corpora YAML")
     return parse_corpora_spec(raw, origin=arg, base_dir=os.path.dirname(os.path.abspath(arg)))
 
 

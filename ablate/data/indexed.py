@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 
 import numpy as np
-
-with warnings.catch_warnings():
-    # megatron-core warns at import when Transformer Engine / Apex are absent (always on CPU).
-    warnings.simplefilter("ignore")
-    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 _COPY_BLOCK = 8 << 20
 

@@ -129,8 +129,11 @@ def load_manifest(path: str) -> Manifest:
         raise AblateError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
 
 
-def load_manifests(paths: list[str]) -> list[Manifest]:
+def load_manifests(paths: list[str], where: str = "manifests") -> list[Manifest]:
     """Load several manifests that will be used together; they must share one tokenizer."""
+    for i, p in enumerate(paths):
+        if not os.path.exists(p):
+            raise AblateError(f"{where}[{i}]: {p} not found (write it with 'ablate data prepare SPEC --out DIR')")
     manifests = [load_manifest(p) for p in paths]
     first = manifests[0]
     for m in manifests[1:]:

@@ -1,0 +1,1 @@
+"""Recipes: domain token budgets per stage, resolved into a plan and compiled to Megatron blends."""

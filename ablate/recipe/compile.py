@@ -1,0 +1,128 @@
+"""``ablate compile``: recipe -> plan.json + megatron-core blends in the shared index cache.
+
+Each stage becomes one megatron-core ``BlendedDataset`` over one ``ReusableGPTDataset`` per
+dataset. The blend is *exhaustive*: it draws exactly the plan's sample count from each dataset,
+interleaved by megatron-core's greedy rule (every prefix of the stage is within one sample of
+the target shares). Datasets and blends are built through megatron-core's
+``build_generic_dataset``: rank 0 builds, the other ranks wait and then load, on any backend.
+``build_stage_datasets`` is also what training calls, so training reads exactly this plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+from ablate.data.tokenizer import load_tokenizer
+from ablate.errors import AblateError
+from ablate.recipe.budget import format_tokens
+from ablate.recipe.plan import Plan, make_plan
+from ablate.recipe.schema import Recipe
+
+
+def compile_recipe(recipe: Recipe, dry_run: bool = False) -> tuple[Plan, str | None]:
+    """Resolve the plan; unless ``dry_run``, build every stage's blend and write plan.json."""
+    plan = make_plan(recipe)
+    if dry_run:
+        return plan, None
+    with _single_process_group():
+        blends = build_stage_datasets(plan)
+    for stage, blend in zip(plan.stages, blends):
+        stage.blend_key = blend.unique_description_hash
+        for d, ds in zip(stage.datasets, blend.datasets):
+            d.cache_key = ds.cache_key
+    run_dir = recipe.resolved_run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "plan.json")
+    write_atomic(path, plan.to_json())
+    return plan, path
+
+
+def build_stage_datasets(plan: Plan) -> list:
+    """One megatron-core ``BlendedDataset`` per stage, exactly as the plan says."""
+    import torch.distributed as dist
+    from megatron.core.datasets.blended_dataset import BlendedDataset
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.utils import Split
+
+    from ablate.recipe.indices import AblateGPTDatasetConfig, ReusableGPTDataset
+
+    logging.getLogger("megatron.core.datasets").setLevel(logging.ERROR)  # per-dataset INFO/WARN chatter
+    tokenizer = load_tokenizer(plan.tokenizer, os.path.dirname(plan.manifests[0]))
+    build = BlendedMegatronDatasetBuilder.build_generic_dataset
+    on_rank = lambda: True  # noqa: E731  (every rank holds the data; rank 0 writes the cache first)
+    blends = []
+    for stage in plan.stages:
+        config = AblateGPTDatasetConfig(
+            random_seed=plan.seed, sequence_length=plan.seq_length,
+            blend_per_split=[([d.path for d in stage.datasets], [float(d.samples) for d in stage.datasets]), None, None],
+            path_to_cache=os.path.join(plan.cache_dir, "blends"), tokenizer=tokenizer,
+            reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+            create_attention_mask=False, mid_level_dataset_surplus=0.0,
+            index_cache_dir=plan.cache_dir,
+            dataset_slices={d.path: (d.fingerprint, d.sample_offset) for d in stage.datasets},
+        )
+        mids = []
+        for d in stage.datasets:
+            low = build(ReusableGPTDataset.build_low_level_dataset, on_rank, False, d.path, config)
+            if low.sequence_lengths.shape[0] == 0:
+                raise AblateError(f"dataset {d.prefix}: has no documents")
+            indices = np.arange(low.sequence_lengths.shape[0], dtype=np.int32)
+            mids.append(build(ReusableGPTDataset, on_rank, True, low, d.path, indices, d.samples, Split.train, config))
+        # integer weights + size None = megatron-core's exhaustive blend: exactly `samples` each
+        blends.append(build(BlendedDataset, on_rank, True, mids, [d.samples for d in stage.datasets], None, config))
+        if dist.is_initialized():
+            dist.barrier()
+    return blends
+
+
+def plan_table(plan: Plan) -> str:
+    """The ``--dry-run`` view: per stage, per dataset, what the recipe asks and gets."""
+    head = ("dataset", "domain", "weight", "samples", "requested", "realized", "epochs")
+    out = [f"{plan.recipe}: seq_length {plan.seq_length}, global batch {plan.global_batch_size} "
+           f"({plan.seq_length * plan.global_batch_size:,} tokens/step), tokenizer {plan.tokenizer['fingerprint']}"]
+    for s in plan.stages:
+        out.append(f"\nstage {s.name}: {format_tokens(s.tokens_nominal)} asked -> {s.steps:,} steps, "
+                   f"{s.samples:,} samples, {s.tokens:,} tokens")
+        rows = [head] + [(d.prefix, d.domain, f"{d.weight:.4f}", f"{d.samples:,}", f"{d.tokens_requested:,}",
+                          f"{d.tokens_realized:,}", f"{d.epochs:.3f}") for d in s.datasets]
+        for dom, t in s.domain_totals().items():
+            rows.append((f"= {dom}", "", f"{t['samples'] / s.samples:.4f}", f"{t['samples']:,}",
+                         f"{t['tokens_requested']:,}", f"{t['tokens_realized']:,}", ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        for j, r in enumerate(rows):
+            out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+            if j == 0 or j == len(s.datasets):
+                out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class _single_process_group:
+    """A one-process gloo group when none exists: megatron-core's builders need one."""
+
+    def __enter__(self):
+        import torch.distributed as dist
+
+        self.owned = not dist.is_initialized()
+        if self.owned:
+            self.tmp = tempfile.NamedTemporaryFile(prefix="ablate-pg-", delete=False)
+            dist.init_process_group("gloo", init_method=f"file://{self.tmp.name}", rank=0, world_size=1)
+        return self
+
+    def __exit__(self, *exc):
+        import torch.distributed as dist
+
+        if self.owned:
+            dist.destroy_process_group()
+            os.unlink(self.tmp.name)
+        return False
