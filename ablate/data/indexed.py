@@ -41,10 +41,11 @@ class ShardedIndexedDatasetBuilder(IndexedDatasetBuilder):
         self.sequence_lengths.extend(lengths.tolist())
         self.document_indices.extend(range(first + 1, first + len(lengths) + 1))
 
-    def finalize(self) -> str:
-        """Write the ``.idx``; return the content fingerprint of the pair of files."""
+    def finalize(self) -> tuple[str, str]:
+        """Write the ``.idx``; return (content fingerprint of the pair, sha256 of the ``.idx``)."""
         super().finalize(self.path_prefix + ".idx")
-        return combine_fingerprint(self._bin_hash.hexdigest(), _file_sha256(self.path_prefix + ".idx"))
+        idx_sha256 = file_sha256(self.path_prefix + ".idx")
+        return combine_fingerprint(self._bin_hash.hexdigest(), idx_sha256), idx_sha256
 
 
 def combine_fingerprint(bin_sha256: str, idx_sha256: str) -> str:
@@ -53,10 +54,10 @@ def combine_fingerprint(bin_sha256: str, idx_sha256: str) -> str:
 
 def content_fingerprint(path_prefix: str) -> str:
     """Recompute a dataset's fingerprint from its files (for verifying a manifest)."""
-    return combine_fingerprint(_file_sha256(path_prefix + ".bin"), _file_sha256(path_prefix + ".idx"))
+    return combine_fingerprint(file_sha256(path_prefix + ".bin"), file_sha256(path_prefix + ".idx"))
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_COPY_BLOCK):

@@ -164,11 +164,12 @@ class _Merger:
 
     def _close_source(self) -> None:
         for (domain, split), (builder, documents, tokens, nbytes) in sorted(self.open.items()):
+            fingerprint, index_sha256 = builder.finalize()
             self.entries.append(DatasetEntry(
                 domain=domain, prefix=os.path.relpath(builder.path_prefix, self.staging), source=self.source,
                 split=split, documents=documents, tokens=tokens, bytes=nbytes,
                 dtype=np.dtype(self.tokenizer.dtype).name, tokenizer=self.tokenizer.fingerprint,
-                fingerprint=builder.finalize()))
+                fingerprint=fingerprint, index_sha256=index_sha256))
         self.open = {}
 
     def finish(self) -> tuple[list[DatasetEntry], list[DatasetEntry]]:

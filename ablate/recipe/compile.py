@@ -124,5 +124,6 @@ class _single_process_group:
 
         if self.owned:
             dist.destroy_process_group()
-            os.unlink(self.tmp.name)
+            if os.path.exists(self.tmp.name):  # gloo's FileStore usually removes it itself
+                os.unlink(self.tmp.name)
         return False

@@ -136,6 +136,8 @@ def make_plan(recipe: Recipe) -> Plan:
                                       f"mix.{taken[key]} (each dataset may be in one entry per stage)")
                 taken[key] = entry.selector
                 requested.append((entry, m, d, tokens))
+        for entry, m, d, _ in requested:  # quick check: the files are the ones the manifest describes
+            m.verify(full=False, entries=[d])
         counts = _apportion([t / seq for *_, t in requested], samples)
         datasets = []
         for (entry, m, d, tokens), n in zip(requested, counts):

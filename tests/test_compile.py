@@ -1,0 +1,266 @@
+"""``ablate compile``: every recipe validates; the built indices prove the budgets; caches are reused."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from ablate.data.prepare import prepare
+from ablate.recipe.compile import _single_process_group, build_stage_datasets, compile_recipe
+from ablate.recipe.plan import make_plan
+from ablate.recipe.schema import load_recipe, parse_recipe
+
+from conftest import assert_one_line_error
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY_RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "toy", "*.yaml"))) + [os.path.join(REPO, "recipes", "quickstart.yaml")]
+CLUSTER_RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "cluster", "*.yaml")))
+
+
+@pytest.fixture(scope="session")
+def toyworld_dir(tmp_path_factory):
+    """A working directory holding data/toyworld, as the README's command makes it."""
+    root = tmp_path_factory.mktemp("work")
+    prepare("toyworld", str(root / "data" / "toyworld"), workers=1)
+    return root
+
+
+@pytest.fixture
+def workdir(toyworld_dir, tmp_path, monkeypatch):
+    """A fresh working directory (own cache and runs) that sees the session's toy world."""
+    os.makedirs(tmp_path / "data")
+    os.symlink(toyworld_dir / "data" / "toyworld", tmp_path / "data" / "toyworld")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def realized_samples(blend) -> np.ndarray:
+    """Samples per dataset, counted from megatron-core's built blend index (not from the plan)."""
+    return np.bincount(np.asarray(blend.dataset_index), minlength=len(blend.datasets))
+
+
+# ------------------------------------------------------------------ every recipe
+
+def test_every_recipe_in_recipes_loads_and_validates():
+    paths = sorted(glob.glob(os.path.join(REPO, "recipes", "**", "*.yaml"), recursive=True))
+    recipes = [p for p in paths if os.sep + "corpora" + os.sep not in p]
+    assert len(recipes) >= 25
+    for path in recipes:
+        r = load_recipe(path)
+        assert r.stages and r.name
+        again = parse_recipe(r.to_dict(), origin=path)  # the resolved dump loads back to the same recipe
+        assert again.to_dict() == r.to_dict()
+        header = open(path).read().split("\nname:")[0]
+        assert "ablate compile" in header and "Batch arithmetic" in header, path
+
+
+@pytest.mark.parametrize("path", TOY_RECIPES, ids=os.path.basename)
+def test_toy_recipe_realized_tokens_equal_requested_within_one_sequence(path, workdir):
+    recipe = load_recipe(path)
+    plan, plan_path = compile_recipe(recipe)
+    assert plan_path == os.path.join("runs", recipe.name, "plan.json") and os.path.isfile(plan_path)
+    with _single_process_group():
+        blends = build_stage_datasets(plan)
+    seq = plan.seq_length
+    for stage, blend in zip(plan.stages, blends):
+        counts = realized_samples(blend)
+        assert len(blend) == stage.samples == stage.steps * plan.global_batch_size
+        for d, n in zip(stage.datasets, counts):
+            assert n == d.samples
+            assert abs(int(n) * seq - d.tokens_requested) < seq, (stage.name, d.prefix)
+    saved = json.load(open(plan_path))
+    assert [s["name"] for s in saved["stages"]] == [s.name for s in recipe.stages]
+    for s in saved["stages"]:
+        for d in s["datasets"]:
+            assert {"prefix", "domain", "weight", "samples", "tokens_requested", "tokens_realized", "epochs"} <= set(d)
+
+
+@pytest.mark.parametrize("path", CLUSTER_RECIPES, ids=os.path.basename)
+def test_cluster_recipe_plans_meet_their_budgets(path, tmp_path, monkeypatch):
+    """Cluster recipes against a manifest of the right domains and sizes (too big to build here)."""
+    from ablate.data.manifest import DatasetEntry, Manifest
+
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data/cluster")
+    sizes = {"code.exec": 600e9, "code.nl": 300e9, "math.text": 120e9, "math.structured": 80e9,
+             "math.code": 20e9, "general": 900e9}
+    entries = [DatasetEntry(domain=d, prefix=f"src/{d}", source="src", split="train", documents=int(n // 1000),
+                            tokens=int(n), bytes=int(n * 4), dtype="int32", tokenizer="hf-x", fingerprint=f"f-{d}",
+                            index_sha256="") for d, n in sizes.items()]
+    m = Manifest(tokenizer={"kind": "hf", "fingerprint": "hf-x", "vocab_size": 100000, "eod": 0, "pad": 0},
+                 seed=1, domains=[], datasets=entries, eval_datasets=[], path="data/cluster/manifest.json")
+    open(m.path, "w").write(m.to_json())
+    monkeypatch.setattr(Manifest, "verify", lambda self, **kw: None)  # no files behind this manifest
+    plan = make_plan(load_recipe(path))
+    for stage in plan.stages:
+        assert sum(d.samples for d in stage.datasets) == stage.samples
+        for d in stage.datasets:
+            assert abs(d.tokens_realized - d.tokens_requested) < plan.seq_length
+        assert abs(stage.tokens - stage.tokens_nominal) <= plan.seq_length * plan.global_batch_size / 2
+
+
+# ------------------------------------------------------------------ blend properties
+
+def test_every_prefix_of_a_stage_is_within_one_sample_of_the_target_shares(workdir):
+    plan, _ = compile_recipe(load_recipe(os.path.join(REPO, "recipes", "quickstart.yaml")))
+    with _single_process_group():
+        (blend,) = build_stage_datasets(plan)
+    stage = plan.stages[0]
+    index = np.asarray(blend.dataset_index)
+    n = np.arange(1, len(index) + 1)
+    for i, d in enumerate(stage.datasets):
+        seen = np.cumsum(index == i)
+        deviation = np.abs(seen - d.samples / stage.samples * n)
+        assert deviation.max() <= 1.0, (d.domain, deviation.max())
+
+
+def test_samples_carry_their_dataset_id_and_real_tokens(workdir):
+    from ablate.data.indexed import open_indexed
+
+    plan, _ = compile_recipe(load_recipe(os.path.join(REPO, "recipes", "quickstart.yaml")))
+    with _single_process_group():
+        (blend,) = build_stage_datasets(plan)
+    stage = plan.stages[0]
+    for i in (0, 1, 57, len(blend) - 1):
+        sample = blend[i]
+        d = stage.datasets[int(sample["dataset_id"])]
+        assert sample["tokens"].shape[0] == plan.seq_length
+        # every sample's tokens occur contiguously in its dataset's documents + EOD stream
+        ds = open_indexed(d.path)
+        stream = np.concatenate([ds[j] for j in range(len(ds))])
+        first = sample["tokens"][:8].numpy()
+        hits = np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(stream, 8) == first, axis=1))
+        assert hits.size > 0, (i, d.prefix)
+
+
+# ------------------------------------------------------------------ determinism and reuse
+
+def _all_tokens(plan) -> list[np.ndarray]:
+    with _single_process_group():
+        blends = build_stage_datasets(plan)
+    return [np.stack([b[i]["tokens"].numpy() for i in range(len(b))]) for b in blends]
+
+
+def _recipe(workdir, name: str, cache: str):
+    r = load_recipe(os.path.join(REPO, "recipes", "toy", name))
+    r.data.cache_dir = cache
+    return r
+
+
+def test_compiling_twice_gives_identical_indices(workdir):
+    r = _recipe(workdir, "dsm-code-then-math.yaml", "cache")
+    a = _all_tokens(compile_recipe(r)[0])
+    files = {p: open(p, "rb").read() for p in glob.glob("cache/**/*.npy", recursive=True)}
+    b = _all_tokens(compile_recipe(r)[0])
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert {p: open(p, "rb").read() for p in glob.glob("cache/**/*.npy", recursive=True)} == files
+
+
+@pytest.mark.parametrize("first, second", [
+    ("density-structured-100.yaml", "density-structured-025.yaml"),  # B needs less than A cached
+    ("density-structured-025.yaml", "density-structured-100.yaml"),  # B needs more: the cache grows
+])
+def test_recipe_b_after_a_equals_b_alone_in_an_empty_cache(workdir, first, second):
+    compile_recipe(_recipe(workdir, first, "shared"))
+    after_a = _all_tokens(compile_recipe(_recipe(workdir, second, "shared"))[0])
+    alone = _all_tokens(compile_recipe(_recipe(workdir, second, "fresh"))[0])
+    assert len(after_a) == len(alone)
+    for x, y in zip(after_a, alone):
+        assert x.shape == y.shape and (x == y).all()
+    # one index per dataset, shared by both recipes: math.structured, math.text, general
+    assert len(glob.glob("shared/indices/*/meta.json")) == 3
+
+
+def test_a_stale_index_cache_is_rebuilt_not_used(workdir):
+    r = _recipe(workdir, "dsm-math-only.yaml", "cache")
+    good = _all_tokens(compile_recipe(r)[0])
+    meta_path = glob.glob("cache/indices/*/meta.json")[0]
+    meta = json.load(open(meta_path))
+    meta["seq_length"] += 1  # as if written by another configuration
+    json.dump(meta, open(meta_path, "w"))
+    np.save(os.path.join(os.path.dirname(meta_path), "shuffle_index.npy"), np.zeros(10, np.uint32))
+    assert all((x == y).all() for x, y in zip(good, _all_tokens(compile_recipe(r)[0])))
+    assert json.load(open(meta_path))["seq_length"] == r.training.seq_length
+
+
+def test_a_later_stage_continues_a_dataset_where_the_earlier_stage_stopped(workdir):
+    raw = yaml.safe_load(open(os.path.join(REPO, "recipes", "quickstart.yaml")))
+    raw["stages"] = [{"name": "a", "mix": {"general": {"tokens": "200K"}}},
+                     {"name": "b", "mix": {"general": {"tokens": "200K"}}}]
+    plan, _ = compile_recipe(parse_recipe(raw, "two-stage.yaml"))
+    a, b = plan.stages
+    assert b.datasets[0].sample_offset == a.datasets[0].samples
+    with _single_process_group():
+        ba, bb = build_stage_datasets(plan)
+    ga, gb = ba.datasets[0], bb.datasets[0]
+    full = np.asarray(ga.shuffle_index).tolist() + np.asarray(gb.shuffle_index).tolist()
+    assert len(set(full)) == len(full)  # no sample is repeated across the two stages
+
+
+# ------------------------------------------------------------------ bad input
+
+def write_recipe(path, **changes):
+    raw = yaml.safe_load(open(os.path.join(REPO, "recipes", "quickstart.yaml")))
+    for dotted, value in changes.items():
+        node, keys = raw, dotted.split("__")
+        for k in keys[:-1]:
+            node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
+        if value is DELETE:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = value
+    with open(path, "w") as f:
+        yaml.safe_dump(raw, f)
+    return str(path)
+
+
+DELETE = object()
+MIX = "stages__0__mix"
+
+
+@pytest.mark.parametrize("changes, fragments", [
+    ({"trainng": {}}, ("r.yaml:", "unknown key 'trainng'")),
+    ({MIX: {"maths": 1.0}}, ("stages[0].mix.maths", "'maths' is not a known domain")),
+    ({MIX: {"math": 0.5, "code": 0.3}}, ("stages[0].mix", "shares sum to 0.8, not 1")),
+    ({MIX: {"math": {"tokens": -5}}, "stages__0__tokens": DELETE}, ("stages[0].mix.math.tokens", "must be a positive token count")),
+    ({MIX: {"math": {"tokens": 0}}, "stages__0__tokens": DELETE}, ("stages[0].mix.math.tokens", "must be a positive token count")),
+    ({"stages__0__tokens": "0B"}, ("stages[0].tokens", "must be a positive token count")),
+    ({MIX: {"math": {"tokens": "100K", "density": {"code.exec": 1.0}}}, "stages__0__tokens": DELETE}, ("mix.math.density.code.exec", "outside the domain 'math'")),
+    ({MIX: {"code.exec": {"tokens": "1M", "max_epochs": 2}}, "stages__0__tokens": DELETE}, ("stages[0].mix.code.exec", "which holds", "epochs > max_epochs 2")),
+    ({"data": {"manifests": ["nowhere/manifest.json"]}}, ("data.manifests[0]", "nowhere/manifest.json not found")),
+    ({"training__seq_length": 1024}, ("training.seq_length", "longer than the model's max_position_embeddings 512")),
+    ({"training__global_batch_size": 30}, ("training.global_batch_size", "not a multiple of micro_batch_size 8")),
+    ({"parallelism": {"ep": 3}}, ("parallelism.ep", "does not divide model.num_experts 8")),
+    ({MIX: {"math": {"share": 0.5, "tokens": "1M"}}}, ("mix.math", "exactly one of 'share'")),
+    ({"model": {"preset": "huge"}}, ("model.preset", "'huge' is not allowed")),
+])
+def test_bad_recipes_fail_with_one_line_and_leave_no_cache(workdir, cli, changes, fragments):
+    path = write_recipe(workdir / "r.yaml", **changes)
+    r = cli("compile", path)
+    assert_one_line_error(r, *fragments)
+    assert not os.path.exists("cache") and not os.path.exists("runs")
+
+
+def test_fingerprint_mismatch_is_refused(workdir, cli, tmp_path):
+    # a private copy of the toy world whose data changed after its manifest was written
+    shutil.copytree(os.path.realpath("data/toyworld"), "data/changed")
+    with open("data/changed/toyworld/general.bin", "r+b") as f:
+        f.truncate(os.path.getsize("data/changed/toyworld/general.bin") - 2)
+    path = write_recipe(workdir / "r.yaml", data={"manifests": ["data/changed/manifest.json"]})
+    r = cli("compile", path)
+    assert_one_line_error(r, "toyworld/general", "files no longer match the manifest")
+    assert not os.path.exists("cache")
+
+
+def test_dry_run_prints_the_plan_and_builds_nothing(workdir, cli):
+    r = cli("compile", os.path.join(REPO, "recipes", "toy", "dsm-code-then-math.yaml"), "--dry-run")
+    assert r.rc == 0, r.err
+    assert "stage code: 800K asked -> 98 steps" in r.out and "stage math: 300K asked -> 37 steps" in r.out
+    assert "toyworld/code.exec" in r.out and "= math.text" in r.out
+    assert not os.path.exists("cache") and not os.path.exists("runs")
