@@ -74,6 +74,9 @@ def test_toy_recipe_realized_tokens_equal_requested_within_one_sequence(path, wo
         for d, n in zip(stage.datasets, counts):
             assert n == d.samples
             assert abs(int(n) * seq - d.tokens_requested) < seq, (stage.name, d.prefix)
+    resolved = parse_recipe(yaml.safe_load(open(os.path.join("runs", recipe.name, "recipe.yaml"))), "resolved")
+    assert resolved.to_dict() == recipe.to_dict()
+    assert resolved.model.num_experts == recipe.model.num_experts and resolved.run_dir == os.path.join("runs", recipe.name)
     saved = json.load(open(plan_path))
     assert [s["name"] for s in saved["stages"]] == [s.name for s in recipe.stages]
     for s in saved["stages"]:
@@ -264,3 +267,25 @@ def test_dry_run_prints_the_plan_and_builds_nothing(workdir, cli):
     assert "stage code: 800K asked -> 98 steps" in r.out and "stage math: 300K asked -> 37 steps" in r.out
     assert "toyworld/code.exec" in r.out and "= math.text" in r.out
     assert not os.path.exists("cache") and not os.path.exists("runs")
+
+
+# ------------------------------------------------------------------ several ranks
+
+def _build_on_rank(rank: int, workdir: str, recipe_path: str):
+    os.chdir(workdir)
+    plan = make_plan(load_recipe(recipe_path))
+    blends = build_stage_datasets(plan)  # rank 0 builds into the empty cache, rank 1 waits and loads
+    return [(np.asarray(b.dataset_index).copy(), np.stack([b[i]["tokens"].numpy() for i in range(0, len(b), 97)]))
+            for b in blends]
+
+
+def test_two_ranks_build_once_and_see_the_same_blend(workdir, tmp_path):
+    from distributed import run_on_ranks
+
+    recipe = os.path.join(REPO, "recipes", "toy", "dsm-code-then-math.yaml")
+    r0, r1 = run_on_ranks(_build_on_rank, 2, str(tmp_path / "dist"), str(workdir), recipe)
+    for (idx0, tok0), (idx1, tok1) in zip(r0, r1):
+        assert (idx0 == idx1).all() and (tok0 == tok1).all()
+    metas = glob.glob(str(workdir / "cache" / "indices" / "*" / "meta.json"))
+    assert len(metas) == 5  # code.exec, code.nl, math.text, math.structured, math.code: one index each
+    assert not glob.glob(str(workdir / "cache" / "indices" / "*.tmp-*"))

@@ -15,6 +15,7 @@ import os
 import tempfile
 
 import numpy as np
+import yaml
 
 from ablate.data.tokenizer import load_tokenizer
 from ablate.errors import AblateError
@@ -36,6 +37,8 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False) -> tuple[Plan, str | N
             d.cache_key = ds.cache_key
     run_dir = recipe.resolved_run_dir
     os.makedirs(run_dir, exist_ok=True)
+    # the resolved recipe (every default filled in) sits beside the plan it produced
+    write_atomic(os.path.join(run_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     path = os.path.join(run_dir, "plan.json")
     write_atomic(path, plan.to_json())
     return plan, path
