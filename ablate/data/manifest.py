@@ -86,16 +86,18 @@ class Manifest:
         }
         return json.dumps(body, indent=2, sort_keys=False) + "\n"
 
-    def verify(self, full: bool = True, entries: list[DatasetEntry] | None = None) -> None:
+    def verify(self, full: bool = True, entries: list[DatasetEntry] | None = None, memo: dict | None = None) -> None:
         """Raise if a dataset's files are missing or no longer match the manifest.
 
         ``full`` re-hashes every byte against the content fingerprint; otherwise the check is
         the ``.bin`` size and the ``.idx`` hash (which holds every document length), cheap at
-        any scale: what compile and training do before trusting the files.
+        any scale: what compile and training do before trusting the files. ``memo`` maps an
+        ``.idx`` path to ``[size, mtime_ns, inode, sha256]`` of its last hash, so an unchanged
+        file is not read again (the caller persists it).
         """
         import numpy as np
 
-        from ablate.data.indexed import content_fingerprint, file_sha256
+        from ablate.data.indexed import content_fingerprint
 
         for entry in self.datasets + self.eval_datasets if entries is None else entries:
             prefix = self.abs_prefix(entry)
@@ -103,7 +105,7 @@ class Manifest:
                 if not os.path.isfile(prefix + ext):
                     raise AblateError(f"{self.path}: dataset {entry.prefix!r}: file {entry.prefix + ext} is missing")
             size = os.path.getsize(prefix + ".bin")
-            if size != entry.tokens * np.dtype(entry.dtype).itemsize or file_sha256(prefix + ".idx") != entry.index_sha256:
+            if size != entry.tokens * np.dtype(entry.dtype).itemsize or _idx_sha256(prefix + ".idx", memo) != entry.index_sha256:
                 raise AblateError(f"{self.path}: dataset {entry.prefix!r}: files no longer match the manifest "
                                   f"(fingerprint {entry.fingerprint}; re-run 'ablate data prepare')")
             if full and content_fingerprint(prefix) != entry.fingerprint:
@@ -111,6 +113,20 @@ class Manifest:
                     f"{self.path}: dataset {entry.prefix!r}: files no longer match their fingerprint "
                     f"{entry.fingerprint} (re-run 'ablate data prepare')"
                 )
+
+
+def _idx_sha256(path: str, memo: dict | None) -> str:
+    from ablate.data.indexed import file_sha256
+
+    st = os.stat(path)
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    key = os.path.abspath(path)
+    if memo is not None and memo.get(key, [None])[:3] == stamp:
+        return memo[key][3]
+    sha = file_sha256(path)
+    if memo is not None:
+        memo[key] = stamp + [sha]
+    return sha
 
 
 def load_manifest(path: str) -> Manifest:

@@ -175,6 +175,22 @@ class HFTokenizer(Tokenizer):
         return {**super().describe(), "path": self.path}
 
 
+class TokenizerInfo:
+    """What megatron-core's datasets read from a tokenizer (ids, vocabulary size, identity),
+    from a manifest's ``tokenizer`` entry, without loading the vocabulary itself."""
+
+    def __init__(self, description: dict):
+        self.kind = description["kind"]
+        self.vocab_size = description["vocab_size"]
+        self.eod = description["eod"]
+        self.pad = description["pad"]
+        self.fingerprint = description["fingerprint"]
+
+    @property
+    def unique_identifiers(self) -> dict:
+        return {"class": "Tokenizer", "fingerprint": self.fingerprint}
+
+
 def load_tokenizer(spec: object, base_dir: str = ".", where: str = "tokenizer") -> Tokenizer:
     """Build a tokenizer from a recipe/corpora field.
 

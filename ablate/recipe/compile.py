@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 import yaml
 
-from ablate.data.tokenizer import load_tokenizer
+from ablate.data.tokenizer import TokenizerInfo
 from ablate.errors import AblateError
 from ablate.recipe.budget import format_tokens
 from ablate.recipe.plan import Plan, make_plan
@@ -54,7 +54,8 @@ def build_stage_datasets(plan: Plan) -> list:
     from ablate.recipe.indices import AblateGPTDatasetConfig, ReusableGPTDataset
 
     logging.getLogger("megatron.core.datasets").setLevel(logging.ERROR)  # per-dataset INFO/WARN chatter
-    tokenizer = load_tokenizer(plan.tokenizer, os.path.dirname(plan.manifests[0]))
+    # the datasets need only the ids and the fingerprint, which the manifest records
+    tokenizer = TokenizerInfo(plan.tokenizer)
     build = BlendedMegatronDatasetBuilder.build_generic_dataset
     on_rank = lambda: True  # noqa: E731  (every rank holds the data; rank 0 writes the cache first)
     blends = []
@@ -75,11 +76,26 @@ def build_stage_datasets(plan: Plan) -> list:
                 raise AblateError(f"dataset {d.prefix}: has no documents")
             indices = np.arange(low.sequence_lengths.shape[0], dtype=np.int32)
             mids.append(build(ReusableGPTDataset, on_rank, True, low, d.path, indices, d.samples, Split.train, config))
-        # integer weights + size None = megatron-core's exhaustive blend: exactly `samples` each
-        blends.append(build(BlendedDataset, on_rank, True, mids, [d.samples for d in stage.datasets], None, config))
+        blends.append(_exact_blend(build, on_rank, BlendedDataset, mids, stage, config))
         if dist.is_initialized():
             dist.barrier()
     return blends
+
+
+def _exact_blend(build, on_rank, BlendedDataset, mids, stage, config):
+    """megatron-core's greedy blend with weights ``samples / total``: the interleaving stock
+    Megatron uses, and as fast. It lands exactly on every dataset's sample count (checked
+    below; in randomized trials up to 600 datasets it always has); if it ever did not, the
+    exhaustive blend, which draws exactly the given counts by the same greedy rule, is used."""
+    samples = [d.samples for d in stage.datasets]
+    total = sum(samples)
+    try:
+        blend = build(BlendedDataset, on_rank, True, mids, [n / total for n in samples], total, config)
+        if np.array_equal(np.bincount(np.asarray(blend.dataset_index), minlength=len(samples)), samples):
+            return blend
+    except IndexError:  # the greedy asked one dataset for a sample more than it has
+        pass
+    return build(BlendedDataset, on_rank, True, mids, samples, None, config)
 
 
 def plan_table(plan: Plan) -> str:

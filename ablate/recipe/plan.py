@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 
 from ablate.data.manifest import DatasetEntry, Manifest, load_manifests
@@ -118,6 +119,8 @@ def make_plan(recipe: Recipe) -> Plan:
     pool = [(m, e) for m in manifests for e in m.datasets]
     seq, gbs = recipe.training.seq_length, recipe.training.global_batch_size
     used: dict[str, int] = {}  # path -> samples consumed so far
+    memo_path = os.path.join(recipe.data.cache_dir, "verified-idx.json")
+    memo = _read_json(memo_path)
     stages = []
     for i, stage in enumerate(recipe.stages):
         at = f"{where}: stages[{i}]"
@@ -137,7 +140,7 @@ def make_plan(recipe: Recipe) -> Plan:
                 taken[key] = entry.selector
                 requested.append((entry, m, d, tokens))
         for entry, m, d, _ in requested:  # quick check: the files are the ones the manifest describes
-            m.verify(full=False, entries=[d])
+            m.verify(full=False, entries=[d], memo=memo)
         counts = _apportion([t / seq for *_, t in requested], samples)
         datasets = []
         for (entry, m, d, tokens), n in zip(requested, counts):
@@ -158,11 +161,28 @@ def make_plan(recipe: Recipe) -> Plan:
                 sample_offset=used.get(path, 0)))
             used[path] = used.get(path, 0) + n
         stages.append(PlanStage(stage.name, nominal, samples * seq, steps, samples, datasets))
+    if memo and os.path.isdir(recipe.data.cache_dir):  # only where a compile already made the cache
+        _write_json(memo_path, memo)
     plan = Plan(recipe=recipe.name, seed=recipe.seed, seq_length=seq, global_batch_size=gbs,
                 tokenizer=manifests[0].tokenizer, manifests=[m.path for m in manifests], stages=stages,
                 cache_dir=recipe.data.cache_dir)
     plan.fingerprint = compute_fingerprint(plan)
     return plan
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json(path: str, body: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(body, f)
+    os.replace(tmp, path)
 
 
 def _load(recipe: Recipe, where: str) -> list[Manifest]:

@@ -9,9 +9,10 @@ knob                 default what it trades
 ==================== ======= ==============================================================
 documents_per_domain 4000    data per domain (~1 MB each); more = more tokens before repeats
 domain_documents     {}      per-domain override, e.g. {math.structured: 8000}
-entities             50      fictional countries (4 facts each): more = harder recall
-max_operand          20      largest number in a problem: larger = harder arithmetic
-max_steps            3       most operations per problem: more = longer reasoning chains
+entities             20      fictional countries (4 facts each): more = harder recall
+max_operand          9       largest number in a problem: larger = harder arithmetic
+max_steps            2       most operations per problem: more = longer reasoning chains
+max_value            50      largest running total: larger = more arithmetic facts to learn
 probes_per_task      200     held-out probes per capability: more = tighter confidence intervals
 seed                 spec's  the world itself (names, facts, problems)
 ==================== ======= ==============================================================
@@ -45,14 +46,15 @@ class ToyWorldConfig:
     seed: int = 1234
     documents_per_domain: int = 4000
     domain_documents: dict = field(default_factory=dict)
-    entities: int = 50
-    max_operand: int = 20
-    max_steps: int = 3
+    entities: int = 20
+    max_operand: int = 9
+    max_steps: int = 2
+    max_value: int = 50
     probes_per_task: int = 200
     where: str = "toyworld"  # where the options came from, for messages
 
     def __post_init__(self):
-        for f in ("documents_per_domain", "entities", "max_operand", "max_steps", "probes_per_task"):
+        for f in ("documents_per_domain", "entities", "max_operand", "max_steps", "max_value", "probes_per_task"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise AblateError(f"{self.where}.{f}: {v!r} must be a positive integer")
@@ -63,6 +65,8 @@ class ToyWorldConfig:
                 raise AblateError(f"{self.where}.domain_documents.{d}: {n!r} must be a non-negative integer")
         if self.max_operand < 2:
             raise AblateError(f"{self.where}.max_operand: must be at least 2")
+        if self.max_value < 2 * self.max_operand:
+            raise AblateError(f"{self.where}.max_value: must be at least 2 x max_operand ({2 * self.max_operand})")
 
     def documents(self, domain: str) -> int:
         return self.domain_documents.get(domain, self.documents_per_domain)
@@ -77,7 +81,7 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
     prng = random.Random(cfg.seed ^ _MIX)
     math_probes, held_questions = [], set()
     while len(math_probes) < cfg.probes_per_task:
-        p = sample_problem(prng, cfg.max_operand, cfg.max_steps)
+        p = sample_problem(prng, cfg.max_operand, cfg.max_steps, cfg.max_value)
         q = render.question(p)
         if q in held_questions:
             continue
@@ -87,7 +91,7 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
                             "gold": sols["math.structured"], "solutions": sols})
     program_probes, held_programs = [], set()
     while len(program_probes) < cfg.probes_per_task:
-        prompt, answer = render.program(sample_problem(prng, cfg.max_operand, cfg.max_steps), prng)
+        prompt, answer = render.program(sample_problem(prng, cfg.max_operand, cfg.max_steps, cfg.max_value), prng, cfg.max_value)
         if prompt in held_programs:
             continue
         held_programs.add(prompt)
@@ -102,7 +106,7 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
 
     def fresh_problem():
         while True:
-            p = sample_problem(rng, cfg.max_operand, cfg.max_steps)
+            p = sample_problem(rng, cfg.max_operand, cfg.max_steps, cfg.max_value)
             if render.question(p) not in held_questions:
                 return p
 
@@ -114,7 +118,7 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
                 text = render.question(p) + render.MATH_RENDERERS[domain](p)
             elif domain == "code.exec":
                 while True:
-                    prompt, answer = render.program(fresh_problem(), rng)
+                    prompt, answer = render.program(fresh_problem(), rng, cfg.max_value)
                     if prompt not in held_programs:
                         break
                 text = prompt + answer + "\n"

@@ -65,7 +65,7 @@ def solution_code(p: Problem) -> str:
 MATH_RENDERERS = {"math.text": solution_text, "math.structured": solution_structured, "math.code": solution_code}
 
 
-def program(p: Problem, rng: random.Random) -> tuple[str, str]:
+def program(p: Problem, rng: random.Random, max_value: int = 99) -> tuple[str, str]:
     """A plain program computing ``p``'s arithmetic, as (text up to the asserted value, value)."""
     form = rng.choice(("chain", "chain", "loop", "function"))
     if form == "loop" and any(s.op != "add" for s in p.steps[:1]):
@@ -79,7 +79,7 @@ def program(p: Problem, rng: random.Random) -> tuple[str, str]:
     elif form == "loop":
         # repeated addition: the same arithmetic as multiplication, written as a loop
         amount = p.steps[0].amount
-        times = max(1, min(4, (99 - p.start) // max(1, amount)))
+        times = max(1, min(4, (max_value - p.start) // max(1, amount)))
         body = f"total = {p.start}\nfor _ in range({times}):\n    total = total + {amount}"
         return body + "\nassert total == ", str(p.start + times * amount)
     else:

@@ -1,0 +1,1 @@
+"""Telemetry: metric loggers behind one interface, per-domain accounting, routing capture."""
