@@ -41,6 +41,14 @@ def _compile(args) -> None:
         print(path)
 
 
+def _train(args) -> None:
+    from ablate.train.loop import train
+
+    result = train(args.recipe, resume=args.resume)
+    if result["state"] == "completed":
+        print(f"completed {result['step']} steps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description="Controlled data ablations for MoE pretraining.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="a recipe YAML")
     p.add_argument("--dry-run", action="store_true", help="print the plan as a table; build nothing")
     p.set_defaults(func=_compile)
+
+    p = sub.add_parser("train", help="train a recipe (one process; use torchrun launchers/pretrain.py for more)")
+    p.add_argument("recipe", help="a recipe YAML")
+    p.add_argument("--resume", choices=("auto", "never"), default="auto",
+                   help="auto: continue from the latest complete checkpoint in the run directory")
+    p.set_defaults(func=_train)
     return parser
 
 

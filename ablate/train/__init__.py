@@ -1,0 +1,1 @@
+"""MoE pretraining on megatron-core: backends, model provider, data, loop, checkpoints."""

@@ -1,0 +1,72 @@
+"""Feeding the compiled plan to the model: stages in order, exact stage boundaries.
+
+Global step ``t`` of stage ``k`` uses that stage's blend samples ``[t * G, (t + 1) * G)``
+(``G`` = global batch). Data-parallel rank ``r`` takes the contiguous ``G / dp`` slice
+``r``, split into micro-batches (megatron's pretraining sampler does the same). A step never
+mixes two stages, since every stage is a whole number of steps (see ``recipe.plan``).
+
+Every sample's ``dataset_id`` maps to a domain index, so each token's domain is known: for the
+per-domain loss, the per-domain token counts and the routing capture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ablate.recipe.plan import Plan
+
+
+@dataclass
+class Microbatch:
+    tokens_BS: torch.Tensor
+    labels_BS: torch.Tensor
+    loss_mask_BS: torch.Tensor
+    position_ids_BS: torch.Tensor
+    domain_B: torch.Tensor  # index into StagedData.domains
+
+
+class StagedData:
+    def __init__(self, plan: Plan, blends: list, micro_batch_size: int, dp_rank: int, dp_size: int,
+                 device: torch.device | str = "cpu"):
+        self.plan, self.blends, self.device = plan, blends, device
+        self.mbs, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
+        self.gbs = plan.global_batch_size
+        self.domains = sorted({d.domain for s in plan.stages for d in s.datasets})
+        self.stage_steps = [s.steps for s in plan.stages]
+        self.total_steps = sum(self.stage_steps)
+        # per stage: dataset_id -> domain index
+        self._domain_of = [np.array([self.domains.index(d.domain) for d in s.datasets], dtype=np.int64)
+                           for s in plan.stages]
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(stage index, step within the stage) of global step ``step``."""
+        for k, n in enumerate(self.stage_steps):
+            if step < n:
+                return k, step
+            step -= n
+        raise IndexError("step beyond the plan")
+
+    def domain_samples(self, step: int) -> np.ndarray:
+        """Samples per domain in the whole global batch of ``step`` (same on every rank)."""
+        k, t = self.locate(step)
+        ids = np.asarray(self.blends[k].dataset_index[t * self.gbs : (t + 1) * self.gbs])
+        return np.bincount(self._domain_of[k][ids], minlength=len(self.domains))
+
+    def microbatches(self, step: int) -> list[Microbatch]:
+        k, t = self.locate(step)
+        blend = self.blends[k]
+        local = self.gbs // self.dp_size
+        start = t * self.gbs + self.dp_rank * local
+        out = []
+        for m in range(local // self.mbs):
+            samples = [blend[i] for i in range(start + m * self.mbs, start + (m + 1) * self.mbs)]
+            stack = lambda key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(self.device)  # noqa: E731
+            ids = np.array([int(s["dataset_id"]) for s in samples])
+            out.append(Microbatch(
+                tokens_BS=stack("tokens").long(), labels_BS=stack("labels").long(),
+                loss_mask_BS=stack("loss_mask").float(), position_ids_BS=stack("position_ids").long(),
+                domain_B=torch.as_tensor(self._domain_of[k][ids], device=self.device)))
+        return out
