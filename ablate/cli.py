@@ -7,6 +7,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ablate.errors import AblateError
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except AblateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Under torchrun every rank validates the same recipe: one line from rank 0 is enough.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -9,10 +9,10 @@ knob                 default what it trades
 ==================== ======= ==============================================================
 documents_per_domain 4000    data per domain (~1 MB each); more = more tokens before repeats
 domain_documents     {}      per-domain override, e.g. {math.structured: 8000}
-entities             20      fictional countries (4 facts each): more = harder recall
+entities             12      fictional countries (4 facts each): more = harder recall
 max_operand          9       largest number in a problem: larger = harder arithmetic
 max_steps            2       most operations per problem: more = longer reasoning chains
-max_value            50      largest running total: larger = more arithmetic facts to learn
+max_value            20      largest running total: larger = more arithmetic facts to learn
 probes_per_task      200     held-out probes per capability: more = tighter confidence intervals
 seed                 spec's  the world itself (names, facts, problems)
 ==================== ======= ==============================================================
@@ -46,10 +46,10 @@ class ToyWorldConfig:
     seed: int = 1234
     documents_per_domain: int = 4000
     domain_documents: dict = field(default_factory=dict)
-    entities: int = 20
+    entities: int = 12
     max_operand: int = 9
     max_steps: int = 2
-    max_value: int = 50
+    max_value: int = 20
     probes_per_task: int = 200
     where: str = "toyworld"  # where the options came from, for messages
 
