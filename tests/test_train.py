@@ -182,6 +182,14 @@ def test_kill_9_and_resume_gives_bitwise_identical_losses(world, kill_step):
         for key in a:
             if key not in ("tokens/s",):
                 assert a[key] == b[key], (a["step"], key, a[key], b[key])
+    # routing counts too: every flush file of the resumed run equals the uninterrupted run's
+    ref_files = sorted(p.name for p in (world / "runs" / "single" / "routing").glob("*.npz"))
+    assert ref_files == sorted(p.name for p in (world / "runs" / name / "routing").glob("*.npz"))
+    for f in ref_files:
+        a, b = np.load(world / "runs" / "single" / "routing" / f), np.load(world / "runs" / name / "routing" / f)
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), (f, key)
+    assert not [d for d in (world / "runs" / name / "checkpoints").iterdir() if not (d / "train_state.json").exists()]
 
 
 # ------------------------------------------------------------------ routing counts

@@ -40,6 +40,14 @@ def complete_checkpoints(run_dir: str) -> list[str]:
     return [os.path.join(root, d) for d in dirs if os.path.isfile(os.path.join(root, d, TRAIN_STATE))]
 
 
+def remove_incomplete(run_dir: str) -> None:
+    root = os.path.join(run_dir, "checkpoints")
+    if os.path.isdir(root):
+        for d in os.listdir(root):
+            if d.startswith("step_") and not os.path.isfile(os.path.join(root, d, TRAIN_STATE)):
+                shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():

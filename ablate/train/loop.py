@@ -42,15 +42,13 @@ def train(recipe_path: str, resume: str = "auto") -> dict:
 
 def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
     from megatron.core import parallel_state
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
     from ablate.recipe.compile import build_stage_datasets, write_atomic
     from ablate.recipe.plan import make_plan
     from ablate.telemetry.loggers import JSONLLogger, MultiLogger, NoOpLogger, TensorBoardLogger
     from ablate.telemetry.routing import RoutingCapture
     from ablate.train.data import StagedData
-    from ablate.train.model import build_model, count_parameters, transformer_config
+    from ablate.train.model import count_parameters
     from ablate.train.schedule import lr_at
 
     rank0 = layout.rank == 0
@@ -72,25 +70,16 @@ def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
         write_atomic(plan_path, plan.to_json())
     data = StagedData(plan, blends, recipe.training.micro_batch_size, layout.dp_rank, layout.dp, layout.device)
 
-    # ---- model: dense weights identical on every rank, experts seeded per expert-parallel rank
-    torch.manual_seed(recipe.seed + 1000 * parallel_state.get_expert_model_parallel_rank())
-    model = build_model(recipe, plan.tokenizer["vocab_size"], layout.backend)
-    ddp = DistributedDataParallel(transformer_config(recipe, layout.backend),
-                                  DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
-    ddp.broadcast_params()  # dense weights from data-parallel rank 0; experts stay per rank
-    torch.manual_seed(recipe.seed)
+    model, ddp, optimizer = build_model_and_optimizer(recipe, layout, plan.tokenizer["vocab_size"])
     opt_cfg = recipe.training.optimizer
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opt_cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=opt_cfg.lr, betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.eps)
     routing = RoutingCapture(model, len(data.domains), layout.device)
     cad = recipe.cadence
 
     # ---- resume
     step = 0
     tokens_D = np.zeros(len(data.domains), dtype=np.int64)  # cumulative, the run-time budget proof
+    if rank0:
+        ckpt.remove_incomplete(run_dir)  # left by a killed run; never usable
     if resume != "never":
         done = ckpt.complete_checkpoints(run_dir)
         if done:
@@ -126,27 +115,9 @@ def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
         lr = lr_at(step, data.stage_steps, recipe.training.schedule, opt_cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        ddp.zero_grad_buffer()
-        optimizer.zero_grad(set_to_none=True)
         micro = data.microbatches(step)
-        local_tokens = sum(float(mb.loss_mask_BS.sum()) for mb in micro)
-        # megatron-core adds the MoE aux loss's gradient scaled by this: match our loss scaling
-        MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / len(micro), device=layout.device))
-        loss_sum_D = torch.zeros(len(data.domains), dtype=torch.float64, device=layout.device)
-        count_D = torch.zeros(len(data.domains), dtype=torch.float64, device=layout.device)
-        for mb in micro:
-            routing.set_batch_domains(mb.domain_B)
-            loss_BS = ddp(mb.tokens_BS, mb.position_ids_BS, None, labels=mb.labels_BS)
-            masked_BS = loss_BS.float() * mb.loss_mask_BS
-            (masked_BS.sum() / local_tokens).backward()
-            loss_sum_D.index_add_(0, mb.domain_B, masked_BS.detach().sum(1).double())
-            count_D.index_add_(0, mb.domain_B, mb.loss_mask_BS.sum(1).double())
-        ddp.finish_grad_sync()
-        for p in model.parameters():
-            p.grad = getattr(p, "main_grad", p.grad)
-        grad_norm = _clip_grad_norm(model, clip)
-        optimizer.step()
-
+        loss_sum_D, count_D, grad_norm = train_step(ddp, model, optimizer, micro, routing, len(data.domains),
+                                                    layout.device, clip)
         stats = torch.cat([loss_sum_D, count_D])
         dist.all_reduce(stats, group=dp_group)
         loss_sum_D, count_D = stats[: len(data.domains)], stats[len(data.domains):]
@@ -171,15 +142,16 @@ def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
                 print(f"step {step}/{data.total_steps} | {metrics['stage']} | loss {metrics['loss']:.4f} | "
                       f"lr {lr:.2e} | {rate:,.0f} tok/s | ETA {_hms(remaining)}", flush=True)
             tokens_since, t_last = 0, time.time()
-        if step % cad.routing_flush_every == 0 or step == data.total_steps:
+        preempted = _agree(stop["signal"] is not None, layout.device)
+        checkpoint = step % cad.checkpoint_every == 0 or step == data.total_steps or preempted
+        # a checkpoint is always a flush boundary, so a resumed run loses no routing counts
+        if step % cad.routing_flush_every == 0 or checkpoint:
             counts = routing.flush(dp_group)
             if rank0 and routing.routers:
                 bias = routing.expert_bias()
                 _save_npz(os.path.join(run_dir, "routing", f"step_{step:08d}.npz"), domains=np.array(data.domains),
                           **counts, **({"expert_bias": bias} if bias is not None else {}))
-
-        preempted = _agree(stop["signal"] is not None, layout.device)
-        if step % cad.checkpoint_every == 0 or step == data.total_steps or preempted:
+        if checkpoint:
             state = {"step": step, "stage": plan.stages[data.locate(step - 1)[0]].name,
                      "consumed_samples": _consumed(data, step),
                      "tokens": {d: int(t) for d, t in zip(data.domains, tokens_D)},
@@ -198,6 +170,63 @@ def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
     if rank0:
         ckpt.write_status(run_dir, "completed", step=step, exit_reason="finished")
     return {"step": step, "state": "completed", "tokens": {d: int(t) for d, t in zip(data.domains, tokens_D)}}
+
+
+def build_model_and_optimizer(recipe: Recipe, layout, vocab_size: int):
+    """megatron-core GPTModel in megatron-core DDP, and AdamW (decay on matrices only)."""
+    from megatron.core import parallel_state
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from ablate.train.model import build_model, transformer_config
+
+    # dense weights identical on every rank (broadcast below), experts seeded per expert-parallel rank
+    torch.manual_seed(recipe.seed + 1000 * parallel_state.get_expert_model_parallel_rank())
+    model = build_model(recipe, vocab_size, layout.backend)
+    ddp = DistributedDataParallel(transformer_config(recipe, layout.backend),
+                                  DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
+    ddp.broadcast_params()
+    torch.manual_seed(recipe.seed)
+    opt = recipe.training.optimizer
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+    return model, ddp, optimizer
+
+
+def train_step(ddp, model, optimizer, micro: list, routing, num_domains: int, device, clip: float,
+               telemetry: bool = True):
+    """One optimizer step over this rank's micro-batches.
+
+    Returns per-domain loss sums and token counts (this rank's; zeros when ``telemetry`` is
+    off) and the gradient norm. ``telemetry=False`` skips the per-domain accounting and the
+    routing capture: ``benchmarks/train_overhead.py`` measures the difference.
+    """
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    ddp.zero_grad_buffer()
+    optimizer.zero_grad(set_to_none=True)
+    local_tokens = sum(float(mb.loss_mask_BS.sum()) for mb in micro)
+    # megatron-core adds the MoE aux loss's gradient scaled by this: match our loss scaling
+    MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / len(micro), device=device))
+    loss_sum_D = torch.zeros(num_domains, dtype=torch.float64, device=device)
+    count_D = torch.zeros(num_domains, dtype=torch.float64, device=device)
+    routing.enabled = telemetry
+    for mb in micro:
+        routing.set_batch_domains(mb.domain_B)
+        loss_BS = ddp(mb.tokens_BS, mb.position_ids_BS, None, labels=mb.labels_BS)
+        masked_BS = loss_BS.float() * mb.loss_mask_BS
+        (masked_BS.sum() / local_tokens).backward()
+        if telemetry:
+            loss_sum_D.index_add_(0, mb.domain_B, masked_BS.detach().sum(1).double())
+            count_D.index_add_(0, mb.domain_B, mb.loss_mask_BS.sum(1).double())
+    ddp.finish_grad_sync()
+    for p in model.parameters():
+        p.grad = getattr(p, "main_grad", p.grad)
+    grad_norm = _clip_grad_norm(model, clip)
+    optimizer.step()
+    return loss_sum_D, count_D, grad_norm
 
 
 def _clip_grad_norm(model, max_norm: float) -> float:
