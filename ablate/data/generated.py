@@ -40,10 +40,11 @@ def write_jsonl(path: str, rows) -> int:
     """Write rows as JSONL (atomically); return how many."""
     import orjson
 
+    from ablate.io import atomic_path
+
     n = 0
-    with open(path + ".tmp", "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for row in rows:
             f.write(orjson.dumps(row) + b"\n")
             n += 1
-    os.replace(path + ".tmp", path)
     return n

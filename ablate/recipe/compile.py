@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from ablate.data.tokenizer import TokenizerInfo
+from ablate.io import write_text_atomic
 from ablate.errors import AblateError
 from ablate.recipe.budget import format_tokens
 from ablate.recipe.plan import Plan, make_plan
@@ -38,9 +39,9 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False) -> tuple[Plan, str | N
     run_dir = recipe.resolved_run_dir
     os.makedirs(run_dir, exist_ok=True)
     # the resolved recipe (every default filled in) sits beside the plan it produced
-    write_atomic(os.path.join(run_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    write_text_atomic(os.path.join(run_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     path = os.path.join(run_dir, "plan.json")
-    write_atomic(path, plan.to_json())
+    write_text_atomic(path, plan.to_json())
     return plan, path
 
 
@@ -117,13 +118,6 @@ def plan_table(plan: Plan) -> str:
             if j == 0 or j == len(s.datasets):
                 out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class _single_process_group:

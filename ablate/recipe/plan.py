@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from ablate.data.manifest import DatasetEntry, Manifest, load_manifests
 from ablate.data.taxonomy import Taxonomy, is_under
 from ablate.errors import AblateError
+from ablate.io import write_json_atomic
 from ablate.recipe.budget import format_tokens
 from ablate.recipe.schema import DEFAULT_MAX_EPOCHS, MixEntry, Recipe
 
@@ -162,7 +163,7 @@ def make_plan(recipe: Recipe) -> Plan:
             used[path] = used.get(path, 0) + n
         stages.append(PlanStage(stage.name, nominal, samples * seq, steps, samples, datasets))
     if memo and os.path.isdir(recipe.data.cache_dir):  # only where a compile already made the cache
-        _write_json(memo_path, memo)
+        write_json_atomic(memo_path, memo, indent=None)
     plan = Plan(recipe=recipe.name, seed=recipe.seed, seq_length=seq, global_batch_size=gbs,
                 tokenizer=manifests[0].tokenizer, manifests=[m.path for m in manifests], stages=stages,
                 cache_dir=recipe.data.cache_dir)
@@ -176,13 +177,6 @@ def _read_json(path: str) -> dict:
             return json.load(f)
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _write_json(path: str, body: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(body, f)
-    os.replace(tmp, path)
 
 
 def _load(recipe: Recipe, where: str) -> list[Manifest]:

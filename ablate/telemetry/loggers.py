@@ -68,9 +68,8 @@ class MultiLogger(MetricLogger):
 
 def _drop_records_after(path: str, step: int) -> None:
     """A resumed run rewrites the steps after its checkpoint: drop the old ones first."""
+    from ablate.io import write_text_atomic
+
     with open(path, encoding="utf-8") as f:
         keep = [line for line in f if line.strip() and json.loads(line).get("step", -1) <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(keep))

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ablate.errors import AblateError
+from ablate.io import atomic_path, write_json_atomic
 
 TRAIN_STATE = "train_state.json"
 
@@ -106,17 +107,9 @@ def check_compatible(path: str, plan_fingerprint: str, world_size: int) -> dict:
     return state
 
 
-def write_json_atomic(path: str, body: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(body, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _torch_save_atomic(obj, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_status(run_dir: str, state: str, **extra) -> None:

@@ -43,7 +43,8 @@ def train(recipe_path: str, resume: str = "auto") -> dict:
 def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
     from megatron.core import parallel_state
 
-    from ablate.recipe.compile import build_stage_datasets, write_atomic
+    from ablate.io import write_text_atomic
+    from ablate.recipe.compile import build_stage_datasets
     from ablate.recipe.plan import make_plan
     from ablate.telemetry.loggers import JSONLLogger, MultiLogger, NoOpLogger, TensorBoardLogger
     from ablate.telemetry.routing import RoutingCapture
@@ -66,8 +67,8 @@ def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
         import yaml
 
         os.makedirs(run_dir, exist_ok=True)
-        write_atomic(os.path.join(run_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        write_atomic(plan_path, plan.to_json())
+        write_text_atomic(os.path.join(run_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        write_text_atomic(plan_path, plan.to_json())
     data = StagedData(plan, blends, recipe.training.micro_batch_size, layout.dp_rank, layout.dp, layout.device)
 
     model, ddp, optimizer = build_model_and_optimizer(recipe, layout, plan.tokenizer["vocab_size"])
@@ -285,9 +286,10 @@ def _agree(flag: bool, device) -> bool:
 
 
 def _save_npz(path: str, **arrays) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from ablate.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, **arrays)
 
 
 def _hms(seconds: float) -> str:
