@@ -235,10 +235,10 @@ MIX = "stages__0__mix"
     ({MIX: {"math": {"tokens": 0}}, "stages__0__tokens": DELETE}, ("stages[0].mix.math.tokens", "must be a positive token count")),
     ({"stages__0__tokens": "0B"}, ("stages[0].tokens", "must be a positive token count")),
     ({MIX: {"math": {"tokens": "100K", "density": {"code.exec": 1.0}}}, "stages__0__tokens": DELETE}, ("mix.math.density.code.exec", "outside the domain 'math'")),
-    ({MIX: {"code.exec": {"tokens": "1M", "max_epochs": 2}}, "stages__0__tokens": DELETE}, ("stages[0].mix.code.exec", "which holds", "epochs > max_epochs 2")),
+    ({MIX: {"code.exec": {"tokens": "3M", "max_epochs": 2}}, "stages__0__tokens": DELETE}, ("stages[0].mix.code.exec", "which holds", "epochs > max_epochs 2")),
     ({"data": {"manifests": ["nowhere/manifest.json"]}}, ("data.manifests[0]", "nowhere/manifest.json not found")),
     ({"training__seq_length": 1024}, ("training.seq_length", "longer than the model's max_position_embeddings 512")),
-    ({"training__global_batch_size": 30}, ("training.global_batch_size", "not a multiple of micro_batch_size 8")),
+    ({"training__global_batch_size": 30}, ("training.global_batch_size", "not a multiple of micro_batch_size 4")),
     ({"parallelism": {"ep": 3}}, ("parallelism.ep", "does not divide model.num_experts 8")),
     ({MIX: {"math": {"share": 0.5, "tokens": "1M"}}}, ("mix.math", "exactly one of 'share'")),
     ({"model": {"preset": "huge"}}, ("model.preset", "'huge' is not allowed")),
@@ -264,7 +264,7 @@ def test_fingerprint_mismatch_is_refused(workdir, cli, tmp_path):
 def test_dry_run_prints_the_plan_and_builds_nothing(workdir, cli):
     r = cli("compile", os.path.join(REPO, "recipes", "toy", "dsm-code-then-math.yaml"), "--dry-run")
     assert r.rc == 0, r.err
-    assert "stage code: 800K asked -> 98 steps" in r.out and "stage math: 300K asked -> 37 steps" in r.out
+    assert "stage code: 4M asked -> 1,953 steps" in r.out and "stage math: 1.5M asked -> 732 steps" in r.out
     assert "toyworld/code.exec" in r.out and "= math.text" in r.out
     assert not os.path.exists("cache") and not os.path.exists("runs")
 

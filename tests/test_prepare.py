@@ -186,3 +186,16 @@ def test_inspect_prints_a_per_domain_token_table(tmp_path, corpus, cli):
         assert f"{tokens:,}" in row
     total = next(l for l in lines if l.startswith("total"))
     assert f"{sum(e.tokens for e in m.datasets):,}" in total
+
+
+def test_row_locations_are_computed_only_for_errors(tmp_path, corpus, monkeypatch):
+    """Per-row domains used to format each row's 'file: line N' eagerly: reading the file up to
+    the row, for every row (quadratic). A valid corpus must never need a location."""
+    spec, _ = corpus
+
+    def boom(*args):
+        raise AssertionError("a row location was computed for a valid row")
+
+    monkeypatch.setattr(ingest, "_line_number", boom)
+    monkeypatch.setattr(ingest, "JSONL_CHUNK_BYTES", 20_000)  # later chunks: where the cost was
+    prepare(spec, str(tmp_path / "out"), workers=1)  # in-process, so the patch applies

@@ -7,7 +7,7 @@ structured enough that mixtures interact (see ``world.py``). Scale knobs (``opti
 ==================== ======= ==============================================================
 knob                 default what it trades
 ==================== ======= ==============================================================
-documents_per_domain 4000    data per domain (~1 MB each); more = more tokens before repeats
+documents_per_domain 20000   data per domain (~4 MB each); more = more tokens before repeats
 domain_documents     {}      per-domain override, e.g. {math.structured: 8000}
 entities             12      fictional countries (4 facts each): more = harder recall
 max_operand          9       largest number in a problem: larger = harder arithmetic
@@ -44,7 +44,7 @@ _MIX = 0x9E3779B9  # decorrelates the probe stream from the training stream of t
 @dataclass
 class ToyWorldConfig:
     seed: int = 1234
-    documents_per_domain: int = 4000
+    documents_per_domain: int = 20000
     domain_documents: dict = field(default_factory=dict)
     entities: int = 12
     max_operand: int = 9
