@@ -30,27 +30,39 @@ class RoutingCapture:
         self.num_experts = self.routers[0].config.num_moe_experts if self.routers else 0
         self.topk = self.routers[0].config.moe_router_topk if self.routers else 0
         L, D, E = len(self.routers), num_domains, self.num_experts
-        self.count_LDE = torch.zeros(L, D, E, dtype=torch.float64, device=device)
-        self.gate_LDE = torch.zeros(L, D, E, dtype=torch.float64, device=device)
-        self.ntok_LD = torch.zeros(L, D, dtype=torch.float64, device=device)
+        # float32 is exact for counts below 2**24 token slots per flush window (thousands of steps)
+        self.count_LDE = torch.zeros(L, D, E, dtype=torch.float32, device=device)
+        self.gate_LDE = torch.zeros(L, D, E, dtype=torch.float32, device=device)
+        self.ntok_LD = torch.zeros(L, D, dtype=torch.float32, device=device)
         self.domain_B: torch.Tensor | None = None
+        self._onehot: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (T, onehot_DT, ntok_D)
         self.enabled = True
         self._handles = [r.register_forward_hook(self._hook(layer)) for layer, r in enumerate(self.routers)]
 
     def set_batch_domains(self, domain_B: torch.Tensor) -> None:
         """Call before each microbatch's forward: the domain id of every sample in it."""
         self.domain_B = domain_B
+        self._onehot = None
+
+    def _domains_of_tokens(self, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``onehot_DT`` and ``ntok_D`` for this micro-batch's T router tokens: built once, every
+        layer sees the same tokens, so each layer's update is two small matmuls."""
+        if self._onehot is None or self._onehot[0] != T:
+            domain_T = self.domain_B.to(device).repeat(T // self.domain_B.shape[0])  # token t = s * B + b
+            onehot_DT = torch.nn.functional.one_hot(domain_T, self.num_domains).T.to(torch.float32)
+            self._onehot = (T, onehot_DT, onehot_DT.sum(1))
+        return self._onehot[1], self._onehot[2]
 
     def _hook(self, layer: int):
         def hook(module, inputs, output):
             if not self.enabled or not torch.is_grad_enabled() or self.domain_B is None:
                 return
-            probs_TE, routing_map_TE = output
-            T = routing_map_TE.shape[0]
-            domain_T = self.domain_B.to(routing_map_TE.device).repeat(T // self.domain_B.shape[0])
-            self.count_LDE[layer].index_add_(0, domain_T, routing_map_TE.to(torch.float64))
-            self.gate_LDE[layer].index_add_(0, domain_T, probs_TE.detach().to(torch.float64) * routing_map_TE)
-            self.ntok_LD[layer] += torch.bincount(domain_T, minlength=self.num_domains).to(torch.float64)
+            probs_TE, routing_map_TE = output  # probs are zero outside each token's top-k
+            onehot_DT, ntok_D = self._domains_of_tokens(routing_map_TE.shape[0], routing_map_TE.device)
+            with torch.no_grad():
+                self.count_LDE[layer] += onehot_DT @ routing_map_TE.to(torch.float32)
+                self.gate_LDE[layer] += onehot_DT @ probs_TE.to(torch.float32)
+                self.ntok_LD[layer] += ntok_D
         return hook
 
     def flush(self, group=None) -> dict[str, np.ndarray]:
@@ -59,8 +71,8 @@ class RoutingCapture:
         if dist.is_initialized() and dist.get_world_size(group) > 1:
             for t in stacked:
                 dist.all_reduce(t, group=group)
-        out = {"count": self.count_LDE.cpu().numpy().copy(), "gate": self.gate_LDE.cpu().numpy().copy(),
-               "ntok": self.ntok_LD.cpu().numpy().copy()}
+        out = {"count": self.count_LDE.cpu().numpy().astype(np.int64), "gate": self.gate_LDE.cpu().numpy().astype(np.float64),
+               "ntok": self.ntok_LD.cpu().numpy().astype(np.int64)}
         for t in stacked:
             t.zero_()
         return out
