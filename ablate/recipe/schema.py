@@ -24,8 +24,9 @@ from ablate.validate import build_dataclass, check_choice, check_keys, check_pos
 # Named model shapes. A recipe names one and may override any field.
 MODEL_PRESETS: dict[str, dict] = {
     # ~3.5M parameters with the byte vocabulary: learns the toy world in minutes on 2 CPU cores.
-    # 8 heads of 16: with 4 the operand-retrieval circuit the math probes need did not form
-    # within 5M tokens; with 8 it did (held-out math 8/8 after 5M structured-math tokens).
+    # 8 heads of 16: with 4 heads the operand-retrieval circuit the math probes need had not
+    # formed after 2.5M structured-math tokens; with 8 heads and 5M tokens it had (the first 8
+    # held-out math problems right). Heads and tokens changed together: see README.
     "toy-moe": dict(num_layers=4, hidden_size=128, num_attention_heads=8, ffn_hidden_size=256,
                     num_experts=8, moe_router_topk=2, max_position_embeddings=512),
     # ~100M parameters (with a 32k vocabulary): a single-GPU sanity scale.
