@@ -7,6 +7,8 @@ go straight to the offending line.
 from __future__ import annotations
 
 import dataclasses
+import os
+import types
 import typing
 from typing import Any, Iterable
 
@@ -17,8 +19,6 @@ from ablate.errors import AblateError
 
 def load_yaml_file(path: str, what: str) -> Any:
     """Parse a YAML file, turning every way it can fail into one located line."""
-    import os
-
     if not os.path.isfile(path):
         raise AblateError(f"{path}: no such {what}")
     try:
@@ -100,7 +100,7 @@ def build_dataclass(cls: type, raw: Any, where: str, nested: dict[str, Any] | No
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]

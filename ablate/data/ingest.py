@@ -162,9 +162,7 @@ def run_task(task: Task, tokenizer_spec: dict, tokenizer_dir: str, extra_domains
             else:
                 if task.domain_field not in row:
                     raise DataError(f"{where}: missing domain field {task.domain_field!r} and the source sets no 'domain'")
-                domain = row[task.domain_field]
-                if not isinstance(domain, str) or domain not in taxonomy:  # the message (and its line number) only when needed
-                    taxonomy.validate(domain, f"{where}: field {task.domain_field!r}")
+                domain = taxonomy.validate(row[task.domain_field], lambda: f"{where}: field {task.domain_field!r}")
             result.rows += 1
             if not text:
                 result.skipped_empty += 1

@@ -128,6 +128,14 @@ def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, workers: int |
     return manifest
 
 
+@dataclass
+class _OpenDataset:
+    builder: ShardedIndexedDatasetBuilder
+    documents: int = 0
+    tokens: int = 0
+    bytes: int = 0
+
+
 class _Merger:
     """Appends task shards to one builder per (source, domain, split), strictly in task order.
 
@@ -140,7 +148,7 @@ class _Merger:
     def __init__(self, staging: str, shard_dir: str, tokenizer: Tokenizer):
         self.staging, self.shard_dir, self.tokenizer = staging, shard_dir, tokenizer
         self.source: str | None = None
-        self.open: dict[tuple[str, str], list] = {}  # key -> [builder, documents, tokens, bytes]
+        self.open: dict[tuple[str, str], _OpenDataset] = {}  # (domain, split) -> its builder and counts
         self.entries: list[DatasetEntry] = []
 
     def add(self, task: Task, result: TaskResult) -> None:
@@ -152,22 +160,22 @@ class _Merger:
                 domain, split = key
                 prefix = f"{task.source}/{domain}" + (".eval" if split == "eval" else "")
                 os.makedirs(os.path.join(self.staging, task.source), exist_ok=True)
-                self.open[key] = [ShardedIndexedDatasetBuilder(os.path.join(self.staging, prefix), self.tokenizer.dtype), 0, 0, 0]
-            state = self.open[key]
+                self.open[key] = _OpenDataset(ShardedIndexedDatasetBuilder(os.path.join(self.staging, prefix), self.tokenizer.dtype))
+            ds = self.open[key]
             tok_path, len_path = shard_paths(self.shard_dir, task.index, *key)
-            state[0].add_shard(tok_path, np.load(len_path))
-            state[1] += documents
-            state[2] += tokens
-            state[3] += nbytes
+            ds.builder.add_shard(tok_path, np.load(len_path))
+            ds.documents += documents
+            ds.tokens += tokens
+            ds.bytes += nbytes
             os.remove(tok_path)
             os.remove(len_path)
 
     def _close_source(self) -> None:
-        for (domain, split), (builder, documents, tokens, nbytes) in sorted(self.open.items()):
-            fingerprint, index_sha256 = builder.finalize()
+        for (domain, split), ds in sorted(self.open.items(), key=lambda kv: kv[0]):
+            fingerprint, index_sha256 = ds.builder.finalize()
             self.entries.append(DatasetEntry(
-                domain=domain, prefix=os.path.relpath(builder.path_prefix, self.staging), source=self.source,
-                split=split, documents=documents, tokens=tokens, bytes=nbytes,
+                domain=domain, prefix=os.path.relpath(ds.builder.path_prefix, self.staging), source=self.source,
+                split=split, documents=ds.documents, tokens=ds.tokens, bytes=ds.bytes,
                 dtype=np.dtype(self.tokenizer.dtype).name, tokenizer=self.tokenizer.fingerprint,
                 fingerprint=fingerprint, index_sha256=index_sha256))
         self.open = {}

@@ -9,7 +9,7 @@ declared tags travel in the manifest so every later stage validates against the 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ablate.errors import AblateError
 
@@ -64,10 +64,16 @@ class Taxonomy:
     def __contains__(self, tag: str) -> bool:
         return tag in self._tags
 
-    def validate(self, tag: object, where: str) -> str:
-        """Return ``tag`` if known, else raise a one-line error naming ``where`` and the allowed tags."""
+    def validate(self, tag: object, where: str | Callable[[], str]) -> str:
+        """Return ``tag`` if known, else raise a one-line error naming ``where`` and the allowed tags.
+
+        ``where`` may be a function making the location, called only for the error: per-row
+        callers must not pay for building 'file: line N' on every valid row.
+        """
         if isinstance(tag, str) and tag in self._tags:
             return tag
+        if callable(where):
+            where = where()
         raise AblateError(
             f"{where}: {tag!r} is not a known domain (allowed: {', '.join(self.tags)}; "
             "declare new ones under 'domains')"

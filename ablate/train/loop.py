@@ -153,7 +153,7 @@ def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
                 _save_npz(os.path.join(run_dir, "routing", f"step_{step:08d}.npz"), domains=np.array(data.domains),
                           **counts, **({"expert_bias": bias} if bias is not None else {}))
         if checkpoint:
-            state = {"step": step, "stage": plan.stages[data.locate(step - 1)[0]].name,
+            state = {"step": step, "stage": plan.stages[stage_idx].name,
                      "consumed_samples": _consumed(data, step),
                      "tokens": {d: int(t) for d, t in zip(data.domains, tokens_D)},
                      "plan_fingerprint": plan.fingerprint, "world_size": layout.world_size}
