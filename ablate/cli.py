@@ -7,6 +7,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -77,7 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", choices=("auto", "never"), default="auto",
                    help="auto: continue from the latest complete checkpoint in the run directory")
     p.set_defaults(func=_train)
+
+    # Later stages of the pipeline own their subcommands (one concept per file): each module's
+    # ``add_commands(sub)`` adds its parsers; imports there stay light so ``ablate --help`` is fast.
+    for module in _SUBSYSTEM_CLIS:
+        importlib.import_module(module).add_commands(sub)
     return parser
+
+
+_SUBSYSTEM_CLIS = ("ablate.evals.cli", "ablate.sweep.cli", "ablate.analysis.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Pure functions over run directories: tables, statistics, routing metrics, plots."""

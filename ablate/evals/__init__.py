@@ -1,0 +1,1 @@
+"""Capability scores: tasks (one per file), checkpoint loading, sandbox, lm-eval adapter."""

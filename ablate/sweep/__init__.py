@@ -1,0 +1,1 @@
+"""Sweeps: spec, expansion into run directories, executors (local, Slurm)."""
