@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from ablate.errors import AblateError
 
@@ -90,6 +91,8 @@ _SUBSYSTEM_CLIS = ("ablate.evals.cli", "ablate.sweep.cli", "ablate.analysis.cli"
 
 
 def main(argv: list[str] | None = None) -> int:
+    # megatron-core warns about Apex and CUDA-graph options on every import: noise for CPU users
+    warnings.filterwarnings("ignore", module=r"megatron\.")
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,5 +1,46 @@
-"""Subcommands of this subsystem (registered by ``ablate.cli``)."""
+"""``ablate eval RUN_DIR [--tasks a,b] [--step N]`` (registered by ``ablate.cli``)."""
+
+from __future__ import annotations
 
 
 def add_commands(sub) -> None:
-    """Add this subsystem's parsers to ``ablate``'s subparsers."""
+    p = sub.add_parser("eval", help="capability scores of a run's checkpoints -> RUN_DIR/eval/step_<N>.json")
+    p.add_argument("run_dir", help="a run directory (runs/<name>)")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks, or 'all' (default: bpb, probes, routing, gsm8k_gold, humaneval_gold; "
+                        "generative: gsm8k_cot, gsm8k_pot, humaneval)")
+    p.add_argument("--step", default=None,
+                   help="checkpoint step(s): N, N,M,..., 'all', or 0 for the initialisation (default: the latest)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N samples of each task")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--gsm8k", default=None, help="GSM8K test.jsonl (default: ../shared/benchmarks/gsm8k/test.jsonl)")
+    p.add_argument("--shots", type=int, default=4, help="few-shot examples for GSM8K")
+    p.set_defaults(func=_eval)
+
+
+def _eval(args) -> None:
+    from ablate.errors import AblateError
+    from ablate.evals.loading import available_steps, read_run
+    from ablate.evals.runner import evaluate, summary
+    from ablate.evals.tasks import select
+    from ablate.evals.tasks.base import EvalOptions
+
+    read_run(args.run_dir)
+    tasks, chosen = select(args.tasks)
+    if args.limit is not None and args.limit < 1:
+        raise AblateError(f"--limit: must be a positive number of samples, got {args.limit}")
+    steps: list[int | None]
+    if args.step is None:
+        steps = [None]
+    elif args.step == "all":
+        steps = available_steps(args.run_dir)
+        if not steps:
+            raise AblateError(f"{args.run_dir}: has no complete checkpoint yet")
+    else:
+        try:
+            steps = [int(s) for s in args.step.split(",")]
+        except ValueError:
+            raise AblateError(f"--step: expected N, N,M,... or 'all', got {args.step!r}") from None
+    options = EvalOptions(limit=args.limit, batch_size=args.batch_size, gsm8k_path=args.gsm8k, num_shots=args.shots)
+    for path in evaluate(args.run_dir, tasks, steps, options, chosen=chosen):
+        print(summary(path))

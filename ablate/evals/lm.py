@@ -1,0 +1,154 @@
+"""What every task asks of a model: log-likelihoods and greedy generation, batched.
+
+Sequences longer than the model's training length keep their last ``seq_length`` tokens (the
+context the model was trained with). Batches are right-padded: attention is causal, so a
+padded position never influences a real one, and every row's result is the one it would get
+alone (up to float rounding of batched matmuls; results are deterministic for a fixed batch
+size and order, which is what scores need).
+
+Generation runs the full prefix each step (no KV cache): megatron-core 0.16's inference
+engines and KV-cache contexts assume CUDA graphs and flash/TE attention; for the short answers
+of the probe tasks a plain loop is correct and fast enough (``benchmarks/eval.py`` measures it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ablate.evals.loading import EvalModel
+
+
+@dataclass
+class Continuation:
+    nll: float          # summed negative log-likelihood of the continuation tokens (nats)
+    tokens: int         # how many continuation tokens were scored
+    greedy: bool        # every continuation token is the model's argmax
+
+
+class LanguageModel:
+    def __init__(self, em: EvalModel, batch_size: int = 16):
+        self.em = em
+        self.model = em.model
+        self.device = em.device
+        self.max_length = em.seq_length
+        self.batch_size = batch_size
+        self.pad = em.tokenizer.pad
+        self.eod = em.tokenizer.eod
+
+    # ------------------------------------------------------------------ forward
+    @torch.inference_mode()
+    def logprobs(self, tokens_BS: torch.Tensor) -> torch.Tensor:
+        """log-softmax over the vocabulary at every position, float32 ``[B, S, V]``."""
+        tokens_BS = tokens_BS.to(self.device)
+        B, S = tokens_BS.shape
+        position_ids_BS = torch.arange(S, device=self.device).unsqueeze(0).expand(B, S)
+        logits_BSV = self.model(tokens_BS, position_ids_BS, None)
+        return F.log_softmax(logits_BSV.float(), dim=-1)
+
+    @torch.inference_mode()
+    def target_nll(self, inputs_BS: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of ``targets_BS[b, s]`` after ``inputs_BS[b, :s+1]``, ``[B, S]``."""
+        inputs_BS = inputs_BS.to(self.device)
+        B, S = inputs_BS.shape
+        position_ids_BS = torch.arange(S, device=self.device).unsqueeze(0).expand(B, S)
+        logits_BSV = self.model(inputs_BS, position_ids_BS, None).float()
+        return F.cross_entropy(logits_BSV.reshape(B * S, -1), targets_BS.to(self.device).reshape(-1),
+                               reduction="none").reshape(B, S)
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], progress: Callable | None = None
+              ) -> list[Continuation]:
+        """For each ``(context, continuation)`` token lists: the continuation's summed NLL,
+        its length, and whether greedy decoding would produce it."""
+        out: list[Continuation | None] = [None] * len(pairs)
+        # longest first: similar lengths share a batch, little padding
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            rows, spans = [], []
+            for i in batch:
+                ctx, cont = list(pairs[i][0]), list(pairs[i][1])
+                if not cont:
+                    raise ValueError("an empty continuation has no likelihood")
+                full = (ctx + cont)[-(self.max_length + 1):]
+                n_cont = min(len(cont), len(full) - 1)
+                rows.append(full)
+                spans.append(n_cont)
+            S = max(len(r) for r in rows) - 1
+            inputs = torch.full((len(rows), S), self.pad, dtype=torch.long)
+            targets = torch.full((len(rows), S), self.pad, dtype=torch.long)
+            for b, r in enumerate(rows):
+                inputs[b, :len(r) - 1] = torch.tensor(r[:-1])
+                targets[b, :len(r) - 1] = torch.tensor(r[1:])
+            logprobs_BSV = self.logprobs(inputs)
+            for b, (i, r, n) in enumerate(zip(batch, rows, spans)):
+                end = len(r) - 1
+                lp_CV = logprobs_BSV[b, end - n:end]
+                tgt_C = targets[b, end - n:end].to(lp_CV.device)
+                nll = -lp_CV.gather(1, tgt_C[:, None]).sum().item()
+                greedy = bool((lp_CV.argmax(-1) == tgt_C).all())
+                out[i] = Continuation(nll=nll, tokens=n, greedy=greedy)
+            if progress:
+                progress(len(batch))
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 stop: Callable[[list[int]], bool] | None = None, progress: Callable | None = None) -> list[list[int]]:
+        """Greedy continuations (token ids) of each prompt; a row stops at ``eod``, when
+        ``stop(generated_ids)`` says so, or after ``max_new_tokens``."""
+        results: list[list[int] | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            seqs = [list(prompts[i])[-(self.max_length - 1):] for i in batch]
+            generated: list[list[int]] = [[] for _ in batch]
+            active = list(range(len(batch)))
+            for _ in range(max_new_tokens):
+                if not active:
+                    break
+                rows = [seqs[j][-self.max_length:] for j in active]
+                S = max(len(r) for r in rows)
+                inputs = torch.full((len(rows), S), self.pad, dtype=torch.long)
+                for b, r in enumerate(rows):
+                    inputs[b, :len(r)] = torch.tensor(r)
+                logprobs_BSV = self.logprobs(inputs)
+                last = torch.tensor([len(r) - 1 for r in rows], device=logprobs_BSV.device)
+                next_B = logprobs_BSV[torch.arange(len(rows), device=last.device), last].argmax(-1).tolist()
+                still = []
+                for j, tok in zip(active, next_B):
+                    if tok == self.eod:
+                        continue
+                    seqs[j].append(tok)
+                    generated[j].append(tok)
+                    if not (stop and stop(generated[j])):
+                        still.append(j)
+                active = still
+            for j, i in enumerate(batch):
+                results[i] = generated[j]
+            if progress:
+                progress(len(batch))
+        return results  # type: ignore[return-value]
+
+    def generate_text(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = (),
+                      progress: Callable | None = None) -> list[str]:
+        """Greedy text continuations, cut at the first stop string."""
+        tok = self.em.tokenizer
+
+        def stop(ids: list[int]) -> bool:
+            if not stop_strings:
+                return False
+            text = tok.decode(ids[-64:])
+            return any(s in text for s in stop_strings)
+
+        ids = self.generate([tok.encode(p) for p in prompts], max_new_tokens, stop, progress)
+        texts = []
+        for g in ids:
+            text = tok.decode(g)
+            cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
+            texts.append(text[:cut] if cut >= 0 else text)
+        return texts

@@ -1,0 +1,186 @@
+"""A run's checkpoint, loaded for inference in one process (CPU or CUDA).
+
+What a run directory holds is enough: ``recipe.yaml`` (the resolved recipe) rebuilds the same
+megatron-core ``GPTModel``, ``plan.json`` names the tokenizer the model was trained with, and
+``checkpoints/step_N/rank<r>.pt`` hold the weights. Training may have sharded the experts over
+expert-parallel ranks; here they are gathered back into one model (tensor and pipeline
+parallel shards are not: those checkpoints must be evaluated with the same layout).
+
+Step 0 means the model as initialised from the recipe's seed (no checkpoint): the "untrained"
+reference every score can be compared against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from ablate.data.manifest import Manifest, load_manifests
+from ablate.data.tokenizer import Tokenizer, load_tokenizer
+from ablate.errors import AblateError
+from ablate.recipe.schema import Recipe, load_recipe
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class EvalModel:
+    run_dir: str
+    name: str
+    step: int
+    recipe: Recipe
+    plan: dict
+    manifests: list[Manifest]
+    tokenizer: Tokenizer
+    model: torch.nn.Module
+    device: torch.device
+    seq_length: int
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.plan["domains"])
+
+
+def available_steps(run_dir: str) -> list[int]:
+    """Steps with a complete checkpoint (its ``train_state.json`` is written last)."""
+    root = os.path.join(run_dir, "checkpoints")
+    steps = []
+    if os.path.isdir(root):
+        for d in os.listdir(root):
+            m = _STEP_DIR.match(d)
+            if m and os.path.isfile(os.path.join(root, d, "train_state.json")):
+                steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def read_run(run_dir: str) -> tuple[Recipe, dict]:
+    """The resolved recipe and the plan of a run directory, with clear errors when missing."""
+    if not os.path.isdir(run_dir):
+        raise AblateError(f"{run_dir}: no such run directory")
+    for f in ("recipe.yaml", "plan.json"):
+        if not os.path.isfile(os.path.join(run_dir, f)):
+            raise AblateError(f"{run_dir}: has no {f} (is it a run directory? 'ablate compile RECIPE' writes both)")
+    recipe = load_recipe(os.path.join(run_dir, "recipe.yaml"))
+    with open(os.path.join(run_dir, "plan.json")) as f:
+        plan = json.load(f)
+    return recipe, plan
+
+
+def resolve_manifests(recipe: Recipe, run_dir: str) -> list[str]:
+    """Manifest paths in a recipe are relative to where training ran: usually the project root,
+    two levels above ``runs/<name>``. Try the current directory first, then that root."""
+    project_root = os.path.dirname(os.path.dirname(os.path.abspath(run_dir)))
+    out = []
+    for p in recipe.data.manifests:
+        candidates = [p] if os.path.isabs(p) else [p, os.path.join(project_root, p)]
+        found = next((c for c in candidates if os.path.exists(c)), None)
+        if found is None:
+            raise AblateError(f"{run_dir}/recipe.yaml: data.manifests: {p} not found (looked in the current "
+                              f"directory and in {project_root})")
+        out.append(found)
+    return out
+
+
+def load_eval_model(run_dir: str, step: int | None = None, backend: str = "auto") -> EvalModel:
+    """The model of ``run_dir`` at ``step`` (default: the latest complete checkpoint; 0: the
+    initialisation), in eval mode, with its tokenizer and manifests."""
+    recipe, plan = read_run(run_dir)
+    steps = available_steps(run_dir)
+    if step is None:
+        if not steps:
+            raise AblateError(f"{run_dir}: has no complete checkpoint yet (train it first, or pass --step 0 to "
+                              "score the initialisation)")
+        step = steps[-1]
+    elif step != 0 and step not in steps:
+        raise AblateError(f"{run_dir}: no complete checkpoint at step {step} (available: "
+                          f"{', '.join(map(str, steps)) or 'none'})")
+    manifests = load_manifests(resolve_manifests(recipe, run_dir), where=f"{run_dir}/recipe.yaml: data.manifests")
+    trained_with = plan["tokenizer"]["fingerprint"]
+    data_tokenizer = manifests[0].tokenizer["fingerprint"]
+    if data_tokenizer != trained_with:
+        raise AblateError(f"{run_dir}: the checkpoint was trained with tokenizer {trained_with}, but "
+                          f"{manifests[0].path} is now tokenized with {data_tokenizer}: evaluate with the data it was "
+                          "trained on")
+    tokenizer = load_tokenizer(manifests[0].tokenizer, manifests[0].root, where=f"{manifests[0].path}: tokenizer")
+
+    device = _init_single_process(recipe, backend)
+    single = _single_process_recipe(recipe)
+    from ablate.train.model import build_model
+
+    torch.manual_seed(recipe.seed)  # step 0: the training run's initialisation (expert-parallel rank 0)
+    model = build_model(single, plan["tokenizer"]["vocab_size"], device.type)
+    if step:
+        _load_weights(model, run_dir, step, recipe)
+    model.eval()
+    return EvalModel(run_dir=run_dir, name=recipe.name, step=step, recipe=recipe, plan=plan, manifests=manifests,
+                     tokenizer=tokenizer, model=model, device=device, seq_length=recipe.training.seq_length)
+
+
+def _single_process_recipe(recipe: Recipe) -> Recipe:
+    """The same model, every expert local: one process holds it all."""
+    par = dataclasses.replace(recipe.parallelism, tp=1, pp=1, ep=1, cp=1)
+    return dataclasses.replace(recipe, parallelism=par)
+
+
+def _init_single_process(recipe: Recipe, backend: str) -> torch.device:
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    has_cuda = torch.cuda.is_available()
+    wanted = backend if backend != "auto" else recipe.training.backend
+    use_cuda = wanted == "cuda" or (wanted == "auto" and has_cuda)
+    if use_cuda and not has_cuda:
+        raise AblateError("--backend cuda: torch sees no GPU here")
+    if not use_cuda:
+        from ablate.train import cpu_compat
+
+        cpu_compat.apply()
+    if not dist.is_initialized():
+        store = tempfile.NamedTemporaryFile(prefix="ablate-eval-pg-", delete=False).name
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+    return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+
+
+_LOCAL_EXPERT = re.compile(r"(.*\.experts\.local_experts\.)(\d+)(\..*)")
+
+
+def _load_weights(model: torch.nn.Module, run_dir: str, step: int, recipe: Recipe) -> None:
+    """Rank 0's dense weights plus every expert-parallel rank's experts, renumbered globally."""
+    par = recipe.parallelism
+    if par.tp > 1 or par.pp > 1 or par.cp > 1:
+        raise AblateError(f"{run_dir}: trained with tp={par.tp} pp={par.pp} cp={par.cp}; evaluating such a "
+                          "checkpoint in one process is not supported (only data and expert parallel shards merge)")
+    path = os.path.join(run_dir, "checkpoints", f"step_{step:08d}")
+    per_rank = recipe.model.num_experts // par.ep if recipe.model.num_experts else 0
+    merged: dict[str, torch.Tensor] = {}
+    for ep_rank in range(par.ep):  # with tp = pp = cp = 1, global rank r has expert-parallel rank r % ep
+        f = os.path.join(path, f"rank{ep_rank}.pt")
+        if not os.path.isfile(f):
+            raise AblateError(f"{path}: {os.path.basename(f)} is missing (expert shard of rank {ep_rank})")
+        state = torch.load(f, map_location="cpu", weights_only=False)["model"]
+        for key, value in state.items():
+            key = key[len("module."):] if key.startswith("module.") else key
+            m = _LOCAL_EXPERT.match(key)
+            if m:
+                key = f"{m.group(1)}{ep_rank * per_rank + int(m.group(2))}{m.group(3)}"
+            elif ep_rank:
+                continue  # dense weights: identical on every rank, rank 0's copy
+            merged[key] = value
+    own = model.state_dict()
+    embedding = "embedding.word_embeddings.weight"
+    if embedding in merged and merged[embedding].shape != own[embedding].shape:
+        raise AblateError(f"{path}: its vocabulary ({merged[embedding].shape[0]} rows) does not match the tokenizer "
+                          f"this run's plan names ({own[embedding].shape[0]} rows): a checkpoint from a different "
+                          "tokenizer")
+    missing, unexpected = model.load_state_dict(merged, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise AblateError(f"{path}: does not fit this run's model (missing {missing[:3]}, unexpected {unexpected[:3]})")

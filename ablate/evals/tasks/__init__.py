@@ -1,0 +1,39 @@
+"""The task registry: one task per file; ``ablate eval --tasks`` names them."""
+
+from __future__ import annotations
+
+from ablate.errors import AblateError
+from ablate.evals.tasks.base import Task
+
+
+def registry() -> dict[str, Task]:
+    from ablate.evals.tasks.bpb import BitsPerByte
+    from ablate.evals.tasks.gsm8k import GSM8KChainOfThought, GSM8KGold, GSM8KProgramOfThought
+    from ablate.evals.tasks.humaneval import HumanEval, HumanEvalGold
+    from ablate.evals.tasks.probes import Probes
+    from ablate.evals.tasks.routing import RoutingCapture
+
+    tasks = [BitsPerByte(), Probes(), RoutingCapture(), GSM8KGold(), HumanEvalGold(),
+             GSM8KChainOfThought(), GSM8KProgramOfThought(), HumanEval()]
+    return {t.name: t for t in tasks}
+
+
+# scored by default: the likelihood tasks, the probes and the routing capture. The generative
+# benchmarks (GSM8K with generation, HumanEval pass@1) cost minutes even for a toy model.
+DEFAULT_TASKS = ("bpb", "probes", "routing", "gsm8k_gold", "humaneval_gold")
+
+
+def select(names: str | None) -> tuple[list[Task], bool]:
+    """Tasks named by ``--tasks`` (comma separated, or ``all``); the bool says whether the user
+    chose them (a chosen task that cannot run is an error, a default one is skipped)."""
+    tasks = registry()
+    if names is None:
+        return [tasks[n] for n in DEFAULT_TASKS], False
+    if names.strip() == "all":
+        return list(tasks.values()), True
+    chosen = []
+    for name in (n.strip() for n in names.split(",")):
+        if name not in tasks:
+            raise AblateError(f"--tasks: unknown task {name!r} (known: {', '.join(tasks)}, or 'all')")
+        chosen.append(tasks[name])
+    return chosen, True

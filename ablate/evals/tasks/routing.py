@@ -1,0 +1,89 @@
+"""Eval-time routing capture: which experts each token of fixed held-out text goes to.
+
+For every domain, the first ``routing_tokens`` tokens of its held-out stream (documents joined
+by ``eod``, as training packs them) are cut into full windows of the training length, so no
+padding ever passes through a router. A forward hook on each megatron-core ``TopKRouter``
+records the top-k expert ids per token, ordered by router probability. Saved per checkpoint as
+``eval/routing_step_<N>.npz``:
+
+* ``topk_TKL`` int16 ``[tokens, k, layers]``: expert ids;
+* ``token_ids_T`` int32, ``domain_T`` int16 (index into ``domains``), ``domains`` str.
+
+From these the analysis computes co-activation, router saturation against the final
+checkpoint, and vocabulary specialisation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ablate.evals.tasks.base import Task, TaskResult
+from ablate.evals.tasks.bpb import held_out_documents
+from ablate.io import atomic_path
+
+
+def routing_path(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, "eval", f"routing_step_{step}.npz")
+
+
+class RoutingCapture(Task):
+    name = "routing"
+    version = 1
+
+    def data_identity(self, ctx) -> dict:
+        return {"datasets": sorted(e.fingerprint for m in ctx.em.manifests for e in m.eval_datasets),
+                "tokens": ctx.options.routing_tokens, "seq_length": ctx.em.seq_length}
+
+    def run(self, ctx) -> TaskResult:
+        from megatron.core.transformer.moe.router import TopKRouter
+
+        routers = [m for m in ctx.em.model.modules() if isinstance(m, TopKRouter)]
+        if not routers:
+            return TaskResult(metrics={"tokens": 0.0}, samples=0)
+        k = routers[0].config.moe_router_topk
+        S = ctx.em.seq_length
+        captured: list[torch.Tensor | None] = [None] * len(routers)
+
+        def hook(layer):
+            def fn(module, inputs, output):
+                probs_TE, routing_map_TE = output
+                masked_TE = probs_TE.float().masked_fill(~routing_map_TE.bool(), float("-inf"))
+                captured[layer] = masked_TE.topk(k, dim=-1).indices.to(torch.int16).cpu()
+            return fn
+
+        handles = [r.register_forward_hook(hook(i)) for i, r in enumerate(routers)]
+        domains = sorted({e.domain for m in ctx.em.manifests for e in m.eval_datasets})
+        topk, token_ids, domain_ids = [], [], []
+        try:
+            for d, domain in enumerate(domains):
+                # enough whole documents to fill the windows; only full windows are routed
+                docs, _ = held_out_documents(ctx, domain, ctx.options.routing_tokens + S)
+                stream = np.concatenate([[ctx.em.tokenizer.eod], *docs]).astype(np.int64)
+                windows = min(len(stream) // S, max(1, ctx.options.routing_tokens // S))
+                for start in range(0, windows, ctx.options.batch_size):
+                    rows = range(start, min(start + ctx.options.batch_size, windows))
+                    tokens_BS = torch.from_numpy(np.stack([stream[w * S:(w + 1) * S] for w in rows]))
+                    ctx.lm.logprobs(tokens_BS)
+                    B = tokens_BS.shape[0]
+                    # router tokens are sequence-major (t = s * B + b): back to [B, S, k] per layer
+                    per_layer = [c.reshape(S, B, k).transpose(0, 1).reshape(B * S, k) for c in captured]
+                    topk.append(torch.stack(per_layer, dim=-1).numpy())
+                    token_ids.append(tokens_BS.reshape(-1).numpy().astype(np.int32))
+                    domain_ids.append(np.full(B * S, d, dtype=np.int16))
+        finally:
+            for h in handles:
+                h.remove()
+        path = routing_path(ctx.em.run_dir, ctx.em.step)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, topk_TKL=np.concatenate(topk), token_ids_T=np.concatenate(token_ids),
+                         domain_T=np.concatenate(domain_ids), domains=np.array(domains))
+        n = int(sum(len(t) for t in token_ids))
+        per_domain = {f"tokens/{dom}": float(sum(int((x == i).sum()) for x in domain_ids)) for i, dom in enumerate(domains)}
+        ctx.progress(f"routing: {n:,} tokens x {len(routers)} layers -> {os.path.relpath(path)}")
+        return TaskResult(metrics={"tokens": float(n), **per_domain}, samples=n)
+
