@@ -15,6 +15,7 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--gsm8k", default=None, help="GSM8K test.jsonl (default: ../shared/benchmarks/gsm8k/test.jsonl)")
     p.add_argument("--shots", type=int, default=4, help="few-shot examples for GSM8K")
+    p.add_argument("--lm-eval-include", default=None, help="a directory of local lm-eval task YAMLs (for lm_eval:<task>)")
     p.set_defaults(func=_eval)
 
 
@@ -41,6 +42,7 @@ def _eval(args) -> None:
             steps = [int(s) for s in args.step.split(",")]
         except ValueError:
             raise AblateError(f"--step: expected N, N,M,... or 'all', got {args.step!r}") from None
-    options = EvalOptions(limit=args.limit, batch_size=args.batch_size, gsm8k_path=args.gsm8k, num_shots=args.shots)
+    options = EvalOptions(limit=args.limit, batch_size=args.batch_size, gsm8k_path=args.gsm8k, num_shots=args.shots,
+                          lm_eval_include=args.lm_eval_include)
     for path in evaluate(args.run_dir, tasks, steps, options, chosen=chosen):
         print(summary(path))

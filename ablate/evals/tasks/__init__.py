@@ -33,7 +33,12 @@ def select(names: str | None) -> tuple[list[Task], bool]:
         return list(tasks.values()), True
     chosen = []
     for name in (n.strip() for n in names.split(",")):
+        if name.startswith("lm_eval:") and len(name) > len("lm_eval:"):
+            from ablate.evals.tasks.lm_eval_task import LmEvalTask
+
+            chosen.append(LmEvalTask(name[len("lm_eval:"):]))
+            continue
         if name not in tasks:
-            raise AblateError(f"--tasks: unknown task {name!r} (known: {', '.join(tasks)}, or 'all')")
+            raise AblateError(f"--tasks: unknown task {name!r} (known: {', '.join(tasks)}, lm_eval:<task>, or 'all')")
         chosen.append(tasks[name])
     return chosen, True

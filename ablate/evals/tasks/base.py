@@ -30,6 +30,7 @@ class EvalOptions:
     max_new_tokens: int = 256
     sandbox_timeout_s: float = 5.0
     sandbox_workers: int = 2
+    lm_eval_include: str | None = None   # a directory of local lm-eval task YAMLs
 
 
 @dataclass
