@@ -60,7 +60,7 @@ class RoutingCapture(Task):
         try:
             for d, domain in enumerate(domains):
                 # enough whole documents to fill the windows; only full windows are routed
-                docs, _ = held_out_documents(ctx, domain, ctx.options.routing_tokens + S)
+                docs, _ = held_out_documents(ctx, domain, 2 * ctx.options.routing_tokens + S)
                 stream = np.concatenate([[ctx.em.tokenizer.eod], *docs]).astype(np.int64)
                 windows = min(len(stream) // S, max(1, ctx.options.routing_tokens // S))
                 for start in range(0, windows, ctx.options.batch_size):
