@@ -1,0 +1,362 @@
+"""The runs registry: run directories -> tidy pandas frames joined with their resolved recipes.
+
+``load_runs(["runs/*"])`` reads every run directory a pattern matches; ``runs_frame(runs)`` is
+one row per run with every recipe field as a dotted column (``seed``, ``model.num_experts``,
+``stages.0.mix.math.tokens``...), plus ``run``, ``path``, ``state``, ``step``, ``condition``.
+
+A **condition** is what an ablation varies: runs whose recipes agree on every field except
+those in ``NOT_CONDITION`` (name, seed, where files go, logging cadence, parallel layout) are
+seeds of one condition. Its label is the runs' common name without a seed suffix
+(``codemath-s1``, ``codemath-s2`` -> ``codemath``), or the run's name when it is alone.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from ablate.errors import AblateError
+
+# recipe fields that do not define an experimental condition
+NOT_CONDITION = ("name", "seed", "run_dir", "cadence.*", "data.cache_dir", "parallelism.*",
+                 "training.backend", "training.micro_batch_size")
+_SEED_SUFFIX = re.compile(r"([-_.]?(seed|s|rep|r)?[-_]?\d+)$", re.I)
+
+
+@dataclass
+class Run:
+    """One run directory: its resolved recipe and status, the rest read on demand."""
+
+    path: str
+    name: str
+    recipe: dict
+    status: dict
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # ---- recipe facts
+    @property
+    def seed(self) -> int:
+        return self.recipe.get("seed")
+
+    @property
+    def k(self) -> int:
+        return int(self.recipe["model"]["moe_router_topk"])
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.recipe["model"]["num_experts"])
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "unknown")
+
+    def file(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def require(self, *names: str) -> None:
+        """Raise a one-line error naming the first of ``names`` missing from the run directory."""
+        for n in names:
+            if not os.path.exists(self.file(n)):
+                hint = {"metrics.jsonl": f"has it started training? state: {self.state}",
+                        "plan.json": "compile or train it first", "eval": "run 'ablate eval' on it"}.get(n, "")
+                raise AblateError(f"{self.file(n)}: missing" + (f" ({hint})" if hint else ""))
+
+    # ---- files read on demand (cached)
+    @property
+    def plan(self) -> dict:
+        if "plan" not in self._cache:
+            self.require("plan.json")
+            self._cache["plan"] = _read_json(self.file("plan.json"))
+        return self._cache["plan"]
+
+    def domain_tokens(self) -> dict:
+        """Tokens each domain contributes over the whole run (the plan's realised totals)."""
+        return {d: int(v["tokens_realized"]) for d, v in self.plan.get("domains", {}).items()}
+
+    def metrics(self):
+        """``metrics.jsonl`` as a DataFrame, one row per logged step."""
+        if "metrics" not in self._cache:
+            import pandas as pd
+
+            self.require("metrics.jsonl")
+            rows = []
+            path = self.file("metrics.jsonl")
+            with open(path, encoding="utf-8") as f:
+                for i, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        raise AblateError(f"{path}:{i}: not a JSON object") from None
+            frame = pd.DataFrame(rows)
+            if len(frame) and "step" not in frame:
+                raise AblateError(f"{path}: rows have no 'step'")
+            self._cache["metrics"] = frame
+        return self._cache["metrics"]
+
+    def routing(self):
+        """Training-time routing, every flush window (``routing_store.RoutingLog``)."""
+        if "routing" not in self._cache:
+            from ablate.analysis.routing_store import load_routing
+
+            self._cache["routing"] = load_routing(self.path, k=self.k)
+            self._cache["routing"].run = self.name
+        return self._cache["routing"]
+
+    def has_routing(self) -> bool:
+        from ablate.analysis.routing_store import flush_files
+
+        return bool(flush_files(self.path))
+
+    def eval_steps(self) -> list[int]:
+        out = []
+        for p in glob.glob(self.file("eval", "step_*.json")):
+            m = re.search(r"step_(\d+)\.json$", p)
+            if m:
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def eval_results(self, step: int | None = None) -> dict:
+        """``eval/step_<N>.json`` (the latest by default), checked against the eval contract."""
+        steps = self.eval_steps()
+        if not steps:
+            raise AblateError(f"{self.path}: no eval/step_*.json (run 'ablate eval {self.path}')")
+        step = steps[-1] if step is None else step
+        key = ("eval", step)
+        if key not in self._cache:
+            path = self.file("eval", f"step_{step}.json")
+            if not os.path.exists(path):
+                raise AblateError(f"{path}: missing (evaluated steps: {', '.join(map(str, steps))})")
+            body = _read_json(path)
+            if not isinstance(body, dict) or not str(body.get("format", "")).startswith("ablate.eval/") \
+                    or not isinstance(body.get("tasks"), dict):
+                raise AblateError(f"{path}: not an eval result (expected format 'ablate.eval/1' with 'tasks')")
+            for task, t in body["tasks"].items():
+                if not isinstance(t, dict) or not isinstance(t.get("metrics"), dict):
+                    raise AblateError(f"{path}: tasks.{task}: expected a mapping with 'metrics'")
+            self._cache[key] = body
+        return self._cache[key]
+
+    def eval_routing(self, step: int | None = None):
+        from ablate.analysis.routing_store import load_eval_routing
+
+        return load_eval_routing(self.path, step, num_experts=self.num_experts)
+
+    def eval_routing_steps(self) -> list[int]:
+        from ablate.analysis.routing_store import eval_routing_steps
+
+        return eval_routing_steps(self.path)
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise AblateError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise AblateError(f"{path}: unreadable ({exc.strerror})") from None
+
+
+def load_run(path: str) -> Run:
+    """A run directory; needs ``recipe.yaml`` (the resolved recipe training writes)."""
+    path = path.rstrip("/") or path
+    if not os.path.isdir(path):
+        raise AblateError(f"{path}: no such run directory")
+    recipe_path = os.path.join(path, "recipe.yaml")
+    if not os.path.exists(recipe_path):
+        raise AblateError(f"{path}: not a run directory (no recipe.yaml)")
+    recipe = _resolved_recipe(recipe_path)
+    status_path = os.path.join(path, "status.json")
+    status = _read_json(status_path) if os.path.exists(status_path) else {"state": "pending"}
+    return Run(path=path, name=recipe["name"], recipe=recipe, status=status)
+
+
+def _resolved_recipe(path: str) -> dict:
+    """The run's recipe through today's schema (so fields added since it ran get their defaults
+    and every run has the same columns); a recipe the schema no longer accepts is kept as
+    written: it is still the record of what ran."""
+    from ablate.recipe.schema import parse_recipe
+    from ablate.validate import load_yaml_file
+
+    raw = load_yaml_file(path, "recipe")
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise AblateError(f"{path}: not a resolved recipe (a mapping with a 'name')")
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("preset", "") is None:
+        raw = {**raw, "model": {k: v for k, v in model.items() if k != "preset"}}  # to_dict writes 'preset: null'
+    try:
+        return parse_recipe(raw, path).to_dict()
+    except AblateError:
+        return raw
+
+
+def load_runs(patterns) -> list[Run]:
+    """Runs from paths or glob patterns (a string, or a list of them), in sorted path order.
+
+    A pattern that matches nothing is an error; directories without ``recipe.yaml`` that a glob
+    (not a plain path) matches are skipped; two runs with one name are an error.
+    """
+    if isinstance(patterns, str):
+        patterns = patterns.split()
+    paths, explicit = [], set()
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matched = sorted(p for p in glob.glob(pattern) if os.path.isdir(p) and os.path.exists(os.path.join(p, "recipe.yaml")))
+            if not matched:
+                raise AblateError(f"{pattern}: matches no run directory")
+            paths += matched
+        else:
+            paths.append(pattern)
+            explicit.add(pattern)
+    runs, seen = [], {}
+    for p in dict.fromkeys(os.path.normpath(p) for p in paths):
+        run = load_run(p)
+        if run.name in seen:
+            raise AblateError(f"two runs are named {run.name!r}: {seen[run.name]} and {p}")
+        seen[run.name] = p
+        runs.append(run)
+    if not runs:
+        raise AblateError("no runs given")
+    return runs
+
+
+# ------------------------------------------------------------------ frames
+
+
+def flatten(value, prefix: str = "") -> dict:
+    """Nested dicts and lists -> ``{"a.b.0.c": leaf}``."""
+    out = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = value
+    return out
+
+
+def _is_condition_field(column: str, exclude) -> bool:
+    return not any(fnmatch.fnmatchcase(column, pat) for pat in exclude)
+
+
+def runs_frame(runs: list[Run], exclude=NOT_CONDITION):
+    """One row per run: ``run, path, state, step, condition`` and every recipe field, dotted."""
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        row = {"run": r.name, "path": r.path, "state": r.state, "step": r.status.get("step")}
+        row.update(flatten(r.recipe))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame.insert(4, "condition", condition_labels(frame, exclude))
+    return frame
+
+
+def condition_columns(frame, exclude=NOT_CONDITION) -> list[str]:
+    meta = {"run", "path", "state", "step", "condition"}
+    return [c for c in frame.columns if c not in meta and _is_condition_field(c, exclude)]
+
+
+def varying_columns(frame, exclude=NOT_CONDITION) -> list[str]:
+    """Recipe columns whose values differ between runs (what the comparison is about)."""
+    return [c for c in condition_columns(frame, exclude) if frame[c].map(_key).nunique(dropna=False) > 1]
+
+
+def _norm(v):
+    """numpy scalars -> Python; 2.0 -> 2 (a column with gaps turns ints into floats); NaN -> None."""
+    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
+        try:
+            v = v.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(v, float):
+        if v != v:
+            return None
+        if v.is_integer():
+            return int(v)
+    return v
+
+
+def _key(v):
+    return json.dumps(_norm(v), sort_keys=True, default=str)
+
+
+def condition_labels(frame, exclude=NOT_CONDITION) -> list[str]:
+    """A label per row: rows equal on every condition field share one."""
+    cols = condition_columns(frame, exclude)
+    keys = [tuple(_key(row[c]) for c in cols) for _, row in frame[cols].iterrows()] if cols else [()] * len(frame)
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    labels, used = [None] * len(frame), set()
+    for members in groups.values():
+        names = [str(frame["run"].iloc[i]) for i in members]
+        label = _group_label(names)
+        base, n = label, 2
+        while label in used:
+            label, n = f"{base}#{n}", n + 1
+        used.add(label)
+        for i in members:
+            labels[i] = label
+    return labels
+
+
+def _group_label(names: list[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    stripped = {_SEED_SUFFIX.sub("", n) or n for n in names}
+    if len(stripped) == 1:
+        return stripped.pop()
+    prefix = os.path.commonprefix(names).rstrip("-_.")
+    return prefix or f"{names[0]}+{len(names) - 1}"
+
+
+def resolve_control(frame, control: str) -> str:
+    """The condition of ``control`` (a run name or a condition label)."""
+    if control in set(frame["condition"]):
+        return control
+    hit = frame.loc[frame["run"] == control, "condition"]
+    if len(hit):
+        return hit.iloc[0]
+    raise AblateError(f"control {control!r} is not among the runs (runs: {', '.join(map(str, frame['run']))}; "
+                      f"conditions: {', '.join(dict.fromkeys(map(str, frame['condition'])))})")
+
+
+def differences(frame, control: str, exclude=NOT_CONDITION) -> dict:
+    """Per condition, ``{field: (control value, its value)}`` for the recipe fields that differ."""
+    cond = resolve_control(frame, control)
+    cols = condition_columns(frame, exclude)
+    first = frame.groupby("condition", sort=False).first()
+    base = first.loc[cond]
+    out = {}
+    for label, row in first.iterrows():
+        out[label] = {c: (_plain(base[c]), _plain(row[c])) for c in cols if _key(base[c]) != _key(row[c])}
+    return out
+
+
+def _plain(v):
+    return _norm(v)
+
+
+def metrics_frame(runs: list[Run], frame=None):
+    """Every run's ``metrics.jsonl`` stacked, with ``run`` and ``condition`` columns."""
+    import pandas as pd
+
+    frame = runs_frame(runs) if frame is None else frame
+    cond = dict(zip(frame["run"], frame["condition"]))
+    parts = []
+    for r in runs:
+        m = r.metrics().copy()
+        m.insert(0, "run", r.name)
+        m.insert(1, "condition", cond.get(r.name, r.name))
+        parts.append(m)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
