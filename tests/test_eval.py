@@ -237,3 +237,34 @@ def test_run_directory_without_checkpoints(trained):
     one_line_error(ablate_eval(trained, "runs/untrained"), "runs/untrained", "no complete checkpoint", "--step 0")
     one_line_error(ablate_eval(trained, "runs/untrained", "--step", "8"), "no complete checkpoint at step 8")
     one_line_error(ablate_eval(trained, "runs/nothing_here"), "runs/nothing_here", "no such run directory")
+
+
+# ------------------------------------------------------------------ inside training
+
+@pytest.mark.parametrize("nproc,ep", [(1, 1), (2, 2)], ids=["one-process", "expert-parallel-2"])
+def test_evaluation_inside_training_matches_ablate_eval_of_its_checkpoint(trained, nproc, ep):
+    """Scores written by training at its eval cadence equal ``ablate eval`` of the saved
+    checkpoint, and evaluating does not change training (losses as without it)."""
+    name = f"live{nproc}"
+    recipe = write(trained, name, cadence__checkpoint_every=8, cadence__eval_every=8,
+                   cadence__eval_tasks=["bpb", "probes"], parallelism={"ep": ep})
+    r = run(trained, recipe, nproc)
+    assert r.returncode == 0, r.stderr[-3000:]
+    live = {s: scores(trained, name, s)["tasks"] for s in (8, 16)}
+    with open(trained / "runs" / name / "metrics.jsonl") as f:
+        losses = [json.loads(line)["loss"] for line in f]
+    if nproc == 1:
+        with open(trained / "runs" / "evalrun" / "metrics.jsonl") as f:
+            assert losses == [json.loads(line)["loss"] for line in f]
+    # the same tasks from the checkpoint, scored afresh in another directory
+    work = trained / f"{name}_posthoc"
+    shutil.copytree(trained / "runs" / name, work / "runs" / name, ignore=shutil.ignore_patterns("eval"))
+    os.symlink(trained / "data", work / "data")
+    r = ablate_eval(work, f"runs/{name}", "--step", "8,16", "--tasks", "bpb,probes")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for s in (8, 16):
+        posthoc = scores(work, name, s)["tasks"]
+        for task in ("bpb", "probes"):
+            assert live[s][task]["fingerprint"] == posthoc[task]["fingerprint"]
+            for metric, value in live[s][task]["metrics"].items():
+                assert posthoc[task]["metrics"][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (s, metric)

@@ -6,6 +6,9 @@ padded position never influences a real one, and every row's result is the one i
 alone (up to float rounding of batched matmuls; results are deterministic for a fixed batch
 size and order, which is what scores need).
 
+Gradients are off with ``no_grad``, not ``inference_mode``: inside training, megatron-core's
+dispatchers keep buffers that training later updates in place, which inference tensors forbid.
+
 Generation runs the full prefix each step (no KV cache): megatron-core 0.16's inference
 engines and KV-cache contexts assume CUDA graphs and flash/TE attention; for the short answers
 of the probe tasks a plain loop is correct and fast enough (``benchmarks/eval.py`` measures it).
@@ -38,9 +41,10 @@ class LanguageModel:
         self.batch_size = batch_size
         self.pad = em.tokenizer.pad
         self.eod = em.tokenizer.eod
+        self.vocab_size = em.tokenizer.vocab_size  # the embedding is padded beyond it; never generate those ids
 
     # ------------------------------------------------------------------ forward
-    @torch.inference_mode()
+    @torch.no_grad()
     def logprobs(self, tokens_BS: torch.Tensor) -> torch.Tensor:
         """log-softmax over the vocabulary at every position, float32 ``[B, S, V]``."""
         tokens_BS = tokens_BS.to(self.device)
@@ -49,7 +53,7 @@ class LanguageModel:
         logits_BSV = self.model(tokens_BS, position_ids_BS, None)
         return F.log_softmax(logits_BSV.float(), dim=-1)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def target_nll(self, inputs_BS: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood of ``targets_BS[b, s]`` after ``inputs_BS[b, :s+1]``, ``[B, S]``."""
         inputs_BS = inputs_BS.to(self.device)
@@ -118,7 +122,7 @@ class LanguageModel:
                     inputs[b, :len(r)] = torch.tensor(r)
                 logprobs_BSV = self.logprobs(inputs)
                 last = torch.tensor([len(r) - 1 for r in rows], device=logprobs_BSV.device)
-                next_B = logprobs_BSV[torch.arange(len(rows), device=last.device), last].argmax(-1).tolist()
+                next_B = logprobs_BSV[torch.arange(len(rows), device=last.device), last, :self.vocab_size].argmax(-1).tolist()
                 still = []
                 for j, tok in zip(active, next_B):
                     if tok == self.eod:

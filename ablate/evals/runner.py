@@ -39,6 +39,7 @@ class Context:
     lm: object
     options: EvalOptions
     quiet: bool = False
+    write: bool = True  # False on all but one rank when evaluating inside multi-process training
     notes: list[str] = field(default_factory=list)
 
     def progress(self, message: str) -> None:
@@ -47,10 +48,12 @@ class Context:
 
 
 def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: EvalOptions,
-             chosen: bool = False, quiet: bool = False, em=None) -> list[str]:
+             chosen: bool = False, quiet: bool = False, em=None, write: bool = True) -> list[str]:
     """Score ``tasks`` at each of ``steps`` (None: latest checkpoint); returns the files written.
 
-    ``em``: an already loaded model (training passes its own, at its current step)."""
+    ``em``: an already loaded model (training passes its own, at its current step); ``write``:
+    whether this process writes the results (training evaluates on every rank in lockstep,
+    since expert-parallel ranks each hold part of the model, and rank 0 writes)."""
     from ablate.evals.lm import LanguageModel
     from ablate.evals.loading import load_eval_model, read_run
 
@@ -58,7 +61,8 @@ def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: 
     written = []
     for step in steps:
         model = em if em is not None else load_eval_model(run_dir, step)
-        ctx = Context(em=model, lm=LanguageModel(model, options.batch_size), options=options, quiet=quiet)
+        ctx = Context(em=model, lm=LanguageModel(model, options.batch_size), options=options, quiet=quiet,
+                      write=write)
         path = eval_path(run_dir, model.step)
         scores = read_scores(run_dir, model.step) or {"format": FORMAT, "run": model.name, "step": model.step,
                                                       "checkpoint": "init" if model.step == 0 else
@@ -85,6 +89,8 @@ def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: 
                 "version": task.version, "fingerprint": fingerprint, "samples": result.samples,
                 "samples_by_metric": result.samples_by_metric, "metrics": result.metrics,
                 "elapsed_s": round(time.time() - start, 3)}
+            if not write:
+                continue
             if result.details:
                 detail = os.path.join(run_dir, "eval", "details", f"step_{model.step}", f"{task.name}.jsonl")
                 os.makedirs(os.path.dirname(detail), exist_ok=True)

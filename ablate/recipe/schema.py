@@ -146,7 +146,8 @@ class TrainingConfig:
 @dataclass
 class CadenceConfig:
     log_every: int = 10
-    eval_every: int = 0  # 0: evaluate only the final checkpoint
+    eval_every: int = 0  # with eval_tasks: every N steps and at the end (0: only at the end)
+    eval_tasks: list = field(default_factory=list)  # ablate eval tasks scored inside training (none: run it after)
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     routing_flush_every: int = 50
@@ -156,6 +157,14 @@ class CadenceConfig:
         for f in ("log_every", "checkpoint_every", "keep_checkpoints", "routing_flush_every"):
             check_positive(getattr(self, f), f"{where}.{f}")
         check_positive(self.eval_every, f"{where}.eval_every", allow_zero=True)
+        check_type(self.eval_tasks, list, f"{where}.eval_tasks", "a list of task names (see 'ablate eval --help')")
+        if self.eval_tasks:
+            from ablate.evals.tasks import select
+
+            try:
+                select(",".join(str(t) for t in self.eval_tasks))
+            except AblateError as exc:
+                raise AblateError(f"{where}.eval_tasks: {str(exc).split(': ', 1)[1]}") from None
 
 
 @dataclass

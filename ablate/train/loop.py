@@ -51,6 +51,7 @@ def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
     from ablate.train.data import StagedData
     from ablate.train.model import count_parameters
     from ablate.train.schedule import lr_at
+    from ablate.evals.in_training import due as eval_due, evaluate_live
 
     rank0 = layout.rank == 0
     # ---- plan: the exact data this run consumes
@@ -160,6 +161,9 @@ def _train(recipe: Recipe, layout, run_dir: str, resume: str) -> dict:
             ckpt.save(run_dir, step, ddp, optimizer, state, cad.keep_checkpoints)
             if rank0:
                 ckpt.write_status(run_dir, "running", step=step)
+        if cad.eval_tasks and not preempted and eval_due(cad.eval_every, step, data.total_steps):
+            evaluate_live(recipe, plan, run_dir, model, step, layout.device, layout.rank)
+            t_last = time.time()  # evaluation time is not training throughput
         if preempted:
             if rank0:
                 ckpt.write_status(run_dir, "preempted", step=step, exit_reason=f"signal {stop['signal']}")

@@ -77,9 +77,9 @@ class RoutingCapture(Task):
             for h in handles:
                 h.remove()
         path = routing_path(ctx.em.run_dir, ctx.em.step)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
+        if ctx.write:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 np.savez(f, topk_TKL=np.concatenate(topk), token_ids_T=np.concatenate(token_ids),
                          domain_T=np.concatenate(domain_ids), domains=np.array(domains))
         n = int(sum(len(t) for t in token_ids))
