@@ -1,0 +1,240 @@
+"""The sweep file: a base recipe, the axes that vary it, and how its points run.
+
+```yaml
+name: density                       # names the sweep; its run dirs go to runs/<name>/<point>
+base: recipes/toy/density-structured-025.yaml   # a recipe file, or an inline recipe mapping
+root: runs/density                  # optional (default runs/<name>)
+set: {training.optimizer.lr: 0.002} # optional: applied to every point first
+grid:                               # cartesian product, one axis per path
+  stages.0.mix.general.tokens: [1M, 2M]
+zip:                                # one axis: equal-length lists taken together (or a list of such)
+  stages.mixed.mix.math.density.math.structured: [0, 0.25, 0.5, 1.0]
+  stages.mixed.mix.math.density.math.text: [1, 0.75, 0.5, 0]
+variants:                           # one axis of named points
+  - {name: small, set: {model.num_layers: 2}}
+  - {name: large, set: {model.num_layers: 4}}
+seeds: [1, 2]                       # an axis over the recipe's `seed`
+point_name: "{sweep}-d{math.structured}-s{seed}"   # optional naming template
+executor: local                     # default for `ablate sweep submit` (local | slurm)
+local: {nproc_per_node: 1}
+slurm: {nodes: 4, gpus_per_node: 8, partition: gpu, account: proj, time: "04:00:00",
+        signal_seconds: 300, extra: ["--qos=high"], setup: ["source venv/bin/activate"]}
+eval: {tasks: [bpb, probes]}        # optional: queue `ablate eval RUN_DIR` after each training
+```
+
+Paths (the base file, ``root``) are relative to the working directory, as in recipes. Field
+paths are dotted: list items by index or by ``name`` (``stages.0`` or ``stages.mixed``), mapping
+keys by the longest key that exists (domain names contain dots: ``density.math.structured``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ablate.errors import AblateError
+from ablate.validate import build_dataclass, check_choice, check_keys, check_positive, check_type, load_yaml_file
+
+EXECUTORS = ("local", "slurm")
+
+
+@dataclass
+class SlurmConfig:
+    nodes: int = 1
+    gpus_per_node: int = 0
+    nproc_per_node: Optional[int] = None  # processes per node; default: gpus_per_node (1 without GPUs)
+    cpus_per_task: Optional[int] = None  # the one task per node runs torchrun and all its workers
+    mem: Optional[str] = None
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    time: Optional[str] = None
+    signal_seconds: int = 120  # USR1 this long before the time limit: checkpoint, requeue
+    port: Optional[int] = None  # rendezvous port on the first node; default: from the job id
+    python: Optional[str] = None  # default: the interpreter running `ablate sweep submit`
+    setup: list = field(default_factory=list)  # shell lines run before training (module load, ...)
+    env: dict = field(default_factory=dict)  # exported in the job
+    extra: list = field(default_factory=list)  # more #SBATCH options, e.g. "--qos=high"
+
+    def validate(self, where: str) -> None:
+        check_positive(self.nodes, f"{where}.nodes")
+        check_positive(self.gpus_per_node, f"{where}.gpus_per_node", allow_zero=True)
+        for f in ("nproc_per_node", "cpus_per_task", "port"):
+            if getattr(self, f) is not None:
+                check_positive(getattr(self, f), f"{where}.{f}")
+        check_positive(self.signal_seconds, f"{where}.signal_seconds")
+        for name in ("setup", "extra"):
+            for i, line in enumerate(getattr(self, name)):
+                check_type(line, str, f"{where}.{name}[{i}]", "a string")
+        for i, line in enumerate(self.extra):
+            if not sbatch_option(line).startswith("-"):
+                raise AblateError(f"{where}.extra[{i}]: {line!r} is not an sbatch option (like --qos=high)")
+        for k, v in self.env.items():
+            check_type(v, (str, int, float), f"{where}.env.{k}", "a string or number")
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.nproc_per_node or self.gpus_per_node or 1
+
+
+@dataclass
+class LocalConfig:
+    nproc_per_node: int = 1
+
+    def validate(self, where: str) -> None:
+        check_positive(self.nproc_per_node, f"{where}.nproc_per_node")
+
+
+@dataclass
+class EvalConfig:
+    tasks: list = field(default_factory=list)
+    step: Optional[str] = None  # passed to `ablate eval --step`
+    args: list = field(default_factory=list)  # more arguments for `ablate eval`
+    slurm: dict = field(default_factory=dict)  # overrides of the training job's slurm settings
+
+    def validate(self, where: str) -> None:
+        if not self.tasks:
+            raise AblateError(f"{where}.tasks: name at least one eval task (e.g. [bpb, probes])")
+        for i, t in enumerate(self.tasks):
+            check_type(t, str, f"{where}.tasks[{i}]", "a task name")
+        for i, a in enumerate(self.args):
+            check_type(a, (str, int, float), f"{where}.args[{i}]", "a command-line argument")
+        allowed = [f.name for f in dataclasses.fields(SlurmConfig)]
+        check_keys(self.slurm, allowed, f"{where}.slurm")
+
+
+@dataclass
+class Variant:
+    name: str
+    set: dict
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base: Any  # a recipe path, or an inline recipe mapping
+    root: Optional[str] = None
+    set: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    zip: list = field(default_factory=list)  # of dicts
+    variants: list = field(default_factory=list)  # of Variant
+    seeds: Optional[list] = None
+    point_name: Optional[str] = None
+    executor: str = "local"
+    local: LocalConfig = field(default_factory=LocalConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    eval: Optional[EvalConfig] = None
+    _path: str = ""
+
+    @property
+    def resolved_root(self) -> str:
+        return os.path.abspath(self.root or os.path.join("runs", self.name))
+
+    def slurm_for_eval(self) -> SlurmConfig:
+        """The eval job's settings: one node, one process, the training job's settings otherwise."""
+        base = dataclasses.asdict(self.slurm)
+        base.update(nodes=1, nproc_per_node=1, gpus_per_node=min(self.slurm.gpus_per_node, 1))
+        base.update(self.eval.slurm if self.eval else {})
+        cfg = build_dataclass(SlurmConfig, base, f"{self._path}: eval.slurm")
+        return cfg
+
+
+def sbatch_option(line: str) -> str:
+    """An ``extra`` line as an sbatch option: ``#SBATCH --qos=high`` and ``--qos=high`` alike."""
+    line = line.strip()
+    return line[len("#SBATCH"):].strip() if line.startswith("#SBATCH") else line
+
+
+def load_sweep(path: str) -> SweepSpec:
+    raw = load_yaml_file(path, "sweep file")
+    spec = parse_sweep(raw, path)
+    spec._path = path
+    return spec
+
+
+def parse_sweep(raw: Any, origin: str) -> SweepSpec:
+    fields = [f.name for f in dataclasses.fields(SweepSpec) if not f.name.startswith("_")]
+    check_keys(raw, fields, origin, required=("name", "base"))
+    name = check_type(raw["name"], str, f"{origin}: name", "a sweep name")
+    if not name or "/" in name or name.startswith("."):
+        raise AblateError(f"{origin}: name: {name!r} must be a plain file name (it names the sweep's directory)")
+    base = raw["base"]
+    if not isinstance(base, (str, dict)):
+        raise AblateError(f"{origin}: base: expected a recipe file path or an inline recipe mapping, got {base!r}")
+    if isinstance(base, str) and not os.path.isfile(base):
+        raise AblateError(f"{origin}: base: no such recipe file {base!r} (paths are relative to the working directory)")
+    root = raw.get("root")
+    if root is not None:
+        check_type(root, str, f"{origin}: root", "a directory")
+    set_ = _assignments(raw.get("set") or {}, f"{origin}: set")
+    grid = _axes(raw.get("grid") or {}, f"{origin}: grid")
+    zips = raw.get("zip") or []
+    zips = [zips] if isinstance(zips, dict) else zips
+    check_type(zips, list, f"{origin}: zip", "a mapping from field path to a list of values (or a list of such)")
+    zip_axes = []
+    for i, z in enumerate(zips):
+        at = f"{origin}: zip" + (f"[{i}]" if len(zips) > 1 else "")
+        axes = _axes(z, at)
+        if not axes:
+            raise AblateError(f"{at}: empty zip (give at least one field path with its values)")
+        lengths = {p: len(v) for p, v in axes.items()}
+        if len(set(lengths.values())) > 1:
+            raise AblateError(f"{at}: zipped lists differ in length ({', '.join(f'{p}: {n}' for p, n in lengths.items())}); "
+                              "they must be equally long")
+        zip_axes.append(axes)
+    variants = _variants(raw.get("variants"), f"{origin}: variants")
+    seeds = raw.get("seeds")
+    if seeds is not None:
+        check_type(seeds, list, f"{origin}: seeds", "a list of integer seeds")
+        if not seeds:
+            raise AblateError(f"{origin}: seeds: empty axis (give at least one seed)")
+        for i, s in enumerate(seeds):
+            check_type(s, int, f"{origin}: seeds[{i}]", "an integer seed")
+        if len(set(seeds)) != len(seeds):
+            raise AblateError(f"{origin}: seeds: {seeds} repeats a seed")
+    point_name = raw.get("point_name")
+    if point_name is not None:
+        check_type(point_name, str, f"{origin}: point_name", "a naming template like '{sweep}-{seed}'")
+    executor = check_choice(raw.get("executor", "local"), EXECUTORS, f"{origin}: executor")
+    local = build_dataclass(LocalConfig, raw.get("local"), f"{origin}: local")
+    slurm = build_dataclass(SlurmConfig, raw.get("slurm"), f"{origin}: slurm")
+    ev = raw.get("eval")
+    ev = build_dataclass(EvalConfig, ev, f"{origin}: eval") if ev is not None else None
+    return SweepSpec(name=name, base=base, root=root, set=set_, grid=grid, zip=zip_axes, variants=variants,
+                     seeds=seeds, point_name=point_name, executor=executor, local=local, slurm=slurm, eval=ev)
+
+
+def _assignments(raw: Any, where: str) -> dict:
+    check_type(raw, dict, where, "a mapping from field path (like training.optimizer.lr) to a value")
+    for path in raw:
+        check_type(path, str, f"{where}: {path!r}", "a dotted field path")
+    return dict(raw)
+
+
+def _axes(raw: Any, where: str) -> dict:
+    check_type(raw, dict, where, "a mapping from field path to a list of values")
+    for path, values in raw.items():
+        check_type(path, str, f"{where}: {path!r}", "a dotted field path")
+        check_type(values, list, f"{where}.{path}", "a list of values")
+        if not values:
+            raise AblateError(f"{where}.{path}: empty axis (give at least one value)")
+    return dict(raw)
+
+
+def _variants(raw: Any, where: str) -> list[Variant]:
+    if raw is None:
+        return []
+    check_type(raw, list, where, "a list of {name, set}")
+    if not raw:
+        raise AblateError(f"{where}: empty axis (give at least one variant)")
+    out, names = [], set()
+    for i, v in enumerate(raw):
+        at = f"{where}[{i}]"
+        check_keys(v, ("name", "set"), at, required=("name",))
+        name = check_type(v["name"], str, f"{at}.name", "a variant name")
+        if name in names:
+            raise AblateError(f"{at}.name: {name!r} is used by another variant")
+        names.add(name)
+        out.append(Variant(name, _assignments(v.get("set") or {}, f"{at}.set")))
+    return out
