@@ -268,3 +268,30 @@ def test_evaluation_inside_training_matches_ablate_eval_of_its_checkpoint(traine
             assert live[s][task]["fingerprint"] == posthoc[task]["fingerprint"]
             for metric, value in live[s][task]["metrics"].items():
                 assert posthoc[task]["metrics"][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (s, metric)
+
+
+def test_generation_with_the_kv_cache_gives_the_same_tokens_as_recomputing(trained):
+    """megatron-core's static KV cache (prompts of different lengths in one batch, rows that
+    stop early, rows that outgrow the 64-token window and continue without it) changes speed,
+    not tokens."""
+    code = r"""
+import json
+from ablate.evals.loading import load_eval_model
+from ablate.evals.lm import LanguageModel
+em = load_eval_model('runs/evalrun', 16)
+lm = LanguageModel(em, 5)
+rows = [json.loads(l) for f in ('math_answer', 'program_output', 'fact_recall')
+        for l in list(open(f'data/toyworld/probes/{f}.jsonl'))[:6]]
+prompts = [em.tokenizer.encode(r['prompt']) for r in rows]
+stop = lambda ids: ids[-1:] == [ord('.')]
+a = lm.generate(prompts, 90, stop, kv_cache=False)
+b = lm.generate(prompts, 90, stop, kv_cache=True)
+print(json.dumps([a == b, [len(g) for g in a], [len(p) for p in prompts]]))
+"""
+    r = subprocess.run([PYTHON, "-c", code], cwd=trained, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    same, generated, prompt_lengths = json.loads(r.stdout.strip().splitlines()[-1])
+    assert same
+    assert any(min(p, 63) + g > 64 for p, g in zip(prompt_lengths, generated))  # some rows outgrew the window
+    assert len(set(prompt_lengths)) > 3

@@ -9,9 +9,12 @@ size and order, which is what scores need).
 Gradients are off with ``no_grad``, not ``inference_mode``: inside training, megatron-core's
 dispatchers keep buffers that training later updates in place, which inference tensors forbid.
 
-Generation runs the full prefix each step (no KV cache): megatron-core 0.16's inference
-engines and KV-cache contexts assume CUDA graphs and flash/TE attention; for the short answers
-of the probe tasks a plain loop is correct and fast enough (``benchmarks/eval.py`` measures it).
+Generation keeps keys and values in megatron-core's ``StaticInferenceContext`` (its KV cache
+for static batches), so each new token costs one position, not the whole prefix; on CPU the
+local attention's causal mask is made bottom-right aligned for that (``cpu_compat``). Once a
+row outgrows the training length it continues by recomputing a sliding window, as the
+no-cache path does throughout; both give the same tokens (tested), ``benchmarks/eval.py``
+measures the difference.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ class Continuation:
 
 
 class LanguageModel:
-    def __init__(self, em: EvalModel, batch_size: int = 16):
+    def __init__(self, em: EvalModel, batch_size: int = 16, kv_cache: bool = True):
         self.em = em
         self.model = em.model
         self.device = em.device
         self.max_length = em.seq_length
         self.batch_size = batch_size
+        self.kv_cache = kv_cache
         self.pad = em.tokenizer.pad
         self.eod = em.tokenizer.eod
         self.vocab_size = em.tokenizer.vocab_size  # the embedding is padded beyond it; never generate those ids
@@ -102,41 +106,73 @@ class LanguageModel:
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 stop: Callable[[list[int]], bool] | None = None, progress: Callable | None = None) -> list[list[int]]:
+                 stop: Callable[[list[int]], bool] | None = None, progress: Callable | None = None,
+                 kv_cache: bool | None = None) -> list[list[int]]:
         """Greedy continuations (token ids) of each prompt; a row stops at ``eod``, when
-        ``stop(generated_ids)`` says so, or after ``max_new_tokens``."""
+        ``stop(generated_ids)`` says so, or after ``max_new_tokens``. With ``kv_cache`` (the
+        default) through megatron-core's ``StaticInferenceContext``; the tokens are the same
+        either way (tested)."""
+        kv_cache = self.kv_cache if kv_cache is None else kv_cache
         results: list[list[int] | None] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            seqs = [list(prompts[i])[-(self.max_length - 1):] for i in batch]
-            generated: list[list[int]] = [[] for _ in batch]
-            active = list(range(len(batch)))
-            for _ in range(max_new_tokens):
-                if not active:
-                    break
-                rows = [seqs[j][-self.max_length:] for j in active]
-                S = max(len(r) for r in rows)
-                inputs = torch.full((len(rows), S), self.pad, dtype=torch.long)
-                for b, r in enumerate(rows):
-                    inputs[b, :len(r)] = torch.tensor(r)
-                logprobs_BSV = self.logprobs(inputs)
-                last = torch.tensor([len(r) - 1 for r in rows], device=logprobs_BSV.device)
-                next_B = logprobs_BSV[torch.arange(len(rows), device=last.device), last, :self.vocab_size].argmax(-1).tolist()
-                still = []
-                for j, tok in zip(active, next_B):
-                    if tok == self.eod:
-                        continue
-                    seqs[j].append(tok)
-                    generated[j].append(tok)
-                    if not (stop and stop(generated[j])):
-                        still.append(j)
-                active = still
+            rows = _Rows([list(prompts[i])[-(self.max_length - 1):] for i in batch], max_new_tokens, stop, self.eod)
+            if kv_cache and max_new_tokens > 0:
+                self._generate_cached(rows)
+            self._generate_recompute(rows)  # rows that outgrew the window (or all, without the cache)
             for j, i in enumerate(batch):
-                results[i] = generated[j]
+                results[i] = rows.generated[j]
             if progress:
                 progress(len(batch))
         return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _generate_cached(self, rows: "_Rows") -> None:
+        """All rows advance one position per step from the shortest prompt's length; a row still
+        inside its prompt is fed its own next prompt token (Megatron's static batching)."""
+        from megatron.core.inference.contexts import StaticInferenceContext
+
+        B, lens = len(rows.seqs), [len(s) for s in rows.seqs]
+        cur = min(lens)
+        context = StaticInferenceContext(B, self.max_length)
+        tokens_BL = torch.tensor([s[:cur] for s in rows.seqs], device=self.device)
+        position_ids_BL = torch.arange(cur, device=self.device).unsqueeze(0).expand(B, cur)
+        logits_B1V = self.model(tokens_BL, position_ids_BL, None, inference_context=context, runtime_gather_output=True)
+        context.sequence_len_offset = cur
+        context.enable_decode_mode()
+        while rows.active:
+            next_B = logits_B1V[:, -1, :self.vocab_size].argmax(-1).tolist()
+            feed = []
+            for b in range(B):
+                if cur < lens[b]:
+                    feed.append(rows.seqs[b][cur])
+                else:
+                    if b in rows.active:
+                        rows.accept(b, next_B[b])
+                    feed.append(rows.seqs[b][-1] if len(rows.seqs[b]) > cur else self.pad)
+            if not rows.active or cur + 1 >= self.max_length:
+                return  # the window is full: what is left continues without the cache
+            logits_B1V = self.model(torch.tensor(feed, device=self.device)[:, None],
+                                    torch.full((B, 1), cur, device=self.device), None,
+                                    inference_context=context, runtime_gather_output=True)
+            context.sequence_len_offset += 1
+            cur += 1
+
+    def _generate_recompute(self, rows: "_Rows") -> None:
+        """Each step runs the last ``max_length`` tokens of every active row (right-padded)."""
+        while rows.active:
+            active = sorted(rows.active)
+            windows = [rows.seqs[j][-self.max_length:] for j in active]
+            S = max(len(w) for w in windows)
+            inputs = torch.full((len(windows), S), self.pad, dtype=torch.long)
+            for b, w in enumerate(windows):
+                inputs[b, :len(w)] = torch.tensor(w)
+            logprobs_BSV = self.logprobs(inputs)
+            last = torch.tensor([len(w) - 1 for w in windows], device=logprobs_BSV.device)
+            next_B = logprobs_BSV[torch.arange(len(windows), device=last.device), last, :self.vocab_size].argmax(-1)
+            for j, tok in zip(active, next_B.tolist()):
+                rows.accept(j, tok)
 
     def generate_text(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = (),
                       progress: Callable | None = None) -> list[str]:
@@ -156,3 +192,22 @@ class LanguageModel:
             cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
             texts.append(text[:cut] if cut >= 0 else text)
         return texts
+
+
+class _Rows:
+    """Per-row generation state of one batch."""
+
+    def __init__(self, seqs: list[list[int]], max_new_tokens: int, stop, eod: int):
+        self.seqs = seqs
+        self.generated: list[list[int]] = [[] for _ in seqs]
+        self.active = set(range(len(seqs))) if max_new_tokens > 0 else set()
+        self.max_new_tokens, self.stop, self.eod = max_new_tokens, stop, eod
+
+    def accept(self, j: int, token: int) -> None:
+        if token == self.eod:
+            self.active.discard(j)
+            return
+        self.seqs[j].append(token)
+        self.generated[j].append(token)
+        if len(self.generated[j]) >= self.max_new_tokens or (self.stop and self.stop(self.generated[j])):
+            self.active.discard(j)

@@ -67,7 +67,11 @@ class SDPACoreAttention(MegatronModule):
         if k.shape[1] != q.shape[1]:  # grouped-query attention: share each k/v head
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
+        sq, sk = q.shape[2], k.shape[2]
+        # with a KV cache (megatron-core's inference context) new queries come after sk - sq cached
+        # keys: causal from the bottom right, which SDPA's is_causal (top left) is not
+        mask = None if sq == sk else torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale,
                                              dropout_p=self.dropout if self.training else 0.0)
         return out.permute(2, 0, 1, 3).reshape(seq, batch, -1)
 
