@@ -30,14 +30,14 @@ def mix(code="1K"):
 def test_store_consolidates_flush_files_into_one_memory_mapped_file(tmp_path):
     path = write_run(tmp_path, "a", flush_steps=(3, 6, 9, 12))
     log = rs.load_routing(path, k=2)
-    assert os.path.exists(os.path.join(path, "routing", rs.COLUMNAR))
+    assert os.path.exists(os.path.join(path, rs.COLUMNAR))
     assert log.steps_F.tolist() == [3, 6, 9, 12] and log.domains == DOMAINS and log.shape == (4, 2, 4, 4)
     assert log.count_FLDE.dtype == np.int32  # narrowed: the device accumulates in float32 anyway
     for f, step in enumerate(log.steps_F):
         with np.load(os.path.join(path, "routing", f"step_{step:08d}.npz")) as z:
             assert (log.count_FLDE[f] == z["count"]).all() and (log.ntok_FLD[f] == z["ntok"]).all()
             assert np.allclose(log.gate_FLDE[f], z["gate"], rtol=1e-6)
-    with np.load(os.path.join(path, "routing", rs.COLUMNAR)) as z:  # a plain .npz, readable without us
+    with np.load(os.path.join(path, rs.COLUMNAR)) as z:  # a plain .npz, readable without us
         assert z["count_FLDE"].shape == (4, 2, 4, 4)
     count, ntok = log.total()
     assert (count.sum(-1) == 2 * ntok).all()
@@ -64,26 +64,44 @@ def test_store_is_reused_extended_and_rebuilt(tmp_path, monkeypatch):
     log = rs.load_routing(path, k=2)
     assert read == [[12]] and log.steps_F.tolist() == [3, 6, 9, 12]  # only the new window was read
     arrays["count"] = arrays["count"][:, :, ::-1].copy()  # a rewritten flush (a resumed run): rebuild
-    with open(os.path.join(path, "routing", "step_00000006.npz"), "wb") as f:
+    with open(os.path.join(path, "routing", "tmp"), "wb") as f:
         np.savez(f, **arrays)
+    os.replace(os.path.join(path, "routing", "tmp"), os.path.join(path, "routing", "step_00000006.npz"))
     os.utime(os.path.join(path, "routing", "step_00000006.npz"), ns=(1, 1))
     log = rs.load_routing(path, k=2)
     assert read[-1] == [3, 6, 9, 12] and (log.count_FLDE[1] == arrays["count"]).all()
 
 
+def test_store_skips_listing_flush_files_while_routing_dir_is_unchanged(tmp_path, monkeypatch):
+    path = write_run(tmp_path, "a")
+    hour_ago = os.stat(path).st_mtime_ns - 3600 * 10**9
+    os.utime(os.path.join(path, "routing"), ns=(hour_ago, hour_ago))
+    rs.load_routing(path, k=2)  # builds the store and records the settled directory mtime
+    real = rs.flush_files
+    monkeypatch.setattr(rs, "flush_files", lambda run_dir: pytest.fail("listed flush files"))
+    assert rs.load_routing(path, k=2).shape[0] == 3
+    monkeypatch.setattr(rs, "flush_files", real)
+    with np.load(os.path.join(path, "routing", "step_00000009.npz")) as z:
+        arrays = {key: z[key] for key in z.files}
+    with open(os.path.join(path, "routing", "step_00000012.npz"), "wb") as f:  # a new flush: the dir changes
+        np.savez(f, **arrays)
+    assert rs.load_routing(path, k=2).steps_F.tolist() == [3, 6, 9, 12]
+
+
 def test_store_survives_a_corrupt_cache_and_a_read_only_run(tmp_path, monkeypatch):
     path = write_run(tmp_path, "a")
-    with open(os.path.join(path, "routing", rs.COLUMNAR), "wb") as f:
+    with open(os.path.join(path, rs.COLUMNAR), "wb") as f:
         f.write(b"not a zip")
     assert rs.load_routing(path, k=2).shape[0] == 3
-    os.remove(os.path.join(path, "routing", rs.COLUMNAR))
+    os.remove(os.path.join(path, rs.COLUMNAR))
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(rs, "write_columnar", refuse)
     log = rs.load_routing(path, k=2)
-    assert log.shape[0] == 3 and not os.path.exists(os.path.join(path, "routing", rs.COLUMNAR))
+    assert log.shape[0] == 3 and not os.path.exists(os.path.join(path, rs.COLUMNAR))
+    assert rs.load_routing(path, k=2, cache=False).shape[0] == 3
 
 
 def test_store_errors_are_one_line(tmp_path):

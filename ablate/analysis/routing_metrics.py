@@ -241,6 +241,8 @@ class RoutingMetrics:
     count_FLDE: np.ndarray = field(repr=False, default=None)  # the input, for the per-expert arrays
     ntok_FLD: np.ndarray = field(repr=False, default=None)
     kept: dict = field(repr=False, default_factory=dict)
+    total_count_LDE: np.ndarray = field(repr=False, default=None)  # the whole run, summed over flushes
+    total_ntok_LD: np.ndarray = field(repr=False, default=None)
 
     def _counts(self):
         if self.cumulative:
@@ -293,13 +295,14 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
     ones_E, ones_mean = np.ones(E, f32), np.full(E, 1 / E, f32)
     inv_logE, inv_ln2, ln2 = f32(1 / np.log(E)), f32(1 / np.log(2)), f32(np.log(2))
     H = np.empty((F, L, D), f32)
-    JS = np.zeros((F, L, D, D), f32)
+    JSP = np.empty((F, L, P), f32)  # packed: pairs i < j in np.triu_indices order
     LOAD = np.empty((F, L, E), f32)
     CV, MV = np.empty((F, L), f32), np.empty((F, L), f32)
     SHARED = np.empty((F, L, D, D), np.int16)
     kept = {"S_FLDE": np.empty((F, L, D, E), f32), "lift_FLDE": np.empty((F, L, D, E), f32)} if keep_per_expert else {}
-    # chunk buffers, reused: counts as float32 [f, L, D, E]; the rest domain-major [D, f, L, E]
-    cbuf = np.empty((chunk, L, D, E), f32)
+    # chunk buffers, reused, domain-major [D, f, L, E]
+    cbuf = np.empty((D, chunk, L, E), f32)
+    TOTAL, NTOT = np.zeros((D, L, E)), np.zeros((D, L))  # whole-run totals, float64
     pbuf, xbuf = np.empty((D, chunk, L, E), f32), np.empty((D, chunk, L, E), f32)
     pbool = np.empty((D, chunk, L, E), bool)
     pair, lpair = np.empty((P, chunk, L, E), f32), np.empty((P, chunk, L, E), f32)
@@ -309,21 +312,25 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
     for a in range(0, F, chunk):
         b = min(F, a + chunk)
         n = b - a
-        c, pc, lpc, pr, lpr, hb = cbuf[:n], pbuf[:, :n], xbuf[:, :n], pair[:, :n], lpair[:, :n], bits[:, :n]
+        c, pc, lpc, pr, lpr, hb = cbuf[:, :n], pbuf[:, :n], xbuf[:, :n], pair[:, :n], lpair[:, :n], bits[:, :n]
         if cumulative:
             block = np.cumsum(count[a:b], axis=0, dtype=np.int64) + running_LDE
             nblock = np.cumsum(ntok_FLD[a:b], axis=0, dtype=np.int64) + running_LD
             running_LDE, running_LD = block[-1], nblock[-1]
+            TOTAL[:], NTOT[:] = running_LDE.transpose(1, 0, 2), running_LD.T
         else:
             block, nblock = count[a:b], ntok_FLD[a:b]
-        np.copyto(c, block, casting="unsafe")
+        np.copyto(c, np.asarray(block).transpose(2, 0, 1, 3), casting="unsafe")  # domain-major, float32
         nt = np.asarray(nblock, dtype=f32).transpose(2, 0, 1)[..., None]  # [D, n, L, 1]
+        if not cumulative:
+            # exact: window counts come from float32 accumulators (< 2**24), summed here in float64
+            TOTAL += c.sum(1, dtype=np.float64)
+            NTOT += nt[:, :, :, 0].sum(1, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(c.transpose(2, 0, 1, 3), nt * f32(k), out=pc)  # p = count / (k ntok); NaN: no tokens
-            load = LOAD[a:b]
-            np.add(c[:, :, 0], c[:, :, 1], out=load) if D > 1 else np.copyto(load, c[:, :, 0])
+            np.divide(c, nt * f32(k), out=pc)  # p = count / (k ntok); NaN: no tokens
+            load = np.add(c[0], c[1], out=LOAD[a:b]) if D > 1 else np.copyto(LOAD[a:b], c[0])
             for i in range(2, D):
-                load += c[:, :, i]
+                load += c[i]
             p_all = load / (nt.sum(0) * f32(k))  # [n, L, E]
             if keep_per_expert:
                 kept["S_FLDE"][a:b] = (pc * f32(k)).transpose(1, 2, 0, 3)
@@ -343,11 +350,7 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
             lpr *= pr
             s2 = (lpr.reshape(-1, E) @ ones_E).reshape(P, n, L)  # sum_e (p+q) log(p+q)
             # m = (p+q)/2 sums to 1, so H(M) = -s2/2 + ln 2; JS = H(M) - (H(P) + H(Q)) / 2
-            js = (f32(-0.5) * s2 + ln2 + f32(0.5) * (h[iu] + h[ju])) * inv_ln2
-            np.clip(js, 0, 1, out=js)
-            js = js.transpose(1, 2, 0)
-            JS[a:b, :, iu, ju] = js
-            JS[a:b, :, ju, iu] = js
+            JSP[a:b] = ((f32(-0.5) * s2 + ln2 + f32(0.5) * (h[iu] + h[ju])) * inv_ln2).transpose(1, 2, 0)
             flat = load.reshape(-1, E)  # load balance over experts
             mean = flat @ ones_mean
             dev = flat - mean[:, None]
@@ -355,12 +358,17 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
             MV[a:b] = (flat.max(-1) / mean - 1).reshape(n, L)
         w = hb.view(np.uint64)  # [D, n, L, words]: the high-lift experts of each domain as bit sets
         SHARED[a:b] = _popcount(w[:, None] & w[None, :]).sum(-1).transpose(2, 3, 0, 1)
+    np.clip(JSP, 0, 1, out=JSP)  # float32 rounding of an entropy difference can leave [0, 1] by a hair
+    JS = np.empty((F, L, D, D), f32)
+    JS[:, :, iu, ju] = JSP
+    JS[:, :, ju, iu] = JSP
     d = np.arange(D)
     JS[:, :, d, d] = np.where(np.isnan(H), np.nan, 0)  # a domain against itself: 0, or NaN without tokens
     return RoutingMetrics(
         steps_F=np.asarray(steps_F if steps_F is not None else np.arange(F)), domains=list(domains or range(D)), k=k,
         threshold=threshold, cumulative=cumulative, H_FLD=H, js_FLDD=JS, load_FLE=LOAD, cv_FL=CV, maxvio_FL=MV,
-        shared_FLDD=SHARED, count_FLDE=count_FLDE, ntok_FLD=ntok_FLD, kept=kept)
+        shared_FLDD=SHARED, count_FLDE=count_FLDE, ntok_FLD=ntok_FLD, kept=kept,
+        total_count_LDE=TOTAL.transpose(1, 0, 2).round().astype(np.int64), total_ntok_LD=NTOT.T.round().astype(np.int64))
 
 
 # ------------------------------------------------------------------ tidy views

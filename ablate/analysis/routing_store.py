@@ -2,7 +2,7 @@
 
 Training writes ``runs/<name>/routing/step_%08d.npz`` every flush (counts of the window since the
 previous flush). Reading hundreds of small files per run is what makes analysis slow, so the
-first read stacks them into ``routing/columnar.npz``:
+first read stacks them into ``runs/<name>/routing_columnar.npz``:
 
     steps_F [F] int64, count_FLDE [F, L, D, E] int32 (int64 if needed), ntok_FLD [F, L, D],
     gate_FLDE [F, L, D, E] float32, expert_bias_FLE (if logged), domains [D], files (JSON: name,
@@ -24,6 +24,7 @@ import json
 import os
 import re
 import struct
+import time
 import zipfile
 from dataclasses import dataclass
 
@@ -31,7 +32,9 @@ import numpy as np
 
 from ablate.errors import AblateError
 
-COLUMNAR = "columnar.npz"
+COLUMNAR = "routing_columnar.npz"  # in the run directory, beside routing/
+HINT = "routing_columnar.json"  # when the store was last found up to date (a hint: ignored if inconsistent)
+_SETTLE_NS = 2_000_000_000  # a directory mtime this much older than our check cannot hide a later write
 FORMAT = "ablate.routing-columnar/1"
 _STEP = re.compile(r"step_(\d+)\.npz$")
 
@@ -108,23 +111,37 @@ def _signature(files) -> list:
     return sig
 
 
-def load_routing(run_dir: str, k: int | None = None, cache: bool = True) -> RoutingLog:
-    """A run's training routing, from ``routing/columnar.npz`` (built or refreshed first).
+def load_routing(run_dir: str, k: int | None = None, cache: bool = True, refresh: bool = True) -> RoutingLog:
+    """A run's training routing, from ``<run>/routing_columnar.npz`` (built or refreshed first).
+
+    Freshness: flush files are written by rename, which changes the mtime of ``routing/``; when
+    that mtime is what it was at the last check (and was already settled then), the store is
+    used without listing the flush files; otherwise every flush file's name, size and mtime are
+    compared with the store's record, and the store is extended or rebuilt as needed.
 
     ``k`` (the recipe's ``model.moe_router_topk``) also checks every window's
     ``count.sum(-1) == k * ntok``. With ``cache=False`` nothing is written (a read-only run dir
-    falls back to that by itself).
+    falls back to that by itself). ``refresh=False`` takes an existing store as it is, without
+    comparing it with the flush files (an archived run whose flush files were deleted).
     """
     name = run_dir.rstrip("/")
+    path = os.path.join(run_dir, COLUMNAR)
+    routing_dir = os.path.join(run_dir, "routing")
+    dir_mtime = os.stat(routing_dir).st_mtime_ns if os.path.isdir(routing_dir) else None
+    if os.path.exists(path) and (not refresh or _hint_says_fresh(run_dir, path, dir_mtime)):
+        stored = _read_columnar(path)
+        if stored is not None:
+            return _log(name, stored, k)
     files = flush_files(run_dir)
     if not files:
         raise AblateError(f"{name}: no routing/step_*.npz (training writes one every cadence.routing_flush_every steps; "
                           f"a dense model has none)")
     sig = _signature(files)
-    path = os.path.join(run_dir, "routing", COLUMNAR)
     cached = _read_columnar(path) if os.path.exists(path) else None
     if cached is not None and cached["files"] == sig:
         arrays = cached
+        if cache:
+            _write_hint(run_dir, path, dir_mtime)
     else:
         start = 0
         if cached is not None and cached["files"] == sig[: len(cached["files"])]:
@@ -145,11 +162,40 @@ def load_routing(run_dir: str, k: int | None = None, cache: bool = True) -> Rout
             try:
                 write_columnar(path, arrays)
                 arrays = _read_columnar(path) or arrays
+                _write_hint(run_dir, path, dir_mtime)
             except OSError:
                 pass  # a run directory we may not write: use the arrays in memory
-    log = RoutingLog(name, arrays["steps_F"], list(arrays["domains"]), arrays["count_FLDE"], arrays["ntok_FLD"],
-                     arrays["gate_FLDE"], arrays["expert_bias_FLE"], k)
-    return log
+    return _log(name, arrays, k)
+
+
+def _log(name, arrays, k) -> RoutingLog:
+    return RoutingLog(name, arrays["steps_F"], list(arrays["domains"]), arrays["count_FLDE"], arrays["ntok_FLD"],
+                      arrays["gate_FLDE"], arrays["expert_bias_FLE"], k)
+
+
+def _hint_says_fresh(run_dir: str, path: str, dir_mtime) -> bool:
+    try:
+        with open(os.path.join(run_dir, HINT)) as f:
+            hint = json.load(f)
+        return (dir_mtime is not None and hint["dir_mtime_ns"] == dir_mtime
+                and hint["store_mtime_ns"] == os.stat(path).st_mtime_ns
+                and hint["checked_ns"] - dir_mtime > _SETTLE_NS)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _write_hint(run_dir: str, path: str, dir_mtime) -> None:
+    """Record that the store matched the flush files when ``routing/`` had ``dir_mtime`` (taken
+    before the files were listed, so a flush landing meanwhile changes it)."""
+    from ablate.io import write_json_atomic
+
+    if dir_mtime is None:
+        return
+    try:
+        write_json_atomic(os.path.join(run_dir, HINT), {"dir_mtime_ns": dir_mtime, "checked_ns": time.time_ns(),
+                                                        "store_mtime_ns": os.stat(path).st_mtime_ns})
+    except OSError:
+        pass
 
 
 def _narrow(a: np.ndarray) -> np.ndarray:

@@ -1,0 +1,241 @@
+"""Routing-metric throughput: every training-time routing metric of many runs, against a naive
+per-run Python loop over the flush files, measured in the same process.
+
+    python benchmarks/analysis.py                      # 100 runs x 500 flushes x 24 layers x 6 domains x 64 experts
+    python benchmarks/analysis.py --runs 10 --flushes 50   # a quick look
+
+Synthetic routing logs (counts consistent with top-k: ``count.sum(-1) == k * ntok``):
+
+* ``--runs`` runs stored in the columnar format ``ablate.analysis`` reads (``routing_columnar.npz``,
+  int32 counts, float32 gates), each with its own random counts;
+* ``--naive-runs`` further runs stored as training writes them: one ``routing/step_*.npz`` per
+  flush (int64 counts, float64 gates). On these the script times consolidation into the columnar
+  file, the freshness check a normal load does (list + stat every flush file), and the naive
+  baseline, and checks that both paths give the same numbers.
+
+Fast path, per run: load the columnar file (memory-mapped) and compute, for every flush window,
+specialization, routing distribution, lift, normalised entropy, the JS matrix between domains,
+per-expert load, CV, MaxVio and shared / exclusive expert counts for every domain pair
+(``RoutingLog.metrics``), plus the whole-run numbering-free profile (entropy, experts covering
+50%, sorted specialization, JS, CV, MaxVio). Naive baseline, per run: ``np.load`` every flush
+file, then loop over layers, domains and domain pairs with one small numpy call per quantity and
+``scipy.spatial.distance.jensenshannon`` for JS. The baseline is timed on ``--naive-runs`` runs
+and scaled to ``--runs`` (its cost is linear in runs: it is a loop over them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ablate.analysis import routing_compare as rc  # noqa: E402
+from ablate.analysis import routing_store as rs  # noqa: E402
+
+DOMAINS = ["code.exec", "code.nl", "general", "math.code", "math.structured", "math.text"]
+
+
+def synthetic_counts(rng, F, L, D, E, k):
+    """Counts with a per-domain preference and a few empty windows (a domain outside its stage)."""
+    pref = rng.dirichlet(np.full(E, 0.5), size=(L, D)).astype(np.float32)
+    noise = rng.random((F, L, D, E), dtype=np.float32)
+    slots = (pref[None] * noise * 2e4).astype(np.int32)
+    slots[..., 0] += (-slots.sum(-1)) % k  # every window's slots are k x its tokens
+    slots[: F // 10, :, -1, :] = 0  # the last domain is absent for the first tenth of training
+    ntok = (slots.sum(-1) // k).astype(np.int32)
+    return slots, ntok
+
+
+def write_flush_files(run_dir, count, ntok, rng):
+    os.makedirs(os.path.join(run_dir, "routing"), exist_ok=True)
+    for f in range(count.shape[0]):
+        with open(os.path.join(run_dir, "routing", f"step_{(f + 1) * 50:08d}.npz"), "wb") as fh:
+            np.savez(fh, count=count[f].astype(np.int64), gate=count[f] * 0.37, ntok=ntok[f].astype(np.int64),
+                     domains=np.array(DOMAINS[: count.shape[2]]))
+
+
+def fast_one(run_dir, k):
+    log = rs.load_routing(run_dir, k=k, refresh=False)
+    m = log.metrics()
+    count, ntok = log.total()
+    profile = rc.invariant_profile(count, ntok, k)
+    return {"H": m.H_FLD, "js": m.js_FLDD, "cv": m.cv_FL, "maxvio": m.maxvio_FL, "shared": m.shared_FLDD,
+            "profile_cover50": profile["cover50_LD"]}
+
+
+def naive_one(run_dir, k, threshold=1.5):
+    """What one writes first: a loop over flush files, layers, domains and pairs."""
+    from scipy.spatial.distance import jensenshannon
+
+    H, JS, CV, MV, SH = [], [], [], [], []
+    total_c = total_n = None
+    for path in sorted(glob.glob(os.path.join(run_dir, "routing", "step_*.npz"))):
+        with np.load(path) as z:
+            count, ntok = z["count"], z["ntok"]
+        total_c = count if total_c is None else total_c + count
+        total_n = ntok if total_n is None else total_n + ntok
+        L, D, E = count.shape
+        h_l, js_l, cv_l, mv_l, sh_l = [], [], [], [], []
+        for layer in range(L):
+            load = count[layer].sum(0).astype(float)
+            cv_l.append(load.std() / load.mean())
+            mv_l.append(load.max() / load.mean() - 1)
+            p_all = load / (k * ntok[layer].sum())
+            ps, highs, hs = [], [], []
+            for d in range(D):
+                if ntok[layer, d] == 0:
+                    p = np.full(E, np.nan)
+                else:
+                    p = count[layer, d] / (k * ntok[layer, d])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    lift = p / p_all
+                    nz = p[p > 0]
+                hs.append(-(nz * np.log(nz)).sum() / np.log(E) if ntok[layer, d] else np.nan)
+                highs.append(set(np.flatnonzero(lift > threshold + 1e-6)))
+                ps.append(p)
+            js = np.zeros((D, D))
+            sh = np.zeros((D, D), int)
+            for i in range(D):
+                for j in range(D):
+                    if np.isnan(ps[i]).any() or np.isnan(ps[j]).any():
+                        js[i, j] = np.nan
+                    elif i != j:
+                        js[i, j] = jensenshannon(ps[i], ps[j], base=2) ** 2
+                    sh[i, j] = len(highs[i] & highs[j])
+            h_l.append(hs)
+            js_l.append(js)
+            sh_l.append(sh)
+        H.append(h_l)
+        JS.append(js_l)
+        CV.append(cv_l)
+        MV.append(mv_l)
+        SH.append(sh_l)
+    p = total_c / (k * total_n[..., None])
+    cover = []
+    for layer in range(p.shape[0]):
+        row = []
+        for d in range(p.shape[1]):
+            acc, n = 0.0, 0
+            for x in sorted(p[layer, d], reverse=True):
+                acc, n = acc + x, n + 1
+                if acc >= 0.5 - 1e-9:
+                    break
+            row.append(n)
+        cover.append(row)
+    return {"H": np.array(H), "js": np.array(JS), "cv": np.array(CV), "maxvio": np.array(MV), "shared": np.array(SH),
+            "profile_cover50": np.array(cover, float)}
+
+
+def same(a, b, tol=2e-4):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b)) and np.allclose(
+        a[~np.isnan(a)], b[~np.isnan(b)], atol=tol)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--flushes", type=int, default=500)
+    ap.add_argument("--layers", type=int, default=24)
+    ap.add_argument("--domains", type=int, default=6)
+    ap.add_argument("--experts", type=int, default=64)
+    ap.add_argument("--topk", type=int, default=2)
+    ap.add_argument("--naive-runs", type=int, default=2, help="runs with per-flush files: consolidation and baseline")
+    ap.add_argument("--workers", type=int, default=2, help="threads for the fast path (also timed with 1)")
+    ap.add_argument("--dir", default=None, help="where to write the synthetic runs (default: a temporary directory)")
+    args = ap.parse_args()
+    F, L, D, E, k = args.flushes, args.layers, args.domains, args.experts, args.topk
+    root = args.dir or tempfile.mkdtemp(prefix="ablate-bench-analysis-")
+    rng = np.random.default_rng(0)
+    try:
+        t = time.perf_counter()
+        fast_dirs = []
+        for i in range(args.runs):
+            count, ntok = synthetic_counts(rng, F, L, D, E, k)
+            d = os.path.join(root, f"run{i:03d}")
+            os.makedirs(os.path.join(d, "routing"))
+            rs.write_columnar(os.path.join(d, rs.COLUMNAR),
+                              {"steps_F": np.arange(1, F + 1) * 50, "count_FLDE": count, "ntok_FLD": ntok,
+                               "gate_FLDE": count.astype(np.float32) * 0.37, "domains": DOMAINS[:D], "files": []})
+            fast_dirs.append(d)
+        naive_dirs = []
+        for i in range(args.naive_runs):
+            count, ntok = synthetic_counts(rng, F, L, D, E, k)
+            d = os.path.join(root, f"naive{i:03d}")
+            write_flush_files(d, count, ntok, rng)
+            naive_dirs.append(d)
+        size = sum(os.path.getsize(os.path.join(d, rs.COLUMNAR)) for d in fast_dirs)
+        print(f"synthetic logs: {args.runs} runs x {F} flushes x {L} layers x {D} domains x {E} experts, top-{k} "
+              f"({size / 2**30:.2f} GiB columnar) + {args.naive_runs} runs as flush files; written in "
+              f"{time.perf_counter() - t:.1f} s", flush=True)
+
+        # consolidation (once per run, then cached) and the freshness check of every later load
+        t = time.perf_counter()
+        for d in naive_dirs:
+            rs.load_routing(d, k=k)
+        consolidate_s = (time.perf_counter() - t) / max(1, len(naive_dirs))
+        t = time.perf_counter()
+        for d in naive_dirs:
+            rs.load_routing(d, k=k)  # up to date: lists and stats every flush file, then memory-maps
+        full_check_s = (time.perf_counter() - t) / max(1, len(naive_dirs))
+
+        # correctness: the fast path equals the naive loop on the same runs
+        naive_s, mismatches = 0.0, []
+        for d in naive_dirs:
+            t = time.perf_counter()
+            want = naive_one(d, k)
+            naive_s += time.perf_counter() - t
+            got = fast_one(d, k)
+            mismatches += [key for key in want if not same(got[key], want[key])]
+        if mismatches:
+            raise SystemExit(f"fast and naive results differ: {sorted(set(mismatches))}")
+        naive_per_run = naive_s / max(1, len(naive_dirs))
+        # once routing/ has not changed for a while, a load only stats that directory
+        for d in naive_dirs:
+            old = time.time_ns() - 3600 * 10**9
+            os.utime(os.path.join(d, "routing"), ns=(old, old))
+            rs.load_routing(d, k=k)
+        t = time.perf_counter()
+        for d in naive_dirs:
+            rs.load_routing(d, k=k)
+        check_s = (time.perf_counter() - t) / max(1, len(naive_dirs))
+
+        results = {}
+        for workers in sorted({1, args.workers}):
+            t, c = time.perf_counter(), time.process_time()
+            if workers == 1:
+                for d in fast_dirs:
+                    fast_one(d, k)
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(lambda d: fast_one(d, k), fast_dirs))
+            results[workers] = (time.perf_counter() - t, time.process_time() - c)
+        naive_total = naive_per_run * args.runs
+        print(f"\nconsolidation of {F} flush files into {rs.COLUMNAR}: {consolidate_s:.2f} s per run (once)")
+        print(f"freshness check of an up-to-date store: {full_check_s * 1000:.1f} ms per run listing {F} flush files, "
+              f"{check_s * 1000:.2f} ms once routing/ has settled (no listing)")
+        print(f"naive per-run loop: {naive_per_run:.2f} s per run, measured on {len(naive_dirs)} runs -> "
+              f"{naive_total:.0f} s for {args.runs} runs (same numbers as the fast path: checked)")
+        for workers, (wall, cpu) in results.items():
+            print(f"fast path, {workers} thread(s): {wall:.2f} s wall ({cpu:.2f} s CPU) for {args.runs} runs = "
+                  f"{wall / args.runs * 1000:.1f} ms per run; {naive_total / wall:.0f}x the naive loop"
+                  f"{'; with freshness checks ' + format(wall + check_s * args.runs, '.2f') + ' s' if check_s else ''}")
+        best = min(w for w, _ in results.values())
+        print(f"\nbest: {best:.2f} s for {args.runs} runs (target <= 5 s: {'met' if best <= 5 else 'NOT met'}); "
+              f"ratio to naive {naive_total / best:.0f}x")
+    finally:
+        if not args.dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
