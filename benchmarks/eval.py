@@ -15,9 +15,9 @@ times, in tokens per second:
 * ``bpb``: the real ``BitsPerByte`` task (held-out documents read, packed, windowed, scored with
   ``LanguageModel.target_nll``) at the training micro-batch size and at ``ablate eval``'s default
   batch size 16; tokens = the real (non-padding) input positions of every domain's windows;
-* ``generate``: ``LanguageModel.generate`` (greedy, batch 16) from toy-world probe prompts;
-  tokens = new tokens produced. There is no KV cache (see ``ablate/evals/lm.py``): every new
-  token reruns the whole prefix, so this is compared with the scoring rate only for scale.
+* ``generate``: ``LanguageModel.generate`` (greedy, batch 16) from toy-world probe prompts, with
+  megatron-core's static KV cache and without it (every new token reruns the whole prefix);
+  tokens = new tokens produced; both must produce the same tokens (checked).
 
 One thread by default: on a shared 2-core machine, 2-thread OpenMP runs varied several-fold between
 rounds, while the point is the ratio at equal threads (``--threads 0``: torch's own count).
@@ -143,18 +143,19 @@ def main() -> None:
     gen_lm = LanguageModel(em, 16)
     gen_info = {"positions": 0, "new": 0}
 
-    def generate() -> float:
+    gen_out: dict[bool, list] = {}
+
+    def generate(kv_cache: bool) -> float:
         t0 = time.perf_counter()
-        out = gen_lm.generate(prompts, args.gen_tokens)
+        out = gen_lm.generate(prompts, args.gen_tokens, kv_cache=kv_cache)
         seconds = time.perf_counter() - t0
-        new = sum(len(g) for g in out)
-        # positions the model ran over: each step reruns every active row's whole prefix (padded)
-        gen_info.update(new=new, positions=_generation_positions(prompts, out, args.gen_tokens, 16, em.seq_length))
-        return new / seconds
+        gen_out[kv_cache] = out
+        gen_info.update(new=sum(len(g) for g in out))
+        return gen_info["new"] / seconds
 
     cases = [("train step", train_steps), ("train forward", train_forwards)]
     cases += [(f"bpb batch {B}", lambda B=B: bpb(B)) for B in bpb_sizes]
-    cases += [("generate", generate)]
+    cases += [("generate kv", lambda: generate(True)), ("generate no kv", lambda: generate(False))]
     print(f"warm-up ({len(cases)} measurements) ...", flush=True)
     for _, fn in cases:
         fn()
@@ -178,33 +179,16 @@ def main() -> None:
         print(f"  bpb batch {B:<3d}  {rate:10,.0f} tokens/s  {rate / best['train step']:5.2f}x train step, "
               f"{rate / best['train forward']:5.2f}x train forward  "
               f"({bpb_tokens:,} tokens over {len(domains)} domains; bpb {bpb_values[B]:.4f})")
-    gen = best["generate"]
     top = best[f"bpb batch {bpb_sizes[-1]}"]
-    per_new = gen_info["positions"] / max(1, gen_info["new"])
-    print(f"  generate       {gen:10,.0f} new tokens/s  {gen / top:7.4f}x bpb batch {bpb_sizes[-1]}  "
-          f"({len(prompts)} prompts, {gen_info['new']:,} new tokens, batch 16)")
-    print(f"    no KV cache: {per_new:.0f} input positions run per new token, i.e. {gen * per_new:,.0f} positions/s "
-          f"= {gen * per_new / top:.2f}x bpb batch {bpb_sizes[-1]}'s tokens/s")
+    assert gen_out[True] == gen_out[False], "the KV cache changed the generated tokens"
+    for name in ("generate kv", "generate no kv"):
+        print(f"  {name:14s} {best[name]:10,.0f} new tokens/s  {best[name] / top:7.4f}x bpb batch {bpb_sizes[-1]}  "
+              f"({len(prompts)} prompts, {gen_info['new']:,} new tokens, batch 16)")
+    print(f"  KV cache speedup: {best['generate kv'] / best['generate no kv']:.2f}x (same tokens)")
     target = best[f"bpb batch {mbs}"] / best["train step"]
     print(f"  bpb at the training micro-batch vs train step: {target:.2f}x  "
           f"(target >= 1.5x: {'ok' if target >= 1.5 else 'MISS'})")
     backend.shutdown()
-
-
-def _generation_positions(prompts, outputs, max_new: int, batch_size: int, max_length: int) -> int:
-    """Input positions ``LanguageModel.generate`` ran the model over, padding included: a row
-    that produced L tokens was run at steps 0..L (L+1 times, the last giving eod) or 0..L-1 if
-    it reached ``max_new``; every step pads the active rows to the longest."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    total = 0
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        for t in range(max_new):
-            active = [i for i in batch if len(outputs[i]) >= t]
-            if not active:
-                break
-            total += len(active) * max(min(len(prompts[i][-(max_length - 1):]) + t, max_length) for i in active)
-    return total
 
 
 if __name__ == "__main__":
