@@ -27,7 +27,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;color:#222;padding:0 16px}
 h1{font-size:24px;margin-bottom:4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
 h3{margin-top:24px;font-size:16px}p.meta,p.note{color:#555;font-size:13px}
-table{border-collapse:collapse;font-size:12px;margin:8px 0 16px}
+div.tw{overflow-x:auto;max-width:100%}table{border-collapse:collapse;font-size:12px;margin:8px 0 16px}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td.l,th.l{text-align:left}
 td.better{background:#d6f0df}td.worse{background:#f7d9d2}td.noise{background:#eee;color:#666}
@@ -86,7 +86,7 @@ def _table(frame, index: bool = False, classes=None, left=()) -> str:
             attr = f' class="{" ".join(cls)}"' if cls else ""
             cells.append(f"<td{attr}>{html.escape(_fmt(row[c]))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{''.join(head)}</tr>{''.join(body)}</table>"
+    return f"<div class='tw'><table><tr>{''.join(head)}</tr>{''.join(body)}</table></div>"
 
 
 def build_report(paths, control: str, out: str, *, step: int | None = None, method: str = "bootstrap",
