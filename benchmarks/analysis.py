@@ -66,8 +66,7 @@ def write_flush_files(run_dir, count, ntok, rng):
 def fast_one(run_dir, k):
     log = rs.load_routing(run_dir, k=k, refresh=False)
     m = log.metrics()
-    count, ntok = log.total()
-    profile = rc.invariant_profile(count, ntok, k)
+    profile = rc.invariant_profile(m.total_count_LDE, m.total_ntok_LD, k)  # whole run (summed in the same pass)
     return {"H": m.H_FLD, "js": m.js_FLDD, "cv": m.cv_FL, "maxvio": m.maxvio_FL, "shared": m.shared_FLDD,
             "profile_cover50": profile["cover50_LD"]}
 
