@@ -14,7 +14,7 @@ import pytest
 
 from ablate.analysis import capability as cap
 from ablate.analysis import routing_store as rs
-from ablate.analysis.runs import differences, load_runs, metrics_frame, runs_frame, varying_columns
+from ablate.analysis.runs import differences, join_recipe, load_runs, metrics_frame, runs_frame, varying_columns
 from ablate.errors import AblateError
 from analysis_fakes import DOMAINS, write_run, write_scores
 from conftest import assert_one_line_error
@@ -187,6 +187,8 @@ def test_scores_are_tidy_and_bookkeeping_is_not_a_score(tmp_path):
     _, _, scores = score_runs(tmp_path, {"base": [1.0, 1.2]})
     assert sorted(set(scores["score"])) == ["bpb/math.text", "probes/accuracy/math_answer"]
     row = scores[(scores["run"] == "base-s2") & (scores["score"] == "bpb/math.text")].iloc[0]
+    joined = join_recipe(scores, runs_frame(load_runs([str(tmp_path / "*")])), ["model.num_experts"])
+    assert len(joined) == len(scores) and (joined["model.num_experts"] == 4).all()
     assert row["value"] == 1.2 and row["seed"] == 2 and row["step"] == 9 and row["lower_is_better"]
     assert not scores[scores["score"] == "probes/accuracy/math_answer"]["lower_is_better"].any()
 

@@ -19,7 +19,7 @@ import importlib
 
 _EXPORTS = {
     "runs": ("Run", "load_run", "load_runs", "runs_frame", "metrics_frame", "varying_columns", "differences",
-             "resolve_control", "flatten", "condition_labels"),
+             "resolve_control", "flatten", "condition_labels", "join_recipe"),
     "capability": ("scores_frame", "summary", "compare", "capability_table", "interaction_table", "data_changes",
                    "bootstrap_ci", "t_ci", "lower_is_better"),
     "routing_store": ("RoutingLog", "EvalRouting", "load_routing", "load_eval_routing"),

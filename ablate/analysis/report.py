@@ -116,7 +116,9 @@ def build_report(paths, control: str, out: str, *, step: int | None = None, meth
     overview = frame[["run", "condition", "seed", "state", "step"] + vary[:12]]
     parts.append("<h2>Runs</h2>" + _table(overview, left=("run", "condition", "state")))
     diffs = differences(frame, control)
-    rows = [(c, "; ".join(f"{k}: {_fmt(a)} → {_fmt(b)}" for k, (a, b) in d.items()) or "(control)") for c, d in diffs.items()]
+    unset = lambda v: "(unset)" if v is None else _fmt(v)  # noqa: E731
+    rows = [(c, "; ".join(f"{k}: {unset(a)} → {unset(b)}" for k, (a, b) in d.items()) or "(control)")
+            for c, d in diffs.items()]
     import pandas as pd
 
     parts.append("<h3>What differs from the control</h3>" + _table(pd.DataFrame(rows, columns=["condition", "recipe changes"]),

@@ -347,6 +347,14 @@ def _plain(v):
     return _norm(v)
 
 
+def join_recipe(df, frame, columns=None):
+    """``df`` (any frame with a ``run`` column: scores, metrics ...) with recipe columns of
+    ``frame`` joined on the run: ``columns`` (default: the ones that vary between runs)."""
+    columns = varying_columns(frame) if columns is None else list(columns)
+    extra = [c for c in ["condition", "seed", *columns] if c not in df.columns or c == "run"]
+    return df.merge(frame[["run", *dict.fromkeys(extra)]], on="run", how="left")
+
+
 def metrics_frame(runs: list[Run], frame=None):
     """Every run's ``metrics.jsonl`` stacked, with ``run`` and ``condition`` columns."""
     import pandas as pd
