@@ -127,6 +127,9 @@ def build_report(paths, control: str, out: str, *, step: int | None = None, meth
     # ---- capability
     parts.append("<h2>Capabilities</h2>")
     scores = cap.scores_frame(runs, frame, step)
+    steps = scores.groupby("run")["step"].first() if len(scores) else None
+    if steps is not None and steps.nunique() > 1:
+        notes.append("runs were evaluated at different steps: " + ", ".join(f"{r} {s}" for r, s in steps.items()))
     if scores.attrs.get("missing"):
         notes.append(f"no eval results (run 'ablate eval'): {', '.join(scores.attrs['missing'])}")
     if scores.empty:
