@@ -13,6 +13,7 @@ def add_commands(sub) -> None:
                    help="checkpoint step(s): N, N,M,..., 'all', or 0 for the initialisation (default: the latest)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N samples of each task")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--bpb-tokens", type=int, default=65_536, help="held-out tokens per domain for bpb (whole documents)")
     p.add_argument("--gsm8k", default=None, help="GSM8K test.jsonl (default: ../shared/benchmarks/gsm8k/test.jsonl)")
     p.add_argument("--shots", type=int, default=4, help="few-shot examples for GSM8K")
     p.add_argument("--lm-eval-include", default=None, help="a directory of local lm-eval task YAMLs (for lm_eval:<task>)")
@@ -30,6 +31,9 @@ def _eval(args) -> None:
     tasks, chosen = select(args.tasks)
     if args.limit is not None and args.limit < 1:
         raise AblateError(f"--limit: must be a positive number of samples, got {args.limit}")
+    for flag, value in (("--batch-size", args.batch_size), ("--bpb-tokens", args.bpb_tokens)):
+        if value < 1:
+            raise AblateError(f"{flag}: must be positive, got {value}")
     steps: list[int | None]
     if args.step is None:
         steps = [None]
@@ -42,7 +46,7 @@ def _eval(args) -> None:
             steps = [int(s) for s in args.step.split(",")]
         except ValueError:
             raise AblateError(f"--step: expected N, N,M,... or 'all', got {args.step!r}") from None
-    options = EvalOptions(limit=args.limit, batch_size=args.batch_size, gsm8k_path=args.gsm8k, num_shots=args.shots,
+    options = EvalOptions(limit=args.limit, batch_size=args.batch_size, bpb_tokens=args.bpb_tokens, gsm8k_path=args.gsm8k, num_shots=args.shots,
                           lm_eval_include=args.lm_eval_include)
     for path in evaluate(args.run_dir, tasks, steps, options, chosen=chosen):
         print(summary(path))

@@ -264,7 +264,7 @@ def parse_recipe(raw: Any, origin: str) -> Recipe:
         raise AblateError(f"{origin}: name: {raw['name']!r} must be a plain file name (it names the run directory)")
     model = raw.get("model") or {}
     check_type(model, dict, f"{origin}: model", "a mapping")
-    if "preset" in model:
+    if model.get("preset") is not None:  # a resolved recipe says ``preset: null`` when none was named
         preset = check_choice(model["preset"], MODEL_PRESETS, f"{origin}: model.preset")
         model = {**MODEL_PRESETS[preset], **model}
     raw["model"] = model

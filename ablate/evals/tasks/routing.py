@@ -42,7 +42,7 @@ class RoutingCapture(Task):
 
         routers = [m for m in ctx.em.model.modules() if isinstance(m, TopKRouter)]
         if not routers:
-            return TaskResult(metrics={"tokens": 0.0}, samples=0)
+            return TaskResult(metrics={}, samples=0)
         k = routers[0].config.moe_router_topk
         S = ctx.em.seq_length
         captured: list[torch.Tensor | None] = [None] * len(routers)
@@ -83,7 +83,8 @@ class RoutingCapture(Task):
                 np.savez(f, topk_TKL=np.concatenate(topk), token_ids_T=np.concatenate(token_ids),
                          domain_T=np.concatenate(domain_ids), domains=np.array(domains))
         n = int(sum(len(t) for t in token_ids))
-        per_domain = {f"tokens/{dom}": float(sum(int((x == i).sum()) for x in domain_ids)) for i, dom in enumerate(domains)}
+        per_domain = {dom: int(sum(int((x == i).sum()) for x in domain_ids)) for i, dom in enumerate(domains)}
         ctx.progress(f"routing: {n:,} tokens x {len(routers)} layers -> {os.path.relpath(path)}")
-        return TaskResult(metrics={"tokens": float(n), **per_domain}, samples=n)
+        # a capture, not a score: no metrics; the tokens captured per domain are its sample counts
+        return TaskResult(metrics={}, samples=n, samples_by_metric=per_domain)
 
