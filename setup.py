@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="ablate",
@@ -37,4 +37,7 @@ setup(
         "cuda": ["transformer-engine[pytorch]"],
     },
     entry_points={"console_scripts": ["ablate=ablate.cli:main"]},
+    # the stage blend's interleaving loop (ablate/recipe/blend.py); optional: without a C
+    # compiler the pure-Python reference gives the same order, only slower
+    ext_modules=[Extension("ablate.recipe._blend", ["ablate/recipe/_blend.c"], optional=True)],
 )

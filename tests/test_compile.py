@@ -192,6 +192,27 @@ def test_a_stale_index_cache_is_rebuilt_not_used(workdir):
     assert json.load(open(meta_path))["seq_length"] == r.training.seq_length
 
 
+@pytest.mark.parametrize("seq, extra", [(37, True), (64, False)])
+def test_extending_an_index_gives_what_building_it_at_once_gives(workdir, monkeypatch, seq, extra):
+    from ablate.data.indexed import open_indexed
+    from ablate.recipe.indices import IndexCache
+
+    kept = []  # the cached prefix is appended to, not rebuilt
+    load = IndexCache._load_for_extension
+    monkeypatch.setattr(IndexCache, "_load_for_extension", lambda self, *a: kept.append(load(self, *a)) or kept[-1])
+    ds = open_indexed("data/toyworld/toyworld/math.code")
+    docs = range(len(ds.sequence_lengths))
+    per_epoch = int(ds.sequence_lengths.sum()) // seq
+    for first, then in ((5, per_epoch + 3), (per_epoch + 1, 3 * per_epoch + 7), (1, 2 * per_epoch)):
+        grown = IndexCache(f"grown-{first}", ds, docs, "fp", seq, 3, extra)
+        grown.get(first)
+        built_in_one = IndexCache(f"once-{first}", ds, docs, "fp", seq, 3, extra).get(then)
+        extended = grown.get(then)
+        for a, b in zip(extended, built_in_one):
+            assert a.dtype == b.dtype and np.array_equal(a, b), (first, then)
+    assert [k is not None for k in kept] == [False, False, True] * 3
+
+
 def test_a_later_stage_continues_a_dataset_where_the_earlier_stage_stopped(workdir):
     raw = yaml.safe_load(open(os.path.join(REPO, "recipes", "quickstart.yaml")))
     raw["stages"] = [{"name": "a", "mix": {"general": {"tokens": "200K"}}},

@@ -2,8 +2,9 @@
 
 Each stage becomes one megatron-core ``BlendedDataset`` over one ``ReusableGPTDataset`` per
 dataset. The blend is *exhaustive*: it draws exactly the plan's sample count from each dataset,
-interleaved by megatron-core's greedy rule (every prefix of the stage is within one sample of
-the target shares). Datasets and blends are built through megatron-core's
+interleaved so that every prefix of the stage is within one sample of each dataset's share
+(``ablate.recipe.blend``: WF2Q, the guarantee of megatron-core's greedy blend at O(samples)
+instead of O(samples x datasets)). Datasets and blends are built through megatron-core's
 ``build_generic_dataset``: rank 0 builds, the other ranks wait and then load, on any backend.
 ``build_stage_datasets`` is also what training calls, so training reads exactly this plan.
 """
@@ -48,10 +49,10 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False) -> tuple[Plan, str | N
 def build_stage_datasets(plan: Plan) -> list:
     """One megatron-core ``BlendedDataset`` per stage, exactly as the plan says."""
     import torch.distributed as dist
-    from megatron.core.datasets.blended_dataset import BlendedDataset
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.utils import Split
 
+    from ablate.recipe.blend import ExactBlendedDataset
     from ablate.recipe.indices import AblateGPTDatasetConfig, ReusableGPTDataset
 
     logging.getLogger("megatron.core.datasets").setLevel(logging.ERROR)  # per-dataset INFO/WARN chatter
@@ -59,6 +60,7 @@ def build_stage_datasets(plan: Plan) -> list:
     tokenizer = TokenizerInfo(plan.tokenizer)
     build = BlendedMegatronDatasetBuilder.build_generic_dataset
     on_rank = lambda: True  # noqa: E731  (every rank holds the data; rank 0 writes the cache first)
+    sync = dist.is_initialized() and dist.get_world_size() > 1  # rank 0 first, then the others
     blends = []
     for stage in plan.stages:
         config = AblateGPTDatasetConfig(
@@ -75,28 +77,12 @@ def build_stage_datasets(plan: Plan) -> list:
             low = build(ReusableGPTDataset.build_low_level_dataset, on_rank, False, d.path, config)
             if low.sequence_lengths.shape[0] == 0:
                 raise AblateError(f"dataset {d.prefix}: has no documents")
-            indices = np.arange(low.sequence_lengths.shape[0], dtype=np.int32)
-            mids.append(build(ReusableGPTDataset, on_rank, True, low, d.path, indices, d.samples, Split.train, config))
-        blends.append(_exact_blend(build, on_rank, BlendedDataset, mids, stage, config))
+            documents = range(low.sequence_lengths.shape[0])  # all of them; IndexCache makes the array if it builds
+            mids.append(build(ReusableGPTDataset, on_rank, sync, low, d.path, documents, d.samples, Split.train, config))
+        blends.append(build(ExactBlendedDataset, on_rank, sync, mids, [d.samples for d in stage.datasets], config))
         if dist.is_initialized():
             dist.barrier()
     return blends
-
-
-def _exact_blend(build, on_rank, BlendedDataset, mids, stage, config):
-    """megatron-core's greedy blend with weights ``samples / total``: the interleaving stock
-    Megatron uses, and as fast. It lands exactly on every dataset's sample count (checked
-    below; in randomized trials up to 600 datasets it always has); if it ever did not, the
-    exhaustive blend, which draws exactly the given counts by the same greedy rule, is used."""
-    samples = [d.samples for d in stage.datasets]
-    total = sum(samples)
-    try:
-        blend = build(BlendedDataset, on_rank, True, mids, [n / total for n in samples], total, config)
-        if np.array_equal(np.bincount(np.asarray(blend.dataset_index), minlength=len(samples)), samples):
-            return blend
-    except IndexError:  # the greedy asked one dataset for a sample more than it has
-        pass
-    return build(BlendedDataset, on_rank, True, mids, samples, None, config)
 
 
 def plan_table(plan: Plan) -> str:

@@ -13,8 +13,9 @@ Each permutation is seeded by (recipe seed, dataset content fingerprint, epoch o
 the first N samples are the same whether the cache was built for N or for 10N, and a recipe
 takes a prefix (or, in a later stage, the next slice) of the one cached order. The cache key is
 (content fingerprint, sequence length, seed, index format version); a request beyond what is
-cached extends it, which leaves the existing prefix unchanged. A cache whose metadata does not
-match its key is rebuilt, never used.
+cached extends it: the cached arrays are kept and the new epochs, blocks and samples appended,
+exactly what a build from nothing would give. A cache whose metadata does not match its key is
+rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class ReusableGPTDataset(GPTDataset):
 
 
 class IndexCache:
-    def __init__(self, root: str, dataset, indices: np.ndarray, fingerprint: str, seq_length: int,
+    def __init__(self, root: str, dataset, indices: np.ndarray | range, fingerprint: str, seq_length: int,
                  seed: int, extra_token: bool):
         self.dataset, self.indices = dataset, indices
         self.fingerprint, self.seq_length, self.seed, self.extra = fingerprint, seq_length, seed, extra_token
@@ -86,9 +87,25 @@ class IndexCache:
             fcntl.flock(lock, fcntl.LOCK_EX)
             cached = self._read_meta()
             if cached is None or cached["samples_built"] < samples_needed:
-                self._build(max(samples_needed, cached["samples_built"] if cached else 0))
+                self._build(max(samples_needed, cached["samples_built"] if cached else 0), cached)
             return tuple(np.load(os.path.join(self.dir, f"{name}.npy"), mmap_mode="r")
                          for name in ("document_index", "sample_index", "shuffle_index"))
+
+    def _load_for_extension(self, cached: dict | None, block: int, epochs: int, samples: int):
+        """The cached arrays, if they are a prefix of what is to be built (else None: rebuild)."""
+        if (cached is None or cached.get("block") != block or not 0 < cached.get("samples_built", 0) < samples
+                or cached["samples_built"] % block or not 0 < cached.get("epochs", 0) <= epochs):
+            return None
+        try:
+            arrays = tuple(np.load(os.path.join(self.dir, f"{name}.npy"))
+                           for name in ("document_index", "sample_index", "shuffle_index"))
+        except (OSError, ValueError):
+            return None
+        doc, sample, shuffle = arrays
+        if (len(doc) != cached["epochs"] * int(cached["documents"]) or sample.ndim != 2
+                or len(sample) != cached["samples_built"] + 1 or len(shuffle) != cached["samples_built"]):
+            return None
+        return arrays
 
     def _read_meta(self) -> dict | None:
         path = os.path.join(self.dir, "meta.json")
@@ -104,12 +121,20 @@ class IndexCache:
             return None
         return meta
 
-    def _build(self, samples_needed: int) -> None:
+    def _build(self, samples_needed: int, cached: dict | None = None) -> None:
+        """Build the first ``samples_needed`` samples (rounded up to whole blocks); where a valid
+        cache holds fewer, keep its arrays and append: the epochs and blocks after it, and the
+        samples packed on from where its last one starts. The result is the same as building
+        from nothing (each epoch's and block's permutation is seeded on its own, and packing
+        depends only on the document order), at the cost of the new part only."""
         from megatron.core.datasets import helpers
 
         seq = self.seq_length
-        sizes = self.dataset.sequence_lengths
-        tokens_per_epoch = int(sizes[self.indices].sum())
+        sizes = np.asarray(self.dataset.sequence_lengths, dtype=np.int32)
+        # every document, passed as a range (no per-compile array), or a subset as an array
+        documents = (np.arange(self.indices.start, self.indices.stop, dtype=np.int32) if isinstance(self.indices, range)
+                     else np.asarray(self.indices, dtype=np.int32))
+        tokens_per_epoch = int(sizes[documents].sum(dtype=np.int64))
         block = max(1, (tokens_per_epoch - self.extra) // seq)  # samples per epoch
         blocks = -(-samples_needed // block)
         samples = blocks * block
@@ -117,17 +142,38 @@ class IndexCache:
         # one epoch can hold one sample fewer than `block` when packing leaves a remainder
         while (epochs * tokens_per_epoch - self.extra) // seq < samples:
             epochs += 1
-        documents = np.asarray(self.indices, dtype=np.int32)
-        document_index = np.concatenate([
-            np.random.RandomState(_seed(self.seed, self.fingerprint, "epoch", e)).permutation(documents)
-            for e in range(epochs)]).astype(np.int32)
-        sample_index = helpers.build_sample_idx(np.asarray(sizes, dtype=np.int32), document_index, seq,
-                                                epochs, tokens_per_epoch, True, self.extra)
-        sample_index = np.ascontiguousarray(sample_index[: samples + 1])
+        old = self._load_for_extension(cached, block, epochs, samples)
+        if old is None:
+            old_doc, old_sample, old_shuffle, old_epochs, old_blocks = None, None, None, 0, 0
+        else:
+            old_doc, old_sample, old_shuffle = old
+            old_epochs, old_blocks = cached["epochs"], cached["samples_built"] // block
+        document_index = np.concatenate(([old_doc] if old is not None else []) + [
+            np.random.RandomState(_seed(self.seed, self.fingerprint, "epoch", e)).permutation(documents).astype(np.int32)
+            for e in range(old_epochs, epochs)]).astype(np.int32)
+        # megatron-core's build_sample_idx picks its dtype from these; a fresh build would too
+        sample_dtype = np.int32 if max(len(document_index), int(sizes.max())) <= np.iinfo(np.int32).max else np.int64
+        if old is None:
+            sample_index = helpers.build_sample_idx(sizes, document_index, seq, epochs, tokens_per_epoch, True, self.extra)
+            sample_index = np.ascontiguousarray(sample_index[: samples + 1], dtype=sample_dtype)
+        else:
+            # Pack on from where the cached last sample starts (document position `at`, token
+            # `offset`): the same packer over the rest of the document order, its first
+            # document stood in for by one `offset` tokens shorter (an extra id past the end).
+            at, offset = (int(x) for x in old_sample[-1])
+            rest = document_index[at:].copy()
+            rest_sizes = np.append(sizes, sizes[rest[0]] - offset).astype(np.int32)
+            rest[0] = len(sizes)
+            rest_tokens = int(rest_sizes[rest].sum(dtype=np.int64))
+            more = helpers.build_sample_idx(rest_sizes, rest, seq, 1, rest_tokens, True, self.extra).astype(np.int64)
+            more = more[1 : samples - len(old_sample) + 2]
+            more[more[:, 0] == 0, 1] += offset
+            more[:, 0] += at
+            sample_index = np.concatenate([np.asarray(old_sample, dtype=np.int64), more]).astype(sample_dtype)
         dtype = np.uint32 if samples < 2**32 - 1 else np.int64
-        shuffle_index = np.concatenate([
+        shuffle_index = np.concatenate(([np.asarray(old_shuffle, dtype=dtype)] if old is not None else []) + [
             np.random.RandomState(_seed(self.seed, self.fingerprint, "block", b)).permutation(block).astype(dtype) + dtype(b * block)
-            for b in range(blocks)])
+            for b in range(old_blocks, blocks)])
         tmp = f"{self.dir}.tmp-{uuid.uuid4().hex[:8]}"
         os.makedirs(tmp)
         for name, arr in (("document_index", document_index), ("sample_index", sample_index),

@@ -1,0 +1,206 @@
+/* The blend's interleaving loop (ablate/recipe/blend.py), O(1) per sample.
+ *
+ * wf2q(counts, dataset_index, dataset_sample_index) fills the two arrays with the order in
+ * which WF2Q serves counts[d] samples of each dataset d: at slot s, among the datasets whose
+ * next sample has started (fluid start k*S/n <= s), the one whose next sample finishes first
+ * (fluid finish (k+1)*S/n, compared exactly; ties: the lower index). It returns how many
+ * samples were placed more than one sample off their dataset's share (0 unless the algorithm
+ * is wrong), or -1 if at some slot no dataset was eligible (idem). It must give exactly what
+ * the pure-Python reference (_wf2q_python in blend.py) gives.
+ *
+ * Each dataset's next sample is in one of two timing wheels of H slots: waiting, at its start
+ * slot; ready, at the integer part of its finish. A sample starts and finishes within
+ * ceil(S/n)+1 slots of now, so with H above that every wheel entry is one slot's list; where H
+ * would be too large (a dataset with very few samples in a long stage) the same rule runs on
+ * a binary heap instead, O(log D) per sample. Built by setup.py as an optional extension. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef __int128 i128;
+
+#define MAX_WHEEL (1 << 22)
+
+typedef struct {
+    const int64_t *n;
+    int64_t S;
+    int64_t *taken, *start, *q, *rem, *step_q, *step_r;  /* finish of the next sample: q + rem/n */
+} State;
+
+/* does dataset a's next sample come before b's: earlier finish, then the lower index */
+static inline int before(const State *st, int32_t a, int32_t b) {
+    if (st->q[a] != st->q[b]) return st->q[a] < st->q[b];
+    i128 x = (i128)st->rem[a] * st->n[b], y = (i128)st->rem[b] * st->n[a];
+    if (x != y) return x < y;
+    return a < b;
+}
+
+/* take dataset d's next sample at slot s; returns 1 if it is off its share by more than one */
+static inline int take(State *st, int32_t d, int64_t s, int16_t *dindex, int64_t *sindex) {
+    int64_t k = st->taken[d], n = st->n[d], S = st->S;
+    dindex[s] = (int16_t)d;
+    sindex[s] = k;
+    st->taken[d] = k + 1;
+    /* the next sample starts when this one finishes: ceil((k+1)S/n) */
+    st->start[d] = st->q[d] + (st->rem[d] > 0);
+    st->q[d] += st->step_q[d];
+    st->rem[d] += st->step_r[d];
+    if (st->rem[d] >= n) { st->rem[d] -= n; st->q[d] += 1; }
+    /* prefix s+1 holds k+1 of d: at most 1 over n(s+1)/S; prefix s holds k: at most 1 under */
+    if (S < ((int64_t)1 << 31))  /* every product below S^2 < 2^62 */
+        return (k + 1) * S - n * (s + 1) > S || k * S - n * s < -S;
+    return (i128)(k + 1) * S - (i128)n * (s + 1) > S || (i128)k * S - (i128)n * s < -(i128)S;
+}
+
+static long long run_wheels(State *st, Py_ssize_t D, int64_t H, int32_t *wait, int32_t *ready, int32_t *link,
+                            int16_t *dindex, int64_t *sindex) {
+    const int64_t S = st->S, mask = H - 1;
+    long long violations = 0;
+    for (int64_t i = 0; i < H; i++) wait[i] = ready[i] = -1;
+    for (Py_ssize_t d = D; d-- > 0;) { link[d] = wait[0]; wait[0] = (int32_t)d; }
+    int64_t low = 0;  /* no ready sample finishes before slot `low` */
+    for (int64_t s = 0; s < S; s++) {
+        for (int32_t d = wait[s & mask]; d >= 0;) {  /* samples starting now become ready */
+            int32_t nxt = link[d];
+            int64_t b = st->q[d] > s ? st->q[d] : s;
+            link[d] = ready[b & mask];
+            ready[b & mask] = d;
+            if (b < low) low = b;
+            d = nxt;
+        }
+        wait[s & mask] = -1;
+        if (low < s) low = s;  /* a ready sample finishing before s would already be a violation */
+        int64_t end = s + H;
+        while (low < end && ready[low & mask] < 0) low++;
+        if (low == end) return -1;
+        int32_t *slot = &ready[low & mask], *best = slot;
+        for (int32_t *p = &link[*slot]; *p >= 0; p = &link[*p])
+            if (before(st, *p, *best)) best = p;
+        int32_t d = *best;
+        *best = link[d];
+        violations += take(st, d, s, dindex, sindex);
+        if (st->taken[d] < st->n[d]) {
+            int64_t t = st->start[d] > s ? st->start[d] : s + 1;
+            link[d] = wait[t & mask];
+            wait[t & mask] = d;
+        }
+    }
+    return violations;
+}
+
+/* the same rule on heaps: waiting by start slot, ready by finish */
+static inline int wait_before(const State *st, int32_t a, int32_t b) {
+    return st->start[a] < st->start[b] || (st->start[a] == st->start[b] && a < b);
+}
+
+#define SIFT(NAME, LESS)                                                              \
+    static void NAME##_down(const State *st, int32_t *h, Py_ssize_t n, Py_ssize_t i) { \
+        int32_t x = h[i];                                                             \
+        for (;;) {                                                                    \
+            Py_ssize_t c = 2 * i + 1;                                                 \
+            if (c >= n) break;                                                        \
+            if (c + 1 < n && LESS(st, h[c + 1], h[c])) c++;                           \
+            if (!LESS(st, h[c], x)) break;                                            \
+            h[i] = h[c];                                                              \
+            i = c;                                                                    \
+        }                                                                             \
+        h[i] = x;                                                                     \
+    }                                                                                 \
+    static void NAME##_up(const State *st, int32_t *h, Py_ssize_t i) {                \
+        int32_t x = h[i];                                                             \
+        while (i > 0) {                                                               \
+            Py_ssize_t p = (i - 1) / 2;                                               \
+            if (!LESS(st, x, h[p])) break;                                            \
+            h[i] = h[p];                                                              \
+            i = p;                                                                    \
+        }                                                                             \
+        h[i] = x;                                                                     \
+    }
+
+SIFT(wh, wait_before)
+SIFT(rh, before)
+
+static long long run_heaps(State *st, Py_ssize_t D, int32_t *wait, int32_t *ready, int16_t *dindex, int64_t *sindex) {
+    Py_ssize_t nw = D, nr = 0;
+    long long violations = 0;
+    for (Py_ssize_t d = 0; d < D; d++) wait[d] = (int32_t)d;  /* all start at 0: already a heap */
+    for (int64_t s = 0; s < st->S; s++) {
+        while (nw > 0 && st->start[wait[0]] <= s) {
+            ready[nr] = wait[0];
+            rh_up(st, ready, nr++);
+            wait[0] = wait[--nw];
+            wh_down(st, wait, nw, 0);
+        }
+        if (nr == 0) return -1;
+        int32_t d = ready[0];
+        ready[0] = ready[--nr];
+        rh_down(st, ready, nr, 0);
+        violations += take(st, d, s, dindex, sindex);
+        if (st->taken[d] < st->n[d]) {
+            wait[nw] = d;
+            wh_up(st, wait, nw++);
+        }
+    }
+    return violations;
+}
+
+static PyObject *wf2q(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer cb, ib, sb;
+    int heaps = 0;  /* 1: the heap form even where the wheels fit (for the tests) */
+    if (!PyArg_ParseTuple(args, "y*w*w*|p", &cb, &ib, &sb, &heaps)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t D = cb.len / 8, S = ib.len / 2;
+    const int64_t *n = (const int64_t *)cb.buf;
+    int64_t total = 0, min_n = INT64_MAX;
+    int64_t *mem = NULL;
+    int32_t *imem = NULL;
+    for (Py_ssize_t d = 0; d < D; d++) {
+        total += n[d];
+        if (n[d] < min_n) min_n = n[d];
+    }
+    /* dtypes and contiguity are checked by the caller */
+    if (sb.len / 8 != S || total != S || D < 1 || D > 32767 || min_n <= 0) {
+        PyErr_SetString(PyExc_ValueError, "wf2q: needs 1 to 32767 positive int64 counts and outputs of their sum");
+        goto done;
+    }
+    int64_t gap = (S + min_n - 1) / min_n + 2, H = 1;
+    while (H < gap) H <<= 1;
+    int wheels = H <= MAX_WHEEL && !heaps;
+    mem = calloc(6 * D, sizeof(int64_t));
+    imem = malloc((wheels ? 2 * H + D : 2 * D) * sizeof(int32_t));
+    if (!mem || !imem) { PyErr_NoMemory(); goto done; }
+    State st = {n, S, mem, mem + D, mem + 2 * D, mem + 3 * D, mem + 4 * D, mem + 5 * D};
+    for (Py_ssize_t d = 0; d < D; d++) {
+        st.step_q[d] = S / n[d];
+        st.step_r[d] = S % n[d];
+        st.q[d] = st.step_q[d];  /* the first sample finishes at S/n */
+        st.rem[d] = st.step_r[d];
+    }
+    long long violations;
+    Py_BEGIN_ALLOW_THREADS
+    if (wheels)
+        violations = run_wheels(&st, D, H, imem, imem + H, imem + 2 * H, (int16_t *)ib.buf, (int64_t *)sb.buf);
+    else
+        violations = run_heaps(&st, D, imem, imem + D, (int16_t *)ib.buf, (int64_t *)sb.buf);
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromLongLong(violations);
+done:
+    free(mem);
+    free(imem);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&ib);
+    PyBuffer_Release(&sb);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"wf2q", wf2q, METH_VARARGS, "wf2q(counts, dataset_index, dataset_sample_index, heaps=False) -> misplaced samples, or -1"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_blend", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__blend(void) { return PyModule_Create(&module); }

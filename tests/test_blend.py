@@ -1,0 +1,175 @@
+"""The stage blend's interleaving (ablate.recipe.blend): exact counts, every prefix within one
+sample of every dataset's share, one order whichever implementation computes it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ablate.recipe import blend
+from ablate.recipe.blend import _wf2q_python, interleave
+
+needs_extension = pytest.mark.skipif(blend._blend is None, reason="the optional C extension is not built")
+
+
+def assert_fair(dataset_index: np.ndarray, dataset_sample_index: np.ndarray, counts) -> None:
+    """Exact counts, samples of each dataset in order, and every prefix N of the stage holding
+    within one sample of counts[d] / S * N of each dataset d (exact integer arithmetic)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    S = int(counts.sum())
+    assert dataset_index.dtype == np.int16 and dataset_sample_index.dtype == np.int64 and len(dataset_index) == S
+    assert np.array_equal(np.bincount(dataset_index, minlength=len(counts)), counts)
+    order = np.argsort(dataset_index, kind="stable")  # positions, grouped by dataset, increasing
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    k = np.arange(S) - np.repeat(starts, counts)  # 0-based rank of each sample within its dataset
+    assert np.array_equal(dataset_sample_index[order], k)
+    n, p = np.repeat(counts, counts).astype(object), order.astype(object)  # Python ints: no overflow
+    k = k.astype(object)
+    # right after its (k+1)-th sample, at p: at most 1 over; right before it: at most 1 under.
+    # Between two samples of a dataset its error only falls, so these prefixes are the extremes.
+    assert ((k + 1) * S - n * (p + 1) <= S).all()
+    assert (k * S - n * p >= -S).all()
+
+
+def all_ways(counts):
+    """(dataset_index, dataset_sample_index, misplaced) from each implementation available."""
+    counts = np.asarray(counts, dtype=np.int64)
+    S = int(counts.sum())
+    out = {}
+    runs = {"python": lambda a, b: _wf2q_python(counts, a, b)}
+    if blend._blend is not None:
+        runs["wheels"] = lambda a, b: blend._blend.wf2q(counts, a, b)
+        runs["heaps"] = lambda a, b: blend._blend.wf2q(counts, a, b, True)
+    for name, run in runs.items():
+        a, b = np.empty(S, np.int16), np.empty(S, np.int64)
+        out[name] = (a, b, run(a, b))
+    return out
+
+
+def check(counts) -> None:
+    ways = all_ways(counts)
+    a, b, misplaced = ways["python"]
+    assert misplaced == 0
+    assert_fair(a, b, counts)
+    for name, (a2, b2, m2) in ways.items():
+        assert m2 == 0 and np.array_equal(a, a2) and np.array_equal(b, b2), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=40))
+def test_any_counts_give_exact_counts_and_fair_prefixes(counts):
+    check(counts)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 300), st.integers(1, 5), st.integers(20, 60))
+def test_one_dominant_dataset_and_many_tiny_ones(tiny, each, scale):
+    # one dataset at ~0.97 of the stage, the rest equal and tiny (the worst case for fixed keys)
+    big = 97 * tiny * each * scale // 300
+    check([big] + [each] * tiny)
+    check([each] * (tiny // 2) + [big] + [each] * (tiny - tiny // 2))
+
+
+def test_five_hundred_datasets():
+    rng = np.random.default_rng(7)
+    check(rng.integers(1, 200, 500))
+    check(np.maximum(1, rng.lognormal(3, 1.5, 500).astype(np.int64)))
+
+
+def test_equal_counts_are_round_robin():
+    a, b = interleave([3, 3, 3])
+    assert a.tolist() == [0, 1, 2] * 3 and b.tolist() == [0] * 3 + [1] * 3 + [2] * 3
+
+
+@needs_extension
+def test_a_large_stage_is_fair_and_the_same_order_every_time():
+    rng = np.random.default_rng(3)
+    counts = np.maximum(1, (rng.lognormal(0, 0.8, 64) * 6000).astype(np.int64))
+    counts[5] = 3  # a tiny dataset: long gaps between its samples
+    a, b = interleave(counts)
+    assert_fair(a, b, counts)
+    a2, b2 = interleave(counts)
+    assert np.array_equal(a, a2) and np.array_equal(b, b2)
+    h, hb = np.empty_like(a), np.empty_like(b)
+    assert blend._blend.wf2q(counts, h, hb, True) == 0 and np.array_equal(a, h) and np.array_equal(b, hb)
+
+
+def test_bad_counts_are_refused():
+    for counts in ([], [0, 3], [-1], [[1, 2]]):
+        with pytest.raises(ValueError):
+            interleave(counts)
+
+
+def test_a_failed_check_falls_back_to_megatron_greedy(monkeypatch):
+    from megatron.core.datasets import helpers
+
+    def broken(counts, a, b, heaps=False):
+        a[:] = 0
+        b[:] = 0
+        return 1
+
+    monkeypatch.setattr(blend, "_blend", type("M", (), {"wf2q": staticmethod(broken)}))
+    counts = np.array([5, 2, 9], dtype=np.int64)
+    a, b = interleave(counts)
+    want_a, want_b = np.empty(16, np.int16), np.empty(16, np.int64)
+    helpers.build_exhaustive_blending_indices(want_a, want_b, counts, 3)
+    assert np.array_equal(a, want_a) and np.array_equal(b, want_b)
+
+
+# ------------------------------------------------------------------ the megatron-core blend
+
+
+class _Mid:
+    """Just what BlendedDataset reads from its datasets."""
+
+    def __init__(self, i: int, n: int):
+        from megatron.core.datasets.utils import Split
+
+        self.n, self.dataset_path, self.index_split = n, f"ds{i}", Split.train
+        self.unique_identifiers = {"class": "Mid", "path": self.dataset_path, "num_samples": n}
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"sample": (self.dataset_path, int(i))}
+
+
+def _config(cache):
+    from megatron.core.datasets.blended_megatron_dataset_config import BlendedMegatronDatasetConfig
+
+    return BlendedMegatronDatasetConfig(random_seed=1, sequence_length=8, blend_per_split=[None, None, None],
+                                        path_to_cache=str(cache), tokenizer=None, mid_level_dataset_surplus=0.0)
+
+
+def test_the_blend_is_cached_under_a_key_that_names_the_interleaving(tmp_path, monkeypatch):
+    from ablate.recipe.blend import ExactBlendedDataset
+
+    counts = [7, 3, 11]
+    mids = [_Mid(i, n) for i, n in enumerate(counts)]
+    built = ExactBlendedDataset(mids, counts, _config(tmp_path))
+    assert len(built) == 21 and built[0]["dataset_id"] == built.dataset_index[0]
+    assert_fair(np.asarray(built.dataset_index), np.asarray(built.dataset_sample_index), counts)
+    files = sorted(os.listdir(tmp_path))
+    assert files == sorted(f"{built.unique_description_hash}-ExactBlendedDataset-train-{s}"
+                           for s in ("description.txt", "dataset_index.npy", "dataset_sample_index.npy"))
+    description = next(f for f in files if f.endswith("description.txt"))
+    assert json.loads((tmp_path / description).read_text())["interleave"] == f"wf2q/{blend.BLEND_FORMAT}"
+    loaded = ExactBlendedDataset(mids, counts, _config(tmp_path))  # a cache hit: memory-mapped
+    assert isinstance(loaded.dataset_index, np.memmap)
+    assert np.array_equal(loaded.dataset_index, built.dataset_index)
+    monkeypatch.setattr(blend, "BLEND_FORMAT", blend.BLEND_FORMAT + 1)  # another interleaving: another key
+    other = ExactBlendedDataset(mids, counts, _config(tmp_path))
+    assert other.unique_description_hash != built.unique_description_hash and len(os.listdir(tmp_path)) == 6
+
+
+def test_a_blend_asking_a_dataset_for_more_than_it_has_is_refused(tmp_path):
+    from ablate.recipe.blend import ExactBlendedDataset
+
+    with pytest.raises(IndexError, match="asks dataset 1"):
+        ExactBlendedDataset([_Mid(0, 5), _Mid(1, 2)], [5, 3], _config(tmp_path))
