@@ -295,3 +295,19 @@ print(json.dumps([a == b, [len(g) for g in a], [len(p) for p in prompts]]))
     assert same
     assert any(min(p, 63) + g > 64 for p, g in zip(prompt_lengths, generated))  # some rows outgrew the window
     assert len(set(prompt_lengths)) > 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_a_cpu_trained_checkpoint_scores_the_same_on_cuda(trained):
+    work = trained / "cuda"
+    shutil.copytree(trained / "runs" / "evalrun", work / "runs" / "evalrun", ignore=shutil.ignore_patterns("eval"))
+    os.symlink(trained / "data", work / "data")
+    r = ablate_eval(work, "runs/evalrun", "--tasks", "bpb", "--backend", "cuda")
+    assert r.returncode == 0, r.stderr[-3000:]
+    cuda = scores(work, "evalrun", 16)["tasks"]["bpb"]["metrics"]
+    r = ablate_eval(trained, "runs/evalrun", "--tasks", "bpb", "--backend", "cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    cpu = scores(trained, "evalrun", 16)["tasks"]["bpb"]["metrics"]
+    for metric, value in cpu.items():
+        assert cuda[metric] == pytest.approx(value, rel=1e-3), metric

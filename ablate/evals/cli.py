@@ -13,6 +13,8 @@ def add_commands(sub) -> None:
                    help="checkpoint step(s): N, N,M,..., 'all', or 0 for the initialisation (default: the latest)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N samples of each task")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: the recipe's training.backend (CUDA when torch sees a GPU)")
     p.add_argument("--bpb-tokens", type=int, default=65_536, help="held-out tokens per domain for bpb (whole documents)")
     p.add_argument("--gsm8k", default=None, help="GSM8K test.jsonl (default: ../shared/benchmarks/gsm8k/test.jsonl)")
     p.add_argument("--shots", type=int, default=4, help="few-shot examples for GSM8K")
@@ -48,5 +50,5 @@ def _eval(args) -> None:
             raise AblateError(f"--step: expected N, N,M,... or 'all', got {args.step!r}") from None
     options = EvalOptions(limit=args.limit, batch_size=args.batch_size, bpb_tokens=args.bpb_tokens, gsm8k_path=args.gsm8k, num_shots=args.shots,
                           lm_eval_include=args.lm_eval_include)
-    for path in evaluate(args.run_dir, tasks, steps, options, chosen=chosen):
+    for path in evaluate(args.run_dir, tasks, steps, options, chosen=chosen, backend=args.backend):
         print(summary(path))

@@ -48,7 +48,8 @@ class Context:
 
 
 def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: EvalOptions,
-             chosen: bool = False, quiet: bool = False, em=None, write: bool = True) -> list[str]:
+             chosen: bool = False, quiet: bool = False, em=None, write: bool = True,
+             backend: str = "auto") -> list[str]:
     """Score ``tasks`` at each of ``steps`` (None: latest checkpoint); returns the files written.
 
     ``em``: an already loaded model (training passes its own, at its current step); ``write``:
@@ -60,7 +61,7 @@ def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: 
     read_run(run_dir)  # a clear error before anything loads
     written = []
     for step in steps:
-        model = em if em is not None else load_eval_model(run_dir, step)
+        model = em if em is not None else load_eval_model(run_dir, step, backend)
         ctx = Context(em=model, lm=LanguageModel(model, options.batch_size), options=options, quiet=quiet,
                       write=write)
         path = eval_path(run_dir, model.step)
