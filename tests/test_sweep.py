@@ -229,7 +229,7 @@ def test_local_sweep_runs_each_point_once_and_cancel_then_retry_resumes(here, cl
         assert json.load(open(root / name / "status.json"))["state"] == "completed"
         assert_tokens_match_plan(root / name)
     r = cli("sweep", "submit", path)
-    assert r.rc == 0 and "skipped: 2 completed" in r.err and "nothing to submit" in r.err
+    assert r.rc == 0 and "skipped: 2 completed" in r.out and "nothing to submit" in r.out
     r = cli("sweep", "status", path)
     lines = r.out.splitlines()
     assert lines[0].split()[:5] == ["point", "state", "job", "step", "loss"] and "math.structured" in lines[0]
@@ -255,7 +255,7 @@ def test_local_sweep_runs_each_point_once_and_cancel_then_retry_resumes(here, cl
     assert status["state"] == "preempted" and status["step"] < 31, status
     assert "cancelled" in cli("sweep", "status", path2).out
     r = cli("sweep", "submit", path2)
-    assert "1 cancelled (--retry resubmits)" in r.err and "nothing to submit" in r.err
+    assert "1 cancelled (--retry resubmits)" in r.out and "nothing to submit" in r.out
     r = cli("sweep", "submit", path2, "--retry")
     assert r.rc == 0, r.err
     assert json.load(open(here / "runs" / "loc2" / "d0.25" / "status.json"))["state"] == "completed"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 
 def add_commands(sub) -> None:
     """Add this subsystem's parsers to ``ablate``'s subparsers."""
@@ -30,7 +28,8 @@ def add_commands(sub) -> None:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """Progress (what was compiled, submitted, skipped) goes to stdout; stderr is for the one-line error."""
+    print(msg, flush=True)
 
 
 def _spec(args):
