@@ -232,7 +232,7 @@ def test_local_sweep_runs_each_point_once_and_cancel_then_retry_resumes(here, cl
     assert r.rc == 0 and "skipped: 2 completed" in r.out and "nothing to submit" in r.out
     r = cli("sweep", "status", path)
     lines = r.out.splitlines()
-    assert lines[0].split()[:5] == ["point", "state", "job", "step", "loss"] and "math.structured" in lines[0]
+    assert lines[0].split()[:5] == ["point", "state", "job", "step", "loss"] and "tokens/math.structured" in lines[0]
     assert lines[2].split()[:2] == ["d0.25", "completed"] and "31/31" in lines[2] and lines[-1] == "2 completed"
     states = [json.loads(l) for l in cli("sweep", "status", path, "--json").out.splitlines()]
     plan = json.load(open(root / "d0.75" / "plan.json"))
@@ -266,3 +266,20 @@ def test_local_sweep_runs_each_point_once_and_cancel_then_retry_resumes(here, cl
     resumed = read_jsonl(metrics)
     assert [m["step"] for m in resumed] == list(range(1, 32))
     assert [m["loss"] for m in resumed] == [m["loss"] for m in same]  # bitwise: resume is exact on CPU
+
+
+def test_a_failed_point_is_shown_with_its_reason_and_retried_only_when_asked(here, cli):
+    # expert parallelism 2 needs 2 processes: valid on paper, fails when the local executor runs it alone
+    path = write_sweep(here, "fails", base=base(parallelism={"ep": 2}), point_name="p")
+    r = cli("sweep", "submit", path)
+    assert r.rc == 0 and "p: training exited 2" in r.out, r.out + r.err
+    assert "parallelism.ep: 2 does not divide the 1" in (here / "runs" / "fails" / "p" / "train.log").read_text()
+    table = cli("sweep", "status", path).out.splitlines()
+    assert table[0].split()[-1] == "note" and table[2].split()[:2] == ["p", "failed"]
+    assert "ended before training started" in table[2] and table[-1] == "1 failed"
+    r = cli("sweep", "submit", path)
+    assert "skipped: 1 failed (--retry resubmits)" in r.out and "submitted 0 point(s)" in r.out
+    r = cli("sweep", "submit", path, "--retry")
+    assert "submitted 1 point(s)" in r.out and "p: training exited 2" in r.out
+    record = json.load(open(here / "runs" / "fails" / "p" / "local.json"))
+    assert record["returncode"] == 2 and len(record["history"]) == 1

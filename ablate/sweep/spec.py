@@ -89,7 +89,7 @@ class LocalConfig:
 @dataclass
 class EvalConfig:
     tasks: list = field(default_factory=list)
-    step: Optional[str] = None  # passed to `ablate eval --step`
+    step: Any = None  # passed to `ablate eval --step`: N, "N,M", "all"
     args: list = field(default_factory=list)  # more arguments for `ablate eval`
     slurm: dict = field(default_factory=dict)  # overrides of the training job's slurm settings
 
@@ -98,6 +98,8 @@ class EvalConfig:
             raise AblateError(f"{where}.tasks: name at least one eval task (e.g. [bpb, probes])")
         for i, t in enumerate(self.tasks):
             check_type(t, str, f"{where}.tasks[{i}]", "a task name")
+        if self.step is not None:
+            check_type(self.step, (int, str), f"{where}.step", "a step: N, 'N,M' or 'all'")
         for i, a in enumerate(self.args):
             check_type(a, (str, int, float), f"{where}.args[{i}]", "a command-line argument")
         allowed = [f.name for f in dataclasses.fields(SlurmConfig)]

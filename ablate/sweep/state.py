@@ -131,7 +131,8 @@ def status_table(states: list[PointState]) -> str:
     from ablate.recipe.budget import format_tokens
 
     domains = sorted({d for s in states for d in s.tokens})
-    head = ["point", "state", "job", "step", "loss", *domains]
+    notes = any(s.reason and s.state in ("failed", "interrupted") for s in states)
+    head = ["point", "state", "job", "step", "loss", *(f"tokens/{d}" for d in domains), *(["note"] if notes else [])]
     rows = [head]
     for s in states:
         job = s.job_id or ""
@@ -139,10 +140,12 @@ def status_table(states: list[PointState]) -> str:
             job += f" ({s.job_state.lower()})"
         step = "" if s.step is None else (f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step))
         loss = "" if s.loss is None else f"{s.loss:.4f}"
+        note = [(s.reason or "")[:80] if s.state in ("failed", "interrupted") else ""] if notes else []
         rows.append([s.name, s.state, job, step, loss,
-                     *(format_tokens(s.tokens[d]) if d in s.tokens else "" for d in domains)])
+                     *(format_tokens(s.tokens[d]) if d in s.tokens else "" for d in domains), *note])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    left = {0, 1, 2, len(head) - 1} if notes else {0, 1, 2}
+    lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     counts: dict[str, int] = {}
