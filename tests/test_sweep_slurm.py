@@ -35,7 +35,7 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture
-def here(world, slurm_cluster, monkeypatch):  # noqa: F811
+def here(slurm_cluster, world, monkeypatch):  # noqa: F811  (no data prepared where Slurm is absent)
     monkeypatch.chdir(world)
     return world
 

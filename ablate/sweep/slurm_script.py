@@ -50,10 +50,9 @@ def _header(cfg: SlurmConfig, name: str, log: str, cwd: str, tasks_per_node: boo
 
 
 def _environment(cfg: SlurmConfig, python: str, run_dir: str) -> list[str]:
-    lines = ["", "set -uo pipefail"]
-    lines += [f"export {k}={shlex.quote(str(v))}" for k, v in cfg.env.items()]
-    lines += list(cfg.setup)
-    lines += [f"PYTHON={shlex.quote(python)}", f"RUN_DIR={shlex.quote(run_dir)}"]
+    lines = [""] + [f"export {k}={shlex.quote(str(v))}" for k, v in cfg.env.items()]
+    lines += list(cfg.setup)  # before `set -u`: environment scripts often read unset variables
+    lines += ["set -uo pipefail", f"PYTHON={shlex.quote(python)}", f"RUN_DIR={shlex.quote(run_dir)}"]
     return lines
 
 
