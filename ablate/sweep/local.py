@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from typing import Callable
 
 from ablate.sweep.executor import Executor, mark_cancelled
@@ -47,7 +48,8 @@ class LocalExecutor(Executor):
             if stop["child"] is not None:  # the trainer checkpoints on SIGTERM and exits
                 _signal_group(stop["child"].pid, signal.SIGTERM)
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
         try:
             for i, p in enumerate(points):
                 if stop["signal"] is not None:
