@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The toy-world study: the seed ablations of RESEARCH.md (DeepSeekMath's four designs,
+# structured-math density, executable code vs Code-NL, a math-code share), 3 seeds each, run,
+# scored and compared through the public interface only:
+#
+#   ablate data prepare  ->  ablate sweep expand | submit (local executor; trains each point with
+#   launchers/pretrain.py, then `ablate eval`)  ->  ablate report (one HTML page per design)
+#
+# Run from the repository root on a fresh clone (after `pip install -e ".[eval]"`):
+#
+#   launchers/toy_world_study.sh            # all four designs, LANES=2 sweeps at a time
+#   DESIGNS="density" launchers/toy_world_study.sh
+#
+# Writes runs/<design>/<point>/ (run dirs, eval/), docs/study/<design>.html (reports) and
+# docs/study/timings.tsv (wall seconds per pipeline stage). The sweep files in recipes/study/
+# state each design's token budgets and batch arithmetic; re-running skips completed points.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DESIGNS=${DESIGNS:-"dsm density code mathcode"}
+LANES=${LANES:-2}
+declare -A CONTROL=([dsm]=dsm-math-only [density]=density-0.00 [code]=code-code-nl [mathcode]=mathcode-none)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one core per lane
+mkdir -p docs/study
+timings=docs/study/timings.tsv
+[ -f "$timings" ] || printf 'stage\tdesign\tseconds\n' > "$timings"
+timed() {  # timed STAGE DESIGN command...
+  local stage=$1 design=$2 start end; shift 2
+  start=$(date +%s)
+  "$@"
+  end=$(date +%s)
+  printf '%s\t%s\t%s\n' "$stage" "$design" "$((end - start))" >> "$timings"
+}
+
+if [ ! -f data/toyworld/manifest.json ]; then
+  timed prepare all ablate data prepare toyworld --out data/toyworld
+fi
+for d in $DESIGNS; do
+  timed expand+compile "$d" ablate sweep expand "recipes/study/$d.yaml" > /dev/null
+done
+
+# train + eval: LANES sweeps at a time, each one point after another
+lane() { for d in "$@"; do timed train+eval "$d" ablate sweep submit "recipes/study/$d.yaml" > "docs/study/$d.log" 2>&1; done; }
+set -- $DESIGNS
+pids=()
+for ((i = 0; i < LANES; i++)); do
+  mine=()
+  for ((j = i; j < $#; j += LANES)); do idx=$((j + 1)); mine+=("${!idx}"); done
+  [ ${#mine[@]} -gt 0 ] && { lane "${mine[@]}" & pids+=($!); }
+done
+for p in "${pids[@]}"; do wait "$p"; done
+
+for d in $DESIGNS; do
+  ablate sweep status "recipes/study/$d.yaml" | tee "docs/study/$d-status.txt"
+  timed report "$d" ablate report runs/"$d"/* --control "${CONTROL[$d]}" -o "docs/study/$d.html"
+done
+echo "reports: docs/study/*.html; timings: $timings"
