@@ -115,9 +115,9 @@ def test_every_sweep_file_in_recipes_expands(monkeypatch):
     from ablate.sweep.spec import load_sweep
 
     monkeypatch.chdir(REPO)  # their paths are relative to the repository root
-    folder = os.path.join("recipes", "sweeps")
-    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".yaml"))
-    assert paths
+    paths = sorted(os.path.join("recipes", folder, f) for folder in ("sweeps", "study")
+                   for f in os.listdir(os.path.join("recipes", folder)) if f.endswith(".yaml"))
+    assert len(paths) >= 6
     for path in paths:
         points = build_points(load_sweep(path))  # parsed and validated; nothing written
         assert len(points) >= 2, path
