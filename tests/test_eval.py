@@ -247,7 +247,8 @@ def test_evaluation_inside_training_matches_ablate_eval_of_its_checkpoint(traine
     checkpoint, and evaluating does not change training (losses as without it)."""
     name = f"live{nproc}"
     recipe = write(trained, name, cadence__checkpoint_every=8, cadence__eval_every=8,
-                   cadence__eval_tasks=["bpb", "probes"], parallelism={"ep": ep})
+                   cadence__eval_tasks=["bpb", "probes"], cadence__eval_options={"limit": 8, "bpb_tokens": 4096},
+                   parallelism={"ep": ep})
     r = run(trained, recipe, nproc)
     assert r.returncode == 0, r.stderr[-3000:]
     live = {s: scores(trained, name, s)["tasks"] for s in (8, 16)}
@@ -260,7 +261,7 @@ def test_evaluation_inside_training_matches_ablate_eval_of_its_checkpoint(traine
     work = trained / f"{name}_posthoc"
     shutil.copytree(trained / "runs" / name, work / "runs" / name, ignore=shutil.ignore_patterns("eval"))
     os.symlink(trained / "data", work / "data")
-    r = ablate_eval(work, f"runs/{name}", "--step", "8,16", "--tasks", "bpb,probes")
+    r = ablate_eval(work, f"runs/{name}", "--step", "8,16", "--tasks", "bpb,probes", "--limit", "8", "--bpb-tokens", "4096")
     assert r.returncode == 0, r.stderr[-3000:]
     for s in (8, 16):
         posthoc = scores(work, name, s)["tasks"]

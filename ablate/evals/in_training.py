@@ -33,6 +33,6 @@ def evaluate_live(recipe, plan, run_dir: str, model: torch.nn.Module, step: int,
     was_training = model.training
     model.eval()
     try:
-        evaluate(run_dir, tasks, [step], EvalOptions(), em=em, write=rank == 0, quiet=rank != 0)
+        evaluate(run_dir, tasks, [step], EvalOptions(**recipe.cadence.eval_options), em=em, write=rank == 0, quiet=rank != 0)
     finally:
         model.train(was_training)

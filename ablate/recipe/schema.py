@@ -148,6 +148,7 @@ class CadenceConfig:
     log_every: int = 10
     eval_every: int = 0  # with eval_tasks: every N steps and at the end (0: only at the end)
     eval_tasks: list = field(default_factory=list)  # ablate eval tasks scored inside training (none: run it after)
+    eval_options: dict = field(default_factory=dict)  # e.g. {limit: 50, bpb_tokens: 16384}: as ablate eval's flags
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     routing_flush_every: int = 50
@@ -165,6 +166,9 @@ class CadenceConfig:
                 select(",".join(str(t) for t in self.eval_tasks))
             except AblateError as exc:
                 raise AblateError(f"{where}.eval_tasks: {str(exc).split(': ', 1)[1]}") from None
+        from ablate.evals.tasks.base import EvalOptions
+
+        build_dataclass(EvalOptions, self.eval_options, f"{where}.eval_options")  # keys and types, as ablate eval's flags
 
 
 @dataclass
