@@ -18,7 +18,10 @@ import sys
 
 import ablate.analysis as A
 
-DESIGNS = {"dsm": "dsm-math-only", "density": "density-0.00", "code": "code-code-nl", "mathcode": "mathcode-none"}
+# design -> its controls: DeepSeekMath's two-stage designs are compared with math only and with
+# the general-then-math control (same total tokens)
+DESIGNS = {"dsm": ["dsm-math-only", "dsm-general-then-math"], "density": ["density-0.00"], "code": ["code-code-nl"],
+           "mathcode": ["mathcode-none"]}
 
 
 def plan_tokens(run_dir: str) -> dict[str, int]:
@@ -36,22 +39,20 @@ def trained_tokens(run_dir: str) -> dict[str, int]:
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         for line in f:
             last = json.loads(line)
-    return {k[len("tokens/"):]: int(v) for k, v in (last or {}).items() if k.startswith("tokens/") and v}
+    return {k[len("tokens/"):]: int(v) for k, v in (last or {}).items()
+            if k.startswith("tokens/") and k != "tokens/s" and v}
 
 
 def fmt(x: float) -> str:
     return f"{x:+.3f}" if abs(x) < 100 else f"{x:+.0f}"
 
 
-def design_section(design: str, control: str, root: str) -> tuple[list[str], int, int]:
-    runs = A.load_runs(os.path.join(root, design, "*"))
-    frame = A.runs_frame(runs)
-    scores = A.scores_frame(runs, frame)
+def comparison_table(frame, scores, control: str) -> tuple[list[str], int]:
     cmp = A.compare(scores, control=control, method="t")
-    out = [f"## {design} (control: {control}; {len(runs)} runs)", ""]
     conditions = [c for c in dict.fromkeys(frame["condition"]) if c != control]
-    out.append("| score | " + f"{control} (control) | " + " | ".join(conditions) + " |")
-    out.append("|---|---|" + "---|" * len(conditions))
+    out = [f"### against {control}", "",
+           "| score | " + f"{control} (control) | " + " | ".join(conditions) + " |",
+           "|---|---|" + "---|" * len(conditions)]
     outside = 0
     for score in dict.fromkeys(cmp["score"]):
         rows = cmp[cmp["score"] == score]
@@ -66,7 +67,20 @@ def design_section(design: str, control: str, root: str) -> tuple[list[str], int
             outside += r["verdict"] in ("better", "worse")
             cells.append(f"{r['mean']:.3f} ({fmt(r['delta'])} [{fmt(r['lo'])}, {fmt(r['hi'])}]){mark}")
         out.append(f"| {score} | {rows['control_mean'].iloc[0]:.3f} | " + " | ".join(cells) + " |")
-    out += ["", "Tokens trained per domain (last metrics row) against the plan:", "",
+    return out + [""], outside
+
+
+def design_section(design: str, controls: list[str], root: str) -> tuple[list[str], int, int]:
+    runs = A.load_runs(os.path.join(root, design, "*"))
+    frame = A.runs_frame(runs)
+    scores = A.scores_frame(runs, frame)
+    out = [f"## {design} ({len(runs)} runs)", ""]
+    outside = 0
+    for control in controls:
+        table, n = comparison_table(frame, scores, control)
+        out += table
+        outside += n
+    out += ["Tokens trained per domain (last metrics row) against the plan:", "",
             "| run | tokens per domain | equal to plan |", "|---|---|---|"]
     equal = 0
     for r in runs:
