@@ -78,7 +78,9 @@ def kernel_layers(mode: str) -> None:
 
 
 def run(box, source, mode="full", hostile=True, func=None, **kw):
-    kw = {"timeout_s": 5.0, **MODES[mode], **kw, "tmp_root": box["root"]}
+    # generous by default: a loaded CI machine can take seconds to start an interpreter; tests
+    # about time limits pass their own
+    kw = {"timeout_s": 15.0, **MODES[mode], **kw, "tmp_root": box["root"]}
     source = textwrap.dedent(source)
     r = run_program(source, **kw) if func is None else run_function(source, func, **kw)
     _RUN_IDS.append(r.run_id)

@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from typing import Callable
 
 from ablate.errors import AblateError
@@ -29,15 +30,28 @@ ENDED_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT
                 "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED")
 
 
-def slurm(*args: str, timeout: float = 120) -> str:
-    """Run a Slurm command; any failure is one line naming the command and what it said."""
+# a busy controller answers queries with these now and then; asking again a moment later works
+_TRANSIENT = ("socket", "timed out", "unable to contact slurm controller", "try again")
+
+
+def slurm(*args: str, timeout: float = 120, attempts: int | None = None) -> str:
+    """Run a Slurm command; any failure is one line naming the command and what it said.
+
+    Queries (squeue, sinfo, sacct) are retried on transient controller errors; commands that
+    change state (sbatch, scancel, scontrol) run once, so a job is never submitted twice."""
     if shutil.which(args[0]) is None:
         raise AblateError(f"slurm: {args[0]} not found on PATH (is this a Slurm login node? "
                           "run the sweep with --executor local otherwise)")
-    try:
-        r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise AblateError(f"slurm: `{shlex.join(args)}` did not answer in {timeout:g} s") from None
+    attempts = attempts or (4 if args[0] in ("squeue", "sinfo", "sacct") else 1)
+    for attempt in range(attempts):
+        try:
+            r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AblateError(f"slurm: `{shlex.join(args)}` did not answer in {timeout:g} s") from None
+        said_lower = (r.stderr + r.stdout).lower()
+        if r.returncode == 0 or attempt == attempts - 1 or not any(t in said_lower for t in _TRANSIENT):
+            break
+        time.sleep(2 ** attempt)
     if r.returncode != 0:
         said = " | ".join(line.strip() for line in (r.stderr + r.stdout).splitlines() if line.strip())
         raise AblateError(f"slurm: `{shlex.join(args)}` failed (exit {r.returncode}): {said[:800] or 'no output'}")
