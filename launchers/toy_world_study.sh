@@ -50,7 +50,9 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 
 for d in $DESIGNS; do
-  ablate sweep status "recipes/study/$d.yaml" | tee "docs/study/$d-status.txt"
-  timed report "$d" ablate report runs/"$d"/* --control "${CONTROL[$d]}" -o "docs/study/$d.html"
+  ablate sweep status "recipes/study/$d.yaml" > "docs/study/$d-status.txt"
+  # the glob is ablate's (quoted): it keeps run directories and skips the sweep's own sweep.json
+  timed report "$d" ablate report "runs/$d/*" --control "${CONTROL[$d]}" -o "docs/study/$d.html"
 done
-echo "reports: docs/study/*.html; timings: $timings"
+timed summary all python launchers/toy_world_summary.py --designs "${DESIGNS// /,}"
+echo "reports: docs/study/*.html; tables: docs/study/summary.md; timings: $timings"
