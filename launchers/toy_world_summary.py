@@ -93,6 +93,48 @@ def design_section(design: str, controls: list[str], root: str) -> tuple[list[st
     return out, outside, equal
 
 
+# domain pairs whose experts the study asks about: competition (exclusive) or synergy (shared)
+ROUTING_PAIRS = {"dsm": [("code.exec", "math.structured"), ("code.nl", "math.structured")],
+                 "density": [("math.structured", "math.text"), ("math.structured", "code.exec")],
+                 "code": [("code.exec", "math.structured"), ("code.nl", "math.structured")],
+                 "mathcode": [("math.code", "math.structured")]}
+
+
+def routing_section(design: str, root: str) -> list[str]:
+    """Per condition and domain pair, over the whole run's training-time routing: the JS
+    divergence of the two domains' routing distributions (mean over layers) and the experts
+    with lift > 1.5 for both (shared) or for one only, summed over layers; seed means."""
+    import numpy as np
+
+    from ablate.analysis import routing_metrics as rm
+    from ablate.analysis.routing_compare import shared_exclusive_frame
+
+    runs = A.load_runs(os.path.join(root, design, "*"))
+    frame = A.runs_frame(runs)
+    condition = dict(zip(frame["run"], frame["condition"]))
+    values: dict[tuple[str, str], list] = {}
+    for r in runs:
+        log = r.routing()
+        count_LDE, ntok_LD = log.total()
+        domains = list(log.domains)
+        js_LDD = rm.js_matrix(rm.routing_distribution(count_LDE, ntok_LD, log.k))
+        for a, b in ROUTING_PAIRS.get(design, []):
+            if a in domains and b in domains:
+                i, j = domains.index(a), domains.index(b)
+                se = shared_exclusive_frame(count_LDE, ntok_LD, log.k, domains, pairs=[(i, j)])
+                values.setdefault((condition[r.name], f"{a} / {b}"), []).append(
+                    (js_LDD[:, i, j].mean(), se["shared"].sum(), se["only_a"].sum(), se["only_b"].sum()))
+    out = [f"### routing: {design}", "",
+           "| condition | domains a / b | JS(a, b), layer mean (sd over seeds) | shared experts | only a / only b |",
+           "|---|---|---|---|---|"]
+    for (cond, pair), rows in values.items():
+        v = np.array(rows, dtype=float)
+        sd = v[:, 0].std(ddof=1) if len(v) > 1 else 0.0
+        out.append(f"| {cond} | {pair} | {v[:, 0].mean():.3f} ({sd:.3f}) | {v[:, 1].mean():.1f} | "
+                   f"{v[:, 2].mean():.1f} / {v[:, 3].mean():.1f} |")
+    return out + [""]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs", help="where the study's sweeps put their run directories")
@@ -104,7 +146,7 @@ def main() -> int:
              "when the interval excludes 0 (bits per byte: lower is better; accuracy: higher).", ""]
     for design in args.designs.split(","):
         section, outside, equal = design_section(design, DESIGNS[design], args.runs)
-        lines += section
+        lines += section + routing_section(design, args.runs)
         print(f"{design}: {outside} score deltas outside seed noise; {equal} runs trained exactly their plan's tokens",
               file=sys.stderr)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
