@@ -6,12 +6,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from test_train import PYTHON, REPO, run, write
+from test_train import PYTHON, run, write
 
 TASK_DIR = os.path.join(os.path.dirname(__file__), "data", "lm_eval_tasks")
 

@@ -15,7 +15,6 @@ import logging
 import os
 import tempfile
 
-import numpy as np
 import yaml
 
 from ablate.data.tokenizer import TokenizerInfo

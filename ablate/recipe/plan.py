@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from ablate.data.manifest import DatasetEntry, Manifest, load_manifests
 from ablate.data.taxonomy import Taxonomy, is_under
