@@ -22,7 +22,7 @@ declare -A CONTROL=([dsm]=dsm-math-only [density]=density-0.00 [code]=code-code-
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one core per lane
 mkdir -p docs/study
 timings=docs/study/timings.tsv
-[ -f "$timings" ] || printf 'stage\tdesign\tseconds\n' > "$timings"
+printf 'stage\tdesign\tseconds\n' > "$timings"   # this invocation's figures only
 timed() {  # timed STAGE DESIGN command...
   local stage=$1 design=$2 start end; shift 2
   start=$(date +%s)
