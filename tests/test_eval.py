@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from test_train import PYTHON, run, write
+from test_train import PYTHON, one_line_error, run, write
 
 TASK_DIR = os.path.join(os.path.dirname(__file__), "data", "lm_eval_tasks")
 
@@ -37,14 +37,6 @@ def ablate_eval(root, *args, env=None) -> subprocess.CompletedProcess:
 def scores(root, run: str, step: int) -> dict:
     with open(root / "runs" / run / "eval" / f"step_{step}.json") as f:
         return json.load(f)
-
-
-def one_line_error(r, *fragments):
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def test_trained_model_has_lower_bits_per_byte_than_its_initialisation_on_every_domain(trained):

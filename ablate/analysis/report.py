@@ -270,13 +270,14 @@ def _routing_section(runs, frame, control, reps, shown, threshold, notes) -> str
         out.append("<h3>Runs from the control's initialisation, experts aligned (Hungarian match on per-domain "
                    "specialization)</h3>" + _table(pd.DataFrame(aligned_rows), left=("run", "condition")))
     # shared / exclusive experts per domain pair, summed over layers
-    se_cols = {}
+    # each shown condition's routing log and whole-run totals, read once for the table and figures
+    routed = {}
     for c in shown:
-        r = reps[c]
-        if not r.has_routing():
-            continue
-        log = r.routing()
-        count, ntok = log.total()
+        if reps[c].has_routing():
+            log = reps[c].routing()
+            routed[c] = (log, *log.total())
+    se_cols = {}
+    for c, (log, count, ntok) in routed.items():
         f = rc.shared_exclusive_frame(count, ntok, log.k, log.domains, threshold)
         g = f.groupby(["a", "b"], sort=False)[["shared", "only_a", "only_b"]].sum()
         se_cols[c] = {f"{a} / {b}": f"{v.shared} / {v.only_a} / {v.only_b}" for (a, b), v in g.iterrows()}
@@ -287,12 +288,8 @@ def _routing_section(runs, frame, control, reps, shown, threshold, notes) -> str
                    "<p class='note'>Shared: both domains over-use the expert (synergy); only one: competition.</p>"
                    + _table(se, index=True))
     # figures per shown condition
-    for c in shown:
+    for c, (log, count, ntok) in routed.items():
         r = reps[c]
-        if not r.has_routing():
-            continue
-        log = r.routing()
-        count, ntok = log.total()
         out.append(f"<h3>{html.escape(c)} ({html.escape(r.name)})</h3>")
         out.append(_img(plots.plot_expert_heatmaps(rm.specialization(count, ntok), log.domains,
                                                    title=f"{c}: specialization S = count / ntok, whole run", k=log.k),

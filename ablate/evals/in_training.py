@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ablate.data.manifest import load_manifests
-from ablate.data.tokenizer import load_tokenizer
-from ablate.evals.loading import EvalModel
+from ablate.evals.loading import EvalModel, open_data
 from ablate.evals.runner import evaluate
 from ablate.evals.tasks import select
 from ablate.evals.tasks.base import EvalOptions
@@ -25,10 +23,9 @@ def due(eval_every: int, step: int, total_steps: int) -> bool:
 
 def evaluate_live(recipe, plan, run_dir: str, model: torch.nn.Module, step: int, device: torch.device,
                   rank: int) -> None:
-    manifests = load_manifests(recipe.data.manifests)
+    manifests, tokenizer = open_data(run_dir, recipe.data.manifests, plan.to_dict())
     em = EvalModel(run_dir=run_dir, name=recipe.name, step=step, recipe=recipe, plan=plan.to_dict(),
-                   manifests=manifests, tokenizer=load_tokenizer(manifests[0].tokenizer, manifests[0].root),
-                   model=model, device=device, seq_length=recipe.training.seq_length)
+                   manifests=manifests, tokenizer=tokenizer, model=model, device=device, seq_length=recipe.training.seq_length)
     tasks, _ = select(",".join(recipe.cadence.eval_tasks))
     was_training = model.training
     model.eval()

@@ -49,21 +49,21 @@ class LanguageModel:
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
-    def logprobs(self, tokens_BS: torch.Tensor) -> torch.Tensor:
-        """log-softmax over the vocabulary at every position, float32 ``[B, S, V]``."""
+    def logits(self, tokens_BS: torch.Tensor) -> torch.Tensor:
+        """The model's logits at every position, float32 ``[B, S, V]`` (padded vocabulary)."""
         tokens_BS = tokens_BS.to(self.device)
         B, S = tokens_BS.shape
         position_ids_BS = torch.arange(S, device=self.device).unsqueeze(0).expand(B, S)
-        logits_BSV = self.model(tokens_BS, position_ids_BS, None)
-        return F.log_softmax(logits_BSV.float(), dim=-1)
+        return self.model(tokens_BS, position_ids_BS, None).float()
 
-    @torch.no_grad()
+    def logprobs(self, tokens_BS: torch.Tensor) -> torch.Tensor:
+        """log-softmax over the vocabulary at every position, float32 ``[B, S, V]``."""
+        return F.log_softmax(self.logits(tokens_BS), dim=-1)
+
     def target_nll(self, inputs_BS: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood of ``targets_BS[b, s]`` after ``inputs_BS[b, :s+1]``, ``[B, S]``."""
-        inputs_BS = inputs_BS.to(self.device)
+        logits_BSV = self.logits(inputs_BS)
         B, S = inputs_BS.shape
-        position_ids_BS = torch.arange(S, device=self.device).unsqueeze(0).expand(B, S)
-        logits_BSV = self.model(inputs_BS, position_ids_BS, None).float()
         return F.cross_entropy(logits_BSV.reshape(B * S, -1), targets_BS.to(self.device).reshape(-1),
                                reduction="none").reshape(B, S)
 

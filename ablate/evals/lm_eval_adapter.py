@@ -54,27 +54,35 @@ class AblateLM(TemplateLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Total log-likelihood of each whole text, in windows of the training length, every
         token predicted once with as much preceding context as fits (the first one after eod)."""
-        out = []
         S = self.lm.max_length
-        for req in requests:
+        pairs, owner = [], []  # every window of every text, scored in one batched pass
+        for i, req in enumerate(requests):
             (text,) = req.args
             ids = self.tok.encode(text)
-            pairs, start = [], 0
+            start = 0
             while start < len(ids):
                 end = min(start + S, len(ids))
                 context_start = max(0, end - S - 1)
                 context = ([self.tok.eod] + ids)[context_start:start + 1]  # tokens before ids[start]
                 pairs.append((context, ids[start:end]))
+                owner.append(i)
                 start = end
-            out.append(-sum(c.nll for c in self.lm.score(pairs)) if pairs else 0.0)
+        out = [0.0] * len(requests)
+        for i, c in zip(owner, self.lm.score(pairs) if pairs else []):
+            out[i] -= c.nll
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        results = []
-        for req in requests:
-            context, gen_kwargs = req.args
+        """Requests with the same stop strings and length limit are generated as one batch."""
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            _, gen_kwargs = req.args
             until = gen_kwargs.get("until", [])
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen_kwargs.get("max_gen_toks", 256))
-            results.append(self.lm.generate_text([context], max_new, until)[0])
+            until = (until,) if isinstance(until, str) else tuple(until)
+            groups.setdefault((until, int(gen_kwargs.get("max_gen_toks", 256))), []).append(i)
+        results: list[str] = [""] * len(requests)
+        for (until, max_new), members in groups.items():
+            texts = self.lm.generate_text([requests[i].args[0] for i in members], max_new, until)
+            for i, text in zip(members, texts):
+                results[i] = text
         return results

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -100,19 +99,15 @@ def load_eval_model(run_dir: str, step: int | None = None, backend: str = "auto"
     elif step != 0 and step not in steps:
         raise AblateError(f"{run_dir}: no complete checkpoint at step {step} (available: "
                           f"{', '.join(map(str, steps)) or 'none'})")
-    manifests = load_manifests(resolve_manifests(recipe, run_dir), where=f"{run_dir}/recipe.yaml: data.manifests")
-    trained_with = plan["tokenizer"]["fingerprint"]
-    data_tokenizer = manifests[0].tokenizer["fingerprint"]
-    if data_tokenizer != trained_with:
-        raise AblateError(f"{run_dir}: the checkpoint was trained with tokenizer {trained_with}, but "
-                          f"{manifests[0].path} is now tokenized with {data_tokenizer}: evaluate with the data it was "
-                          "trained on")
-    tokenizer = load_tokenizer(manifests[0].tokenizer, manifests[0].root, where=f"{manifests[0].path}: tokenizer")
+    manifests, tokenizer = open_data(run_dir, resolve_manifests(recipe, run_dir), plan)
 
-    device = _init_single_process(recipe, backend)
-    single = _single_process_recipe(recipe)
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise AblateError("--backend cuda: torch sees no GPU here")
+    single = _single_process_recipe(recipe, backend)
+    from ablate.train import backend as train_backend
     from ablate.train.model import build_model
 
+    device = train_backend.init(single).device  # a world of one: cpu_compat on CPU, gloo or NCCL
     torch.manual_seed(recipe.seed)  # step 0: the training run's initialisation (expert-parallel rank 0)
     model = build_model(single, plan["tokenizer"]["vocab_size"], device.type)
     if step:
@@ -122,31 +117,23 @@ def load_eval_model(run_dir: str, step: int | None = None, backend: str = "auto"
                      tokenizer=tokenizer, model=model, device=device, seq_length=recipe.training.seq_length)
 
 
-def _single_process_recipe(recipe: Recipe) -> Recipe:
-    """The same model, every expert local: one process holds it all."""
+def open_data(run_dir: str, manifest_paths: list[str], plan: dict) -> tuple[list[Manifest], Tokenizer]:
+    """The run's manifests and tokenizer, refusing data tokenized differently from the checkpoint."""
+    manifests = load_manifests(manifest_paths, where=f"{run_dir}/recipe.yaml: data.manifests")
+    trained_with = plan["tokenizer"]["fingerprint"]
+    data_tokenizer = manifests[0].tokenizer["fingerprint"]
+    if data_tokenizer != trained_with:
+        raise AblateError(f"{run_dir}: the checkpoint was trained with tokenizer {trained_with}, but "
+                          f"{manifests[0].path} is now tokenized with {data_tokenizer}: evaluate with the data it was "
+                          "trained on")
+    return manifests, load_tokenizer(manifests[0].tokenizer, manifests[0].root, where=f"{manifests[0].path}: tokenizer")
+
+
+def _single_process_recipe(recipe: Recipe, backend: str) -> Recipe:
+    """The same model, every expert local, on ``backend``: one process holds it all."""
     par = dataclasses.replace(recipe.parallelism, tp=1, pp=1, ep=1, cp=1)
-    return dataclasses.replace(recipe, parallelism=par)
-
-
-def _init_single_process(recipe: Recipe, backend: str) -> torch.device:
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    has_cuda = torch.cuda.is_available()
-    wanted = backend if backend != "auto" else recipe.training.backend
-    use_cuda = wanted == "cuda" or (wanted == "auto" and has_cuda)
-    if use_cuda and not has_cuda:
-        raise AblateError("--backend cuda: torch sees no GPU here")
-    if not use_cuda:
-        from ablate.train import cpu_compat
-
-        cpu_compat.apply()
-    if not dist.is_initialized():
-        store = tempfile.NamedTemporaryFile(prefix="ablate-eval-pg-", delete=False).name
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(1, 1)
-    return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    training = recipe.training if backend == "auto" else dataclasses.replace(recipe.training, backend=backend)
+    return dataclasses.replace(recipe, parallelism=par, training=training)
 
 
 _LOCAL_EXPERT = re.compile(r"(.*\.experts\.local_experts\.)(\d+)(\..*)")

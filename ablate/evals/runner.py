@@ -70,7 +70,7 @@ def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: 
                                                       f"checkpoints/step_{model.step:08d}", "tasks": {}}
         runnable = []
         for task in tasks:
-            reason = unavailable(task, ctx)
+            reason = task.unavailable(ctx)
             if reason:
                 if chosen:
                     raise AblateError(f"task {task.name}: {reason}")
@@ -101,11 +101,6 @@ def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: 
         if path not in written and os.path.isfile(path):
             written.append(path)
     return written
-
-
-def unavailable(task: Task, ctx) -> str | None:
-    check = getattr(task, "unavailable", None)
-    return check(ctx) if check else None
 
 
 def summary(path: str) -> str:

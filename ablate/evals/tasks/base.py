@@ -46,6 +46,10 @@ class Task(ABC):
     version: int = 1
     generative: bool = False  # generation is slow: only run when asked for (or --tasks all)
 
+    def unavailable(self, ctx) -> str | None:
+        """Why this task cannot run here (missing data or package), or None."""
+        return None
+
     def data_identity(self, ctx) -> dict[str, Any]:
         """Whatever identifies this task's inputs (file hashes, options)."""
         return {}

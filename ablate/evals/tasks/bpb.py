@@ -19,18 +19,25 @@ from ablate.data.indexed import open_indexed
 from ablate.evals.tasks.base import Task, TaskResult
 
 
+def eval_domains(ctx) -> list[str]:
+    return sorted({e.domain for m in ctx.em.manifests for e in m.eval_datasets})
+
+
+def eval_fingerprints(ctx) -> list[str]:
+    """What identifies the held-out text: every eval split's content fingerprint."""
+    return sorted(e.fingerprint for m in ctx.em.manifests for e in m.eval_datasets)
+
+
 class BitsPerByte(Task):
     name = "bpb"
     version = 1
 
     def data_identity(self, ctx) -> dict:
-        return {"datasets": sorted(e.fingerprint for m in ctx.em.manifests for e in m.eval_datasets),
-                "max_tokens": ctx.options.bpb_tokens, "seq_length": ctx.em.seq_length}
+        return {"datasets": eval_fingerprints(ctx), "max_tokens": ctx.options.bpb_tokens, "seq_length": ctx.em.seq_length}
 
     def run(self, ctx) -> TaskResult:
         metrics, per_metric, total_nll, total_bytes, total_tokens = {}, {}, 0.0, 0, 0
-        domains = sorted({e.domain for m in ctx.em.manifests for e in m.eval_datasets})
-        for domain in domains:
+        for domain in eval_domains(ctx):
             nll, tokens, nbytes = score_domain(ctx, domain)
             if not nbytes:
                 continue

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 from ablate.evals.tasks.base import Task, TaskResult, file_digest, read_jsonl
 
@@ -78,8 +77,7 @@ class _FewShot(_GSM8K):
 
     def shots(self, ctx) -> list[dict]:
         path, _ = test_path(ctx.options)
-        train = os.path.join(os.path.dirname(ctx.options.gsm8k_train_path or path), "train.jsonl") \
-            if not ctx.options.gsm8k_train_path else ctx.options.gsm8k_train_path
+        train = ctx.options.gsm8k_train_path or os.path.join(os.path.dirname(path), "train.jsonl")
         if ctx.options.num_shots <= 0 or not os.path.isfile(train):
             return []
         return read_jsonl(train, ("question", "answer"), ctx.options.num_shots)
@@ -123,15 +121,14 @@ class GSM8KProgramOfThought(_FewShot):
 
     def run(self, ctx) -> TaskResult:
         from ablate.evals.answers import answers_match, pot_value_to_answer, reference_answer
-        from ablate.evals.sandbox import run_function
+        from ablate.evals.sandbox import run_many
 
         rows = self.rows(ctx)
         prompts = [POT_PROMPT.format(question=r["question"]) for r in rows]
         bodies = ctx.lm.generate_text(prompts, ctx.options.max_new_tokens, ("\n\n\n", "\nQuestion:", "\ndef ", "\nprint("))
         programs = ["def solution():\n" + body + "\n" for body in bodies]
-        with ThreadPoolExecutor(ctx.options.sandbox_workers) as pool:
-            results = list(pool.map(lambda src: run_function(src, "solution", timeout_s=ctx.options.sandbox_timeout_s),
-                                    programs))
+        results = run_many(programs, workers=ctx.options.sandbox_workers, func="solution",
+                           timeout_s=ctx.options.sandbox_timeout_s)
         details, correct = [], 0
         for r, program, res in zip(rows, programs, results):
             predicted = pot_value_to_answer(res.value) if res.ok else None

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 from ablate.evals.tasks.base import Task, TaskResult, file_digest
 
@@ -59,14 +58,13 @@ class HumanEval(_HumanEval):
         return {**super().data_identity(ctx), "max_new_tokens": ctx.options.max_new_tokens}
 
     def run(self, ctx) -> TaskResult:
-        from ablate.evals.sandbox import run_program
+        from ablate.evals.sandbox import run_many
 
         problems = _problems(ctx.options.limit)
         completions = ctx.lm.generate_text([p["prompt"] for p in problems], ctx.options.max_new_tokens, STOPS)
         programs = [f"{p['prompt']}{c}\n\n{p['test']}\n\ncheck({p['entry_point']})\n"
                     for p, c in zip(problems, completions)]
-        with ThreadPoolExecutor(ctx.options.sandbox_workers) as pool:
-            results = list(pool.map(lambda src: run_program(src, timeout_s=ctx.options.sandbox_timeout_s), programs))
+        results = run_many(programs, workers=ctx.options.sandbox_workers, timeout_s=ctx.options.sandbox_timeout_s)
         passed = sum(r.ok for r in results)
         details = [{"task_id": p["task_id"], "completion": c, "status": r.status, "passed": r.ok}
                    for p, c, r in zip(problems, completions, results)]

@@ -16,6 +16,7 @@ import math
 import os
 import re
 
+from ablate.errors import AblateError
 from ablate.evals.tasks.base import Task, TaskResult, file_digest, read_jsonl
 
 _NUMBER = re.compile(r"-?\d+")
@@ -67,8 +68,6 @@ class Probes(Task):
         metrics, per_metric, details, total = {}, {}, [], 0
         files = self._files(ctx)
         if not files:
-            from ablate.errors import AblateError
-
             raise AblateError(f"{ctx.em.run_dir}: task probes: the run's manifests list no probes "
                               "(only the toy world ships them)")
         for probe, path in sorted(files.items()):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ablate.evals.tasks.base import Task, TaskResult
-from ablate.evals.tasks.bpb import held_out_documents
+from ablate.evals.tasks.bpb import eval_domains, eval_fingerprints, held_out_documents
 from ablate.io import atomic_path
 
 
@@ -34,8 +34,7 @@ class RoutingCapture(Task):
     version = 1
 
     def data_identity(self, ctx) -> dict:
-        return {"datasets": sorted(e.fingerprint for m in ctx.em.manifests for e in m.eval_datasets),
-                "tokens": ctx.options.routing_tokens, "seq_length": ctx.em.seq_length}
+        return {"datasets": eval_fingerprints(ctx), "tokens": ctx.options.routing_tokens, "seq_length": ctx.em.seq_length}
 
     def run(self, ctx) -> TaskResult:
         from megatron.core.transformer.moe.router import TopKRouter
@@ -55,7 +54,7 @@ class RoutingCapture(Task):
             return fn
 
         handles = [r.register_forward_hook(hook(i)) for i, r in enumerate(routers)]
-        domains = sorted({e.domain for m in ctx.em.manifests for e in m.eval_datasets})
+        domains = eval_domains(ctx)
         topk, token_ids, domain_ids = [], [], []
         try:
             for d, domain in enumerate(domains):
@@ -66,7 +65,7 @@ class RoutingCapture(Task):
                 for start in range(0, windows, ctx.options.batch_size):
                     rows = range(start, min(start + ctx.options.batch_size, windows))
                     tokens_BS = torch.from_numpy(np.stack([stream[w * S:(w + 1) * S] for w in rows]))
-                    ctx.lm.logprobs(tokens_BS)
+                    ctx.lm.logits(tokens_BS)  # the forward fills ``captured`` through the hooks
                     B = tokens_BS.shape[0]
                     # router tokens are sequence-major (t = s * B + b): back to [B, S, k] per layer
                     per_layer = [c.reshape(S, B, k).transpose(0, 1).reshape(B * S, k) for c in captured]
@@ -76,14 +75,14 @@ class RoutingCapture(Task):
         finally:
             for h in handles:
                 h.remove()
+        topk_TKL, token_ids_T, domain_T = np.concatenate(topk), np.concatenate(token_ids), np.concatenate(domain_ids)
         path = routing_path(ctx.em.run_dir, ctx.em.step)
         if ctx.write:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, topk_TKL=np.concatenate(topk), token_ids_T=np.concatenate(token_ids),
-                         domain_T=np.concatenate(domain_ids), domains=np.array(domains))
-        n = int(sum(len(t) for t in token_ids))
-        per_domain = {dom: int(sum(int((x == i).sum()) for x in domain_ids)) for i, dom in enumerate(domains)}
+                np.savez(f, topk_TKL=topk_TKL, token_ids_T=token_ids_T, domain_T=domain_T, domains=np.array(domains))
+        n = len(token_ids_T)
+        per_domain = dict(zip(domains, np.bincount(domain_T, minlength=len(domains)).tolist()))
         ctx.progress(f"routing: {n:,} tokens x {len(routers)} layers -> {os.path.relpath(path)}")
         # a capture, not a score: no metrics; the tokens captured per domain are its sample counts
         return TaskResult(metrics={}, samples=n, samples_by_metric=per_domain)
