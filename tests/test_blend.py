@@ -1,5 +1,6 @@
 """The stage blend's interleaving (ablate.recipe.blend): exact counts, every prefix within one
-sample of every dataset's share, one order whichever implementation computes it."""
+sample of every domain's share (and of every dataset's, where the interleaving is flat), one
+order whichever implementation computes it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ablate.recipe import blend
-from ablate.recipe.blend import _wf2q_python, interleave
+from ablate.recipe.blend import _wf2q_python, blend_order, interleave
 
 needs_extension = pytest.mark.skipif(blend._blend is None, reason="the optional C extension is not built")
 
@@ -22,7 +23,8 @@ def assert_fair(dataset_index: np.ndarray, dataset_sample_index: np.ndarray, cou
     within one sample of counts[d] / S * N of each dataset d (exact integer arithmetic)."""
     counts = np.asarray(counts, dtype=np.int64)
     S = int(counts.sum())
-    assert dataset_index.dtype == np.int16 and dataset_sample_index.dtype == np.int64 and len(dataset_index) == S
+    assert dataset_index.dtype == np.int16 and len(dataset_index) == S
+    assert dataset_sample_index.dtype in (np.int32, np.int64)
     assert np.array_equal(np.bincount(dataset_index, minlength=len(counts)), counts)
     order = np.argsort(dataset_index, kind="stable")  # positions, grouped by dataset, increasing
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -43,8 +45,10 @@ def all_ways(counts):
     out = {}
     runs = {"python": lambda a, b: _wf2q_python(counts, a, b)}
     if blend._blend is not None:
-        runs["wheels"] = lambda a, b: blend._blend.wf2q(counts, a, b)
-        runs["heaps"] = lambda a, b: blend._blend.wf2q(counts, a, b, True)
+        runs["auto"] = lambda a, b: blend._blend.wf2q(counts, a, b)
+        runs["heaps"] = lambda a, b: blend._blend.wf2q(counts, a, b, 1)
+        runs["wheels"] = lambda a, b: blend._blend.wf2q(counts, a, b, 2)
+        runs["sorted"] = lambda a, b: blend._blend.wf2q(counts, a, b, 3)
     for name, run in runs.items():
         a, b = np.empty(S, np.int16), np.empty(S, np.int64)
         out[name] = (a, b, run(a, b))
@@ -96,7 +100,69 @@ def test_a_large_stage_is_fair_and_the_same_order_every_time():
     a2, b2 = interleave(counts)
     assert np.array_equal(a, a2) and np.array_equal(b, b2)
     h, hb = np.empty_like(a), np.empty_like(b)
-    assert blend._blend.wf2q(counts, h, hb, True) == 0 and np.array_equal(a, h) and np.array_equal(b, hb)
+    assert blend._blend.wf2q(counts, h, hb, 1) == 0 and np.array_equal(a, h) and np.array_equal(b, hb)
+
+
+def assert_fair_by_group(dataset_index: np.ndarray, dataset_sample_index: np.ndarray, counts, groups) -> None:
+    """Exact counts, each dataset's samples in order; every prefix N within one sample of each
+    group's share and within 1 + v_d (v_d: the dataset's part of its group) of each dataset's,
+    in exact integer arithmetic."""
+    counts = np.asarray(counts, dtype=np.int64)
+    S = int(counts.sum())
+    assert dataset_index.dtype == np.int16 and len(dataset_index) == S
+    assert np.array_equal(np.bincount(dataset_index, minlength=len(counts)), counts)
+    for d in range(len(counts)):  # the k-th sample of d is sample k
+        assert np.array_equal(dataset_sample_index[dataset_index == d], np.arange(counts[d]))
+    N = np.arange(1, S + 1, dtype=object)
+    labels = np.array(groups, dtype=object)
+    for g in dict.fromkeys(groups):
+        inside = labels == g
+        n_g = int(counts[inside].sum())
+        seen = np.cumsum(inside[dataset_index]).astype(object)
+        assert (abs(seen * S - n_g * N) <= S).all(), g  # |seen - N n_g / S| <= 1
+        for d in np.flatnonzero(inside):
+            seen_d = np.cumsum(dataset_index == d).astype(object)
+            # |seen_d - N n_d / S| <= 1 + n_d / n_g, times S n_g
+            assert (abs(seen_d * S * n_g - int(counts[d]) * n_g * N) <= S * (n_g + int(counts[d]))).all(), d
+
+
+def check_by_group(counts, groups) -> None:
+    a, b = blend_order(counts, groups)
+    assert_fair_by_group(a, b, counts, groups)
+    a2, b2 = blend_order(counts, groups, use_extension=False)  # the numpy/Python reference
+    assert np.array_equal(a, a2) and np.array_equal(b, b2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 300), st.sampled_from("abcde")), min_size=1, max_size=30))
+def test_by_domain_every_prefix_holds_each_domain_within_one_sample(pairs):
+    check_by_group([c for c, _ in pairs], [g for _, g in pairs])
+
+
+def test_by_domain_on_a_stage_shaped_like_the_benchmark():
+    rng = np.random.default_rng(11)
+    cycle = ["general", "code.exec", "math.text", "general", "code.nl", "math.structured", "general"]
+    counts = np.maximum(1, rng.lognormal(4, 1.2, 40).astype(np.int64))
+    check_by_group(counts, [cycle[i % len(cycle)] for i in range(len(counts))])
+
+
+def test_one_dataset_per_domain_is_the_flat_interleaving():
+    counts = [13, 5, 8, 1, 21]
+    a, b = blend_order(counts, ["x", "y", "z", "w", "v"])
+    fa, fb = interleave(counts)
+    assert np.array_equal(a, fa) and np.array_equal(b, fb)
+
+
+def test_a_flat_interleaving_lets_a_domain_drift_where_by_domain_does_not():
+    # two domains of several datasets each: flat keeps datasets within one, not domains
+    counts = np.array([7, 7, 7, 7, 7, 7, 3, 2, 2, 3], dtype=np.int64)
+    groups = ["a"] * 6 + ["b"] * 4
+    S, n_a = int(counts.sum()), int(counts[:6].sum())
+    N = np.arange(1, S + 1)
+    flat, _ = interleave(counts)
+    drift = np.abs(np.cumsum(flat < 6) - n_a / S * N).max()
+    by_domain, _ = blend_order(counts, groups)
+    assert np.abs(np.cumsum(by_domain < 6) - n_a / S * N).max() <= 1 < drift
 
 
 def test_bad_counts_are_refused():

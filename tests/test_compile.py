@@ -124,6 +124,35 @@ def test_every_prefix_of_a_stage_is_within_one_sample_of_the_target_shares(workd
         assert deviation.max() <= 1.0, (d.domain, deviation.max())
 
 
+def test_with_several_datasets_per_domain_every_prefix_holds_each_domain_within_one_sample(tmp_path):
+    """A stage over 18 datasets in 6 domains (the benchmark's synthetic .idx files): the built
+    blend holds every domain within one sample of its share at every prefix, each dataset within
+    two, and exactly the plan's count of each."""
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import compile as bench  # noqa: E402  (the benchmark's synthetic megatron-format data)
+
+    manifest = bench.make_synthetic(str(tmp_path / "data"), 18, 40_000_000, seed=3)
+    raw = bench.recipe_dict("multi", manifest, str(tmp_path / "cache"), str(tmp_path / "run"), 512, 64,
+                            12_000_000, bench.mix(0.3, 0.3))
+    plan, _ = compile_recipe(parse_recipe(raw, origin="multi.yaml"))
+    with _single_process_group():
+        (blend,) = build_stage_datasets(plan)
+    stage = plan.stages[0]
+    index = np.asarray(blend.dataset_index)
+    assert realized_samples(blend).tolist() == [d.samples for d in stage.datasets]
+    S, n = len(index), np.arange(1, len(index) + 1)
+    domains = np.array([d.domain for d in stage.datasets])
+    assert len(set(domains)) == 6 and len(domains) == 18
+    for dom in set(domains):
+        inside = domains == dom
+        share = sum(d.samples for d, x in zip(stage.datasets, inside) if x) / S
+        assert np.abs(np.cumsum(inside[index]) - share * n).max() <= 1.0, dom
+    for i, d in enumerate(stage.datasets):
+        assert np.abs(np.cumsum(index == i) - d.samples / S * n).max() < 2.0, d.prefix
+
+
 def test_samples_carry_their_dataset_id_and_real_tokens(workdir):
     from ablate.data.indexed import open_indexed
 

@@ -1,6 +1,6 @@
-/* The blend's interleaving loop (ablate/recipe/blend.py), O(1) per sample.
+/* The blend's interleaving loops (ablate/recipe/blend.py), O(1) per sample.
  *
- * wf2q(counts, dataset_index, dataset_sample_index) fills the two arrays with the order in
+ * wf2q(counts, dataset_index, dataset_sample_index=None, mode=0) fills the arrays with the order in
  * which WF2Q serves counts[d] samples of each dataset d: at slot s, among the datasets whose
  * next sample has started (fluid start k*S/n <= s), the one whose next sample finishes first
  * (fluid finish (k+1)*S/n, compared exactly; ties: the lower index). It returns how many
@@ -12,12 +12,19 @@
  * slot; ready, at the integer part of its finish. A sample starts and finishes within
  * ceil(S/n)+1 slots of now, so with H above that every wheel entry is one slot's list; where H
  * would be too large (a dataset with very few samples in a long stage) the same rule runs on
- * a binary heap instead, O(log D) per sample. Built by setup.py as an optional extension. */
+ * a binary heap instead, O(log D) per sample. With few datasets (a stage's domains, or the
+ * datasets of one domain) a short array kept sorted by finish is faster still: the first
+ * eligible entry is the pick, and the taken dataset moves back past the few that finish
+ * before its next sample. All three give the same order (the tests compare them).
+ *
+ * gather(...) composes a two-level blend (domains, then the datasets of each domain) into one
+ * dataset_index / dataset_sample_index. Built by setup.py as an optional extension. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef __int128 i128;
 
@@ -41,7 +48,7 @@ static inline int before(const State *st, int32_t a, int32_t b) {
 static inline int take(State *st, int32_t d, int64_t s, int16_t *dindex, int64_t *sindex) {
     int64_t k = st->taken[d], n = st->n[d], S = st->S;
     dindex[s] = (int16_t)d;
-    sindex[s] = k;
+    if (sindex) sindex[s] = k;
     st->taken[d] = k + 1;
     /* the next sample starts when this one finishes: ceil((k+1)S/n) */
     st->start[d] = st->q[d] + (st->rem[d] > 0);
@@ -146,11 +153,48 @@ static long long run_heaps(State *st, Py_ssize_t D, int32_t *wait, int32_t *read
     return violations;
 }
 
+
+/* the same rule on an array of the live datasets kept sorted by finish (few datasets) */
+static long long run_sorted(State *st, Py_ssize_t D, int32_t *ord, int16_t *dindex, int64_t *sindex) {
+    Py_ssize_t live = D;
+    long long violations = 0;
+    for (Py_ssize_t i = 0; i < D; i++) {  /* insertion sort by the first finish, S/n */
+        int32_t x = (int32_t)i;
+        Py_ssize_t j = i;
+        while (j > 0 && before(st, x, ord[j - 1])) { ord[j] = ord[j - 1]; j--; }
+        ord[j] = x;
+    }
+    for (int64_t s = 0; s < st->S; s++) {
+        Py_ssize_t p = 0;
+        while (st->start[ord[p]] > s)
+            if (++p == live) return -1;
+        int32_t d = ord[p];
+        violations += take(st, d, s, dindex, sindex);
+        if (st->taken[d] == st->n[d]) {  /* done: drop it */
+            memmove(ord + p, ord + p + 1, (size_t)(live - p - 1) * sizeof(int32_t));
+            live--;
+            continue;
+        }
+        Py_ssize_t j = p;  /* its next sample finishes later: move it back */
+        while (j + 1 < live && before(st, ord[j + 1], d)) { ord[j] = ord[j + 1]; j++; }
+        ord[j] = d;
+    }
+    return violations;
+}
+
+#define SMALL_D 8
+
 static PyObject *wf2q(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer cb, ib, sb;
-    int heaps = 0;  /* 1: the heap form even where the wheels fit (for the tests) */
-    if (!PyArg_ParseTuple(args, "y*w*w*|p", &cb, &ib, &sb, &heaps)) return NULL;
+    Py_buffer cb, ib, sb = {0};
+    PyObject *sobj = Py_None;
+    int mode = 0;  /* 0: the fastest form for the counts; 1 heaps, 2 wheels, 3 sorted (for the tests) */
+    if (!PyArg_ParseTuple(args, "y*w*|Oi", &cb, &ib, &sobj, &mode)) return NULL;
+    if (sobj != Py_None && PyObject_GetBuffer(sobj, &sb, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&cb);
+        PyBuffer_Release(&ib);
+        return NULL;
+    }
     PyObject *result = NULL;
     Py_ssize_t D = cb.len / 8, S = ib.len / 2;
     const int64_t *n = (const int64_t *)cb.buf;
@@ -162,13 +206,15 @@ static PyObject *wf2q(PyObject *self, PyObject *args) {
         if (n[d] < min_n) min_n = n[d];
     }
     /* dtypes and contiguity are checked by the caller */
-    if (sb.len / 8 != S || total != S || D < 1 || D > 32767 || min_n <= 0) {
+    if ((sb.buf && sb.len / 8 != S) || total != S || D < 1 || D > 32767 || min_n <= 0 || mode < 0 || mode > 3) {
         PyErr_SetString(PyExc_ValueError, "wf2q: needs 1 to 32767 positive int64 counts and outputs of their sum");
         goto done;
     }
     int64_t gap = (S + min_n - 1) / min_n + 2, H = 1;
     while (H < gap) H <<= 1;
-    int wheels = H <= MAX_WHEEL && !heaps;
+    if (mode == 0) mode = D <= SMALL_D ? 3 : H <= MAX_WHEEL ? 2 : 1;
+    if (mode == 2 && H > MAX_WHEEL) mode = 1;
+    int wheels = mode == 2;
     mem = calloc(6 * D, sizeof(int64_t));
     imem = malloc((wheels ? 2 * H + D : 2 * D) * sizeof(int32_t));
     if (!mem || !imem) { PyErr_NoMemory(); goto done; }
@@ -183,6 +229,8 @@ static PyObject *wf2q(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     if (wheels)
         violations = run_wheels(&st, D, H, imem, imem + H, imem + 2 * H, (int16_t *)ib.buf, (int64_t *)sb.buf);
+    else if (mode == 3)
+        violations = run_sorted(&st, D, imem, (int16_t *)ib.buf, (int64_t *)sb.buf);
     else
         violations = run_heaps(&st, D, imem, imem + D, (int16_t *)ib.buf, (int64_t *)sb.buf);
     Py_END_ALLOW_THREADS
@@ -192,12 +240,69 @@ done:
     free(imem);
     PyBuffer_Release(&cb);
     PyBuffer_Release(&ib);
+    if (sb.buf) PyBuffer_Release(&sb);
+    return result;
+}
+
+
+/* gather(group_index, local_index, slot_start, member_start, members, dataset_index,
+ *        dataset_sample_index): the two-level blend's final order. Slot s goes to group
+ * g = group_index[s]; it is g's r-th slot so far, and g's own order (local_index[slot_start[g]:
+ * slot_start[g+1]]) says which of its members comes r-th: an index into
+ * members[member_start[g]:member_start[g+1]]. The dataset is that member; its sample is how
+ * many of that dataset came before. dataset_sample_index is int32 or int64 (by its size). */
+static PyObject *gather(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer gb, lb, ob, mob, mb, ib, sb;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*w*", &gb, &lb, &ob, &mob, &mb, &ib, &sb)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t S = gb.len / 2, G = ob.len / 8 - 1, D = mb.len / 2;
+    int wide = sb.len == S * 8;
+    int64_t *pos = NULL, *taken = NULL;
+    if (lb.len / 2 != S || ib.len / 2 != S || (!wide && sb.len != S * 4) || G < 1 || D < 1
+        || mob.len / 8 != G + 1) {
+        PyErr_SetString(PyExc_ValueError, "gather: mismatched lengths");
+        goto done;
+    }
+    const int16_t *group = gb.buf, *local = lb.buf, *members = mb.buf;
+    const int64_t *start = ob.buf, *mstart = mob.buf;
+    int16_t *dindex = ib.buf;
+    pos = calloc((size_t)G, sizeof(int64_t));
+    taken = calloc((size_t)D, sizeof(int64_t));
+    if (!pos || !taken) { PyErr_NoMemory(); goto done; }
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t g = 0; g < G; g++) pos[g] = start[g];
+    for (Py_ssize_t s = 0; s < S; s++) {
+        int16_t g = group[s];
+        if (g < 0 || g >= G || pos[g] >= start[g + 1]) { bad = 1; break; }
+        int64_t m = mstart[g] + local[pos[g]++];
+        if (m < mstart[g] || m >= mstart[g + 1] || m >= D || members[m] < 0 || members[m] >= D) { bad = 1; break; }
+        int16_t d = members[m];
+        dindex[s] = d;
+        int64_t k = taken[d]++;
+        if (wide) ((int64_t *)sb.buf)[s] = k;
+        else ((int32_t *)sb.buf)[s] = (int32_t)k;
+    }
+    Py_END_ALLOW_THREADS
+    if (bad) PyErr_SetString(PyExc_ValueError, "gather: an index out of range");
+    else { Py_INCREF(Py_None); result = Py_None; }
+done:
+    free(pos);
+    free(taken);
+    PyBuffer_Release(&gb);
+    PyBuffer_Release(&lb);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&mob);
+    PyBuffer_Release(&mb);
+    PyBuffer_Release(&ib);
     PyBuffer_Release(&sb);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"wf2q", wf2q, METH_VARARGS, "wf2q(counts, dataset_index, dataset_sample_index, heaps=False) -> misplaced samples, or -1"},
+    {"wf2q", wf2q, METH_VARARGS, "wf2q(counts, dataset_index, dataset_sample_index=None, mode=0) -> misplaced samples, or -1"},
+    {"gather", gather, METH_VARARGS, "gather(group_index, local_index, slot_start, member_start, members, dataset_index, dataset_sample_index)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,9 +2,9 @@
 
 Each stage becomes one megatron-core ``BlendedDataset`` over one ``ReusableGPTDataset`` per
 dataset. The blend is *exhaustive*: it draws exactly the plan's sample count from each dataset,
-interleaved so that every prefix of the stage is within one sample of each dataset's share
-(``ablate.recipe.blend``: WF2Q, the guarantee of megatron-core's greedy blend at O(samples)
-instead of O(samples x datasets)). Datasets and blends are built through megatron-core's
+interleaved by domain, then by dataset, so that every prefix of the stage is within one sample
+of each domain's share and within two of each dataset's (``ablate.recipe.blend``: WF2Q at
+O(samples), where megatron-core's greedy blend is O(samples x datasets)). Datasets and blends are built through megatron-core's
 ``build_generic_dataset``: rank 0 builds, the other ranks wait and then load, on any backend.
 ``build_stage_datasets`` is also what training calls, so training reads exactly this plan.
 """
@@ -78,7 +78,8 @@ def build_stage_datasets(plan: Plan) -> list:
                 raise AblateError(f"dataset {d.prefix}: has no documents")
             documents = range(low.sequence_lengths.shape[0])  # all of them; IndexCache makes the array if it builds
             mids.append(build(ReusableGPTDataset, on_rank, sync, low, d.path, documents, d.samples, Split.train, config))
-        blends.append(build(ExactBlendedDataset, on_rank, sync, mids, [d.samples for d in stage.datasets], config))
+        blends.append(build(ExactBlendedDataset, on_rank, sync, mids, [d.samples for d in stage.datasets], config,
+                            [d.domain for d in stage.datasets]))
         if dist.is_initialized():
             dist.barrier()
     return blends
