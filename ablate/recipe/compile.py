@@ -25,9 +25,10 @@ from ablate.recipe.plan import Plan, make_plan
 from ablate.recipe.schema import Recipe
 
 
-def compile_recipe(recipe: Recipe, dry_run: bool = False) -> tuple[Plan, str | None]:
-    """Resolve the plan; unless ``dry_run``, build every stage's blend and write plan.json."""
-    plan = make_plan(recipe)
+def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = None) -> tuple[Plan, str | None]:
+    """Resolve the plan (or take ``plan``, already made from this recipe); unless ``dry_run``,
+    build every stage's blend and write plan.json."""
+    plan = plan if plan is not None else make_plan(recipe)
     if dry_run:
         return plan, None
     with _single_process_group():

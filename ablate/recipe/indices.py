@@ -53,8 +53,41 @@ class AblateGPTDatasetConfig(GPTDatasetConfig):
     dataset_slices: dict = field(default_factory=dict)
 
 
+def _signature(path: str) -> tuple | None:
+    """What identifies one version of a file: a rebuilt or replaced file has another."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+# Per process, what was already opened: a sweep compiles many mixtures over the same datasets
+# in one process, and each would otherwise re-open every .idx and cached index (~0.5 ms each).
+# Entries are keyed by file signatures, so a rebuilt or extended file is opened afresh.
+_LOW_LEVEL: dict = {}
+_INDICES: dict = {}
+
+
+def forget_opened() -> None:
+    """Drop what this process has open, as a new process would start (for benchmarks)."""
+    _LOW_LEVEL.clear()
+    _INDICES.clear()
+
+
 class ReusableGPTDataset(GPTDataset):
     """``GPTDataset`` whose indices come from the prefix-stable cache (see the module doc)."""
+
+    @staticmethod
+    def build_low_level_dataset(dataset_path: str, config: GPTDatasetConfig):
+        """megatron-core's, opened once per process per version of the .idx/.bin files."""
+        key = (dataset_path, config.mmap_bin_files, _signature(dataset_path + ".idx"),
+               _signature(dataset_path + ".bin"))
+        if key[2] is None or config.sequences_per_dataset:  # let megatron-core report / handle these
+            return GPTDataset.build_low_level_dataset(dataset_path, config)
+        if key not in _LOW_LEVEL:
+            _LOW_LEVEL[key] = GPTDataset.build_low_level_dataset(dataset_path, config)
+        return _LOW_LEVEL[key]
 
     def _build_document_sample_shuffle_indices(self):
         fingerprint, offset = self.config.dataset_slices[self.dataset_path]
@@ -81,6 +114,11 @@ class IndexCache:
                      "seed": seed, "add_extra_token": bool(extra_token), "documents": int(len(indices))}
 
     def get(self, samples_needed: int):
+        # Already open in this process and long enough: the same arrays (its meta.json unchanged;
+        # an extension replaces the directory, and its prefix is the same samples anyway).
+        hit = _INDICES.get(self.dir)
+        if hit and hit[1] >= samples_needed and hit[0] == _signature(os.path.join(self.dir, "meta.json")):
+            return hit[2]
         os.makedirs(os.path.dirname(self.dir), exist_ok=True)
         # A file lock, not only rank 0: several jobs of a sweep may compile into one cache.
         with open(self.dir + ".lock", "w") as lock:
@@ -88,8 +126,11 @@ class IndexCache:
             cached = self._read_meta()
             if cached is None or cached["samples_built"] < samples_needed:
                 self._build(max(samples_needed, cached["samples_built"] if cached else 0), cached)
-            return tuple(np.load(os.path.join(self.dir, f"{name}.npy"), mmap_mode="r")
-                         for name in ("document_index", "sample_index", "shuffle_index"))
+                cached = self._read_meta()
+            arrays = tuple(np.load(os.path.join(self.dir, f"{name}.npy"), mmap_mode="r")
+                           for name in ("document_index", "sample_index", "shuffle_index"))
+            _INDICES[self.dir] = (_signature(os.path.join(self.dir, "meta.json")), cached["samples_built"], arrays)
+            return arrays
 
     def _load_for_extension(self, cached: dict | None, block: int, epochs: int, samples: int):
         """The cached arrays, if they are a prefix of what is to be built (else None: rebuild)."""
