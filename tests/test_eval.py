@@ -98,6 +98,13 @@ def test_scores_are_deterministic_and_a_rerun_skips_what_is_scored(trained):
     r = ablate_eval(copies[0], "runs/evalrun", "--tasks", "bpb,probes,routing", "--limit", "6")
     assert r.returncode == 0 and r.stderr.count("already scored") == 3, r.stderr[-2000:]
     assert path.read_text() == before
+    # the routing arrays deleted: only routing is scored again, to the same arrays
+    routing_file = copies[0] / "runs" / "evalrun" / "eval" / "routing_step_16.npz"
+    routing_file.unlink()
+    r = ablate_eval(copies[0], "runs/evalrun", "--tasks", "bpb,probes,routing", "--limit", "6")
+    assert r.returncode == 0 and r.stderr.count("already scored") == 2, r.stderr[-2000:]
+    assert "routing_step_16.npz is gone" in r.stderr
+    assert np.array_equal(np.load(routing_file)["topk_TKL"], rb["topk_TKL"])
     # a changed option changes the fingerprint: only that task is scored again
     r = ablate_eval(copies[0], "runs/evalrun", "--tasks", "bpb,probes", "--limit", "3")
     assert r.returncode == 0, r.stderr[-2000:]

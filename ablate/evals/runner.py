@@ -81,8 +81,12 @@ def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: 
             fingerprint = task.fingerprint(ctx)
             done = scores["tasks"].get(task.name)
             if done and done.get("version") == task.version and done.get("fingerprint") == fingerprint:
-                ctx.progress(f"{task.name}: already scored at step {model.step}")
-                continue
+                missing = [p for p in task.outputs(run_dir, model.step) if not os.path.exists(p)]
+                if not missing or not done.get("samples") or not write:
+                    ctx.progress(f"{task.name}: already scored at step {model.step}")
+                    continue
+                ctx.progress(f"{task.name}: scored at step {model.step}, but {os.path.basename(missing[0])} "
+                             "is gone: scoring it again")
             ctx.progress(f"{task.name}: scoring step {model.step} ...")
             start = time.time()
             result = task.run(ctx)

@@ -54,6 +54,10 @@ class Task(ABC):
         """Whatever identifies this task's inputs (file hashes, options)."""
         return {}
 
+    def outputs(self, run_dir: str, step: int) -> list[str]:
+        """Files a scored entry relies on besides the scores: if one is gone, score it again."""
+        return []
+
     def fingerprint(self, ctx) -> str:
         ident = {"task": self.name, "version": self.version, **self.data_identity(ctx)}
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -36,6 +36,9 @@ class RoutingCapture(Task):
     def data_identity(self, ctx) -> dict:
         return {"datasets": eval_fingerprints(ctx), "tokens": ctx.options.routing_tokens, "seq_length": ctx.em.seq_length}
 
+    def outputs(self, run_dir: str, step: int) -> list[str]:
+        return [routing_path(run_dir, step)]
+
     def run(self, ctx) -> TaskResult:
         from megatron.core.transformer.moe.router import TopKRouter
 
