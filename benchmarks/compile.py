@@ -278,15 +278,15 @@ def fixed_costs(plan) -> dict:
     """Untimed diagnostics: what every ``ablate compile`` pays again even when all indices are cached.
 
     Each is timed alone on the plan: the tokenizer load, the quick manifest check (sha256 of
-    every used .idx), and the blend's interleaving. Ours is ``ablate.recipe.blend.interleave``
-    (WF2Q, O(samples)); stock's is megatron-core's ``build_blending_indices``, which visits
+    every used .idx), and the blend's interleaving. Ours is ``ablate.recipe.blend.blend_order``
+    (WF2Q by domain, then by dataset, O(samples)); stock's is megatron-core's ``build_blending_indices``, which visits
     every dataset for every sample (O(samples x datasets)).
     """
     from megatron.core.datasets import helpers
 
     from ablate.data.manifest import load_manifest
     from ablate.data.tokenizer import load_tokenizer
-    from ablate.recipe.blend import interleave
+    from ablate.recipe.blend import blend_order
 
     out = {}
     t0 = time.perf_counter()
@@ -305,7 +305,7 @@ def fixed_costs(plan) -> dict:
     sizes = np.array([d.samples for d in stage.datasets], dtype=np.int64)
     n = int(sizes.sum())
     t0 = time.perf_counter()
-    interleave(sizes)
+    blend_order(sizes, [d.domain for d in stage.datasets])
     out["blend_ours"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     helpers.build_blending_indices(np.zeros(n, np.int16), np.zeros(n, np.int64), sizes / n, len(sizes), n, False)
@@ -366,7 +366,7 @@ def run_scale(args, work: str) -> dict:
         # Progress: finished per-dataset index directories (in-flight ones are *.tmp-*, *.lock).
         done = sum(1 for n in os.listdir(indices) if "." not in n) if os.path.isdir(indices) else 0
         if t_indices is None and done == len(entries):
-            t_indices = now - t0  # from here on it is megatron-core's blend
+            t_indices = now - t0  # from here on it is the blend and plan.json
         if now - last_print >= args.progress_every:
             phase = "blending" if t_indices is not None else "per-dataset indices"
             log(f"  scale: {now - t0:5.0f}s  {done}/{len(entries)} dataset indices built  ({phase})")

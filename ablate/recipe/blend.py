@@ -29,8 +29,7 @@ order, only slower (a few microseconds a sample instead of ~35 ns).
 A stage blends by domain first (``blend_order``): the interleaving above runs over the
 stage's domains (their sample counts), and again inside each domain over its datasets; slot
 ``s`` then takes the next sample of the next dataset of its domain. So every prefix holds each
-**domain** within one sample of its share, which is what a recipe states and the issue asks;
-each dataset is within ``1 + v_d`` of its share (``v_d``: its part of its domain; below 2),
+**domain** within one sample of its share (the shares a recipe states); each dataset is within ``1 + v_d`` of its share (``v_d``: its part of its domain; below 2),
 the one level's error plus its part of the other's. A flat interleaving over the datasets
 (``interleave``) holds each dataset within one, but not its domain: on 64 datasets, ~10 per
 domain, domains drifted up to ~15 samples from their shares (megatron-core's greedy: ~9).
@@ -98,9 +97,9 @@ def _fill(counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_index: n
         helpers.build_exhaustive_blending_indices(dataset_index, dataset_sample_index, counts, len(counts))
 
 
-def _order(counts: np.ndarray, use_extension: bool) -> np.ndarray:
-    """The interleaving's dataset_index alone."""
-    out = np.empty(int(counts.sum()), dtype=np.int16)
+def _order(counts: np.ndarray, use_extension: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """The interleaving's dataset_index alone (into ``out`` if given)."""
+    out = np.empty(int(counts.sum()), dtype=np.int16) if out is None else out
     _fill(counts, out, None, use_extension)
     return out
 
@@ -136,7 +135,7 @@ def blend_order(counts, groups, use_extension: bool = True) -> tuple[np.ndarray,
         if sizes[g] == 1:
             local[lo:hi] = 0
         else:
-            local[lo:hi] = _order(counts[members[start[g]:start[g + 1]]], use_extension)
+            _order(counts[members[start[g]:start[g + 1]]], use_extension, out=local[lo:hi])
 
     threaded = use_extension and _blend is not None and total >= 1 << 16
     with ThreadPoolExecutor(max_workers=2 if threaded else 1) as pool:
