@@ -109,7 +109,7 @@ def sample_index_dtype(counts) -> type:
     return np.int32 if int(np.max(counts)) < 2**31 else np.int64
 
 
-def blend_order(counts, groups, use_extension: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def blend_order(counts, groups, use_extension: bool = True, threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """``(dataset_index int16, dataset_sample_index)``: exactly ``counts[d]`` of each dataset,
     interleaved by group (a stage's domains) first, then by dataset inside each group (module doc).
     ``groups[d]`` labels dataset ``d``'s group; groups are numbered by first appearance."""
@@ -138,7 +138,7 @@ def blend_order(counts, groups, use_extension: bool = True) -> tuple[np.ndarray,
             _order(counts[members[start[g]:start[g + 1]]], use_extension, out=local[lo:hi])
 
     threaded = use_extension and _blend is not None and total >= 1 << 16
-    with ThreadPoolExecutor(max_workers=2 if threaded else 1) as pool:
+    with ThreadPoolExecutor(max_workers=threads if threaded else 1) as pool:
         outer = pool.submit(_order, group_counts, use_extension)
         list(pool.map(inner, range(len(ids))))
         group_index = outer.result()
@@ -226,23 +226,37 @@ class ExactBlendedDataset(BlendedDataset):
                                    f'    "groups": {json.dumps(self.groups)}\n}}')
         self.unique_description_hash = hashlib.md5(self.unique_description.encode("utf-8"),
                                                    usedforsecurity=False).hexdigest()
+        from ablate.recipe.blend_prefetch import active
+
+        prefetch = active()  # a compile may have computed it already, in the background
         cache = self.config.path_to_cache
         if not cache:
-            return blend_order(self.weights, self.groups)
+            return (prefetch and prefetch.take(self.weights, self.groups)) or blend_order(self.weights, self.groups)
         stem = os.path.join(cache, f"{self.unique_description_hash}-{type(self).__name__}-{self.split.name}-")
         paths = {name: stem + name for name in ("description.txt", "dataset_index.npy", "dataset_sample_index.npy")}
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         if rank == 0 and not all(os.path.isfile(p) for p in paths.values()):
-            dataset_index, dataset_sample_index = blend_order(self.weights, self.groups)
+            ready = prefetch.take(self.weights, self.groups) if prefetch else None
+            dataset_index, dataset_sample_index = ready or blend_order(self.weights, self.groups)
             os.makedirs(cache, exist_ok=True)
-            tag = f".tmp-{uuid.uuid4().hex[:8]}"
-            for name, arr in (("dataset_index.npy", dataset_index), ("dataset_sample_index.npy", dataset_sample_index)):
-                with open(paths[name] + tag, "wb") as f:
-                    np.save(f, arr)
-                os.replace(paths[name] + tag, paths[name])
-            with open(paths["description.txt"] + tag, "w") as f:
-                f.write(self.unique_description)
-            os.replace(paths["description.txt"] + tag, paths["description.txt"])
+            write = lambda: self._write(paths, dataset_index, dataset_sample_index)  # noqa: E731
+            if prefetch:
+                prefetch.write_behind(write)  # a compile: it waits for its writes at the end
+            else:
+                write()  # the other ranks read these files right after
             return dataset_index, dataset_sample_index
+        if prefetch:
+            prefetch.take(self.weights, self.groups, want=False)  # cached: not needed
         return (np.load(paths["dataset_index.npy"], mmap_mode="r"),
                 np.load(paths["dataset_sample_index.npy"], mmap_mode="r"))
+
+    def _write(self, paths: dict, dataset_index: np.ndarray, dataset_sample_index: np.ndarray) -> None:
+        """The arrays, then the description, each under a temporary name and renamed."""
+        tag = f".tmp-{uuid.uuid4().hex[:8]}"
+        for name, arr in (("dataset_index.npy", dataset_index), ("dataset_sample_index.npy", dataset_sample_index)):
+            with open(paths[name] + tag, "wb") as f:
+                np.save(f, arr)
+            os.replace(paths[name] + tag, paths[name])
+        with open(paths["description.txt"] + tag, "w") as f:
+            f.write(self.unique_description)
+        os.replace(paths["description.txt"] + tag, paths["description.txt"])

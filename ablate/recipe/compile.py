@@ -31,7 +31,10 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = No
     plan = plan if plan is not None else make_plan(recipe)
     if dry_run:
         return plan, None
-    with _single_process_group():
+    from ablate.recipe.blend_prefetch import prefetching
+
+    # each stage's interleaving is computed in the background while its datasets' indices build
+    with _single_process_group(), prefetching(blend_jobs([plan])):
         blends = build_stage_datasets(plan)
     for stage, blend in zip(plan.stages, blends):
         stage.blend_key = blend.unique_description_hash
@@ -44,6 +47,11 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = No
     path = os.path.join(run_dir, "plan.json")
     write_text_atomic(path, plan.to_json())
     return plan, path
+
+
+def blend_jobs(plans: list[Plan]) -> list[tuple[list[int], list[str]]]:
+    """The (sample counts, domains) of every stage blend these plans build, in build order."""
+    return [([d.samples for d in s.datasets], [d.domain for d in s.datasets]) for p in plans for s in p.stages]
 
 
 def build_stage_datasets(plan: Plan) -> list:

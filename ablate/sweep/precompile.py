@@ -18,7 +18,8 @@ import numpy as np
 
 def precompile(points: list, log: Callable[[str], None] | None = None) -> None:
     """Compile ``points`` (expanded, planned) into their run directories; sets ``point.plan``."""
-    from ablate.recipe.compile import _single_process_group, compile_recipe
+    from ablate.recipe.blend_prefetch import prefetching
+    from ablate.recipe.compile import _single_process_group, blend_jobs, compile_recipe
 
     need: dict[tuple, int] = {}
     for p in points:
@@ -26,7 +27,8 @@ def precompile(points: list, log: Callable[[str], None] | None = None) -> None:
             for d in stage.datasets:
                 key = (p.plan.cache_dir, d.path, d.fingerprint, p.plan.seq_length, p.plan.seed)
                 need[key] = max(need.get(key, 0), d.sample_offset + d.samples)
-    with _single_process_group():
+    # every point's blends are computed in the background while the shared indices build
+    with _single_process_group(), prefetching(blend_jobs([p.plan for p in points])):
         if log:
             log(f"indices: {len(need)} dataset index(es) for {len(points)} point(s)")
         warm_indices(need)
