@@ -25,9 +25,11 @@ from ablate.recipe.plan import Plan, make_plan
 from ablate.recipe.schema import Recipe
 
 
-def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = None) -> tuple[Plan, str | None]:
+def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = None,
+                   recipe_text: str | None = None) -> tuple[Plan, str | None]:
     """Resolve the plan (or take ``plan``, already made from this recipe); unless ``dry_run``,
-    build every stage's blend and write plan.json."""
+    build every stage's blend and write plan.json beside the resolved recipe (``recipe_text``:
+    its YAML, if the caller has it already)."""
     plan = plan if plan is not None else make_plan(recipe)
     if dry_run:
         return plan, None
@@ -43,7 +45,8 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = No
     run_dir = recipe.resolved_run_dir
     os.makedirs(run_dir, exist_ok=True)
     # the resolved recipe (every default filled in) sits beside the plan it produced
-    write_text_atomic(os.path.join(run_dir, "recipe.yaml"), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    text = recipe_text if recipe_text is not None else yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    write_text_atomic(os.path.join(run_dir, "recipe.yaml"), text)
     path = os.path.join(run_dir, "plan.json")
     write_text_atomic(path, plan.to_json())
     return plan, path

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 from ablate.data.manifest import DatasetEntry, Manifest, load_manifests
 from ablate.data.taxonomy import Taxonomy, is_under
@@ -86,7 +86,7 @@ class Plan:
     fingerprint: str = ""  # of everything above: training refuses a plan that differs
 
     def to_dict(self) -> dict:
-        body = asdict(self)
+        body = _plain(self)
         body["format"] = PLAN_FORMAT
         for stage, s in zip(body["stages"], self.stages):
             stage["domains"] = s.domain_totals()
@@ -101,6 +101,18 @@ class Plan:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def _plain(obj):
+    """``dataclasses.asdict`` for these flat records (str, int, float, lists, dicts), without its
+    deep copies: a sweep writes a plan per point, each with a record per dataset."""
+    if is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, list):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
 
 
 def compute_fingerprint(plan: Plan) -> str:

@@ -33,7 +33,8 @@ def precompile(points: list, log: Callable[[str], None] | None = None) -> None:
             log(f"indices: {len(need)} dataset index(es) for {len(points)} point(s)")
         warm_indices(need)
         for i, p in enumerate(points):
-            p.plan, _ = compile_recipe(p.recipe, plan=p.plan)  # planned at expansion: not twice
+            # planned and dumped at expansion: neither is done twice
+            p.plan, _ = compile_recipe(p.recipe, plan=p.plan, recipe_text=getattr(p, "text", None))
             if log:
                 log(f"compiled {i + 1}/{len(points)}: {p.name}")
 
