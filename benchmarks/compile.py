@@ -29,9 +29,9 @@ Three measurements, all on synthetic manifests (below):
    sample count, so every mixture rebuilds them; ours keys them by content, so later mixtures
    reuse them. Target: ours total <= 2x ours single (stock: ~points x). Each of ours runs as a
    fresh ``ablate compile`` process would (nothing kept open from the compile before).
-   **2b**: the same mixtures compiled as ``ablate sweep expand`` compiles a sweep, in one process:
-   every point planned, each dataset's indices built once at the longest length any point needs,
-   then every blend (``ablate.sweep.precompile``).
+   **2b**: the same mixtures as one sweep file, ``ablate sweep expand`` timed whole in one
+   process: every point planned, run directories written, each dataset's indices built once at
+   the longest length any point needs, every blend (computed in the background meanwhile).
 3. **scale**: a --scale-datasets, --scale-tokens recipe (budget; the datasets hold 1.25x that,
    so the recipe reads ~0.8 epoch of each) compiled by the real CLI, ``ablate compile
    recipe.yaml``, in a subprocess from an empty cache; wall time and that process's peak RSS.
@@ -225,23 +225,27 @@ def run_ours(raw: dict) -> tuple[float, object]:
     return time.perf_counter() - t0, plan
 
 
-def run_sweep(raws: list[dict]) -> float:
-    """The same mixtures as ``ablate sweep expand`` compiles a sweep, in one process: plan every
-    point, build each dataset's indices once at the longest length any point needs, then each
-    point's blend and plan.json (``ablate.sweep.precompile``). Timed from the plans on (recipe
-    parsing untimed, as in ``run_ours``)."""
-    from types import SimpleNamespace
-
+def run_sweep(raws: list[dict], root: str) -> float:
+    """``ablate sweep expand`` on a sweep file holding these mixtures (the first as its base,
+    the mix shares zipped): expansion, planning, the run directories, the datasets' file check,
+    each dataset's indices once at the longest length any point needs, every blend (in the
+    background meanwhile) and plan.json. Timed whole, in this process."""
     from ablate.recipe.indices import forget_opened
-    from ablate.recipe.plan import make_plan
-    from ablate.recipe.schema import parse_recipe
-    from ablate.sweep.precompile import precompile
+    from ablate.sweep.commands import expand
+    from ablate.sweep.spec import load_sweep
 
-    recipes = [parse_recipe(raw, origin=raw["name"]) for raw in raws]
+    groups = ("code", "math", "general")
+    sweep = {"name": "bench", "base": raws[0], "root": root, "point_name": "p{index:03d}",
+             "zip": {f"stages.mixed.mix.{g}.share": [raw["stages"][0]["mix"][g] for raw in raws] for g in groups}}
+    path = os.path.join(root + ".yaml")
+    with open(path, "w") as f:
+        json.dump(sweep, f, indent=1)  # JSON is YAML
     forget_opened()
     t0 = time.perf_counter()
-    precompile([SimpleNamespace(name=r.name, recipe=r, plan=make_plan(r)) for r in recipes])
-    return time.perf_counter() - t0
+    points = expand(load_sweep(path), log=lambda m: None)
+    seconds = time.perf_counter() - t0
+    assert len(points) == len(raws)
+    return seconds
 
 
 def run_stock(plan, cache: str) -> tuple[float, object]:
@@ -462,10 +466,11 @@ def main() -> None:
             stock_total += ss
             sweep_times.append(so)
             log(f"  sweep {i + 1}/{args.points} code={code:.2f}: ours {so:.2f}s, stock {ss:.2f}s")
-        # 2b. the same mixtures as a sweep: `ablate sweep expand`'s pre-compile, one process
+        # 2b. the same mixtures as a sweep: `ablate sweep expand`, one process
         sweep_cache = fresh(os.path.join(work, "cache"))
         ours_sweep = run_sweep([point(f"pre{i:02d}", sweep_cache, float(code))
-                                for i, code in enumerate(np.linspace(SWEEP_LOW, SWEEP_HIGH, args.points))])
+                                for i, code in enumerate(np.linspace(SWEEP_LOW, SWEEP_HIGH, args.points))],
+                               os.path.join(work, "runs", "sweep"))
         log(f"  sweep pre-compile, {args.points} mixtures: ours {ours_sweep:.2f}s")
         fixed = fixed_costs(base_plan)
     for d in ("cache", "stock-cache", "cache-warm", "stock-warm", "runs"):

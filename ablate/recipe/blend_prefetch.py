@@ -133,6 +133,14 @@ class BlendPrefetch:
             f.result()  # the first failed write raises here
 
 
+def _several_ranks() -> bool:
+    """With several ranks the others read the blend files as soon as rank 0 has built them, so
+    nothing may be written behind: prefetching is for one process."""
+    import torch.distributed as dist
+
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def active() -> BlendPrefetch | None:
     return _active
 
@@ -143,11 +151,7 @@ def prefetching(jobs: list[tuple[list[int], list[str]]]):
     blends behind; on leaving, wait for the writes. Inside an active prefetch (a sweep's, which
     already lists every point's blends) this adds nothing."""
     global _active
-    import torch.distributed as dist
-
-    # one process only: with several ranks, the others read the blend files as soon as rank 0
-    # has built them, so nothing may be written behind
-    if _active is not None or not jobs or (dist.is_initialized() and dist.get_world_size() > 1):
+    if _active is not None or not jobs or _several_ranks():
         yield _active
         return
     _active = BlendPrefetch(jobs)

@@ -66,7 +66,9 @@ def build_stage_datasets(plan: Plan) -> list:
     from ablate.recipe.blend import ExactBlendedDataset
     from ablate.recipe.indices import AblateGPTDatasetConfig, ReusableGPTDataset
 
-    logging.getLogger("megatron.core.datasets").setLevel(logging.ERROR)  # per-dataset INFO/WARN chatter
+    quiet = logging.getLogger("megatron.core.datasets")
+    if quiet.level != logging.ERROR:  # setLevel clears every logger's cache: once per process
+        quiet.setLevel(logging.ERROR)  # per-dataset INFO/WARN chatter
     # the datasets need only the ids and the fingerprint, which the manifest records
     tokenizer = TokenizerInfo(plan.tokenizer)
     build = BlendedMegatronDatasetBuilder.build_generic_dataset
@@ -92,7 +94,7 @@ def build_stage_datasets(plan: Plan) -> list:
             mids.append(build(ReusableGPTDataset, on_rank, sync, low, d.path, documents, d.samples, Split.train, config))
         blends.append(build(ExactBlendedDataset, on_rank, sync, mids, [d.samples for d in stage.datasets], config,
                             [d.domain for d in stage.datasets]))
-        if dist.is_initialized():
+        if sync:
             dist.barrier()
     return blends
 

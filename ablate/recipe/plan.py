@@ -103,6 +103,21 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
+def verify_plan(plan: Plan) -> None:
+    """The quick check ``make_plan`` makes (each read dataset's .bin size and .idx hash against
+    its manifest), for a plan made with ``verify=False``; hashes memoized in the cache as there."""
+    manifests = load_manifests(plan.manifests, where=f"{plan.recipe}: data.manifests")
+    by_path = {m.abs_prefix(d): (m, d) for m in manifests for d in m.datasets}
+    memo_path = os.path.join(plan.cache_dir, "verified-idx.json")
+    memo = _read_json(memo_path)
+    for stage in plan.stages:
+        for pd in stage.datasets:
+            m, d = by_path[pd.path]
+            m.verify(full=False, entries=[d], memo=memo)
+    if memo and os.path.isdir(plan.cache_dir):
+        write_json_atomic(memo_path, memo, indent=None)
+
+
 def _plain(obj):
     """``dataclasses.asdict`` for these flat records (str, int, float, lists, dicts), without its
     deep copies: a sweep writes a plan per point, each with a record per dataset."""
@@ -125,7 +140,10 @@ def compute_fingerprint(plan: Plan) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_plan(recipe: Recipe) -> Plan:
+def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
+    """The budget arithmetic of ``recipe``. ``verify=False`` leaves out the quick check of the
+    datasets' files (``verify_plan``), for a caller that runs it later (a sweep, while it
+    computes blends)."""
     where = recipe._path or recipe.name
     manifests = _load(recipe, where)
     taxonomy = Taxonomy([d for m in manifests for d in m.domains])
@@ -133,7 +151,7 @@ def make_plan(recipe: Recipe) -> Plan:
     seq, gbs = recipe.training.seq_length, recipe.training.global_batch_size
     used: dict[str, int] = {}  # path -> samples consumed so far
     memo_path = os.path.join(recipe.data.cache_dir, "verified-idx.json")
-    memo = _read_json(memo_path)
+    memo = _read_json(memo_path) if verify else None
     stages = []
     for i, stage in enumerate(recipe.stages):
         at = f"{where}: stages[{i}]"
@@ -152,7 +170,7 @@ def make_plan(recipe: Recipe) -> Plan:
                                       f"mix.{taken[key]} (each dataset may be in one entry per stage)")
                 taken[key] = entry.selector
                 requested.append((entry, m, d, tokens))
-        for entry, m, d, _ in requested:  # quick check: the files are the ones the manifest describes
+        for entry, m, d, _ in requested if verify else ():  # quick check: the files are the manifest's
             m.verify(full=False, entries=[d], memo=memo)
         counts = _apportion([t / seq for *_, t in requested], samples)
         datasets = []

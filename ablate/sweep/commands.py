@@ -9,24 +9,35 @@ cannot both start the same point.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from typing import Callable
 
 from ablate.errors import AblateError
-from ablate.sweep.expand import Point, build_points, plan_points, points_table, started, write_points
+from ablate.sweep.expand import Point, build_points, plan_points, points_table, started, verify_points, write_points
 from ablate.sweep.spec import SweepSpec
 from ablate.sweep.state import RETRYABLE, PointState, job_record, point_state
 
 
 def expand(spec: SweepSpec, log: Callable[[str], None], compile: bool = True) -> list[Point]:
     points = build_points(spec)
-    plan_points(spec, points)
-    write_points(spec, points)
-    if compile:
-        from ablate.sweep.precompile import precompile
+    plan_points(spec, points, verify=False)  # budgets first: the blends depend on nothing else
+    todo = [p for p in points if not started(p.run_dir)] if compile else []
+    background = contextlib.nullcontext()
+    if todo:  # the points' blends are computed in the background from here on, while the
+        # datasets' files are checked and, in precompile, their shared indices built
+        from ablate.recipe.blend_prefetch import prefetching
+        from ablate.recipe.compile import blend_jobs
 
-        precompile([p for p in points if not started(p.run_dir)], log)
+        background = prefetching(blend_jobs([p.plan for p in todo]))
+    with background:
+        verify_points(spec, points)
+        write_points(spec, points)
+        if compile:
+            from ablate.sweep.precompile import precompile
+
+            precompile(todo, log)
     return points
 
 

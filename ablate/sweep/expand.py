@@ -107,18 +107,40 @@ def build_points(spec: SweepSpec) -> list[Point]:
     return points
 
 
-def plan_points(spec: SweepSpec, points: list[Point]) -> None:
-    """The budget arithmetic of every point (what compile does first); an error names the point."""
+def plan_points(spec: SweepSpec, points: list[Point], verify: bool = True) -> None:
+    """The budget arithmetic of every point (what compile does first); an error names the point.
+    ``verify=False`` leaves the datasets' quick file check to ``verify_points``."""
     from ablate.recipe.plan import make_plan
 
-    where = spec._path or spec.name
     for p in points:
-        try:
-            p.plan = make_plan(p.recipe)
-        except AblateError as exc:
+        with _naming(spec, p):
+            p.plan = make_plan(p.recipe, verify=verify)
+
+
+def verify_points(spec: SweepSpec, points: list[Point]) -> None:
+    """The quick check of every dataset the points read, for points planned with verify=False."""
+    from ablate.recipe.plan import verify_plan
+
+    for p in points:
+        with _naming(spec, p):
+            verify_plan(p.plan)
+
+
+class _naming:
+    """Re-raise a point's AblateError as ``<sweep>: point <name>: <what>``."""
+
+    def __init__(self, spec: SweepSpec, point: Point):
+        self.where, self.name = spec._path or spec.name, point.name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, AblateError):
             msg = str(exc)
-            msg = msg[len(p.name) + 2:] if msg.startswith(f"{p.name}: ") else msg
-            raise AblateError(f"{where}: point {p.name}: {msg}") from None
+            msg = msg[len(self.name) + 2:] if msg.startswith(f"{self.name}: ") else msg
+            raise AblateError(f"{self.where}: point {self.name}: {msg}") from None
+        return False
 
 
 def write_points(spec: SweepSpec, points: list[Point]) -> None:
