@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -154,6 +155,18 @@ def test_bad_sweep_files_fail_in_one_line_and_write_nothing(here, cli, body, fra
     path = write_sweep(here, "bad", **body)
     assert_one_line_error(cli("sweep", "expand", path), os.path.basename(path), *fragments)
     assert not (here / "runs" / "bad").exists()
+
+
+def test_a_dataset_file_that_no_longer_matches_its_manifest_fails_naming_the_point(world, tmp_path, monkeypatch, cli):
+    # a copy of the toy world whose math.text .idx was rewritten after `ablate data prepare`
+    shutil.copytree(world / "data", tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    idx = tmp_path / "data" / "toyworld" / "toyworld" / "math.text.idx"
+    idx.write_bytes(idx.read_bytes() + b"\0")
+    path = write_sweep(tmp_path, "stale", grid={"training.optimizer.lr": [0.001, 0.002]})
+    assert_one_line_error(cli("sweep", "expand", path), "stale.yaml: point", "math.text",
+                          "files no longer match the manifest")
+    assert not (tmp_path / "runs" / "stale").exists()  # checked before anything is written
 
 
 def test_a_missing_base_recipe(here, cli):

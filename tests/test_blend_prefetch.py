@@ -1,0 +1,70 @@
+"""Blends computed ahead and written behind (ablate.recipe.blend_prefetch): the same arrays as
+computing them in place, in any order of asking, within the memory bound, and every write done
+(or its failure raised) when the block ends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ablate.recipe import blend_prefetch
+from ablate.recipe.blend import blend_order
+from ablate.recipe.blend_prefetch import BlendPrefetch, prefetching
+
+JOBS = [([5, 9, 2], ["a", "b", "a"]), ([40, 7, 13, 1], ["x", "x", "y", "z"]), ([3, 3], ["p", "q"]),
+        ([100, 250, 75], ["m", "n", "m"])]
+
+
+def same(got, counts, groups) -> None:
+    want = blend_order(counts, groups)
+    assert got is not None and all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def test_each_job_is_the_blend_computed_in_place():
+    p = BlendPrefetch(JOBS)
+    try:
+        for counts, groups in JOBS:
+            same(p.take(counts, groups), counts, groups)
+    finally:
+        p.close()
+
+
+def test_asking_for_a_later_job_gives_up_the_earlier_ones_and_unknown_jobs_are_none():
+    p = BlendPrefetch(JOBS)
+    try:
+        same(p.take(*JOBS[2]), *JOBS[2])
+        assert p.take(*JOBS[0]) is None  # given up: the caller computes it itself
+        assert p.take([1, 2], ["u", "v"]) is None
+        assert p.take(*JOBS[3], want=False) is None
+        assert p.held == 0 and not p.results
+    finally:
+        p.close()
+
+
+def test_a_memory_bound_smaller_than_one_blend_still_delivers_every_job_in_order():
+    p = BlendPrefetch(JOBS, max_bytes=1)  # never more than one finished blend held
+    try:
+        for counts, groups in JOBS:
+            same(p.take(counts, groups), counts, groups)
+            assert p.held == 0
+    finally:
+        p.close()
+
+
+def test_the_block_waits_for_writes_and_raises_a_failed_one(tmp_path):
+    written = []
+    with prefetching(JOBS) as p:
+        assert blend_prefetch.active() is p
+        with prefetching(JOBS[:1]) as inner:  # nested: the outer one serves
+            assert inner is p
+        for i in range(3):
+            p.write_behind(lambda i=i: written.append(i))
+    assert written == [0, 1, 2] and blend_prefetch.active() is None
+
+    def fail():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with prefetching(JOBS) as p:
+            p.write_behind(fail)
+    assert blend_prefetch.active() is None
