@@ -32,6 +32,7 @@ Three measurements, all on synthetic manifests (below):
    **2b**: the same mixtures as one sweep file, ``ablate sweep expand`` timed whole in one
    process: every point planned, run directories written, each dataset's indices built once at
    the longest length any point needs, every blend (computed in the background meanwhile).
+   Best of --repeat, each from an empty cache, as measurement 1 (the same statistic both sides).
 3. **scale**: a --scale-datasets, --scale-tokens recipe (budget; the datasets hold 1.25x that,
    so the recipe reads ~0.8 epoch of each) compiled by the real CLI, ``ablate compile
    recipe.yaml``, in a subprocess from an empty cache; wall time and that process's peak RSS.
@@ -466,12 +467,17 @@ def main() -> None:
             stock_total += ss
             sweep_times.append(so)
             log(f"  sweep {i + 1}/{args.points} code={code:.2f}: ours {so:.2f}s, stock {ss:.2f}s")
-        # 2b. the same mixtures as a sweep: `ablate sweep expand`, one process
-        sweep_cache = fresh(os.path.join(work, "cache"))
-        ours_sweep = run_sweep([point(f"pre{i:02d}", sweep_cache, float(code))
-                                for i, code in enumerate(np.linspace(SWEEP_LOW, SWEEP_HIGH, args.points))],
-                               os.path.join(work, "runs", "sweep"))
-        log(f"  sweep pre-compile, {args.points} mixtures: ours {ours_sweep:.2f}s")
+        # 2b. the same mixtures as a sweep: `ablate sweep expand`, one process, from an empty
+        # cache and no run directories each time; best of --repeat, as measurement 1
+        ours_sweep = math.inf
+        for r in range(args.repeat):
+            sweep_cache = fresh(os.path.join(work, "cache"))
+            shutil.rmtree(os.path.join(work, "runs", "sweep"), ignore_errors=True)
+            s = run_sweep([point(f"pre{i:02d}", sweep_cache, float(code))
+                           for i, code in enumerate(np.linspace(SWEEP_LOW, SWEEP_HIGH, args.points))],
+                          os.path.join(work, "runs", "sweep"))
+            ours_sweep = min(ours_sweep, s)
+            log(f"  sweep expand #{r + 1}, {args.points} mixtures: ours {s:.2f}s")
         fixed = fixed_costs(base_plan)
     for d in ("cache", "stock-cache", "cache-warm", "stock-warm", "runs"):
         shutil.rmtree(os.path.join(work, d), ignore_errors=True)
@@ -502,7 +508,7 @@ def print_report(args, stage, tokens, ours_single, stock_single, ours_total, sto
     print(f"{f'2. sweep, {n} mixtures, total':<32} {ours_total:>9.2f} {stock_total:>9.2f} "
           f"{ours_total / stock_total:>10.2f}x {f'/single: {sweep_ours:.2f}x ({sweep_stock:.2f}x)':>22}")
     pre = ours_sweep / ours_single
-    print(f"{f'2b. the same, as a sweep':<32} {ours_sweep:>9.2f} {'':>9} {'':>11} "
+    print(f"{f'2b. as a sweep (best of {args.repeat})':<32} {ours_sweep:>9.2f} {'':>9} {'':>11} "
           f"{f'/single: {pre:.2f}x':>22}")
     later = sorted(sweep_times[1:]) or [float("nan")]
     print(f"   sweep mixtures after the first: median {later[len(later) // 2]:.2f}s, max {later[-1]:.2f}s each")
