@@ -69,3 +69,8 @@ def test_the_block_waits_for_writes_and_raises_a_failed_one(tmp_path):
         with prefetching(JOBS) as p:
             p.write_behind(fail)
     assert blend_prefetch.active() is None
+    with pytest.raises(ValueError, match="the compile's own error"):  # not hidden by a failed write
+        with prefetching(JOBS) as p:
+            p.write_behind(fail)
+            raise ValueError("the compile's own error")
+    assert blend_prefetch.active() is None

@@ -121,7 +121,7 @@ class BlendPrefetch:
             next(f for f in self.writes if not f.done()).exception()  # wait for the oldest
         self.writes.append(self.writer.submit(write))
 
-    def close(self) -> None:
+    def close(self, raise_errors: bool = True) -> None:
         with self.cv:
             self.stopped = True
             for i in range(len(self.keys)):
@@ -129,7 +129,7 @@ class BlendPrefetch:
             self.cv.notify_all()
         self.thread.join()
         self.writer.shutdown(wait=True)
-        for f in self.writes:
+        for f in self.writes if raise_errors else ():
             f.result()  # the first failed write raises here
 
 
@@ -157,6 +157,9 @@ def prefetching(jobs: list[tuple[list[int], list[str]]]):
     _active = BlendPrefetch(jobs)
     try:
         yield _active
-    finally:
+    except BaseException:
         done, _active = _active, None
-        done.close()
+        done.close(raise_errors=False)  # the block's own error is the one to see
+        raise
+    done, _active = _active, None
+    done.close()

@@ -4,8 +4,10 @@ Each stage becomes one megatron-core ``BlendedDataset`` over one ``ReusableGPTDa
 dataset. The blend is *exhaustive*: it draws exactly the plan's sample count from each dataset,
 interleaved by domain, then by dataset, so that every prefix of the stage is within one sample
 of each domain's share and within two of each dataset's (``ablate.recipe.blend``: WF2Q at
-O(samples), where megatron-core's greedy blend is O(samples x datasets)). Datasets and blends are built through megatron-core's
-``build_generic_dataset``: rank 0 builds, the other ranks wait and then load, on any backend.
+O(samples), where megatron-core's greedy blend is O(samples x datasets)). Datasets and blends
+are built through megatron-core's ``build_generic_dataset``: rank 0 builds, the other ranks
+wait and then load, on any backend. A compile computes each blend in the background while
+the datasets' indices build (``ablate.recipe.blend_prefetch``).
 ``build_stage_datasets`` is also what training calls, so training reads exactly this plan.
 """
 

@@ -9,6 +9,7 @@ anywhere. A point whose run has started is never rewritten with a different reci
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -126,21 +127,15 @@ def verify_points(spec: SweepSpec, points: list[Point]) -> None:
             verify_plan(p.plan)
 
 
-class _naming:
+@contextlib.contextmanager
+def _naming(spec: SweepSpec, point: Point):
     """Re-raise a point's AblateError as ``<sweep>: point <name>: <what>``."""
-
-    def __init__(self, spec: SweepSpec, point: Point):
-        self.where, self.name = spec._path or spec.name, point.name
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if kind is not None and issubclass(kind, AblateError):
-            msg = str(exc)
-            msg = msg[len(self.name) + 2:] if msg.startswith(f"{self.name}: ") else msg
-            raise AblateError(f"{self.where}: point {self.name}: {msg}") from None
-        return False
+    try:
+        yield
+    except AblateError as exc:
+        msg = str(exc)
+        msg = msg[len(point.name) + 2:] if msg.startswith(f"{point.name}: ") else msg
+        raise AblateError(f"{spec._path or spec.name}: point {point.name}: {msg}") from None
 
 
 def write_points(spec: SweepSpec, points: list[Point]) -> None:
