@@ -29,8 +29,9 @@ order, only slower (a few microseconds a sample instead of ~35 ns).
 A stage blends by domain first (``blend_order``): the interleaving above runs over the
 stage's domains (their sample counts), and again inside each domain over its datasets; slot
 ``s`` then takes the next sample of the next dataset of its domain. So every prefix holds each
-**domain** within one sample of its share (the shares a recipe states); each dataset is within ``1 + v_d`` of its share (``v_d``: its part of its domain; below 2),
-the one level's error plus its part of the other's. A flat interleaving over the datasets
+**domain** within one sample of its share (the shares a recipe states); each dataset is within
+``1 + v_d`` of its share (``v_d``: its part of its domain; below 2), the one level's error plus
+its part of the other's. A flat interleaving over the datasets
 (``interleave``) holds each dataset within one, but not its domain: on 64 datasets, ~10 per
 domain, domains drifted up to ~15 samples from their shares (megatron-core's greedy: ~9).
 Where every domain has one dataset, both are the same order. The levels are independent, so
@@ -229,15 +230,19 @@ class ExactBlendedDataset(BlendedDataset):
         from ablate.recipe.blend_prefetch import active
 
         prefetch = active()  # a compile may have computed it already, in the background
+
+        def order():
+            ready = prefetch.take(self.weights, self.groups) if prefetch else None
+            return ready or blend_order(self.weights, self.groups)
+
         cache = self.config.path_to_cache
         if not cache:
-            return (prefetch and prefetch.take(self.weights, self.groups)) or blend_order(self.weights, self.groups)
+            return order()
         stem = os.path.join(cache, f"{self.unique_description_hash}-{type(self).__name__}-{self.split.name}-")
         paths = {name: stem + name for name in ("description.txt", "dataset_index.npy", "dataset_sample_index.npy")}
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         if rank == 0 and not all(os.path.isfile(p) for p in paths.values()):
-            ready = prefetch.take(self.weights, self.groups) if prefetch else None
-            dataset_index, dataset_sample_index = ready or blend_order(self.weights, self.groups)
+            dataset_index, dataset_sample_index = order()
             os.makedirs(cache, exist_ok=True)
             write = lambda: self._write(paths, dataset_index, dataset_sample_index)  # noqa: E731
             if prefetch:

@@ -108,14 +108,26 @@ def verify_plan(plan: Plan) -> None:
     its manifest), for a plan made with ``verify=False``; hashes memoized in the cache as there."""
     manifests = load_manifests(plan.manifests, where=f"{plan.recipe}: data.manifests")
     by_path = {m.abs_prefix(d): (m, d) for m in manifests for d in m.datasets}
-    memo_path = os.path.join(plan.cache_dir, "verified-idx.json")
-    memo = _read_json(memo_path)
+    memo = _read_idx_memo(plan.cache_dir)
     for stage in plan.stages:
         for pd in stage.datasets:
             m, d = by_path[pd.path]
             m.verify(full=False, entries=[d], memo=memo)
-    if memo and os.path.isdir(plan.cache_dir):
-        write_json_atomic(memo_path, memo, indent=None)
+    _save_idx_memo(plan.cache_dir, memo)
+
+
+def _idx_memo_path(cache_dir: str) -> str:
+    return os.path.join(cache_dir, "verified-idx.json")
+
+
+def _read_idx_memo(cache_dir: str) -> dict:
+    """The .idx hashes of earlier checks (``Manifest.verify``'s memo), kept in the cache."""
+    return _read_json(_idx_memo_path(cache_dir))
+
+
+def _save_idx_memo(cache_dir: str, memo: dict | None) -> None:
+    if memo and os.path.isdir(cache_dir):  # only where a compile already made the cache
+        write_json_atomic(_idx_memo_path(cache_dir), memo, indent=None)
 
 
 def _plain(obj):
@@ -150,8 +162,7 @@ def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
     pool = [(m, e) for m in manifests for e in m.datasets]
     seq, gbs = recipe.training.seq_length, recipe.training.global_batch_size
     used: dict[str, int] = {}  # path -> samples consumed so far
-    memo_path = os.path.join(recipe.data.cache_dir, "verified-idx.json")
-    memo = _read_json(memo_path) if verify else None
+    memo = _read_idx_memo(recipe.data.cache_dir) if verify else None
     stages = []
     for i, stage in enumerate(recipe.stages):
         at = f"{where}: stages[{i}]"
@@ -192,8 +203,7 @@ def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
                 sample_offset=used.get(path, 0)))
             used[path] = used.get(path, 0) + n
         stages.append(PlanStage(stage.name, nominal, samples * seq, steps, samples, datasets))
-    if memo and os.path.isdir(recipe.data.cache_dir):  # only where a compile already made the cache
-        write_json_atomic(memo_path, memo, indent=None)
+    _save_idx_memo(recipe.data.cache_dir, memo)
     plan = Plan(recipe=recipe.name, seed=recipe.seed, seq_length=seq, global_batch_size=gbs,
                 tokenizer=manifests[0].tokenizer, manifests=[m.path for m in manifests], stages=stages,
                 cache_dir=recipe.data.cache_dir)
