@@ -226,11 +226,12 @@ def run_ours(raw: dict) -> tuple[float, object]:
     return time.perf_counter() - t0, plan
 
 
-def run_sweep(raws: list[dict], root: str) -> float:
+def run_sweep(raws: list[dict], root: str) -> tuple[float, list]:
     """``ablate sweep expand`` on a sweep file holding these mixtures (the first as its base,
     the mix shares zipped): expansion, planning, the run directories, the datasets' file check,
     each dataset's indices once at the longest length any point needs, every blend (in the
-    background meanwhile) and plan.json. Timed whole, in this process."""
+    background meanwhile) and plan.json. Timed whole, in this process, as a fresh one would
+    run it; returns the seconds and the expanded points."""
     from ablate.recipe.indices import forget_opened
     from ablate.sweep.commands import expand
     from ablate.sweep.spec import load_sweep
@@ -246,7 +247,7 @@ def run_sweep(raws: list[dict], root: str) -> float:
     points = expand(load_sweep(path), log=lambda m: None)
     seconds = time.perf_counter() - t0
     assert len(points) == len(raws)
-    return seconds
+    return seconds, points
 
 
 def run_stock(plan, cache: str) -> tuple[float, object]:
@@ -473,9 +474,9 @@ def main() -> None:
         for r in range(args.repeat):
             sweep_cache = fresh(os.path.join(work, "cache"))
             shutil.rmtree(os.path.join(work, "runs", "sweep"), ignore_errors=True)
-            s = run_sweep([point(f"pre{i:02d}", sweep_cache, float(code))
-                           for i, code in enumerate(np.linspace(SWEEP_LOW, SWEEP_HIGH, args.points))],
-                          os.path.join(work, "runs", "sweep"))
+            s, _ = run_sweep([point(f"pre{i:02d}", sweep_cache, float(code))
+                              for i, code in enumerate(np.linspace(SWEEP_LOW, SWEEP_HIGH, args.points))],
+                             os.path.join(work, "runs", "sweep"))
             ours_sweep = min(ours_sweep, s)
             log(f"  sweep expand #{r + 1}, {args.points} mixtures: ours {s:.2f}s")
         fixed = fixed_costs(base_plan)
