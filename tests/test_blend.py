@@ -49,6 +49,7 @@ def all_ways(counts):
         runs["heaps"] = lambda a, b: blend._blend.wf2q(counts, a, b, 1)
         runs["wheels"] = lambda a, b: blend._blend.wf2q(counts, a, b, 2)
         runs["sorted"] = lambda a, b: blend._blend.wf2q(counts, a, b, 3)
+        runs["scan"] = lambda a, b: blend._blend.wf2q(counts, a, b, 4)
     for name, run in runs.items():
         a, b = np.empty(S, np.int16), np.empty(S, np.int64)
         out[name] = (a, b, run(a, b))
@@ -101,6 +102,28 @@ def test_a_large_stage_is_fair_and_the_same_order_every_time():
     assert np.array_equal(a, a2) and np.array_equal(b, b2)
     h, hb = np.empty_like(a), np.empty_like(b)
     assert blend._blend.wf2q(counts, h, hb, 1) == 0 and np.array_equal(a, h) and np.array_equal(b, hb)
+    assert blend._blend.wf2q(counts, h, hb, 4) == 0 and np.array_equal(a, h) and np.array_equal(b, hb)
+
+
+@needs_extension
+@pytest.mark.parametrize("counts", [
+    [999_983, 1_000_003, 999_979, 7],  # coprime, nearly equal: finishes a hair apart
+    [1_048_576, 1_048_576, 524_288, 262_144, 1],  # powers of two: many exact ties
+    [2_000_000, 1_999_999, 3, 1_000_001, 999_998, 17, 500_000, 250_001],
+])
+def test_the_scan_orders_near_and_exact_ties_as_the_exact_fractions_do(counts):
+    """The scan compares each finish as one integer, floor(finish 2^F); at a few million
+    samples, finishes of different datasets come within 1/S of each other, and its order must
+    still be the exact one (the heaps compare the fractions themselves)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    S = int(counts.sum())
+    orders = {}
+    for mode in (1, 3, 4):
+        a, b = np.empty(S, np.int16), np.empty(S, np.int64)
+        assert blend._blend.wf2q(counts, a, b, mode) == 0
+        orders[mode] = (a, b)
+    for mode in (3, 4):
+        assert np.array_equal(orders[1][0], orders[mode][0]) and np.array_equal(orders[1][1], orders[mode][1]), mode
 
 
 def assert_fair_by_group(dataset_index: np.ndarray, dataset_sample_index: np.ndarray, counts, groups) -> None:

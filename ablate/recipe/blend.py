@@ -24,7 +24,7 @@ This is the guarantee megatron-core's greedy blend (``helpers.build_blending_ind
 in O(S) (O(S log D) at worst) instead of O(S x D): the greedy visits every dataset for every
 sample. The loop is a small C extension (``_blend.c``, built by setup.py as an optional
 extension); where it could not be built, the pure-Python reference below gives the identical
-order, only slower (a few microseconds a sample instead of ~35 ns).
+order, only slower (a few microseconds a sample instead of 5-30 ns).
 
 A stage blends by domain first (``blend_order``): the interleaving above runs over the
 stage's domains (their sample counts), and again inside each domain over its datasets; slot
