@@ -4,6 +4,9 @@ computing them in place, in any order of asking, within the memory bound, and ev
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -60,7 +63,7 @@ def test_the_block_waits_for_writes_and_raises_a_failed_one(tmp_path):
             assert inner is p
         for i in range(3):
             p.write_behind(lambda i=i: written.append(i))
-    assert written == [0, 1, 2] and blend_prefetch.active() is None
+    assert sorted(written) == [0, 1, 2] and blend_prefetch.active() is None  # two writers: any order
 
     def fail():
         raise OSError("disk full")
@@ -74,3 +77,22 @@ def test_the_block_waits_for_writes_and_raises_a_failed_one(tmp_path):
             p.write_behind(fail)
             raise ValueError("the compile's own error")
     assert blend_prefetch.active() is None
+
+
+def test_a_write_waits_while_the_queued_writes_hold_the_memory_bound():
+    """Each queued write holds its blend's arrays until written: at most ``max_bytes`` of them."""
+    p = BlendPrefetch(JOBS, max_bytes=10)
+    release, returned = threading.Event(), threading.Event()
+    try:
+        p.write_behind(release.wait, nbytes=8)
+        second = threading.Thread(target=lambda: (p.write_behind(lambda: None, nbytes=8), returned.set()))
+        second.start()
+        time.sleep(0.3)
+        assert not returned.is_set()  # 8 + 8 > 10: it waits for the first write
+        release.set()
+        second.join(timeout=10)
+        assert returned.is_set()
+        p.write_behind(lambda: None, nbytes=100)  # larger than the bound alone: written, not refused
+    finally:
+        release.set()
+        p.close()

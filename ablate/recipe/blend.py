@@ -246,7 +246,7 @@ class ExactBlendedDataset(BlendedDataset):
             os.makedirs(cache, exist_ok=True)
             write = lambda: self._write(paths, dataset_index, dataset_sample_index)  # noqa: E731
             if prefetch:
-                prefetch.write_behind(write)  # a compile: it waits for its writes at the end
+                prefetch.write_behind(write, dataset_index.nbytes + dataset_sample_index.nbytes)  # waited for at the end
             else:
                 write()  # the other ranks read these files right after
             return dataset_index, dataset_sample_index

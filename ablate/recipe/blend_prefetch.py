@@ -16,8 +16,8 @@ job gives up every earlier one not yet taken. The result is the same arrays the 
 compute itself (the same function on the same inputs); a failure in the thread only means the
 blend is computed where it is needed, as without prefetching.
 
-Written behind: a blend's files (~6 bytes a sample) are written by a second thread while the
-compile goes on to its next blend; leaving the ``prefetching`` block waits for every write and
+Written behind: a blend's files (~6 bytes a sample) are written by two writer threads while
+the compile goes on to its next blend; leaving the ``prefetching`` block waits for every write and
 raises the first failure. Each file is still written under a temporary name and renamed, the
 description last, so a reader never sees half a blend; a compile that dies before its writes
 finish leaves a blend missing, which the next build of it computes again (the cache is keyed
@@ -54,8 +54,8 @@ class BlendPrefetch:
         self.cv = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="blend-prefetch", daemon=True)
         self.thread.start()
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blend-write")
-        self.writes: list[Future] = []
+        self.writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="blend-write")
+        self.writes: list[tuple[Future, int]] = []
 
     @staticmethod
     def _bytes(key) -> int:
@@ -115,11 +115,15 @@ class BlendPrefetch:
             self.cv.notify_all()
             return result
 
-    def write_behind(self, write: Callable[[], None]) -> None:
-        """Run ``write`` on the writer thread; at most two writes wait (each holds its arrays)."""
-        while sum(not f.done() for f in self.writes) >= 2:
-            next(f for f in self.writes if not f.done()).exception()  # wait for the oldest
-        self.writes.append(self.writer.submit(write))
+    def write_behind(self, write: Callable[[], None], nbytes: int = 0) -> None:
+        """Run ``write`` on a writer thread. Two write at once (a sweep's blends queue up behind
+        its shared indices, and one writer alone would set the pace); each holds its arrays
+        (``nbytes``) until written, so new writes wait while ``max_bytes`` are queued."""
+        pending = [(f, n) for f, n in self.writes if not f.done()]
+        while pending and sum(n for _, n in pending) + nbytes > self.max_bytes:
+            pending[0][0].exception()  # wait for the oldest
+            pending = [(f, n) for f, n in pending if not f.done()]
+        self.writes.append((self.writer.submit(write), nbytes))
 
     def close(self, raise_errors: bool = True) -> None:
         with self.cv:
@@ -129,7 +133,7 @@ class BlendPrefetch:
             self.cv.notify_all()
         self.thread.join()
         self.writer.shutdown(wait=True)
-        for f in self.writes if raise_errors else ():
+        for f, _ in self.writes if raise_errors else ():
             f.result()  # the first failed write raises here
 
 
