@@ -190,8 +190,9 @@ static long long run_sorted(State *st, Py_ssize_t D, int32_t *ord, int16_t *dind
  * floor(finish * 2^F) * 2^B + d, and the pick is the least key among the started ones. Two
  * different finishes m/n_a and m'/n_b (in units of S) differ by at least S/(n_a n_b) >= 4/S,
  * so with 2^F >= S/4 their floors differ and the keys order exactly as the fractions; equal
- * finishes tie on the index in the low B bits, as `before` does. keys_fit() says when the
- * keys fit 63 bits; elsewhere the other forms run. */
+ * finishes tie on the index in the low B bits, as `before` does. scan_bits() picks F and B
+ * and says whether every key (at most (S + 1) 2^(F+B)) stays below 2^62; where not (tens of
+ * billions of samples), the other forms run. */
 static int scan_bits(int64_t S, Py_ssize_t D, int *F, int *B) {
     int f = 0, b = 0;
     while (((int64_t)1 << f) < (S + 3) / 4) f++;
@@ -216,18 +217,18 @@ static long long run_scan(State *st, Py_ssize_t D, int F, int B, uint64_t *key, 
     }
     for (int64_t s = 0; s < S; s++) {
         /* started: start <= s, i.e. ceil(start 2^F) <= s 2^F. One not yet started reads as
-         * UINT64_MAX: the difference is negative and its sign fills every bit (no branch). */
+         * UINT64_MAX: 0 - 1 sets every bit (a compare and a subtraction, no branch) */
         const int64_t now = (int64_t)((uint64_t)s << F);
         uint64_t best0 = UINT64_MAX, best1 = UINT64_MAX;
         Py_ssize_t i = 0;
         for (; i + 1 < D; i += 2) {  /* two chains, so the compares overlap */
-            uint64_t k0 = key[i] | (uint64_t)((now - (int64_t)begin[i]) >> 63);
-            uint64_t k1 = key[i + 1] | (uint64_t)((now - (int64_t)begin[i + 1]) >> 63);
+            uint64_t k0 = key[i] | (0 - (uint64_t)(now < (int64_t)begin[i]));
+            uint64_t k1 = key[i + 1] | (0 - (uint64_t)(now < (int64_t)begin[i + 1]));
             best0 = k0 < best0 ? k0 : best0;
             best1 = k1 < best1 ? k1 : best1;
         }
         if (i < D) {
-            uint64_t k0 = key[i] | (uint64_t)((now - (int64_t)begin[i]) >> 63);
+            uint64_t k0 = key[i] | (0 - (uint64_t)(now < (int64_t)begin[i]));
             best0 = k0 < best0 ? k0 : best0;
         }
         uint64_t best = best0 < best1 ? best0 : best1;
