@@ -312,6 +312,25 @@ def test_fingerprint_mismatch_is_refused(workdir, cli, tmp_path):
     assert not os.path.exists("cache")
 
 
+def test_the_file_check_hashes_in_parallel_but_reports_the_first_bad_dataset_in_order(workdir):
+    from ablate.data.manifest import load_manifest, verify_datasets
+    from ablate.errors import AblateError
+
+    shutil.copytree(os.path.realpath("data/toyworld"), "data/changed")
+    m = load_manifest("data/changed/manifest.json")
+    first, later = m.datasets[0], m.datasets[-1]
+    os.remove(m.abs_prefix(first) + ".idx")
+    with open(m.abs_prefix(later) + ".idx", "r+b") as f:  # its last bytes changed
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\x01\x00\x00\x00")
+    memo: dict = {}
+    with pytest.raises(AblateError, match=f"dataset {first.prefix!r}: file {first.prefix}.idx is missing"):
+        verify_datasets([(m, d) for d in m.datasets], memo)
+    assert os.path.abspath(m.abs_prefix(later) + ".idx") in memo  # hashed beside it, before the check
+    with pytest.raises(AblateError, match=f"dataset {later.prefix!r}: files no longer match the manifest"):
+        verify_datasets([(m, later)], memo)
+
+
 def test_dry_run_prints_the_plan_and_builds_nothing(workdir, cli):
     r = cli("compile", os.path.join(REPO, "recipes", "toy", "dsm-code-then-math.yaml"), "--dry-run")
     assert r.rc == 0, r.err

@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass, fields, is_dataclass
 
-from ablate.data.manifest import DatasetEntry, Manifest, load_manifests
+from ablate.data.manifest import DatasetEntry, Manifest, load_manifests, verify_datasets
 from ablate.data.taxonomy import Taxonomy, is_under
 from ablate.errors import AblateError
 from ablate.io import write_json_atomic
@@ -109,10 +109,7 @@ def verify_plan(plan: Plan) -> None:
     manifests = load_manifests(plan.manifests, where=f"{plan.recipe}: data.manifests")
     by_path = {m.abs_prefix(d): (m, d) for m in manifests for d in m.datasets}
     memo = _read_idx_memo(plan.cache_dir)
-    for stage in plan.stages:
-        for pd in stage.datasets:
-            m, d = by_path[pd.path]
-            m.verify(full=False, entries=[d], memo=memo)
+    verify_datasets([by_path[pd.path] for stage in plan.stages for pd in stage.datasets], memo)
     _save_idx_memo(plan.cache_dir, memo)
 
 
@@ -181,8 +178,8 @@ def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
                                       f"mix.{taken[key]} (each dataset may be in one entry per stage)")
                 taken[key] = entry.selector
                 requested.append((entry, m, d, tokens))
-        for entry, m, d, _ in requested if verify else ():  # quick check: the files are the manifest's
-            m.verify(full=False, entries=[d], memo=memo)
+        if verify:  # quick check: the files are the manifest's
+            verify_datasets([(m, d) for _, m, d, _ in requested], memo)
         counts = _apportion([t / seq for *_, t in requested], samples)
         datasets = []
         for (entry, m, d, tokens), n in zip(requested, counts):
