@@ -126,6 +126,23 @@ def test_the_scan_orders_near_and_exact_ties_as_the_exact_fractions_do(counts):
         assert np.array_equal(orders[1][0], orders[mode][0]) and np.array_equal(orders[1][1], orders[mode][1]), mode
 
 
+@needs_extension
+def test_interleavings_stepped_side_by_side_are_the_ones_computed_alone():
+    """wf2q_lanes runs the scan-suited jobs two at a time and the rest alone (one dataset;
+    more than the scan takes): each order must be exactly wf2q's for that job."""
+    rng = np.random.default_rng(11)
+    jobs = [np.array([5000]), np.array([700, 1300]), rng.integers(1, 900, 6), rng.integers(1, 400, 23),
+            rng.integers(1, 50, 64), rng.integers(1, 2000, 3), np.array([1, 1, 1, 1, 40_000])]
+    jobs = [np.asarray(c, dtype=np.int64) for c in jobs]
+    outs = [np.empty(int(c.sum()), np.int16) for c in jobs]
+    assert blend._blend.wf2q_lanes(list(zip(jobs, outs))) == [0] * len(jobs)
+    for counts, out in zip(jobs, outs):
+        alone = np.empty_like(out)
+        assert blend._blend.wf2q(counts, alone) == 0 and np.array_equal(out, alone)
+    with pytest.raises(ValueError, match="wf2q_lanes"):
+        blend._blend.wf2q_lanes([(np.array([3, 0], np.int64), np.empty(3, np.int16))])
+
+
 def assert_fair_by_group(dataset_index: np.ndarray, dataset_sample_index: np.ndarray, counts, groups) -> None:
     """Exact counts, each dataset's samples in order; every prefix N within one sample of each
     group's share and within 1 + v_d (v_d: the dataset's part of its group) of each dataset's,

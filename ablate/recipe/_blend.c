@@ -202,54 +202,103 @@ static int scan_bits(int64_t S, Py_ssize_t D, int *F, int *B) {
     return ((i128)S << (f + b)) + ((i128)1 << (f + b)) < ((i128)1 << 62);
 }
 
-static long long run_scan(State *st, Py_ssize_t D, int F, int B, uint64_t *key, uint64_t *begin,
-                          uint64_t *kstep_q, uint64_t *kstep_r, uint64_t *krem, int16_t *dindex, int64_t *sindex) {
-    const int64_t S = st->S;
-    const uint64_t low = ((uint64_t)1 << B) - 1, num = (uint64_t)S << F;
-    long long violations = 0;
+/* One scan in progress: run_scan steps one; run_lanes steps two side by side. */
+typedef struct {
+    const int64_t *n;
+    int64_t S, s;  /* slots in all; the next one */
+    Py_ssize_t D;
+    int F, B;
+    uint64_t *key, *begin, *kstep_q, *kstep_r, *krem, *taken;  /* one block of 6 D */
+    int16_t *dindex;
+    int64_t *sindex;
+    long long violations;  /* -1 once some slot had no dataset started (never: blend.py) */
+} Scan;
+
+static int scan_init(Scan *l, const int64_t *n, Py_ssize_t D, int F, int B, int16_t *dindex, int64_t *sindex) {
+    int64_t S = 0;
+    for (Py_ssize_t d = 0; d < D; d++) S += n[d];
+    uint64_t *mem = calloc(6 * (size_t)D, sizeof(uint64_t));
+    if (!mem) return -1;
+    *l = (Scan){n, S, 0, D, F, B, mem, mem + D, mem + 2 * D, mem + 3 * D, mem + 4 * D, mem + 5 * D, dindex, sindex, 0};
+    const uint64_t num = (uint64_t)S << F;
     for (Py_ssize_t d = 0; d < D; d++) {  /* the k-th finish's key: floor(k S 2^F / n), k = 1 first */
-        uint64_t n = (uint64_t)st->n[d];
-        kstep_q[d] = num / n;
-        kstep_r[d] = num % n;
-        krem[d] = kstep_r[d];
-        key[d] = (kstep_q[d] << B) | (uint64_t)d;
-        begin[d] = 0;  /* ceil(start 2^F): the sample before finished at start */
+        l->kstep_q[d] = num / (uint64_t)n[d];
+        l->kstep_r[d] = num % (uint64_t)n[d];
+        l->krem[d] = l->kstep_r[d];
+        l->key[d] = (l->kstep_q[d] << B) | (uint64_t)d;
+        l->begin[d] = 0;  /* ceil(start 2^F): the sample before finished at start */
     }
-    for (int64_t s = 0; s < S; s++) {
-        /* started: start <= s, i.e. ceil(start 2^F) <= s 2^F. One not yet started reads as
-         * UINT64_MAX: 0 - 1 sets every bit (a compare and a subtraction, no branch) */
-        const int64_t now = (int64_t)((uint64_t)s << F);
-        uint64_t best0 = UINT64_MAX, best1 = UINT64_MAX;
-        Py_ssize_t i = 0;
-        for (; i + 1 < D; i += 2) {  /* two chains, so the compares overlap */
-            uint64_t k0 = key[i] | (0 - (uint64_t)(now < (int64_t)begin[i]));
-            uint64_t k1 = key[i + 1] | (0 - (uint64_t)(now < (int64_t)begin[i + 1]));
-            best0 = k0 < best0 ? k0 : best0;
-            best1 = k1 < best1 ? k1 : best1;
-        }
-        if (i < D) {
-            uint64_t k0 = key[i] | (0 - (uint64_t)(now < (int64_t)begin[i]));
-            best0 = k0 < best0 ? k0 : best0;
-        }
-        uint64_t best = best0 < best1 ? best0 : best1;
-        if (best == UINT64_MAX) return -1;
-        int32_t d = (int32_t)(best & low);
-        int64_t k = st->taken[d], n = st->n[d];
-        dindex[s] = (int16_t)d;
-        if (sindex) sindex[s] = k;
-        st->taken[d] = k + 1;
-        /* the next sample starts as this one finishes: ceil(finish 2^F) = its key's floor, plus
-         * one where a fraction was dropped; a dataset done never starts again */
-        begin[d] = k + 1 < n ? (best >> B) + (krem[d] != 0) : (uint64_t)INT64_MAX;
-        uint64_t r = krem[d] + kstep_r[d], carry = r >= (uint64_t)n;
-        krem[d] = carry ? r - (uint64_t)n : r;
-        key[d] = best + ((kstep_q[d] + carry) << B);
-        if (S < ((int64_t)1 << 31))
-            violations += (k + 1) * S - n * (s + 1) > S || k * S - n * s < -S;
-        else
-            violations += (i128)(k + 1) * S - (i128)n * (s + 1) > S || (i128)k * S - (i128)n * s < -(i128)S;
+    return 0;
+}
+
+/* slot l->s: take the started dataset whose next sample finishes first */
+static inline void scan_step(Scan *restrict l) {
+    const int64_t s = l->s, S = l->S;
+    const Py_ssize_t D = l->D;
+    const int B = l->B;
+    uint64_t *restrict key = l->key, *restrict begin = l->begin, *restrict krem = l->krem;
+    /* started: start <= s, i.e. ceil(start 2^F) <= s 2^F. One not yet started reads as
+     * UINT64_MAX: 0 - 1 sets every bit (a compare and a subtraction, no branch) */
+    const int64_t now = (int64_t)((uint64_t)s << l->F);
+    uint64_t best0 = UINT64_MAX, best1 = UINT64_MAX;
+    Py_ssize_t i = 0;
+    for (; i + 1 < D; i += 2) {  /* two chains, so the compares overlap */
+        uint64_t k0 = key[i] | (0 - (uint64_t)(now < (int64_t)begin[i]));
+        uint64_t k1 = key[i + 1] | (0 - (uint64_t)(now < (int64_t)begin[i + 1]));
+        best0 = k0 < best0 ? k0 : best0;
+        best1 = k1 < best1 ? k1 : best1;
     }
-    return violations;
+    if (i < D) {
+        uint64_t k0 = key[i] | (0 - (uint64_t)(now < (int64_t)begin[i]));
+        best0 = k0 < best0 ? k0 : best0;
+    }
+    uint64_t best = best0 < best1 ? best0 : best1;
+    if (best == UINT64_MAX) {
+        l->violations = -1;
+        l->s = S;  /* stop */
+        return;
+    }
+    int32_t d = (int32_t)(best & (((uint64_t)1 << B) - 1));
+    int64_t k = (int64_t)l->taken[d], n = l->n[d];
+    l->dindex[s] = (int16_t)d;
+    if (l->sindex) l->sindex[s] = k;
+    l->taken[d] = (uint64_t)(k + 1);
+    /* the next sample starts as this one finishes: ceil(finish 2^F) = its key's floor, plus
+     * one where a fraction was dropped; a dataset done never starts again */
+    begin[d] = k + 1 < n ? (best >> B) + (krem[d] != 0) : (uint64_t)INT64_MAX;
+    uint64_t r = krem[d] + l->kstep_r[d], carry = r >= (uint64_t)n;
+    krem[d] = carry ? r - (uint64_t)n : r;
+    key[d] = best + ((l->kstep_q[d] + carry) << B);
+    if (S < ((int64_t)1 << 31))
+        l->violations += (k + 1) * S - n * (s + 1) > S || k * S - n * s < -S;
+    else
+        l->violations += (i128)(k + 1) * S - (i128)n * (s + 1) > S || (i128)k * S - (i128)n * s < -(i128)S;
+    l->s = s + 1;
+}
+
+static long long run_scan(Scan *l) {
+    while (l->s < l->S) scan_step(l);
+    return l->violations;
+}
+
+/* Several scans, two at a time: each slot's pick waits on the one before (a chain of loads,
+ * compares and stores, ~25 cycles), so one scan leaves the core mostly idle; two independent
+ * ones stepped side by side fill it. A lane that finishes takes the next job. */
+static void run_lanes(Scan *jobs, Py_ssize_t J) {
+    Py_ssize_t next = 0;
+    Scan *a = J > 0 ? &jobs[next++] : NULL, *b = J > 1 ? &jobs[next++] : NULL;
+    while (a || b) {
+        if (a && b) {
+            while (a->s < a->S && b->s < b->S) {
+                scan_step(a);
+                scan_step(b);
+            }
+        } else {
+            run_scan(a ? a : b);
+        }
+        if (a && a->s >= a->S) a = next < J ? &jobs[next++] : NULL;
+        if (b && b->s >= b->S) b = next < J ? &jobs[next++] : NULL;
+    }
 }
 
 /* which form is fastest (ns a sample, 2-core x86 machine, 3.9M samples): sorted up to 3
@@ -258,6 +307,71 @@ static long long run_scan(State *st, Py_ssize_t D, int F, int B, uint64_t *key, 
 #define TINY_D 3
 #define SCAN_D 40
 #define SMALL_D 8
+
+/* the form run_one picks (mode 0) or is asked for (1 heaps, 2 wheels, 3 sorted, 4 scan) */
+static int pick_mode(const int64_t *n, Py_ssize_t D, int64_t S, int mode, int64_t *H, int *F, int *B) {
+    int64_t min_n = INT64_MAX;
+    for (Py_ssize_t d = 0; d < D; d++) min_n = n[d] < min_n ? n[d] : min_n;
+    int64_t gap = (S + min_n - 1) / min_n + 2;
+    for (*H = 1; *H < gap; *H <<= 1) {}
+    int fits = scan_bits(S, D, F, B);
+    if (mode == 0) mode = D <= TINY_D ? 3 : D <= SCAN_D && fits ? 4 : D <= SMALL_D ? 3 : *H <= MAX_WHEEL ? 2 : 1;
+    if (mode == 4 && !fits) mode = 3;
+    if (mode == 2 && *H > MAX_WHEEL) mode = 1;
+    return mode;
+}
+
+/* one interleaving of counts n (checked by the caller), without the GIL; -1: out of memory */
+static int run_one(const int64_t *n, Py_ssize_t D, int64_t S, int16_t *dindex, int64_t *sindex, int mode,
+                   long long *violations) {
+    int64_t H;
+    int F, B;
+    mode = pick_mode(n, D, S, mode, &H, &F, &B);
+    if (mode == 4) {
+        Scan scan = {0};
+        if (scan_init(&scan, n, D, F, B, dindex, sindex) < 0) return -1;
+        *violations = run_scan(&scan);
+        free(scan.key);
+        return 0;
+    }
+    int wheels = mode == 2;
+    int64_t *mem = calloc(6 * D, sizeof(int64_t));
+    int32_t *imem = malloc((wheels ? 2 * H + D : 2 * D) * sizeof(int32_t));
+    if (!mem || !imem) {
+        free(mem);
+        free(imem);
+        return -1;
+    }
+    State st = {n, S, mem, mem + D, mem + 2 * D, mem + 3 * D, mem + 4 * D, mem + 5 * D};
+    for (Py_ssize_t d = 0; d < D; d++) {
+        st.step_q[d] = S / n[d];
+        st.step_r[d] = S % n[d];
+        st.q[d] = st.step_q[d];  /* the first sample finishes at S/n */
+        st.rem[d] = st.step_r[d];
+    }
+    if (wheels)
+        *violations = run_wheels(&st, D, H, imem, imem + H, imem + 2 * H, dindex, sindex);
+    else if (mode == 3)
+        *violations = run_sorted(&st, D, imem, dindex, sindex);
+    else
+        *violations = run_heaps(&st, D, imem, imem + D, dindex, sindex);
+    free(mem);
+    free(imem);
+    return 0;
+}
+
+/* counts as 1 to 32767 positive int64 summing to the output's length; 0 if so */
+static int check_counts(const Py_buffer *cb, Py_ssize_t S) {
+    Py_ssize_t D = cb->len / 8;
+    const int64_t *n = (const int64_t *)cb->buf;
+    int64_t total = 0;
+    if (D < 1 || D > 32767) return -1;
+    for (Py_ssize_t d = 0; d < D; d++) {
+        if (n[d] <= 0) return -1;
+        total += n[d];
+    }
+    return total == S ? 0 : -1;
+}
 
 static PyObject *wf2q(PyObject *self, PyObject *args) {
     (void)self;
@@ -271,56 +385,80 @@ static PyObject *wf2q(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *result = NULL;
-    Py_ssize_t D = cb.len / 8, S = ib.len / 2;
-    const int64_t *n = (const int64_t *)cb.buf;
-    int64_t total = 0, min_n = INT64_MAX;
-    int64_t *mem = NULL;
-    int32_t *imem = NULL;
-    for (Py_ssize_t d = 0; d < D; d++) {
-        total += n[d];
-        if (n[d] < min_n) min_n = n[d];
-    }
+    Py_ssize_t S = ib.len / 2;
     /* dtypes and contiguity are checked by the caller */
-    if ((sb.buf && sb.len / 8 != S) || total != S || D < 1 || D > 32767 || min_n <= 0 || mode < 0 || mode > 4) {
+    if ((sb.buf && sb.len / 8 != S) || check_counts(&cb, S) < 0 || mode < 0 || mode > 4) {
         PyErr_SetString(PyExc_ValueError, "wf2q: needs 1 to 32767 positive int64 counts and outputs of their sum");
         goto done;
     }
-    int64_t gap = (S + min_n - 1) / min_n + 2, H = 1;
-    while (H < gap) H <<= 1;
-    int F, B, fits = scan_bits(S, D, &F, &B);
-    if (mode == 0) mode = D <= TINY_D ? 3 : D <= SCAN_D && fits ? 4 : D <= SMALL_D ? 3 : H <= MAX_WHEEL ? 2 : 1;
-    if (mode == 4 && !fits) mode = 3;
-    if (mode == 2 && H > MAX_WHEEL) mode = 1;
-    int wheels = mode == 2;
-    mem = calloc(11 * D, sizeof(int64_t));
-    imem = malloc((wheels ? 2 * H + D : 2 * D) * sizeof(int32_t));
-    if (!mem || !imem) { PyErr_NoMemory(); goto done; }
-    State st = {n, S, mem, mem + D, mem + 2 * D, mem + 3 * D, mem + 4 * D, mem + 5 * D};
-    for (Py_ssize_t d = 0; d < D; d++) {
-        st.step_q[d] = S / n[d];
-        st.step_r[d] = S % n[d];
-        st.q[d] = st.step_q[d];  /* the first sample finishes at S/n */
-        st.rem[d] = st.step_r[d];
-    }
-    long long violations;
+    long long violations = 0;
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    if (mode == 4)
-        violations = run_scan(&st, D, F, B, (uint64_t *)mem + 6 * D, (uint64_t *)mem + 7 * D, (uint64_t *)mem + 8 * D,
-                              (uint64_t *)mem + 9 * D, (uint64_t *)mem + 10 * D, (int16_t *)ib.buf, (int64_t *)sb.buf);
-    else if (wheels)
-        violations = run_wheels(&st, D, H, imem, imem + H, imem + 2 * H, (int16_t *)ib.buf, (int64_t *)sb.buf);
-    else if (mode == 3)
-        violations = run_sorted(&st, D, imem, (int16_t *)ib.buf, (int64_t *)sb.buf);
-    else
-        violations = run_heaps(&st, D, imem, imem + D, (int16_t *)ib.buf, (int64_t *)sb.buf);
+    rc = run_one((const int64_t *)cb.buf, cb.len / 8, S, (int16_t *)ib.buf, (int64_t *)sb.buf, mode, &violations);
     Py_END_ALLOW_THREADS
-    result = PyLong_FromLongLong(violations);
+    result = rc < 0 ? PyErr_NoMemory() : PyLong_FromLongLong(violations);
 done:
-    free(mem);
-    free(imem);
     PyBuffer_Release(&cb);
     PyBuffer_Release(&ib);
     if (sb.buf) PyBuffer_Release(&sb);
+    return result;
+}
+
+/* wf2q_lanes([(counts, dataset_index), ...]) -> [violations, ...]: wf2q(counts, dataset_index)
+ * for each job (the same orders), the ones the scan suits stepped two at a time (run_lanes) */
+static PyObject *wf2q_lanes(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &list)) return NULL;
+    Py_ssize_t J = PyList_GET_SIZE(list), got = 0;
+    Py_buffer *bufs = PyMem_Calloc(2 * (size_t)J + 1, sizeof(Py_buffer));
+    long long *violations = PyMem_Calloc((size_t)J + 1, sizeof(long long));
+    Scan *scans = PyMem_Calloc((size_t)J + 1, sizeof(Scan));
+    int *mode = PyMem_Calloc((size_t)J + 1, sizeof(int));
+    PyObject *result = NULL;
+    if (!bufs || !violations || !scans || !mode) { PyErr_NoMemory(); goto done; }
+    for (; got < J; got++) {
+        PyObject *job = PyList_GET_ITEM(list, got);
+        if (!PyArg_ParseTuple(job, "y*w*", &bufs[2 * got], &bufs[2 * got + 1])) goto done;
+        if (check_counts(&bufs[2 * got], bufs[2 * got + 1].len / 2) < 0) {
+            got++;
+            PyErr_SetString(PyExc_ValueError, "wf2q_lanes: each job needs 1 to 32767 positive int64 counts and an output of their sum");
+            goto done;
+        }
+    }
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t lanes = 0;
+    for (Py_ssize_t j = 0; j < J && !failed; j++) {
+        const int64_t *n = bufs[2 * j].buf;
+        Py_ssize_t D = bufs[2 * j].len / 8, S = bufs[2 * j + 1].len / 2;
+        int64_t H;
+        int F, B;
+        /* the scan from 2 datasets up: side by side it beats the sorted array too */
+        mode[j] = D >= 2 && D <= SCAN_D && scan_bits(S, D, &F, &B) ? 4 : pick_mode(n, D, S, 0, &H, &F, &B);
+        if (mode[j] == 4)
+            failed = scan_init(&scans[lanes++], n, D, F, B, bufs[2 * j + 1].buf, NULL) < 0;
+    }
+    if (!failed) run_lanes(scans, lanes);
+    for (Py_ssize_t j = 0, l = 0; j < J && !failed; j++) {
+        if (mode[j] == 4)
+            violations[j] = scans[l++].violations;
+        else
+            failed = run_one(bufs[2 * j].buf, bufs[2 * j].len / 8, bufs[2 * j + 1].len / 2, bufs[2 * j + 1].buf,
+                             NULL, mode[j], &violations[j]) < 0;
+    }
+    for (Py_ssize_t l = 0; l < lanes; l++) free(scans[l].key);
+    Py_END_ALLOW_THREADS
+    if (failed) { PyErr_NoMemory(); goto done; }
+    result = PyList_New(J);
+    for (Py_ssize_t j = 0; result && j < J; j++) PyList_SET_ITEM(result, j, PyLong_FromLongLong(violations[j]));
+done:
+    for (Py_ssize_t j = 0; bufs && j < 2 * got; j++)
+        if (bufs[j].obj) PyBuffer_Release(&bufs[j]);
+    PyMem_Free(bufs);
+    PyMem_Free(violations);
+    PyMem_Free(scans);
+    PyMem_Free(mode);
     return result;
 }
 
@@ -382,6 +520,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"wf2q", wf2q, METH_VARARGS, "wf2q(counts, dataset_index, dataset_sample_index=None, mode=0) -> misplaced samples, or -1"},
+    {"wf2q_lanes", wf2q_lanes, METH_VARARGS, "wf2q_lanes([(counts, dataset_index), ...]) -> [misplaced samples or -1, ...]"},
     {"gather", gather, METH_VARARGS, "gather(group_index, local_index, slot_start, member_start, members, dataset_index, dataset_sample_index)"},
     {NULL, NULL, 0, NULL},
 };

@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
@@ -88,6 +87,10 @@ def _fill(counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_index: n
         misplaced = _blend.wf2q(counts, dataset_index, dataset_sample_index)
     else:
         misplaced = _wf2q_python(counts, dataset_index, dataset_sample_index)
+    _check(misplaced, counts, dataset_index, dataset_sample_index)
+
+
+def _check(misplaced: int, counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_index: np.ndarray | None) -> None:
     if misplaced:  # -1: at some slot no dataset was eligible. Neither can happen (module doc).
         from megatron.core.datasets import helpers
 
@@ -98,11 +101,17 @@ def _fill(counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_index: n
         helpers.build_exhaustive_blending_indices(dataset_index, dataset_sample_index, counts, len(counts))
 
 
-def _order(counts: np.ndarray, use_extension: bool, out: np.ndarray | None = None) -> np.ndarray:
-    """The interleaving's dataset_index alone (into ``out`` if given)."""
-    out = np.empty(int(counts.sum()), dtype=np.int16) if out is None else out
-    _fill(counts, out, None, use_extension)
-    return out
+def _orders(jobs: list[tuple[np.ndarray, np.ndarray]], use_extension: bool) -> None:
+    """Fill each job's ``out`` (int16) with the interleaving of its ``counts`` (dataset_index
+    alone). The extension steps two interleavings side by side in one thread (wf2q_lanes):
+    each is a chain of dependent steps that leaves the core mostly waiting, so two at once cost
+    little more than one; the orders are the same as one at a time."""
+    if use_extension and _blend is not None:
+        for (counts, out), misplaced in zip(jobs, _blend.wf2q_lanes(jobs)):
+            _check(misplaced, counts, out, None)
+    else:
+        for counts, out in jobs:
+            _fill(counts, out, None, use_extension)
 
 
 def sample_index_dtype(counts) -> type:
@@ -110,7 +119,7 @@ def sample_index_dtype(counts) -> type:
     return np.int32 if int(np.max(counts)) < 2**31 else np.int64
 
 
-def blend_order(counts, groups, use_extension: bool = True, threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def blend_order(counts, groups, use_extension: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(dataset_index int16, dataset_sample_index)``: exactly ``counts[d]`` of each dataset,
     interleaved by group (a stage's domains) first, then by dataset inside each group (module doc).
     ``groups[d]`` labels dataset ``d``'s group; groups are numbered by first appearance."""
@@ -126,23 +135,15 @@ def blend_order(counts, groups, use_extension: bool = True, threads: int = 2) ->
     total = int(counts.sum())
     dataset_index = np.empty(total, dtype=np.int16)
     dataset_sample_index = np.empty(total, dtype=sample_index_dtype(counts))
-    # the groups' slots, and inside each group its datasets' own order; the two levels do not
-    # depend on each other, so they run side by side (the C loops release the GIL)
+    # the groups' slots, and inside each group its datasets' own order (a group of one: all 0);
+    # the levels do not depend on each other
     slot_start = np.concatenate([[0], np.cumsum(group_counts)]).astype(np.int64)
-    local = np.empty(total, dtype=np.int16)
-
-    def inner(g: int) -> None:
-        lo, hi = int(slot_start[g]), int(slot_start[g + 1])
-        if sizes[g] == 1:
-            local[lo:hi] = 0
-        else:
-            _order(counts[members[start[g]:start[g + 1]]], use_extension, out=local[lo:hi])
-
-    threaded = use_extension and _blend is not None and total >= 1 << 16
-    with ThreadPoolExecutor(max_workers=threads if threaded else 1) as pool:
-        outer = pool.submit(_order, group_counts, use_extension)
-        list(pool.map(inner, range(len(ids))))
-        group_index = outer.result()
+    group_index = np.empty(total, dtype=np.int16)
+    local = np.zeros(total, dtype=np.int16)
+    jobs = [(group_counts, group_index)] + [
+        (np.ascontiguousarray(counts[members[start[g]:start[g + 1]]]), local[slot_start[g]:slot_start[g + 1]])
+        for g in range(len(ids)) if sizes[g] > 1]
+    _orders(jobs, use_extension)
     args = (group_index, local, slot_start, start, members, dataset_index, dataset_sample_index)
     if use_extension and _blend is not None:
         _blend.gather(*args)
