@@ -117,13 +117,13 @@ class Manifest:
 
 def verify_datasets(pairs, memo: dict | None = None, threads: int = 2) -> None:
     """``Manifest.verify(full=False)`` of each (manifest, entry) pair, in order (the first that
-    fails is the one reported), with the ``.idx`` files hashed on ``threads`` threads first:
-    file reads and hashlib release the GIL, and a first compile over a large corpus hashes
-    gigabytes of them (~16 GB at 512 datasets and 1T tokens)."""
+    fails is the one reported), with the ``.idx`` files ``memo`` does not hold hashed on
+    ``threads`` threads first: file reads and hashlib release the GIL, and a first compile over
+    a large corpus hashes gigabytes of them (~16 GB at 512 datasets and 1T tokens)."""
     from concurrent.futures import ThreadPoolExecutor
 
     memo = {} if memo is None else memo
-    paths = sorted({m.abs_prefix(d) + ".idx" for m, d in pairs})
+    paths = sorted(p for p in {m.abs_prefix(d) + ".idx" for m, d in pairs} if _memo_stale(p, memo))
 
     def hash_one(path: str) -> None:
         try:
@@ -138,11 +138,23 @@ def verify_datasets(pairs, memo: dict | None = None, threads: int = 2) -> None:
         m.verify(full=False, entries=[d], memo=memo)
 
 
+def _stamp(path: str) -> list:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _memo_stale(path: str, memo: dict) -> bool:
+    """Would ``_idx_sha256`` read the file (no memo entry for this version of it)?"""
+    try:
+        return memo.get(os.path.abspath(path), [None])[:3] != _stamp(path)
+    except OSError:
+        return False  # missing: nothing to hash; verify reports it
+
+
 def _idx_sha256(path: str, memo: dict | None) -> str:
     from ablate.data.indexed import file_sha256
 
-    st = os.stat(path)
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    stamp = _stamp(path)
     key = os.path.abspath(path)
     if memo is not None and memo.get(key, [None])[:3] == stamp:
         return memo[key][3]
