@@ -116,7 +116,7 @@ class BlendPrefetch:
             return result
 
     def write_behind(self, write: Callable[[], None], nbytes: int = 0) -> None:
-        """Run ``write`` on a writer thread. Two write at once (a sweep's blends queue up behind
+        """Run ``write`` on a writer thread. Two run at once (a sweep's blends queue up behind
         its shared indices, and one writer alone would set the pace); each holds its arrays
         (``nbytes``) until written, so new writes wait while ``max_bytes`` are queued."""
         pending = [(f, n) for f, n in self.writes if not f.done()]
