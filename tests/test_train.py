@@ -52,19 +52,19 @@ def write(root, name: str, **changes) -> str:
     return str(path)
 
 
-def launch(root, recipe: str, nproc: int = 1, *extra: str) -> subprocess.Popen:
+def launch(root, recipe: str, nproc: int = 1, *extra: str, env: dict | None = None) -> subprocess.Popen:
     if nproc == 1:
         cmd = [PYTHON, os.path.join(REPO, "launchers", "pretrain.py"), recipe, *extra]
     else:
         cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(_free_port()),
                os.path.join(REPO, "launchers", "pretrain.py"), recipe, *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
 
 
-def run(root, recipe: str, nproc: int = 1, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    p = launch(root, recipe, nproc, *extra)
+def run(root, recipe: str, nproc: int = 1, *extra: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    p = launch(root, recipe, nproc, *extra, env=env)
     out, err = p.communicate(timeout=timeout)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
@@ -111,7 +111,9 @@ def assert_budgets_met(root, name: str):
 # ------------------------------------------------------------------ runs
 
 def test_single_process_run_meets_every_stage_budget_and_loss_falls(world):
-    r = run(world, write(world, "single"))
+    tmp = world / "tmp-single"
+    tmp.mkdir()
+    r = run(world, write(world, "single"), env={"TMPDIR": str(tmp)})
     assert r.returncode == 0, r.stderr[-3000:]
     rows = metrics(world, "single")
     assert [row["step"] for row in rows] == list(range(1, 17))
@@ -120,6 +122,7 @@ def test_single_process_run_meets_every_stage_budget_and_loss_falls(world):
     status = json.load(open(world / "runs" / "single" / "status.json"))
     assert status["state"] == "completed" and status["step"] == 16
     assert "step 16/16" in r.stdout and "ETA" in r.stdout
+    assert not list(tmp.glob("ablate-pg-*"))  # the process group's file store is gone with the run
 
 
 @pytest.mark.parametrize("parallel", [{"ep": 1}, {"ep": 2}], ids=["dp2", "dp2-ep2"])

@@ -8,6 +8,8 @@ launched as a plain process it is a world of one.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ def init(recipe: Recipe) -> Layout:
             dist.init_process_group("nccl" if backend == "cuda" else "gloo")
         else:
             store = tempfile.NamedTemporaryFile(prefix="ablate-pg-", delete=False).name
+            atexit.register(_remove_store, store)  # else every run leaves one in the temp dir
             dist.init_process_group("nccl" if backend == "cuda" else "gloo", init_method=f"file://{store}",
                                     rank=0, world_size=1)
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -75,6 +78,11 @@ def init(recipe: Recipe) -> Layout:
                                                  expert_model_parallel_size=par.ep)
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "cuda" else torch.device("cpu")
     return Layout(backend, rank, world, dp, parallel_state.get_data_parallel_rank(), device)
+
+
+def _remove_store(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def shutdown() -> None:
