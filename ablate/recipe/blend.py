@@ -23,9 +23,10 @@ prefix). If a check ever failed, megatron-core's exhaustive greedy blend would b
 This is the guarantee megatron-core's greedy blend (``helpers.build_blending_indices``) gives,
 in O(S) with timing wheels (O(S log D) at worst) instead of the greedy's O(S x D), which visits
 every dataset for every sample. (For up to 40 datasets, a stage's domains or one domain's
-datasets, a branch-free pass over all of them per slot is faster still: see ``_blend.c``.) The loop is a small C extension (``_blend.c``, built by setup.py as an optional
-extension); where it could not be built, the pure-Python reference below gives the identical
-order, only slower (a few microseconds a sample instead of 5-30 ns).
+datasets, a branch-free pass over all of them per slot is faster still.) The loops are a small
+C extension (``_blend.c``, built by setup.py as an optional extension); where it could not be
+built, the pure-Python reference below gives the identical order, only slower (a few
+microseconds a sample instead of 5-30 ns).
 
 A stage blends by domain first (``blend_order``): the interleaving above runs over the
 stage's domains (their sample counts), and again inside each domain over its datasets; slot
