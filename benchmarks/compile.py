@@ -285,8 +285,8 @@ def fixed_costs(plan) -> dict:
 
     Each is timed alone on the plan: the tokenizer load, the quick manifest check (sha256 of
     every used .idx), and the blend's interleaving. Ours is ``ablate.recipe.blend.blend_order``
-    (WF2Q by domain, then by dataset, O(samples)); stock's is megatron-core's ``build_blending_indices``, which visits
-    every dataset for every sample (O(samples x datasets)).
+    (WF2Q by domain, then by dataset, O(samples)); stock's is megatron-core's
+    ``build_blending_indices``, which visits every dataset for every sample (O(samples x datasets)).
     """
     from megatron.core.datasets import helpers
 

@@ -308,14 +308,17 @@ static void run_lanes(Scan *jobs, Py_ssize_t J) {
 #define SCAN_D 40
 #define SMALL_D 8
 
-/* the form run_one picks (mode 0) or is asked for (1 heaps, 2 wheels, 3 sorted, 4 scan) */
-static int pick_mode(const int64_t *n, Py_ssize_t D, int64_t S, int mode, int64_t *H, int *F, int *B) {
+/* the form run_one picks (mode 0) or is asked for (1 heaps, 2 wheels, 3 sorted, 4 scan);
+ * side_by_side: the job runs in a lane of run_lanes, where the scan beats the sorted array
+ * from 2 datasets up */
+static int pick_mode(const int64_t *n, Py_ssize_t D, int64_t S, int mode, int side_by_side, int64_t *H, int *F,
+                     int *B) {
     int64_t min_n = INT64_MAX;
     for (Py_ssize_t d = 0; d < D; d++) min_n = n[d] < min_n ? n[d] : min_n;
     int64_t gap = (S + min_n - 1) / min_n + 2;
     for (*H = 1; *H < gap; *H <<= 1) {}
     int fits = scan_bits(S, D, F, B);
-    if (mode == 0) mode = D <= TINY_D ? 3 : D <= SCAN_D && fits ? 4 : D <= SMALL_D ? 3 : *H <= MAX_WHEEL ? 2 : 1;
+    if (mode == 0) mode = D <= (side_by_side ? 1 : TINY_D) ? 3 : D <= SCAN_D && fits ? 4 : D <= SMALL_D ? 3 : *H <= MAX_WHEEL ? 2 : 1;
     if (mode == 4 && !fits) mode = 3;
     if (mode == 2 && *H > MAX_WHEEL) mode = 1;
     return mode;
@@ -326,7 +329,7 @@ static int run_one(const int64_t *n, Py_ssize_t D, int64_t S, int16_t *dindex, i
                    long long *violations) {
     int64_t H;
     int F, B;
-    mode = pick_mode(n, D, S, mode, &H, &F, &B);
+    mode = pick_mode(n, D, S, mode, 0, &H, &F, &B);
     if (mode == 4) {
         Scan scan = {0};
         if (scan_init(&scan, n, D, F, B, dindex, sindex) < 0) return -1;
@@ -434,8 +437,7 @@ static PyObject *wf2q_lanes(PyObject *self, PyObject *args) {
         Py_ssize_t D = bufs[2 * j].len / 8, S = bufs[2 * j + 1].len / 2;
         int64_t H;
         int F, B;
-        /* the scan from 2 datasets up: side by side it beats the sorted array too */
-        mode[j] = D >= 2 && D <= SCAN_D && scan_bits(S, D, &F, &B) ? 4 : pick_mode(n, D, S, 0, &H, &F, &B);
+        mode[j] = pick_mode(n, D, S, 0, 1, &H, &F, &B);
         if (mode[j] == 4)
             failed = scan_init(&scans[lanes++], n, D, F, B, bufs[2 * j + 1].buf, NULL) < 0;
     }

@@ -34,7 +34,7 @@ def precompile(points: list, log: Callable[[str], None] | None = None) -> None:
         warm_indices(need)
         for i, p in enumerate(points):
             # planned and dumped at expansion: neither is done twice
-            p.plan, _ = compile_recipe(p.recipe, plan=p.plan, recipe_text=getattr(p, "text", None))
+            p.plan, _ = compile_recipe(p.recipe, plan=p.plan, recipe_text=p.text)
             if log:
                 log(f"compiled {i + 1}/{len(points)}: {p.name}")
 
