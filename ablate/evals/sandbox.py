@@ -64,7 +64,8 @@ process left after the call (``pidns``; without it, what stayed in the process g
 marker); no network (``netns``); no writes outside the working directory (``mountns-ro``; without
 it, ``nobody`` cannot write the evaluator's files but can write world-writable places such as
 ``/tmp``); no signals to the evaluator (``pidns`` or ``nobody``); and always: bounded output held
-by the evaluator (``max_output`` bytes per stream, more kills the run), a bounded time per call.
+by the evaluator (``max_output`` bytes per stream; more kills the run, or with
+``overflow="discard"`` is read and dropped while the run goes on), a bounded time per call.
 
 Not guaranteed:
 
@@ -127,7 +128,8 @@ class SandboxResult:
     killed for a limit; ``value``: what ``func()`` returned (``run_function``); ``detail``: one line
     on why it failed; ``cpu_s``: CPU seconds of the program and the children it waited for;
     ``blocked``: the operations the audit hook refused, in order; ``isolation``: the layers used;
-    ``run_id``: the run's ``ABLATE_SANDBOX_RUN`` marker.
+    ``run_id``: the run's ``ABLATE_SANDBOX_RUN`` marker; ``truncated``: output beyond
+    ``max_output`` was discarded (``overflow="discard"``).
     """
 
     ok: bool
@@ -142,6 +144,7 @@ class SandboxResult:
     blocked: tuple[str, ...] = ()
     isolation: tuple[str, ...] = field(default_factory=tuple)
     run_id: str = ""
+    truncated: bool = False
 
 
 # --- the code that runs in the sandbox process (stdlib only; a string so it needs no import path)
@@ -783,11 +786,13 @@ def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: float | None = No
                 max_output: int = 64_000, stdin: str | bytes | None = None, max_procs: int = 16,
                 disk_mb: int = 64, max_open_files: int = 64, audit: bool = True,
                 namespaces: bool | None = None, drop_privileges: bool | None = None,
-                tmp_root: str | None = None) -> SandboxResult:
+                tmp_root: str | None = None, overflow: str = "kill") -> SandboxResult:
     """Run ``source`` as a script in the sandbox; return its exit status and (bounded) output.
 
     ``timeout_s`` is wall clock; ``cpu_s`` defaults to it (rounded up); ``memory_mb`` bounds the
-    address space; ``max_output`` bytes of stdout and of stderr are kept, more kills the run;
+    address space; ``max_output`` bytes of stdout and of stderr are kept, more kills the run
+    (``overflow="kill"``, status ``output``) or is discarded (``overflow="discard"``: the run goes
+    on, ``truncated`` is set; what a program prints is then no reason to fail it);
     ``max_procs`` bounds processes and threads; ``disk_mb`` bounds each file (and the whole
     directory where a mount namespace is available). ``namespaces``/``drop_privileges``: None uses
     them where the machine allows, True requires them, False turns them off; ``audit=False``
@@ -796,7 +801,7 @@ def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: float | None = No
     """
     return _run(source, None, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, max_output=max_output,
                 stdin=stdin, max_procs=max_procs, disk_mb=disk_mb, max_open_files=max_open_files, audit=audit,
-                namespaces=namespaces, drop_privileges=drop_privileges, tmp_root=tmp_root)
+                namespaces=namespaces, drop_privileges=drop_privileges, tmp_root=tmp_root, overflow=overflow)
 
 
 def run_function(source: str, func: str = "solution", **limits) -> SandboxResult:
@@ -835,7 +840,9 @@ def _run(source: str, func: str | None, *, timeout_s: float = 5.0, cpu_s: float 
          memory_mb: int = 512, max_output: int = 64_000, stdin: str | bytes | None = None,
          max_procs: int = 16, disk_mb: int = 64, max_open_files: int = 64, audit: bool = True,
          namespaces: bool | None = None, drop_privileges: bool | None = None,
-         tmp_root: str | None = None) -> SandboxResult:
+         tmp_root: str | None = None, overflow: str = "kill") -> SandboxResult:
+    if overflow not in ("kill", "discard"):
+        raise AblateError(f"sandbox: overflow must be 'kill' or 'discard', got {overflow!r}")
     if not (timeout_s > 0 and memory_mb > 0 and max_output > 0 and max_procs >= 1 and disk_mb > 0
             and max_open_files >= 8 and (cpu_s is None or cpu_s > 0)):
         raise AblateError("sandbox: timeout_s, cpu_s, memory_mb, max_output, max_procs and disk_mb must be "
@@ -898,11 +905,12 @@ def _run(source: str, func: str | None, *, timeout_s: float = 5.0, cpu_s: float 
             os.close(fd)
             fds.remove(fd)
         out, err, ctl, status, reason = _watch(proc, plan, ctl_r, st_r, life_w, fds, start + timeout_s,
-                                               limits["procs"], max_output)
+                                               limits["procs"], max_output, overflow == "discard")
         wall = time.monotonic() - start
         result = _result(plan, func, out, err, ctl, status, proc.returncode, reason, wall, limits, timeout_s,
                          max_output)
         result.run_id = token
+        result.truncated = reason == "truncated"
         return result
     finally:
         if proc is not None:
@@ -924,7 +932,7 @@ def _run(source: str, func: str | None, *, timeout_s: float = 5.0, cpu_s: float 
 
 
 def _watch(proc, plan: _Plan, ctl_r: int, st_r: int, life_w: int, fds: list[int], deadline: float,
-           max_procs: int, max_output: int):
+           max_procs: int, max_output: int, discard: bool = False):
     """Read the run's pipes until it ends or breaks a limit; kill its group; reap it."""
     pgid = proc.pid
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
@@ -940,6 +948,7 @@ def _watch(proc, plan: _Plan, ctl_r: int, st_r: int, life_w: int, fds: list[int]
     except (AttributeError, OSError):
         pidfd = None
     reason = None
+    truncated = False
     exited_at = None
     next_watch = 0.0
     try:
@@ -979,7 +988,10 @@ def _watch(proc, plan: _Plan, ctl_r: int, st_r: int, life_w: int, fds: list[int]
                 room = caps[fd] - len(buf)
                 buf += data[:max(0, room)]
                 if len(data) > room and fd in (out_fd, err_fd):
-                    reason = "output"
+                    if discard:
+                        truncated = True  # keep draining the pipe; what is beyond the cap is dropped
+                    else:
+                        reason = "output"
     finally:
         _killpg(pgid)
         os.close(life_w)
@@ -991,6 +1003,8 @@ def _watch(proc, plan: _Plan, ctl_r: int, st_r: int, life_w: int, fds: list[int]
     proc.returncode = os.waitstatus_to_exitcode(status)
     for fd in (st_r, ctl_r):  # after a kill: what is already in the pipe, without waiting for more
         _drain(fd, bufs[fd], caps[fd])
+    if reason is None and truncated:
+        reason = "truncated"
     return bytes(bufs[out_fd]), bytes(bufs[err_fd]), bytes(bufs[ctl_r]), bytes(bufs[st_r]), reason
 
 

