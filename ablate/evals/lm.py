@@ -15,6 +15,12 @@ local attention's causal mask is made bottom-right aligned for that (``cpu_compa
 row outgrows the training length it continues by recomputing a sliding window, as the
 no-cache path does throughout; both give the same tokens (tested), ``benchmarks/eval.py``
 measures the difference.
+
+Sampling (``Sampling(temperature, top_p, seed)``; temperature 0 is greedy): every row draws from
+its own ``torch.Generator``, seeded from the sampling seed and the row's ``row_seeds`` entry
+(the task passes one per prompt and sample), one draw per accepted token, on the CPU. So a
+sample's tokens depend on the checkpoint, its prompt and its seed, not on which rows share its
+batch or on whether the KV cache is used (up to float rounding of batched matmuls).
 """
 
 from __future__ import annotations
@@ -33,6 +39,30 @@ class Continuation:
     nll: float          # summed negative log-likelihood of the continuation tokens (nats)
     tokens: int         # how many continuation tokens were scored
     greedy: bool        # every continuation token is the model's argmax
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0   # 0: greedy (argmax)
+    top_p: float = 1.0         # nucleus: the smallest set of tokens whose probability reaches top_p
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+def sample_token(logits_V: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """One token from ``logits_V`` (already cut to the real vocabulary)."""
+    if sampling.greedy or generator is None:
+        return int(logits_V.argmax())
+    probs_V = F.softmax(logits_V.float().cpu() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_V, order_V = probs_V.sort(descending=True)
+        before_V = sorted_V.cumsum(0) - sorted_V  # mass of the tokens ranked above each one
+        sorted_V = sorted_V.masked_fill(before_V >= sampling.top_p, 0.0)
+        probs_V = torch.zeros_like(probs_V).scatter_(0, order_V, sorted_V)
+    return int(torch.multinomial(probs_V, 1, generator=generator))
 
 
 class LanguageModel:
@@ -107,15 +137,25 @@ class LanguageModel:
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  stop: Callable[[list[int]], bool] | None = None, progress: Callable | None = None,
-                 kv_cache: bool | None = None) -> list[list[int]]:
-        """Greedy continuations (token ids) of each prompt; a row stops at ``eod``, when
-        ``stop(generated_ids)`` says so, or after ``max_new_tokens``. With ``kv_cache`` (the
-        default) through megatron-core's ``StaticInferenceContext``; the tokens are the same
-        either way (tested)."""
+                 kv_cache: bool | None = None, sampling: Sampling | None = None,
+                 row_seeds: Sequence[int] | None = None) -> list[list[int]]:
+        """Continuations (token ids) of each prompt, greedy unless ``sampling`` has a
+        temperature; a row stops at ``eod``, when ``stop(generated_ids)`` says so, or after
+        ``max_new_tokens``. With ``kv_cache`` (the default) through megatron-core's
+        ``StaticInferenceContext``; the tokens are the same either way (tested). ``row_seeds``:
+        one integer per prompt, mixed into its generator's seed (default: its index)."""
         kv_cache = self.kv_cache if kv_cache is None else kv_cache
+        sampling = sampling or Sampling()
+        if row_seeds is not None and len(row_seeds) != len(prompts):
+            raise ValueError("row_seeds needs one entry per prompt")
         results: list[list[int] | None] = [None] * len(prompts)
         for batch in self._length_batches([min(len(p), self.max_length - 1) for p in prompts]):
-            rows = _Rows([list(prompts[i])[-(self.max_length - 1):] for i in batch], max_new_tokens, stop, self.eod)
+            generators = None
+            if not sampling.greedy:
+                generators = [torch.Generator().manual_seed(
+                    _mix(sampling.seed, row_seeds[i] if row_seeds is not None else i)) for i in batch]
+            rows = _Rows([list(prompts[i])[-(self.max_length - 1):] for i in batch], max_new_tokens, stop, self.eod,
+                         sampling, generators, self.vocab_size)
             if kv_cache and max_new_tokens > 0:
                 self._generate_cached(rows)
             self._generate_recompute(rows)  # rows that outgrew the window (or all, without the cache)
@@ -151,14 +191,15 @@ class LanguageModel:
         context.sequence_len_offset = cur
         context.enable_decode_mode()
         while rows.active:
-            next_B = logits_B1V[:, -1, :self.vocab_size].argmax(-1).tolist()
+            last_BV = logits_B1V[:, -1, :self.vocab_size]
+            next_B = last_BV.argmax(-1).tolist() if rows.sampling.greedy else None
             feed = []
             for b in range(B):
                 if cur < lens[b]:
                     feed.append(rows.seqs[b][cur])
                 else:
                     if b in rows.active:
-                        rows.accept(b, next_B[b])
+                        rows.accept(b, next_B[b] if next_B is not None else rows.draw(b, last_BV[b]))
                     feed.append(rows.seqs[b][-1] if len(rows.seqs[b]) > cur else self.pad)
             if not rows.active or cur + 1 >= self.max_length:
                 return  # the window is full: what is left continues without the cache
@@ -179,13 +220,18 @@ class LanguageModel:
                 inputs[b, :len(w)] = torch.tensor(w)
             logprobs_BSV = self.logprobs(inputs)
             last = torch.tensor([len(w) - 1 for w in windows], device=logprobs_BSV.device)
-            next_B = logprobs_BSV[torch.arange(len(windows), device=last.device), last, :self.vocab_size].argmax(-1)
-            for j, tok in zip(active, next_B.tolist()):
-                rows.accept(j, tok)
+            last_BV = logprobs_BSV[torch.arange(len(windows), device=last.device), last, :self.vocab_size]
+            if rows.sampling.greedy:
+                for j, tok in zip(active, last_BV.argmax(-1).tolist()):
+                    rows.accept(j, tok)
+            else:
+                for b, j in enumerate(active):
+                    rows.accept(j, rows.draw(j, last_BV[b]))
 
     def generate_text(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = (),
-                      progress: Callable | None = None) -> list[str]:
-        """Greedy text continuations, cut at the first stop string."""
+                      progress: Callable | None = None, sampling: Sampling | None = None,
+                      row_seeds: Sequence[int] | None = None) -> list[str]:
+        """Text continuations (greedy unless ``sampling`` says otherwise), cut at the first stop string."""
         tok = self.em.tokenizer
 
         def stop(ids: list[int]) -> bool:
@@ -194,7 +240,8 @@ class LanguageModel:
             text = tok.decode(ids[-64:])
             return any(s in text for s in stop_strings)
 
-        ids = self.generate([tok.encode(p) for p in prompts], max_new_tokens, stop, progress)
+        ids = self.generate([tok.encode(p) for p in prompts], max_new_tokens, stop, progress, sampling=sampling,
+                            row_seeds=row_seeds)
         texts = []
         for g in ids:
             text = tok.decode(g)
@@ -206,11 +253,17 @@ class LanguageModel:
 class _Rows:
     """Per-row generation state of one batch."""
 
-    def __init__(self, seqs: list[list[int]], max_new_tokens: int, stop, eod: int):
+    def __init__(self, seqs: list[list[int]], max_new_tokens: int, stop, eod: int,
+                 sampling: Sampling | None = None, generators: list[torch.Generator] | None = None,
+                 vocab_size: int | None = None):
         self.seqs = seqs
         self.generated: list[list[int]] = [[] for _ in seqs]
         self.active = set(range(len(seqs))) if max_new_tokens > 0 else set()
         self.max_new_tokens, self.stop, self.eod = max_new_tokens, stop, eod
+        self.sampling, self.generators = sampling or Sampling(), generators
+
+    def draw(self, j: int, logits_V: torch.Tensor) -> int:
+        return sample_token(logits_V, self.sampling, self.generators[j] if self.generators else None)
 
     def accept(self, j: int, token: int) -> None:
         if token == self.eod:
@@ -220,3 +273,11 @@ class _Rows:
         self.generated[j].append(token)
         if len(self.generated[j]) >= self.max_new_tokens or (self.stop and self.stop(self.generated[j])):
             self.active.discard(j)
+
+
+def _mix(seed: int, row: int) -> int:
+    """A 63-bit generator seed from the sampling seed and a row's own seed (splitmix64)."""
+    z = (seed * 0x9E3779B97F4A7C15 + row + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF

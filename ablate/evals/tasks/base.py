@@ -31,6 +31,14 @@ class EvalOptions:
     sandbox_timeout_s: float = 5.0
     sandbox_workers: int = 2
     lm_eval_include: str | None = None   # a directory of local lm-eval task YAMLs
+    allow_unsandboxed_code: bool = False  # let lm-eval code tasks run generated code outside the sandbox
+    mbpp_path: str | None = None         # mbpp.jsonl (default: ../shared/benchmarks/mbpp/mbpp.jsonl)
+    math_path: str | None = None         # a MATH-format JSONL (default: ../shared/benchmarks/math500/test.jsonl)
+    samples: int = 1                     # completions per problem for generative tasks
+    temperature: float = 0.0             # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0                        # sampling seed
+    pass_k: tuple[int, ...] | None = None  # the k of pass@k (default: 1, 10, 100... up to samples, and samples)
 
 
 @dataclass

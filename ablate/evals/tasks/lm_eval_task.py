@@ -2,6 +2,11 @@
 
 Its metrics land in ``eval/step_<N>.json`` beside the built-in tasks (``acc,none`` and the
 like, as lm-eval names them; standard errors dropped), so the analysis compares them the same way.
+
+lm-eval's code tasks (``UNSAFE_CODE``: humaneval, mbpp ...) execute generated code with lm-eval's
+own runner, in this process, with the user's permissions: they are refused unless the user passes
+``--allow-unsandboxed-code`` (documented as unsandboxed). The built-in ``humaneval`` and ``mbpp``
+run in ``ablate.evals.sandbox`` instead.
 """
 
 from __future__ import annotations
@@ -48,8 +53,16 @@ class LmEvalTask(Task):
         if self.task not in manager.all_tasks:
             raise AblateError(f"task {self.name}: lm-eval knows no task {self.task!r}"
                               + ("" if include else " (local tasks: pass --lm-eval-include DIR)"))
-        out = lm_eval.simple_evaluate(model=AblateLM(lm=ctx.lm), tasks=[self.task], task_manager=manager,
-                                      limit=ctx.options.limit, log_samples=False, bootstrap_iters=0)
+        try:
+            out = lm_eval.simple_evaluate(model=AblateLM(lm=ctx.lm), tasks=[self.task], task_manager=manager,
+                                          limit=ctx.options.limit, log_samples=False, bootstrap_iters=0,
+                                          confirm_run_unsafe_code=ctx.options.allow_unsandboxed_code)
+        except ValueError as exc:
+            if "unsafe" not in str(exc):
+                raise
+            raise AblateError(f"task {self.name}: lm-eval runs this task's generated code in its own process, "
+                              "outside ablate's sandbox; score code with the built-in humaneval/mbpp tasks, or pass "
+                              "--allow-unsandboxed-code to run it unsandboxed anyway") from None
         result = out["results"][self.task]
         metrics = {k: float(v) for k, v in result.items()
                    if isinstance(v, (int, float)) and "_stderr" not in k and k not in ("alias", "sample_len")}
