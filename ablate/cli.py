@@ -45,9 +45,15 @@ def _compile(args) -> None:
 
 
 def _train(args) -> None:
-    from ablate.train.loop import train
+    from ablate.evals.callback import eval_callbacks
+    from ablate.recipe.schema import load_recipe
+    from ablate.train.loop import save_initial_weights, train
 
-    result = train(args.recipe, resume=args.resume)
+    if args.save_init:
+        print(save_initial_weights(args.recipe, args.save_init))
+        return
+    result = train(args.recipe, resume=args.resume, reset_optimizer=args.reset_optimizer,
+                   callbacks=eval_callbacks(load_recipe(args.recipe)))
     if result["state"] == "completed":
         print(f"completed {result['step']} steps")
 
@@ -77,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a recipe (one process; use torchrun launchers/pretrain.py for more)")
     p.add_argument("recipe", help="a recipe YAML")
     p.add_argument("--resume", choices=("auto", "never"), default="auto",
-                   help="auto: continue from the latest complete checkpoint in the run directory")
+                   help="auto: continue from the latest complete checkpoint in the run directory (any layout)")
+    p.add_argument("--reset-optimizer", action="store_true",
+                   help="resume the model weights only; the optimizer starts fresh (e.g. after an expert-parallel change)")
+    p.add_argument("--save-init", metavar="DIR",
+                   help="save the recipe's initial weights as a checkpoint at DIR (for training.init_from) and exit")
     p.set_defaults(func=_train)
 
     # Later stages of the pipeline own their subcommands (one concept per file): each module's

@@ -75,6 +75,8 @@ class ModelConfig:
     normalization: str = "RMSNorm"
     make_vocab_size_divisible_by: int = 128
     init_method_std: float = 0.02
+    moe_token_dispatcher_type: str = "auto"  # auto: alltoall on CUDA, allgather on CPU
+    moe_grouped_gemm: bool = False  # one grouped GEMM for all local experts (CUDA)
 
     def validate(self, where: str) -> None:
         for f in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "moe_layer_freq",
@@ -89,6 +91,8 @@ class ModelConfig:
         check_choice(self.moe_router_load_balancing_type, ("aux_loss", "seq_aux_loss", "none"), f"{where}.moe_router_load_balancing_type")
         check_choice(self.position_embedding_type, ("rope", "learned_absolute"), f"{where}.position_embedding_type")
         check_choice(self.normalization, ("RMSNorm", "LayerNorm"), f"{where}.normalization")
+        check_choice(self.moe_token_dispatcher_type, ("auto", "allgather", "alltoall"), f"{where}.moe_token_dispatcher_type")
+        check_type(self.moe_grouped_gemm, bool, f"{where}.moe_grouped_gemm", "true or false")
         if self.moe_router_enable_expert_bias and self.moe_router_score_function != "sigmoid":
             raise AblateError(f"{where}.moe_router_enable_expert_bias: expert bias needs moe_router_score_function: sigmoid")
 
@@ -99,10 +103,20 @@ class ParallelConfig:
     pp: int = 1
     ep: int = 1
     cp: int = 1
+    vp: int = 1  # virtual pipeline stages (model chunks) per pipeline rank: interleaved 1F1B
+    distributed_optimizer: bool = False  # shard optimizer state and fp32 main params over data-parallel ranks
+    overlap_grad_reduce: bool = False  # start each bucket's reduction during backward (CUDA)
+    overlap_param_gather: bool = False  # distributed optimizer: gather params during the next forward (CUDA)
 
     def validate(self, where: str) -> None:
-        for f in ("tp", "pp", "ep", "cp"):
+        for f in ("tp", "pp", "ep", "cp", "vp"):
             check_positive(getattr(self, f), f"{where}.{f}")
+        for f in ("distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather"):
+            check_type(getattr(self, f), bool, f"{where}.{f}", "true or false")
+        if self.vp > 1 and self.pp == 1:
+            raise AblateError(f"{where}.vp: {self.vp} virtual pipeline stages need pp > 1 (pp is 1)")
+        if self.overlap_param_gather and not self.distributed_optimizer:
+            raise AblateError(f"{where}.overlap_param_gather: needs distributed_optimizer: true")
 
 
 @dataclass
@@ -145,8 +159,12 @@ class TrainingConfig:
     micro_batch_size: int = 8
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    precision: str = "fp32"
+    precision: str = "fp32"  # bf16/fp16: params and compute in half, fp32 main params in the optimizer
     backend: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
+    recompute: str = "none"  # activation recomputation: none | selective (attention core) | full (every layer)
+    # start from these model weights (a checkpoint directory, any layout) instead of a random
+    # init; the optimizer starts fresh. Every run of an ablation can share one initialisation.
+    init_from: Optional[str] = None
 
     def validate(self, where: str) -> None:
         for f in ("seq_length", "global_batch_size", "micro_batch_size"):
@@ -156,6 +174,9 @@ class TrainingConfig:
                               f"micro_batch_size {self.micro_batch_size}")
         check_choice(self.precision, ("fp32", "bf16", "fp16"), f"{where}.precision")
         check_choice(self.backend, ("auto", "cpu", "cuda"), f"{where}.backend")
+        check_choice(self.recompute, ("none", "selective", "full"), f"{where}.recompute")
+        if self.init_from is not None:
+            check_type(self.init_from, str, f"{where}.init_from", "a checkpoint directory")
 
 
 @dataclass

@@ -12,6 +12,11 @@ holds for a contiguous sequence shard (sequence parallelism). Counting happens o
 is enabled: under activation recomputation the forward runs twice, and megatron-core's own
 expert counter makes the same choice. ``flush`` all-reduces over the data-parallel group and
 zeroes the accumulators; nothing leaves the device between flushes.
+
+Under pipeline (and virtual pipeline) parallelism a rank holds only some layers: each router
+writes into its *global* MoE-layer row (from its layer's number), so after ``flush`` sums over
+every rank, each token is counted once per layer whatever the layout (data, context and
+sequence-parallel ranks see disjoint tokens; pipeline ranks disjoint layers).
 """
 
 from __future__ import annotations
@@ -25,11 +30,21 @@ class RoutingCapture:
     def __init__(self, model, num_domains: int, device: torch.device | str = "cpu"):
         from megatron.core.transformer.moe.router import TopKRouter
 
-        self.routers = [m for m in model.modules() if isinstance(m, TopKRouter)]
+        chunks = model if isinstance(model, (list, tuple)) else [model]
+        self.routers, rows = [], []
+        for chunk in chunks:
+            for layer in (m for m in chunk.modules() if hasattr(m, "layer_number") and hasattr(m, "mlp")):
+                router = getattr(layer.mlp, "router", None)
+                if isinstance(router, TopKRouter):
+                    self.routers.append(router)
+                    rows.append(_moe_row(layer.layer_number, router.config))
+        config = self.routers[0].config if self.routers else None
         self.num_domains = num_domains
-        self.num_experts = self.routers[0].config.num_moe_experts if self.routers else 0
-        self.topk = self.routers[0].config.moe_router_topk if self.routers else 0
-        L, D, E = len(self.routers), num_domains, self.num_experts
+        self.num_experts = config.num_moe_experts if config else 0
+        self.topk = config.moe_router_topk if config else 0
+        self.rows = rows  # router i -> its global MoE-layer row
+        self.num_moe_layers = _num_moe_layers(config) if config else 0
+        L, D, E = self.num_moe_layers, num_domains, self.num_experts
         # float32 is exact for counts below 2**24 token slots per flush window (thousands of steps)
         self.count_LDE = torch.zeros(L, D, E, dtype=torch.float32, device=device)
         self.gate_LDE = torch.zeros(L, D, E, dtype=torch.float32, device=device)
@@ -37,7 +52,7 @@ class RoutingCapture:
         self.domain_B: torch.Tensor | None = None
         self._onehot: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (T, onehot_DT, ntok_D)
         self.enabled = True
-        self._handles = [r.register_forward_hook(self._hook(layer)) for layer, r in enumerate(self.routers)]
+        self._handles = [r.register_forward_hook(self._hook(row)) for row, r in zip(rows, self.routers)]
 
     def set_batch_domains(self, domain_B: torch.Tensor) -> None:
         """Call before each microbatch's forward: the domain id of every sample in it."""
@@ -66,7 +81,7 @@ class RoutingCapture:
         return hook
 
     def flush(self, group=None) -> dict[str, np.ndarray]:
-        """All-reduce over ``group`` (data parallel), return numpy copies, zero the accumulators."""
+        """Sum over ``group`` (default: every rank), return numpy copies, zero the accumulators."""
         stacked = [self.count_LDE, self.gate_LDE, self.ntok_LD]
         if dist.is_initialized() and dist.get_world_size(group) > 1:
             for t in stacked:
@@ -82,8 +97,42 @@ class RoutingCapture:
         biases = [getattr(r, "expert_bias", None) for r in self.routers]
         if not biases or any(b is None for b in biases):
             return None
-        return torch.stack([b.detach().float().cpu() for b in biases]).numpy()
+        out = np.zeros((self.num_moe_layers, self.num_experts), dtype=np.float32)
+        for row, b in zip(self.rows, biases):
+            out[row] = b.detach().float().cpu().numpy()
+        return out
+
+    def expert_bias_all(self, group=None) -> np.ndarray | None:
+        """``expert_bias`` of every MoE layer (collective: pipeline ranks hold different layers)."""
+        if not self.routers or getattr(self.routers[0], "expert_bias", None) is None:
+            return None
+        local = torch.as_tensor(self.expert_bias())
+        if dist.is_initialized() and dist.get_world_size(group) > 1:
+            # each layer's bias is identical on the ranks that hold it: sum, then divide by holders
+            held = torch.zeros(self.num_moe_layers)
+            held[self.rows] = 1.0
+            dist.all_reduce(local, group=group)
+            dist.all_reduce(held, group=group)
+            local = local / held.clamp(min=1).unsqueeze(1)
+        return local.numpy()
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def _moe_layer_mask(config) -> list[bool]:
+    """megatron's ``moe_layer_freq``: an int n (every n-th layer from the first) or a 0/1 list."""
+    freq = config.moe_layer_freq
+    if isinstance(freq, int):
+        return [i % freq == 0 for i in range(config.num_layers)]
+    return [bool(x) for x in freq]
+
+
+def _num_moe_layers(config) -> int:
+    return sum(_moe_layer_mask(config))
+
+
+def _moe_row(layer_number: int, config) -> int:
+    """Row of 1-based global layer ``layer_number`` among the MoE layers."""
+    return sum(_moe_layer_mask(config)[: layer_number - 1])

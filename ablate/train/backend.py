@@ -29,6 +29,17 @@ class Layout:
     dp: int
     dp_rank: int
     device: torch.device
+    tp: int = 1
+    pp: int = 1
+    vp: int = 1
+    ep: int = 1
+    cp: int = 1
+    cp_rank: int = 0
+
+    def describe(self) -> dict:
+        """The layout a checkpoint records (and a resume compares)."""
+        return {"world_size": self.world_size, "tp": self.tp, "pp": self.pp, "vp": self.vp, "ep": self.ep,
+                "cp": self.cp, "dp": self.dp}
 
 
 def pick_backend(recipe: Recipe) -> str:
@@ -56,11 +67,10 @@ def init(recipe: Recipe) -> Layout:
             dist.init_process_group("nccl" if backend == "cuda" else "gloo", init_method=f"file://{store}",
                                     rank=0, world_size=1)
     world, rank = dist.get_world_size(), dist.get_rank()
+    check_layout(recipe, world, backend)
     par = recipe.parallelism
     where = f"{recipe._path}: parallelism"
     model_parallel = par.tp * par.pp * par.cp
-    if world % model_parallel:
-        raise AblateError(f"{where}: tp x pp x cp = {model_parallel} does not divide the {world} processes")
     dp = world // model_parallel
     if backend == "cuda" and world > torch.cuda.device_count() * int(os.environ.get("NNODES", os.environ.get("SLURM_NNODES", 1))):
         raise AblateError(f"{where}: {world} processes but only {torch.cuda.device_count()} GPUs per node")
@@ -74,10 +84,56 @@ def init(recipe: Recipe) -> Layout:
     from megatron.core import parallel_state
 
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(par.tp, par.pp, context_parallel_size=par.cp,
-                                                 expert_model_parallel_size=par.ep)
+        parallel_state.initialize_model_parallel(
+            par.tp, par.pp, virtual_pipeline_model_parallel_size=par.vp if par.pp > 1 and par.vp > 1 else None,
+            context_parallel_size=par.cp, expert_model_parallel_size=par.ep)
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "cuda" else torch.device("cpu")
-    return Layout(backend, rank, world, dp, parallel_state.get_data_parallel_rank(), device)
+    return Layout(backend, rank, world, dp, parallel_state.get_data_parallel_rank(), device, tp=par.tp, pp=par.pp,
+                  vp=par.vp, ep=par.ep, cp=par.cp, cp_rank=parallel_state.get_context_parallel_rank())
+
+
+def check_layout(recipe: Recipe, world: int, backend: str) -> None:
+    """Everything about the parallel layout that can be said before any group exists, each in
+    one line naming the field (pp that does not divide the layers, cp that does not divide the
+    sequence, more model-parallel ranks than processes, a precision the device cannot do)."""
+    par, model, train = recipe.parallelism, recipe.model, recipe.training
+    where = f"{recipe._path}: parallelism"
+    model_parallel = par.tp * par.pp * par.cp
+    if model_parallel > world:
+        raise AblateError(f"{where}: tp x pp x cp = {par.tp} x {par.pp} x {par.cp} = {model_parallel} ranks, but this "
+                          f"run has {world} process(es); launch with torchrun --nproc-per-node {model_parallel} (or more)")
+    if world % model_parallel:
+        raise AblateError(f"{where}: tp x pp x cp = {model_parallel} does not divide the {world} processes")
+    chunks = par.pp * (par.vp if par.pp > 1 else 1)
+    if model.num_layers % chunks:
+        what = f"pp x vp = {par.pp} x {par.vp}" if par.vp > 1 else f"pp = {par.pp}"
+        raise AblateError(f"{where}.pp: {what} pipeline chunks do not divide model.num_layers = {model.num_layers}")
+    if par.cp > 1 and train.seq_length % (2 * par.cp):
+        raise AblateError(f"{where}.cp: {par.cp} needs training.seq_length divisible by 2 x cp = {2 * par.cp} "
+                          f"(megatron's load-balanced split), got {train.seq_length}")
+    if par.tp > 1 and train.seq_length % (par.tp * par.cp):
+        raise AblateError(f"{where}.tp: sequence parallelism needs training.seq_length ({train.seq_length}) "
+                          f"divisible by tp x cp = {par.tp * par.cp}")
+    if model.num_attention_heads % par.tp:
+        raise AblateError(f"{where}.tp: {par.tp} does not divide model.num_attention_heads = {model.num_attention_heads}")
+    if model.num_experts and model.num_experts % par.ep:
+        raise AblateError(f"{where}.ep: {par.ep} does not divide model.num_experts = {model.num_experts}")
+    if par.ep > 1 and not model.num_experts:
+        raise AblateError(f"{where}.ep: {par.ep} needs an MoE model (model.num_experts is 0)")
+    half = train.precision
+    if backend == "cpu" and half == "fp16":
+        raise AblateError(f"{recipe._path}: training.precision: fp16 is not supported on the CPU backend "
+                          "(use bf16 or fp32)")
+    if backend == "cuda" and half == "bf16" and not torch.cuda.is_bf16_supported():
+        raise AblateError(f"{recipe._path}: training.precision: bf16 is not supported by {torch.cuda.get_device_name()} "
+                          "(use fp16 or fp32)")
+    if backend == "cpu" and (par.overlap_grad_reduce or par.overlap_param_gather):
+        raise AblateError(f"{where}.overlap_grad_reduce/overlap_param_gather: CUDA only (they overlap on CUDA streams)")
+    if backend == "cpu" and model.moe_grouped_gemm:
+        raise AblateError(f"{recipe._path}: model.moe_grouped_gemm: CUDA only")
+    if backend == "cpu" and model.moe_token_dispatcher_type == "alltoall":
+        raise AblateError(f"{recipe._path}: model.moe_token_dispatcher_type: alltoall is CUDA only (it creates a CUDA "
+                          "stream); use allgather or auto")
 
 
 def _remove_store(path: str) -> None:

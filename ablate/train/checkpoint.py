@@ -1,13 +1,23 @@
-"""Checkpoints and the run directory's ``status.json``.
+"""Checkpoints through megatron-core's ``dist_checkpointing``, and the run's ``status.json``.
 
-``<run_dir>/checkpoints/step_<N>/`` holds one ``rank<r>.pt`` per rank (model, optimizer and
-RNG state: experts are sharded across expert-parallel ranks, so every rank saves its own) and
-``train_state.json``, written by rank 0 *last*, after every rank has finished writing. Its
-presence marks the checkpoint complete: ``--resume auto`` never picks a half-written one.
-Every file is written to a temporary name and renamed.
+``<run_dir>/checkpoints/step_<N>/``:
 
-This is the CPU backend's format (megatron-core's ``dist_checkpointing`` touches CUDA on
-0.16); it follows the same contract: what a step needs to continue bitwise.
+* ``weights/``: model and optimizer state as megatron sharded tensors (every rank writes its
+  own shards once: no replica is written twice). The optimizer state uses the
+  ``fully_reshardable`` format, so a checkpoint loads into another tp / pp / vp / dp / world size;
+* ``rng/rank<r>.pt``: each rank's generator states (restored only at the same layout);
+* ``train_state.json``: step, tokens, plan fingerprint and the layout, written by rank 0
+  **last**, after every rank has finished. Its presence marks the checkpoint complete:
+  ``--resume auto`` never picks a half-written one.
+
+Resume at another layout loads the model through megatron's resharding. The optimizer state
+follows, except across an expert-parallel change (its chained sub-optimizers differ in number):
+that is one clear error naming both layouts and ``--reset-optimizer`` (model weights only).
+
+megatron's torch-Adam fallback (no Transformer Engine or Apex: every CPU run, and GPUs without
+TE) has two load bugs worked around here: the optimizer state must exist before it is loaded,
+and ``load_state_dict`` puts one shared ``step`` tensor into every parameter's state, which
+silently breaks Adam's bias correction after a resume (each param gets its own copy).
 """
 
 from __future__ import annotations
@@ -25,24 +35,24 @@ import torch.distributed as dist
 
 from ablate.errors import AblateError
 from ablate.io import atomic_path, write_json_atomic
+from ablate.run_layout import RunLayout
 
 TRAIN_STATE = "train_state.json"
+WEIGHTS = "weights"
+# the optimizer's format: reshardable across every layout change megatron supports
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
 
 
 def checkpoint_dir(run_dir: str, step: int) -> str:
-    return os.path.join(run_dir, "checkpoints", f"step_{step:08d}")
+    return RunLayout(run_dir).checkpoint(step)
 
 
 def complete_checkpoints(run_dir: str) -> list[str]:
-    root = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(root):
-        return []
-    dirs = sorted(d for d in os.listdir(root) if d.startswith("step_"))
-    return [os.path.join(root, d) for d in dirs if os.path.isfile(os.path.join(root, d, TRAIN_STATE))]
+    return RunLayout(run_dir).complete_checkpoints()
 
 
 def remove_incomplete(run_dir: str) -> None:
-    root = os.path.join(run_dir, "checkpoints")
+    root = RunLayout(run_dir).checkpoints
     if os.path.isdir(root):
         for d in os.listdir(root):
             if d.startswith("step_") and not os.path.isfile(os.path.join(root, d, TRAIN_STATE)):
@@ -50,71 +60,169 @@ def remove_incomplete(run_dir: str) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "tracker": get_cuda_rng_tracker().get_states()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(run_dir: str, step: int, model, optimizer, train_state: dict, keep: int) -> str:
-    """Save from every rank; returns the checkpoint directory."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    path = checkpoint_dir(run_dir, step)
-    os.makedirs(path, exist_ok=True)
-    _torch_save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()},
-                       os.path.join(path, f"rank{rank}.pt"))
+def _model_state(modules) -> dict:
+    """megatron's sharded state dict of every chunk: tensor keys are global (layer offsets,
+    expert numbers), so any pipeline / virtual / expert split of the same model loads them."""
+    if len(modules) == 1:
+        return {"model": modules[0].sharded_state_dict()}
+    return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(modules)}
+
+
+def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-    if rank == 0:
-        write_json_atomic(os.path.join(path, TRAIN_STATE), train_state)
+
+
+def save(run_dir: str, step: int, engine, train_state: dict, keep: int) -> str:
+    """Save ``checkpoints/step_<N>`` from every rank (collective), keep the newest ``keep``."""
+    path = save_to(checkpoint_dir(run_dir, step), engine, train_state)
+    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
         for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
+    _barrier()
     return path
 
 
-def load(path: str, model, optimizer) -> dict:
-    """Load this rank's state from a complete checkpoint; returns its train_state."""
+def save_to(path: str, engine, train_state: dict) -> str:
+    """Model, optimizer and RNG into ``path`` from every rank (collective); ``train_state.json`` last."""
+    from megatron.core import dist_checkpointing
+
     rank = dist.get_rank() if dist.is_initialized() else 0
+    weights = os.path.join(path, WEIGHTS)
+    if rank == 0:
+        if os.path.isdir(path):  # an incomplete one of a killed run: never reused
+            shutil.rmtree(path)
+        os.makedirs(weights)
+        os.makedirs(os.path.join(path, "rng"))
+    _barrier()
+    state = _model_state(engine.modules)
+    state["optimizer"] = engine.optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
+    dist_checkpointing.save(state, weights, content_metadata=OPTIMIZER_METADATA)
+    with atomic_path(os.path.join(path, "rng", f"rank{rank}.pt")) as tmp:
+        torch.save(rng_state(), tmp)
+    _barrier()
+    if rank == 0:
+        write_json_atomic(os.path.join(path, TRAIN_STATE), train_state)
+    _barrier()
+    return path
+
+
+def read_train_state(path: str) -> dict:
     with open(os.path.join(path, TRAIN_STATE)) as f:
-        train_state = json.load(f)
-    state = torch.load(os.path.join(path, f"rank{rank}.pt"), map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
+        return json.load(f)
+
+
+def load(path: str, engine, layout: dict, reset_optimizer: bool = False) -> dict:
+    """Load a complete checkpoint into ``engine`` (collective); returns its train_state.
+
+    Same layout: model, optimizer and RNG, bitwise. Another layout: model and optimizer
+    resharded by megatron (RNG streams are per rank and start afresh). ``reset_optimizer``:
+    model weights only.
+    """
+    from megatron.core import dist_checkpointing
+
+    train_state = read_train_state(path)
+    saved = train_state.get("layout", {})
+    same = saved == layout
+    if not reset_optimizer and not same and saved.get("ep") != layout.get("ep"):
+        raise AblateError(
+            f"{path}: saved with {_describe(saved)}, this run is {_describe(layout)}: megatron cannot reshard the "
+            "optimizer state across an expert-parallel change; resume with --reset-optimizer (model weights only, "
+            "the optimizer starts fresh) or with ep=" + str(saved.get("ep")))
+    state = _model_state(engine.modules)
+    if not reset_optimizer:
+        # the torch-Adam fallback creates its state lazily: it must exist to be loaded into
+        _init_optimizer_state(engine.optimizer)
+        state["optimizer"] = engine.optimizer.sharded_state_dict(state, is_loading=True, metadata=OPTIMIZER_METADATA)
+    loaded = dist_checkpointing.load(state, os.path.join(path, WEIGHTS))
+    for key, module in zip(sorted(k for k in loaded if k.startswith("model")), engine.modules):
+        module.load_state_dict(loaded[key], strict=True)
+    if reset_optimizer:
+        engine.optimizer.reload_model_params()  # fp32 main params from the loaded weights
+    else:
+        engine.optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_adam_step(engine.optimizer)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    rng = os.path.join(path, "rng", f"rank{rank}.pt")
+    if same and os.path.isfile(rng):
+        set_rng_state(torch.load(rng, map_location="cpu", weights_only=False))
     return train_state
 
 
-def check_compatible(path: str, plan_fingerprint: str, world_size: int) -> dict:
-    with open(os.path.join(path, TRAIN_STATE)) as f:
-        state = json.load(f)
+def load_model_weights(path: str, modules) -> None:
+    """Only the model weights of a complete checkpoint, any layout, into ``modules`` (collective;
+    one process for ``ablate eval``, or every rank of a run that starts from them)."""
+    from megatron.core import dist_checkpointing
+
+    weights = os.path.join(path, WEIGHTS)
+    if not os.path.isdir(weights):
+        raise AblateError(f"{path}: no {WEIGHTS}/ directory here (not a checkpoint written by this version of ablate)")
+    state = _model_state(modules)
+    try:
+        loaded = dist_checkpointing.load(state, weights)
+    except Exception as exc:
+        raise AblateError(f"{path}: its weights do not fit this model ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300]})") from exc
+    for key, module in zip(sorted(k for k in loaded if k.startswith("model")), modules):
+        module.load_state_dict(loaded[key], strict=True)
+
+
+def _init_optimizer_state(optimizer) -> None:
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+            opt._init_optimizer_states_with_dummy_values()
+        elif getattr(opt, "init_state_fn", None) is not None:
+            opt.init_state_fn(opt.optimizer, opt.config)
+
+
+def _unshare_adam_step(optimizer) -> None:
+    """torch's Adam keeps ``step`` per parameter; megatron's load hands all of them one tensor."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None:
+            continue
+        for st in inner.state.values():
+            if isinstance(st.get("step"), torch.Tensor):
+                st["step"] = st["step"].clone()
+
+
+def _describe(layout: dict) -> str:
+    keys = ("world_size", "tp", "pp", "vp", "ep", "cp", "dp")
+    return "(" + ", ".join(f"{k}={layout.get(k)}" for k in keys if k in layout) + ")"
+
+
+def check_compatible(path: str, plan_fingerprint: str) -> dict:
+    state = read_train_state(path)
     if state.get("plan_fingerprint") != plan_fingerprint:
         raise AblateError(f"{path}: this checkpoint is from a different recipe or data (plan "
                           f"{state.get('plan_fingerprint')}, this run's plan {plan_fingerprint}); "
                           "use another run_dir or --resume never")
-    if state.get("world_size") != world_size:
-        raise AblateError(f"{path}: saved with {state.get('world_size')} processes, this run has {world_size}; "
-                          "resume with the same number of processes")
     return state
-
-
-def _torch_save_atomic(obj, path: str) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def write_status(run_dir: str, state: str, **extra) -> None:
     """``status.json``: state (pending/running/completed/failed/preempted), times, host, why."""
-    path = os.path.join(run_dir, "status.json")
+    path = RunLayout(run_dir).status
     previous = {}
     if os.path.exists(path):
         with open(path) as f:

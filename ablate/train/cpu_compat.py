@@ -1,30 +1,57 @@
 """Every adaptation megatron-core 0.16 needs to train on CPU, in one place, applied only on CPU.
 
-The model, routers, dispatchers and datasets are megatron-core's own; what changes here is only
-where they assume CUDA (see the design notes, MEGATRON_NOTES.md):
+The model, routers, dispatchers, schedules, optimizer and checkpointing are megatron-core's own;
+what changes here is only where they assume CUDA (see the design notes, MEGATRON_NOTES.md).
+Each adaptation is as narrow as it can be:
 
-1. ``torch.cuda.current_device()`` is called to *place* tensors (rotary embedding frequencies,
-   router state, expert bookkeeping). On the CPU backend it answers the CPU device.
+1. ``torch.cuda.current_device()`` is called to *place* tensors (rotary frequencies, router
+   state, optimizer buffers). On the CPU backend it answers the CPU device.
 2. ``moe_utils.router_gating_linear`` reads a module global ``te_general_gemm`` that is only
    defined when Transformer Engine imports; it is defined as ``None`` (the torch path).
 3. The local ``DotProductAttention`` takes its score buffer from a CUDA global memory buffer;
-   the layer spec's ``core_attention`` is swapped for ``SDPACoreAttention``, the same contract
-   over ``torch.nn.functional.scaled_dot_product_attention`` (swapping submodules in a spec is
-   megatron-core's intended extension point).
-4. The alltoall token dispatcher creates a ``torch.cuda.Stream`` in its constructor; the CPU
-   backend uses the ``allgather`` dispatcher (set in the model config, see ``model.py``).
+   the layer spec's ``core_attention`` is swapped for ``SDPACoreAttention`` (``model.py``),
+   which both backends use without Transformer Engine.
+4. ``device="cuda"`` literals in the pipeline schedules (the token counter), the optimizer and
+   its grad clipping (found-inf flags, norms) and the dist-checkpoint exchange: each of those
+   *modules* sees a stand-in for ``torch`` whose factory functions place ``"cuda"`` on the CPU.
+   Nothing outside those modules is affected.
+5. ``Tensor.type()`` is compared with ``'torch.cuda.FloatTensor'`` (and the half names) when
+   megatron's mixed-precision optimizer sorts its parameters and when its clipping asserts fp32
+   grads. The CUDA names are answered **only inside** those two calls (``cuda_type_names``).
+6. ``torch.cuda.synchronize()`` in the pipeline p2p code, the async checkpoint writer and the
+   checkpoint exchange: a no-op on CPU, scoped to those modules' stand-ins. (The schedules must
+   also run with ``batch_p2p_sync=False``.)
+7. The RNG tracker (``tensor_parallel.random``) keeps *CUDA* generator states per name; on CPU
+   a tracker with the same contract keeps CPU generator states, so ``fork()`` draws from its
+   own stream exactly as on a GPU (``CpuRNGStatesTracker``).
+8. The optimizer's ``Tensor.cuda()`` calls when it moves state (``distrib_optimizer``) go
+   through the stand-in's tensors unchanged (they are already on the CPU).
 
-``apply()`` is idempotent and refuses to run when CUDA is in use; ``applied()`` says whether it
-ran (tests check that the CUDA backend never applies it).
+``apply()`` is idempotent and refuses to run in a process that uses CUDA; ``applied()`` says
+whether it ran (a test checks that the CUDA backend never applies it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import types
+
 import torch
-import torch.nn.functional as F
-from megatron.core.transformer.module import MegatronModule
 
 _STATE = {"applied": False, "original_current_device": None}
+
+# modules whose ``device="cuda"`` literals and ``torch.cuda.synchronize()`` calls are redirected (4, 6)
+CUDA_LITERAL_MODULES = (
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.pipeline_parallel.p2p_communication",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.distrib_optimizer",
+    "megatron.core.utils",
+    "megatron.core.dist_checkpointing.strategies.filesystem_async",
+    "megatron.core.dist_checkpointing.exchange_utils",
+)
 
 
 def apply() -> None:
@@ -33,11 +60,21 @@ def apply() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         raise RuntimeError("the CPU adaptations must not be applied in a process that uses CUDA")
     import megatron.core.transformer.moe.moe_utils as moe_utils
+    from megatron.core.tensor_parallel import random as mp_random
 
     _STATE["original_current_device"] = torch.cuda.current_device
     torch.cuda.current_device = _cpu_device  # (1)
     if not hasattr(moe_utils, "te_general_gemm"):  # (2)
         moe_utils.te_general_gemm = None
+    stand_in = _CpuTorch()
+    for name in CUDA_LITERAL_MODULES:  # (4, 6)
+        module = importlib.import_module(name)
+        if getattr(module, "torch", None) is torch:
+            module.torch = stand_in
+    _wrap_type_checks()  # (5)
+    # (7) the tracker megatron's code asks for; model_parallel_cuda_manual_seed seeds it
+    mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
+    mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
     _STATE["applied"] = True
 
 
@@ -49,34 +86,150 @@ def _cpu_device() -> torch.device:
     return torch.device("cpu")
 
 
-class SDPACoreAttention(MegatronModule):
-    """(3) ``DotProductAttention``'s contract: q, k, v ``[seq, batch, heads, head_dim]`` in,
-    ``[seq, batch, heads * head_dim]`` out; causal; attention dropout from the config."""
-
-    def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
-                 softmax_scale=None, cp_comm_type=None, pg_collection=None):
-        super().__init__(config=config)
-        self.softmax_scale = softmax_scale
-        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
-        assert packed_seq_params is None and attention_bias is None, "not supported on the CPU backend"
-        seq, batch = query.shape[:2]
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
-        if k.shape[1] != q.shape[1]:  # grouped-query attention: share each k/v head
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-        sq, sk = q.shape[2], k.shape[2]
-        # with a KV cache (megatron-core's inference context) new queries come after sk - sq cached
-        # keys: causal from the bottom right, which SDPA's is_causal (top left) is not
-        mask = None if sq == sk else torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        return out.permute(2, 0, 1, 3).reshape(seq, batch, -1)
+def _cpu(device):
+    if device is None:
+        return None
+    if isinstance(device, int) or str(device).startswith("cuda"):
+        return torch.device("cpu")
+    return device
 
 
-def cpu_layer_spec(spec):
-    """The local layer spec with ``core_attention`` swapped for ``SDPACoreAttention``."""
-    spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
-    return spec
+class _CpuCuda(types.ModuleType):
+    """``torch.cuda`` as seen from the redirected modules: ``synchronize`` is a no-op (6)."""
+
+    def __init__(self):
+        super().__init__("torch.cuda")
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+    @staticmethod
+    def synchronize(device=None):
+        return None
+
+
+class _CpuTorch(types.ModuleType):
+    """``torch`` as seen from the redirected modules: factories place ``"cuda"`` on the CPU (4)."""
+
+    _FACTORIES = ("tensor", "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like",
+                  "empty_like", "full_like", "randn", "rand")
+
+    def __init__(self):
+        super().__init__("torch")
+        self.cuda = _CpuCuda()
+        for name in self._FACTORIES:
+            setattr(self, name, self._placed(getattr(torch, name)))
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _placed(fn):
+        def factory(*args, **kwargs):
+            if "device" in kwargs:
+                kwargs["device"] = _cpu(kwargs["device"])
+            kwargs.pop("pin_memory", None)
+            return fn(*args, **kwargs)
+
+        factory.__name__ = fn.__name__
+        return factory
+
+
+_CUDA_NAMES = {torch.float32: "torch.cuda.FloatTensor", torch.float16: "torch.cuda.HalfTensor",
+               torch.bfloat16: "torch.cuda.BFloat16Tensor"}
+_TYPE_SCOPE = {"depth": 0}
+_ORIGINAL_TYPE = torch.Tensor.type
+
+
+def _scoped_type(self, dtype=None, non_blocking=False, **kwargs):
+    if dtype is None and _TYPE_SCOPE["depth"] and self.dtype in _CUDA_NAMES:
+        return _CUDA_NAMES[self.dtype]
+    if dtype is None:
+        return _ORIGINAL_TYPE(self)
+    return _ORIGINAL_TYPE(self, dtype, non_blocking, **kwargs)
+
+
+@contextlib.contextmanager
+def cuda_type_names():
+    """Inside this block (only), ``Tensor.type()`` answers the CUDA type names (5)."""
+    _TYPE_SCOPE["depth"] += 1
+    try:
+        yield
+    finally:
+        _TYPE_SCOPE["depth"] -= 1
+
+
+def type_names_scoped() -> bool:
+    """Whether ``Tensor.type()`` answers CUDA names right now (tests: never outside the scope)."""
+    return _TYPE_SCOPE["depth"] > 0
+
+
+def _wrap_type_checks() -> None:
+    """Enter ``cuda_type_names`` around megatron's param sorting and fp32 grad clipping only."""
+    from megatron.core.optimizer import clip_grads, distrib_optimizer
+    from megatron.core.optimizer import optimizer as mp_optimizer
+
+    torch.Tensor.type = _scoped_type  # answers the real name whenever the scope is not entered
+
+    def scoped(fn):
+        def wrapper(*args, **kwargs):
+            with cuda_type_names():
+                return fn(*args, **kwargs)
+
+        wrapper.__wrapped__ = fn
+        return wrapper
+
+    # the optimizer module imported the clip function by name: wrap its reference there
+    mp_optimizer.clip_grad_by_total_norm_fp32 = scoped(clip_grads.clip_grad_by_total_norm_fp32)
+    for cls in (mp_optimizer.Float16OptimizerWithFloat16Params, distrib_optimizer.DistributedOptimizer):
+        cls.__init__ = scoped(cls.__init__)  # sorts its params by type name (and builds the groups)
+
+
+class CpuRNGStatesTracker:
+    """megatron's ``CudaRNGStatesTracker`` contract over CPU generator states (7).
+
+    ``add(name, seed)`` records the state ``torch.manual_seed(seed)`` gives without disturbing the
+    default stream; ``fork(name)`` runs its block on that named stream and saves where it ended.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def is_initialized(self):
+        return self._is_initialized
+
+    def reset(self):
+        self._is_initialized = False
+        self.states_ = {}
+        self.seeds_ = set()
+
+    def get_states(self):
+        return {k: v.clone() for k, v in self.states_.items()}
+
+    def set_states(self, states):
+        self._is_initialized = True
+        self.states_ = {k: v.clone() for k, v in states.items()}
+
+    def add(self, name, seed):
+        self._is_initialized = True
+        if seed in self.seeds_:
+            raise Exception(f"seed {seed} already exists")
+        self.seeds_.add(seed)
+        if name in self.states_:
+            raise Exception(f"rng state {name} already exists")
+        original = torch.get_rng_state()
+        torch.manual_seed(seed)
+        self.states_[name] = torch.get_rng_state()
+        torch.set_rng_state(original)
+
+    @contextlib.contextmanager
+    def fork(self, name="model-parallel-rng"):
+        if name not in self.states_:
+            raise Exception(f"rng state {name} is not added")
+        original = torch.get_rng_state()
+        torch.set_rng_state(self.states_[name])
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(original)

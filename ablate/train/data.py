@@ -5,6 +5,9 @@ Global step ``t`` of stage ``k`` uses that stage's blend samples ``[t * G, (t + 
 ``r``, split into micro-batches (megatron's pretraining sampler does the same). A step never
 mixes two stages, since every stage is a whole number of steps (see ``recipe.plan``).
 
+Under context parallelism every rank of a context-parallel group reads the same samples and
+keeps its part of the sequence (``_cp_slice``).
+
 Every sample's ``dataset_id`` maps to a domain index, so each token's domain is known: for the
 per-domain loss, the per-domain token counts and the routing capture.
 """
@@ -30,9 +33,10 @@ class Microbatch:
 
 class StagedData:
     def __init__(self, plan: Plan, blends: list, micro_batch_size: int, dp_rank: int, dp_size: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", cp_rank: int = 0, cp_size: int = 1):
         self.plan, self.blends, self.device = plan, blends, device
         self.mbs, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
+        self.cp_rank, self.cp_size = cp_rank, cp_size
         self.gbs = plan.global_batch_size
         self.domains = sorted({d.domain for s in plan.stages for d in s.datasets})
         self.stage_steps = [s.steps for s in plan.stages]
@@ -63,10 +67,18 @@ class StagedData:
         out = []
         for m in range(local // self.mbs):
             samples = [blend[i] for i in range(start + m * self.mbs, start + (m + 1) * self.mbs)]
-            stack = lambda key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(self.device)  # noqa: E731
+            stack = lambda key: self._cp_slice(torch.stack([torch.as_tensor(s[key]) for s in samples])).to(self.device)  # noqa: E731
             ids = np.array([int(s["dataset_id"]) for s in samples])
             out.append(Microbatch(
                 tokens_BS=stack("tokens").long(), labels_BS=stack("labels").long(),
                 loss_mask_BS=stack("loss_mask").float(), position_ids_BS=stack("position_ids").long(),
                 domain_B=torch.as_tensor(self._domain_of[k][ids], device=self.device)))
         return out
+
+    def _cp_slice(self, x_BS: torch.Tensor) -> torch.Tensor:
+        """This context-parallel rank's part of the sequence: megatron's load-balanced split
+        (2 cp chunks; rank r holds chunks r and 2cp-1-r, as ``get_batch_on_this_cp_rank``)."""
+        if self.cp_size == 1:
+            return x_BS
+        chunks = x_BS.chunk(2 * self.cp_size, dim=1)
+        return torch.cat([chunks[self.cp_rank], chunks[2 * self.cp_size - 1 - self.cp_rank]], dim=1)

@@ -1,8 +1,10 @@
 """Model provider: a recipe's ``model`` section -> megatron-core ``GPTModel`` with MoE layers.
 
 The layer specs are megatron-core's: Transformer Engine's when it imports (CUDA), the local
-ones otherwise; on the CPU backend the local spec's core attention is swapped for SDPA (see
-``cpu_compat``). ``moe_layer_freq`` lets dense and MoE layers alternate.
+ones otherwise, with SDPA core attention (flash / memory-efficient kernels on CUDA, never the
+unfused seq x seq scores) and a sequence-parallel-capable norm (``layers.py``). Swapping
+submodules in a spec is megatron-core's extension point. ``moe_layer_freq`` lets dense and MoE
+layers alternate.
 """
 
 from __future__ import annotations
@@ -21,22 +23,38 @@ def padded_vocab_size(vocab_size: int, multiple: int, tp: int) -> int:
     return int(math.ceil(vocab_size / step) * step)
 
 
-def transformer_config(recipe: Recipe, backend: str):
+def transformer_config(recipe: Recipe, backend: str, te: bool | None = None):
+    """megatron-core ``TransformerConfig`` for this recipe on this backend (validated by megatron)."""
     from megatron.core.transformer import TransformerConfig
 
     m: ModelConfig = recipe.model
     par = recipe.parallelism
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.training.precision]
+    train = recipe.training
+    te = _te_available() if te is None else te
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
     moe = m.num_experts > 0
+    cuda = backend == "cuda"
+    dispatcher = m.moe_token_dispatcher_type
+    if dispatcher == "auto":  # alltoall creates a CUDA stream in its constructor: CUDA only
+        dispatcher = "alltoall" if cuda else "allgather"
+    recompute = {"none": {}, "selective": dict(recompute_granularity="selective"),
+                 "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)}
     return TransformerConfig(
         num_layers=m.num_layers, hidden_size=m.hidden_size, num_attention_heads=m.num_attention_heads,
         ffn_hidden_size=m.ffn_hidden_size, normalization=m.normalization, init_method_std=m.init_method_std,
         add_bias_linear=False, gated_linear_unit=True, activation_func=F.silu,
         hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=par.tp, pipeline_model_parallel_size=par.pp,
+        virtual_pipeline_model_parallel_size=par.vp if par.pp > 1 and par.vp > 1 else None,
         expert_model_parallel_size=par.ep, context_parallel_size=par.cp,
+        # megatron refuses MoE + TP without sequence parallelism; with TP it is always on
         sequence_parallel=par.tp > 1,
-        params_dtype=dtype, bf16=dtype is torch.bfloat16, fp16=dtype is torch.float16,
+        params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype is torch.bfloat16, fp16=dtype is torch.float16,
+        # the loss function returns (sum, tokens): finalize_model_grads divides by the global
+        # token count, so every layout computes the same per-token mean as one process
+        calculate_per_token_loss=True,
+        # batched isend/irecv between one pair of ranks is silently wrong on gloo (MEGATRON_NOTES)
+        batch_p2p_comm=cuda, batch_p2p_sync=cuda,
         num_moe_experts=m.num_experts if moe else None,
         moe_ffn_hidden_size=(m.moe_ffn_hidden_size or m.ffn_hidden_size) if moe else None,
         moe_router_topk=m.moe_router_topk if moe else 2,
@@ -47,42 +65,60 @@ def transformer_config(recipe: Recipe, backend: str):
         moe_z_loss_coeff=m.moe_z_loss_coeff,
         moe_router_enable_expert_bias=m.moe_router_enable_expert_bias,
         moe_shared_expert_intermediate_size=m.moe_shared_expert_intermediate_size,
-        moe_grouped_gemm=False,
-        # alltoall creates a CUDA stream in its constructor: CUDA only (see cpu_compat)
-        moe_token_dispatcher_type="alltoall" if backend == "cuda" else "allgather",
-        use_cpu_initialization=backend == "cpu",
+        moe_grouped_gemm=m.moe_grouped_gemm,
+        moe_token_dispatcher_type=dispatcher,
+        **recompute[train.recompute],
+        use_cpu_initialization=not cuda,
         # fused kernels are CUDA kernels
-        bias_activation_fusion=backend == "cuda", bias_dropout_fusion=backend == "cuda",
+        bias_activation_fusion=cuda, bias_dropout_fusion=cuda,
         masked_softmax_fusion=False, persist_layer_norm=False, apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
     )
 
 
-def build_model(recipe: Recipe, vocab_size: int, backend: str):
-    """megatron-core ``GPTModel`` for this recipe on this backend (call after parallel state)."""
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_layer_local_spec
+def layer_spec(config, backend: str, te: bool, vp_stage: int | None = None):
+    """megatron-core's layer specs: Transformer Engine's when it imports on CUDA; else the local
+    spec with SDPA core attention and a sequence-parallel-capable torch norm (the local spec's
+    ``WrappedTorchNorm`` refuses sequence parallelism, which MoE + TP requires)."""
+    from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_decoder_block_spec, get_gpt_layer_local_spec,
+                                                          get_gpt_layer_with_transformer_engine_spec)
 
-    config = transformer_config(recipe, backend)
-    use_te = backend == "cuda" and _te_available()
+    use_te = backend == "cuda" and te
     if config.num_moe_experts:
-        spec = get_gpt_decoder_block_spec(config, use_transformer_engine=use_te, normalization=config.normalization)
+        spec = get_gpt_decoder_block_spec(config, use_transformer_engine=use_te, normalization=config.normalization,
+                                          vp_stage=vp_stage)
         layers = spec.layer_specs
     else:
-        spec = get_gpt_layer_local_spec(normalization=config.normalization) if not use_te else \
-            _te_dense_spec()
+        spec = get_gpt_layer_with_transformer_engine_spec() if use_te else \
+            get_gpt_layer_local_spec(normalization=config.normalization)
         layers = [spec]
-    if backend == "cpu":
-        from ablate.train.cpu_compat import cpu_layer_spec
+    if not use_te:
+        from ablate.train.layers import SDPACoreAttention, SequenceParallelNorm
 
         for layer in layers:
-            cpu_layer_spec(layer)
+            layer.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+            layer.submodules.input_layernorm = SequenceParallelNorm
+            layer.submodules.pre_mlp_layernorm = SequenceParallelNorm
+        if config.num_moe_experts:
+            spec.layer_norm = SequenceParallelNorm
+    return spec
+
+
+def build_model(recipe: Recipe, vocab_size: int, backend: str, pre_process: bool = True, post_process: bool = True,
+                vp_stage: int | None = None, te: bool | None = None):
+    """megatron-core ``GPTModel`` (one pipeline chunk) for this recipe on this backend (call after
+    parallel state). One process, no pipelining: the whole model."""
+    from megatron.core.models.gpt import GPTModel
+
+    te = _te_available() if te is None else te
+    config = transformer_config(recipe, backend, te)
     model = GPTModel(
-        config=config, transformer_layer_spec=spec,
+        config=config, transformer_layer_spec=layer_spec(config, backend, te, vp_stage),
         vocab_size=padded_vocab_size(vocab_size, recipe.model.make_vocab_size_divisible_by, recipe.parallelism.tp),
         max_sequence_length=recipe.model.max_position_embeddings,
         position_embedding_type=recipe.model.position_embedding_type,
         share_embeddings_and_output_weights=False,
+        pre_process=pre_process, post_process=post_process, vp_stage=vp_stage,
     )
     if backend == "cuda":
         model = model.cuda()
@@ -95,12 +131,6 @@ def _te_available() -> bool:
     except Exception:
         return False
     return True
-
-
-def _te_dense_spec():
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
-
-    return get_gpt_layer_with_transformer_engine_spec()
 
 
 def count_parameters(model) -> int:

@@ -1,0 +1,75 @@
+"""The run directory's layout, in one place: every writer and reader asks this module.
+
+    runs/<name>/
+      recipe.yaml          the recipe, resolved (every default filled in)
+      plan.json            the compiled plan (exact tokens per stage and domain)
+      status.json          pending / running / completed / failed / preempted, and why
+      metrics.jsonl        one row per logged step (loss, per-domain loss and tokens, telemetry)
+      tb/                  TensorBoard events
+      routing/step_<N>.npz expert counts per layer, domain and expert since the previous flush
+      checkpoints/step_<N>/  weights/ (dist_checkpointing), rng/, train_state.json (written last)
+      eval/step_<N>.json   capability scores (``ablate eval``)
+
+Importing it imports nothing heavy (no torch).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+STEP_DIGITS = 8
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: str
+
+    @property
+    def recipe(self) -> str:
+        return os.path.join(self.root, "recipe.yaml")
+
+    @property
+    def plan(self) -> str:
+        return os.path.join(self.root, "plan.json")
+
+    @property
+    def status(self) -> str:
+        return os.path.join(self.root, "status.json")
+
+    @property
+    def metrics(self) -> str:
+        return os.path.join(self.root, "metrics.jsonl")
+
+    @property
+    def tensorboard(self) -> str:
+        return os.path.join(self.root, "tb")
+
+    @property
+    def routing_dir(self) -> str:
+        return os.path.join(self.root, "routing")
+
+    def routing(self, step: int) -> str:
+        return os.path.join(self.routing_dir, f"step_{step:0{STEP_DIGITS}d}.npz")
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.root, "checkpoints")
+
+    def checkpoint(self, step: int) -> str:
+        return os.path.join(self.checkpoints, f"step_{step:0{STEP_DIGITS}d}")
+
+    def complete_checkpoints(self) -> list[str]:
+        """Complete checkpoints (``train_state.json`` present), oldest first."""
+        if not os.path.isdir(self.checkpoints):
+            return []
+        dirs = sorted(d for d in os.listdir(self.checkpoints) if d.startswith("step_"))
+        return [os.path.join(self.checkpoints, d) for d in dirs
+                if os.path.isfile(os.path.join(self.checkpoints, d, "train_state.json"))]
+
+    @property
+    def eval_dir(self) -> str:
+        return os.path.join(self.root, "eval")
+
+    def eval_scores(self, step: int) -> str:
+        return os.path.join(self.eval_dir, f"step_{step}.json")
