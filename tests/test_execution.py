@@ -91,8 +91,8 @@ def humaneval():
 def test_all_164_humaneval_canonical_solutions_pass_and_all_empty_completions_fail(humaneval):
     problems = humaneval.problems()
     assert len(problems) == 164
-    cases = [humaneval.test_case(p, p["canonical_solution"]) for p in problems]
-    cases += [humaneval.test_case(p, "") for p in problems]
+    cases = [humaneval.execution_case(p, p["canonical_solution"]) for p in problems]
+    cases += [humaneval.execution_case(p, "") for p in problems]
     verdicts = check_programs(cases, timeout_s=10)
     canonical, empty = verdicts[:164], verdicts[164:]
     failed = [(p["task_id"], v.reason, v.detail) for p, v in zip(problems, canonical) if not v.passed]
@@ -106,5 +106,5 @@ def test_hostile_humaneval_completions_fail(humaneval):
     body = "    import sys\n    sys.exit(0)\n"
     hostile = [body, "    raise SystemExit\n", "    import os\n    os._exit(0)\n",
                p["canonical_solution"] + "\nimport sys\nsys.exit(0)\n"]
-    verdicts = check_programs([humaneval.test_case(p, c) for c in hostile])
+    verdicts = check_programs([humaneval.execution_case(p, c) for c in hostile])
     assert [v.reason for v in verdicts] == ["no-proof"] * 4

@@ -9,18 +9,22 @@ from ablate.evals.tasks.base import Task
 def registry() -> dict[str, Task]:
     from ablate.evals.tasks.bpb import BitsPerByte
     from ablate.evals.tasks.gsm8k import GSM8KChainOfThought, GSM8KGold, GSM8KProgramOfThought
+    from ablate.evals.tasks.hendrycks_math import MATHChainOfThought, MATHGold, MATHProgramOfThought
     from ablate.evals.tasks.humaneval import HumanEval, HumanEvalGold
+    from ablate.evals.tasks.mbpp import MBPP, MBPPGold
     from ablate.evals.tasks.probes import Probes
     from ablate.evals.tasks.routing import RoutingCapture
 
-    tasks = [BitsPerByte(), Probes(), RoutingCapture(), GSM8KGold(), HumanEvalGold(),
-             GSM8KChainOfThought(), GSM8KProgramOfThought(), HumanEval()]
+    tasks = [BitsPerByte(), Probes(), RoutingCapture(), GSM8KGold(), HumanEvalGold(), MBPPGold(), MATHGold(),
+             GSM8KChainOfThought(), GSM8KProgramOfThought(), HumanEval(), MBPP(), MATHChainOfThought(),
+             MATHProgramOfThought()]
     return {t.name: t for t in tasks}
 
 
 # scored by default: the likelihood tasks, the probes and the routing capture. The generative
-# benchmarks (GSM8K with generation, HumanEval pass@1) cost minutes even for a toy model.
-DEFAULT_TASKS = ("bpb", "probes", "routing", "gsm8k_gold", "humaneval_gold")
+# benchmarks (GSM8K and MATH with generation, HumanEval and MBPP pass@k) cost minutes even for a
+# toy model.
+DEFAULT_TASKS = ("bpb", "probes", "routing", "gsm8k_gold", "humaneval_gold", "mbpp_gold", "math_gold")
 
 
 def select(names: str | None) -> tuple[list[Task], bool]:

@@ -75,6 +75,22 @@ class Task(ABC):
         ...
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def benchmark_path(named: str | None, env: str, relative: str) -> tuple[str | None, bool]:
+    """A benchmark file: ``named`` (a CLI option), else ``$env``, else ``relative`` (e.g.
+    ``../shared/benchmarks/mbpp/mbpp.jsonl``) from the current directory, then from the
+    repository's parent. Returns (path or None, whether the user named it)."""
+    named = named or os.environ.get(env)
+    if named:
+        return named, True
+    for candidate in (relative, os.path.join(_REPO, relative)):
+        if os.path.isfile(candidate):
+            return candidate, False
+    return None, False
+
+
 def file_digest(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -24,7 +24,7 @@ def problems(limit: int | None = None) -> list[dict]:
     return found[:limit] if limit else found
 
 
-def test_case(problem: dict, completion: str) -> tuple[str, str]:
+def execution_case(problem: dict, completion: str) -> tuple[str, str]:
     """(candidate, tests) for ``execution.check_programs``: the prompt with the completion, then
     the problem's ``check`` called on its entry point."""
     return problem["prompt"] + completion, f"{problem['test']}\n\ncheck({problem['entry_point']})\n"
@@ -75,7 +75,7 @@ class HumanEval(_HumanEval):
         found = problems(ctx.options.limit)
         completions = generate_samples(ctx, [p["prompt"] for p in found], ctx.options.max_new_tokens, STOPS)
         return score_code(ctx, self.name, [p["task_id"] for p in found],
-                          [[test_case(p, c) for c in cs] for p, cs in zip(found, completions)], completions, ks)
+                          [[execution_case(p, c) for c in cs] for p, cs in zip(found, completions)], completions, ks)
 
 
 def score_code(ctx, name: str, ids: list, cases: list[list[tuple[str, str]]], completions: list[list[str]],
