@@ -60,6 +60,14 @@ CASES = [
     ("He ran 3.5 km, then 2.25 km: 5.75 km", "5.75"),
     ("The date was 3/4/2020 and she paid 30", "30"),
     ("version v2 of the plan costs 8", "8"),
+    # explicit markers before the last number
+    ("The answer is 12. Check: 12 - 4 = 8", "12"),
+    ("She buys 3 more, so the answer is $1,200 in all and 5 boxes left", "1200"),
+    ("First 5, then the answer is 7.\nAnd the answer is 9 (counting 2 more)", "9"),
+    ("#### 6\nthe answer is 7", "6"),
+    ("A: 42\nbecause 3 + 4 = 7 and 35 more", "42"),
+    ("A: 3 + 4 = 7\nso 9 in all", "9"),
+    ("The answer is unclear; 3 boxes hold 12", "12"),
 ]
 
 

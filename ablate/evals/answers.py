@@ -1,8 +1,10 @@
 """Final answers of GSM8K-style math problems: extract, normalise, compare.
 
-A completion's answer is the number after the first ``####`` (the GSM8K solution format), else
-the last number in the text, after cutting the completion at the next few-shot question
-(``truncate_at_stop``) and removing GSM8K calculator annotations (``<<48/2=24>>``).
+A completion's answer comes from an explicit marker when it has one, in this order: the number
+after the first ``####`` (the GSM8K solution format), the number right after the last
+``The answer is`` (chain-of-thought prompts), the single number of the last line starting ``A:`` (``A: 42``);
+else it is the last number in the text. The completion is first cut at the next few-shot
+question (``truncate_at_stop``) and GSM8K calculator annotations (``<<48/2=24>>``) are removed.
 
 Numbers are normalised to one canonical string: thousands separators, currency signs and units
 around the number are dropped (``"$1,000.50"`` -> ``"1000.5"``, ``"18 dollars"`` / ``"18%"`` ->
@@ -49,6 +51,8 @@ _NUMBER = re.compile(
 )
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
 _HASHES = re.compile(r"####")
+_ANSWER_IS = re.compile(r"\banswer is\b[:\s]*", re.IGNORECASE)
+_A_LINE = re.compile(r"^[ \t]*A:(?P<rest>[^\n]*)$", re.MULTILINE)
 _FRACTION_REPR = re.compile(r"Fraction\(\s*(-?\d+)\s*,\s*(\d+)\s*\)")
 
 
@@ -120,8 +124,10 @@ def _value(text: str | None) -> Fraction | None:
 def extract_gsm8k_answer(text: str | None, stops=GSM8K_STOPS) -> str | None:
     """The canonical final answer of a GSM8K-style completion, or None when it has no number.
 
-    The number right after the first ``####`` that has one, else the last number of the text;
-    the text is first cut at the next few-shot question (``stops``; pass ``()`` to keep all).
+    The number right after the first ``####`` that has one, else the number right after the
+    last ``The answer is`` followed by one, else the only number of the last ``A: ...`` line that
+    has exactly one, else the last number of the text; the text is first cut at the next few-shot
+    question (``stops``; pass ``()`` to keep all).
     """
     if not text:
         return None
@@ -131,6 +137,15 @@ def extract_gsm8k_answer(text: str | None, stops=GSM8K_STOPS) -> str | None:
         value = _value(tail)
         if value is not None:
             return _canonical(value)
+    for m in reversed(list(_ANSWER_IS.finditer(text))):
+        first = _NUMBER.match(text[m.end():])  # the number must come right after the marker
+        value = _parse(first) if first else None
+        if value is not None:
+            return _canonical(value)
+    for m in reversed(list(_A_LINE.finditer(text))):
+        found = _numbers(m.group("rest"))
+        if len(found) == 1:
+            return _canonical(found[0])
     values = _numbers(text)
     return _canonical(values[-1]) if values else None
 
