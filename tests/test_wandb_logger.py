@@ -6,12 +6,13 @@ import glob
 import json
 import os
 import struct
+import subprocess
 import sys
 
 import pytest
 
 from ablate.errors import AblateError
-from ablate.telemetry.loggers import JSONLLogger, MultiLogger, WandbLogger
+from ablate.telemetry.loggers import WandbLogger
 
 
 def wandb_records(path: str) -> list:
@@ -60,31 +61,44 @@ def config(run_dir: str) -> dict:
     return {k: v for k, v in out.items() if not k.startswith("_")}  # "_wandb": W&B's own
 
 
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+# The logging runs in a child process: W&B's service writes the run's file completely only at
+# its teardown (process exit), and its stream wrapping and service stay out of pytest.
+CHILD = """
+import json, sys
+from ablate.telemetry.loggers import JSONLLogger, MultiLogger, WandbLogger
+spec = json.loads(sys.argv[1])
+logger = MultiLogger([WandbLogger(dir=spec["dir"], mode="offline", **spec["init"]),
+                      JSONLLogger(spec["dir"] + "/metrics.jsonl")])
+for step, metrics in spec["steps"]:
+    logger.log(step, metrics)
+logger.close()
+"""
+
+
+def log_offline(tmp_path, steps, **init) -> None:
+    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DISABLE_CODE": "true"}
+    env.pop("WANDB_MODE", None)
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):  # nothing outside tmp
-        monkeypatch.setenv(var, str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+        env[var] = str(tmp_path)
+    spec = json.dumps({"dir": str(tmp_path), "init": init, "steps": steps})
+    subprocess.run([sys.executable, "-c", CHILD, spec], env=env, check=True, timeout=300)
+
+
+@pytest.fixture
+def offline(tmp_path):
+    pytest.importorskip("wandb")
     return tmp_path
 
 
 def test_logged_steps_are_in_the_offline_run(offline):
-    logger = MultiLogger([
-        WandbLogger("ablate-test", "tiny", dir=str(offline), mode="offline", config={"seed": 7, "model": {"num_layers": 2}}),
-        JSONLLogger(str(offline / "metrics.jsonl")),
-    ])
     rows = [{"loss": 2.5, "loss/math": 2.25, "tokens/math": 512, "lr": 1e-3, "stage": "code", "loss/code": None,
              "routing/ok": True},
             {"loss": 2.0, "loss/math": 1.75, "tokens/math": 1024, "lr": 9e-4, "stage": "code", "loss/code": 1.5,
              "routing/ok": True},
             {"loss": 1.5, "loss/math": 1.25, "tokens/math": 1536, "lr": 8e-4, "stage": "math", "loss/code": 1.25,
              "routing/ok": False}]
-    for step, metrics in enumerate(rows, start=1):
-        logger.log(step, metrics)
-    logger.close()
+    log_offline(offline, list(enumerate(rows, start=1)), project="ablate-test", name="tiny",
+                config={"seed": 7, "model": {"num_layers": 2}})
 
     got = history(str(offline))
     want = [{"_step": step, **{k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
@@ -97,10 +111,8 @@ def test_logged_steps_are_in_the_offline_run(offline):
 
 def test_a_replayed_step_keeps_its_first_value(offline):
     """What the docstring tells a resumed run: W&B keeps only steps later than all it has."""
-    logger = WandbLogger("ablate-test", dir=str(offline), mode="offline")
-    for step, loss in [(1, 3.0), (2, 2.0), (1, 9.0), (3, 1.0)]:
-        logger.log(step, {"loss": loss})
-    logger.close()
+    log_offline(offline, [(1, {"loss": 3.0}), (2, {"loss": 2.0}), (1, {"loss": 9.0}), (3, {"loss": 1.0})],
+                project="ablate-test")
     assert [(r["_step"], r["loss"]) for r in history(str(offline))] == [(1, 3.0), (2, 2.0), (3, 1.0)]
 
 

@@ -64,6 +64,8 @@ class WandbLogger(MetricLogger):
     continue one W&B run; W&B keeps a step only if it is later than every step it has, so the
     steps replayed after a checkpoint keep the values the first attempt logged. Any other
     ``wandb.init`` argument (``settings``, ``notes``, ...) passes through ``init_kwargs``.
+    ``close()`` finishes the run, but W&B's service (wandb 0.31) completes the run's files only
+    at its teardown: at process exit, or ``wandb.teardown()``.
     """
 
     def __init__(self, project: str, name: str | None = None, *, dir: str, config: dict | None = None,
