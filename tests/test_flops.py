@@ -76,11 +76,17 @@ def test_moe_flops_count_routed_experts_only():
     assert flops_per_token(topk3, VOCAB, SEQ) - flops_per_token(m, VOCAB, SEQ) == 6 * 3 * (3 * 64 * 48)
 
 
-def test_vocab_padding_follows_tp():
+def test_vocab_padding_is_the_model_builders():
+    from ablate.train.model import padded_vocab_size
+
     m = ModelConfig(**CASES["dense"])
-    assert parameter_counts(m, 256, tp=1)["padded_vocab"] == 256
-    assert parameter_counts(m, 256, tp=4)["padded_vocab"] == 512
-    assert parameter_counts(m, 256, tp=4)["total"] - parameter_counts(m, 256)["total"] == 2 * 256 * 64
+    for vocab in (256, 258, 300, 32000, 50257):
+        for tp in (1, 2, 3, 4, 8):
+            padded = padded_vocab_size(vocab, m.make_vocab_size_divisible_by, tp)
+            counts = parameter_counts(m, vocab, tp=tp)
+            assert counts["padded_vocab"] == padded, (vocab, tp)
+            # input embedding and output layer (untied) grow by one row each per padded token
+            assert counts["total"] - parameter_counts(m, 1)["total"] == 2 * (padded - 128) * 64
 
 
 def test_module_imports_no_torch():
