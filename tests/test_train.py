@@ -138,12 +138,15 @@ def test_two_processes_data_and_expert_parallel(world, parallel):
     assert np.allclose(routing["count"].sum(-1), 2 * routing["ntok"])
 
 
-def test_two_processes_resume_from_one_rank_checkpoint_layout(world):
-    """Checkpoints hold one file per rank (experts are sharded under ep=2)."""
+def test_two_process_checkpoint_is_megatron_dist_checkpoint(world):
+    """megatron-core dist_checkpointing: sharded weights + optimizer, each rank's RNG, the layout."""
     ck = sorted((world / "runs" / "two-2" / "checkpoints").glob("step_*"))[-1]
-    assert sorted(p.name for p in ck.iterdir()) == ["rank0.pt", "rank1.pt", "train_state.json"]
+    assert sorted(p.name for p in ck.iterdir()) == ["rng", "train_state.json", "weights"]
+    assert sorted(p.name for p in (ck / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
+    assert (ck / "weights" / "metadata.json").exists()
     state = json.load(open(ck / "train_state.json"))
     assert state["step"] == 16 and state["world_size"] == 2 and state["consumed_samples"] == {"code": 64, "math": 64}
+    assert state["layout"] == {"world_size": 2, "tp": 1, "pp": 1, "vp": 1, "ep": 2, "cp": 1, "dp": 2}
 
 
 # ------------------------------------------------------------------ exact resume
@@ -183,7 +186,7 @@ def test_kill_9_and_resume_gives_bitwise_identical_losses(world, kill_step):
     assert [row["step"] for row in resumed] == list(range(1, 17))  # no duplicate or missing steps
     for a, b in zip(reference, resumed):
         for key in a:
-            if key not in ("tokens/s",):
+            if not key.startswith(("tokens/s", "memory/")):  # wall-clock and memory telemetry
                 assert a[key] == b[key], (a["step"], key, a[key], b[key])
     # routing counts too: every flush file of the resumed run equals the uninterrupted run's
     ref_files = sorted(p.name for p in (world / "runs" / "single" / "routing").glob("*.npz"))

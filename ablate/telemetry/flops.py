@@ -25,8 +25,8 @@ from typing import Optional
 
 
 def padded_vocab(vocab_size: int, multiple: int, tp: int = 1) -> int:
-    """Megatron's rule (``ablate.train.model.padded_vocab_size``): pad to ``multiple * tp`` rows."""
-    step = multiple * tp
+    """The rule of ``ablate.train.model.padded_vocab_size``: pad to ``lcm(multiple, tp)`` rows."""
+    step = math.lcm(multiple, tp)
     return int(math.ceil(vocab_size / step) * step)
 
 

@@ -98,12 +98,6 @@ def check_layout(recipe: Recipe, world: int, backend: str) -> None:
     sequence, more model-parallel ranks than processes, a precision the device cannot do)."""
     par, model, train = recipe.parallelism, recipe.model, recipe.training
     where = f"{recipe._path}: parallelism"
-    model_parallel = par.tp * par.pp * par.cp
-    if model_parallel > world:
-        raise AblateError(f"{where}: tp x pp x cp = {par.tp} x {par.pp} x {par.cp} = {model_parallel} ranks, but this "
-                          f"run has {world} process(es); launch with torchrun --nproc-per-node {model_parallel} (or more)")
-    if world % model_parallel:
-        raise AblateError(f"{where}: tp x pp x cp = {model_parallel} does not divide the {world} processes")
     chunks = par.pp * (par.vp if par.pp > 1 else 1)
     if model.num_layers % chunks:
         what = f"pp x vp = {par.pp} x {par.vp}" if par.vp > 1 else f"pp = {par.pp}"
@@ -134,6 +128,13 @@ def check_layout(recipe: Recipe, world: int, backend: str) -> None:
     if backend == "cpu" and model.moe_token_dispatcher_type == "alltoall":
         raise AblateError(f"{recipe._path}: model.moe_token_dispatcher_type: alltoall is CUDA only (it creates a CUDA "
                           "stream); use allgather or auto")
+    # the world size last: the errors above hold at any size
+    model_parallel = par.tp * par.pp * par.cp
+    if model_parallel > world:
+        raise AblateError(f"{where}: tp x pp x cp = {par.tp} x {par.pp} x {par.cp} = {model_parallel} ranks, but this "
+                          f"run has {world} process(es); launch with torchrun --nproc-per-node {model_parallel} (or more)")
+    if world % model_parallel:
+        raise AblateError(f"{where}: tp x pp x cp = {model_parallel} does not divide the {world} processes")
 
 
 def _remove_store(path: str) -> None:

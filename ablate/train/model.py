@@ -18,8 +18,14 @@ from ablate.recipe.schema import ModelConfig, Recipe
 
 
 def padded_vocab_size(vocab_size: int, multiple: int, tp: int) -> int:
-    """Megatron's rule: pad the embedding so every tensor-parallel shard has equal, aligned rows."""
-    step = multiple * tp
+    """Pad the embedding so every tensor-parallel shard has equal, aligned rows.
+
+    Megatron-LM pads to a multiple of ``multiple * tp``, so the padded vocabulary (and with it
+    the softmax over the padded logits) changes with tp: the same recipe would be a different
+    model at tp=2. Padding to ``lcm(multiple, tp)`` keeps every shard aligned and equal and, for
+    any tp dividing ``multiple`` (128 by default), the same model at every layout.
+    """
+    step = math.lcm(multiple, tp)
     return int(math.ceil(vocab_size / step) * step)
 
 
