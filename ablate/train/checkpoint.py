@@ -116,6 +116,7 @@ def save_to(path: str, engine, train_state: dict) -> str:
         os.makedirs(os.path.join(path, "rng"))
     _barrier()
     state = _model_state(engine.modules)
+    _ensure_optimizer_state(engine.optimizer)  # before the first step (an initial checkpoint) there is none
     state["optimizer"] = engine.optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
     dist_checkpointing.save(state, weights, content_metadata=OPTIMIZER_METADATA)
     with atomic_path(os.path.join(path, "rng", f"rank{rank}.pt")) as tmp:
@@ -193,6 +194,14 @@ def _init_optimizer_state(optimizer) -> None:
             opt._init_optimizer_states_with_dummy_values()
         elif getattr(opt, "init_state_fn", None) is not None:
             opt.init_state_fn(opt.optimizer, opt.config)
+
+
+def _ensure_optimizer_state(optimizer) -> None:
+    """Create the (zero) Adam state where none exists yet; existing state is left as it is."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is not None and not inner.state:
+            _init_optimizer_state(opt)
 
 
 def _unshare_adam_step(optimizer) -> None:

@@ -24,8 +24,9 @@ Each adaptation is as narrow as it can be:
 7. The RNG tracker (``tensor_parallel.random``) keeps *CUDA* generator states per name; on CPU
    a tracker with the same contract keeps CPU generator states, so ``fork()`` draws from its
    own stream exactly as on a GPU (``CpuRNGStatesTracker``).
-8. The optimizer's ``Tensor.cuda()`` calls when it moves state (``distrib_optimizer``) go
-   through the stand-in's tensors unchanged (they are already on the CPU).
+8. The distributed optimizer gathers its state for a checkpoint with ``Tensor.cuda()``
+   (``get_parameter_state_dp_zero``): inside that one method, ``.cuda()`` returns the tensor
+   itself (it is already where gloo needs it).
 
 ``apply()`` is idempotent and refuses to run in a process that uses CUDA; ``applied()`` says
 whether it ran (a test checks that the CUDA backend never applies it).
@@ -183,6 +184,19 @@ def _wrap_type_checks() -> None:
     mp_optimizer.clip_grad_by_total_norm_fp32 = scoped(clip_grads.clip_grad_by_total_norm_fp32)
     for cls in (mp_optimizer.Float16OptimizerWithFloat16Params, distrib_optimizer.DistributedOptimizer):
         cls.__init__ = scoped(cls.__init__)  # sorts its params by type name (and builds the groups)
+
+    # (8) ``Tensor.cuda()`` is the identity only inside the distributed optimizer's state gather
+    gather = distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero
+
+    def gather_on_cpu(self, *args, **kwargs):
+        original = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda t, *a, **k: t
+        try:
+            return gather(self, *args, **kwargs)
+        finally:
+            torch.Tensor.cuda = original
+
+    distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero = gather_on_cpu
 
 
 class CpuRNGStatesTracker:
