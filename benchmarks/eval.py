@@ -3,15 +3,15 @@
     python benchmarks/eval.py                       # quickstart model, best of 3
     python benchmarks/eval.py --steps 2 --bpb-tokens 2048 --gen-tokens 4 --repeat 1   # smoke test
 
-One process builds the recipe's training model (the loop's own ``build_model_and_optimizer``,
-megatron-core DDP, AdamW, routing capture on) and the evaluation model of the same run at step 0
+One process builds the recipe's training engine (``ablate.train.engine.Engine``: megatron-core
+DDP, schedule and optimizer, routing capture on) and the evaluation model of the same run at step 0
 (``load_eval_model``: the same config, rebuilt for inference), on the same thread count, and
 times, in tokens per second:
 
-* ``train step``: the loop's own ``train_step`` (forward, backward, grad sync, clip, AdamW) on
-  the recipe's global batch, telemetry on, as the loop runs it;
+* ``train step``: ``Engine.step`` (megatron's schedule: forward, backward, grad sync, clip,
+  Adam) on the recipe's global batch, telemetry on, as training runs it;
 * ``train forward``: the forward half of that step alone (training mode, autograd recording,
-  per-token loss masked and summed as ``train_step`` does, no backward);
+  per-token loss masked and summed as the engine's loss function does, no backward);
 * ``bpb``: the real ``BitsPerByte`` task (held-out documents read, packed, windowed, scored with
   ``LanguageModel.target_nll``) at the training micro-batch size and at ``ablate eval``'s default
   batch size 16; tokens = the real (non-padding) input positions of every domain's windows;
@@ -64,7 +64,7 @@ def main() -> None:
     from ablate.telemetry.routing import RoutingCapture
     from ablate.train import backend
     from ablate.train.data import StagedData
-    from ablate.train.loop import build_model_and_optimizer, train_step
+    from ablate.train.engine import Engine
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -80,24 +80,26 @@ def main() -> None:
     # ---- training side: the loop's own model, optimizer, data and step
     layout = backend.init(recipe)
     data = StagedData(plan, build_stage_datasets(plan), recipe.training.micro_batch_size, 0, 1)
-    model, ddp, optimizer = build_model_and_optimizer(recipe, layout, plan.tokenizer["vocab_size"])
-    routing = RoutingCapture(model, len(data.domains))
+    engine = Engine(recipe, layout, plan.tokenizer["vocab_size"], len(data.domains))
+    engine.routing = routing = RoutingCapture(engine.modules, len(data.domains))
+    ddp = engine.chunks[0]
+    engine.set_lr(recipe.training.optimizer.lr)
     batches = [data.microbatches(s) for s in range(args.steps)]
-    clip = recipe.training.optimizer.clip_grad
     mbs, S = recipe.training.micro_batch_size, recipe.training.seq_length
     step_tokens = sum(int(mb.tokens_BS.numel()) for micro in batches for mb in micro)
 
     def train_steps() -> float:
         t0 = time.perf_counter()
         for micro in batches:
-            train_step(ddp, model, optimizer, micro, routing, len(data.domains), layout.device, clip, telemetry=True)
+            engine.step(micro)  # megatron's schedule, finalize_model_grads and optimizer, telemetry on
         return step_tokens / (time.perf_counter() - t0)
 
     def train_forwards() -> float:
-        """``train_step``'s forward half: same calls up to (not including) ``backward``."""
+        """The training step's forward half: the model's forward with the graph recorded and the
+        per-domain accounting, up to (not including) ``backward``."""
         from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
-        model.train()
+        ddp.train()
         routing.enabled = True
         t0 = time.perf_counter()
         for micro in batches:
@@ -171,7 +173,7 @@ def main() -> None:
     print(f"\nablate eval throughput, {recipe.name} ({n_params:,} parameters, seq {S}, micro-batch {mbs}, "
           f"{layout.backend}, {torch.get_num_threads()} threads), best of {args.repeat}")
     print(f"  train step     {best['train step']:10,.0f} tokens/s  (baseline; {args.steps} steps x "
-          f"{step_tokens // args.steps:,} tokens, fwd+bwd+AdamW)")
+          f"{step_tokens // args.steps:,} tokens, megatron's schedule + optimizer)")
     print(f"  train forward  {best['train forward']:10,.0f} tokens/s  "
           f"{best['train forward'] / best['train step']:5.2f}x train step")
     for B in bpb_sizes:

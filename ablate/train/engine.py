@@ -96,6 +96,7 @@ class Engine:
         self.forward_backward = get_forward_backward_func()
         self.vp = vp
         self.routing = None  # set by the routing callback (it needs the chunks)
+        self.telemetry = True  # per-domain loss sums and token counts (benchmarks turn it off to measure it)
         self._step_sums = None
 
     # ---------------------------------------------------------------- one step
@@ -123,6 +124,9 @@ class Engine:
             micro_batch_size=self.recipe.training.micro_batch_size, forward_only=False)
         updated, grad_norm, _ = self.optimizer.step()
         loss_sum_D, count_D = self._step_sums
+        if not self.telemetry:
+            return StepResult(loss_sum_D, count_D, float(grad_norm) if grad_norm is not None else float("nan"),
+                              skipped=not updated)
         stats = torch.cat([loss_sum_D, count_D])
         # last stage's sums, summed over data- and context-parallel ranks, known everywhere
         dist.all_reduce(stats, group=ps.get_data_parallel_group(with_context_parallel=True))
@@ -147,9 +151,10 @@ class Engine:
         mask_BS = mb.loss_mask_BS
         masked_BS = loss_BS.float() * mask_BS
         loss_sum_D, count_D = self._step_sums
-        with torch.no_grad():
-            loss_sum_D.index_add_(0, mb.domain_B, masked_BS.detach().sum(1).double())
-            count_D.index_add_(0, mb.domain_B, mask_BS.sum(1).double())
+        if self.telemetry:
+            with torch.no_grad():
+                loss_sum_D.index_add_(0, mb.domain_B, masked_BS.detach().sum(1).double())
+                count_D.index_add_(0, mb.domain_B, mask_BS.sum(1).double())
         num_tokens = mask_BS.sum().to(torch.int)
         return masked_BS.sum(), num_tokens, {"loss": masked_BS.detach().sum()}
 
