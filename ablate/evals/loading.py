@@ -2,9 +2,9 @@
 
 What a run directory holds is enough: ``recipe.yaml`` (the resolved recipe) rebuilds the same
 megatron-core ``GPTModel``, ``plan.json`` names the tokenizer the model was trained with, and
-``checkpoints/step_N/rank<r>.pt`` hold the weights. Training may have sharded the experts over
-expert-parallel ranks; here they are gathered back into one model (tensor and pipeline
-parallel shards are not: those checkpoints must be evaluated with the same layout).
+``checkpoints/step_N/`` holds the weights, read by the training side's ``load_model_weights``
+(megatron-core ``dist_checkpointing``: shards of any training layout are gathered back into the
+one-process model).
 
 Step 0 means the model as initialised from the recipe's seed (no checkpoint): the "untrained"
 reference every score can be compared against.
@@ -131,43 +131,16 @@ def open_data(run_dir: str, manifest_paths: list[str], plan: dict) -> tuple[list
 
 def _single_process_recipe(recipe: Recipe, backend: str) -> Recipe:
     """The same model, every expert local, on ``backend``: one process holds it all."""
-    par = dataclasses.replace(recipe.parallelism, tp=1, pp=1, ep=1, cp=1)
+    par = dataclasses.replace(recipe.parallelism, tp=1, pp=1, ep=1, cp=1, vp=1, distributed_optimizer=False,
+                              overlap_grad_reduce=False, overlap_param_gather=False)
+    model = dataclasses.replace(recipe.model, moe_token_dispatcher_type="auto", moe_grouped_gemm=False)
     training = recipe.training if backend == "auto" else dataclasses.replace(recipe.training, backend=backend)
-    return dataclasses.replace(recipe, parallelism=par, training=training)
-
-
-_LOCAL_EXPERT = re.compile(r"(.*\.experts\.local_experts\.)(\d+)(\..*)")
+    return dataclasses.replace(recipe, parallelism=par, training=training, model=model)
 
 
 def _load_weights(model: torch.nn.Module, run_dir: str, step: int, recipe: Recipe) -> None:
-    """Rank 0's dense weights plus every expert-parallel rank's experts, renumbered globally."""
-    par = recipe.parallelism
-    if par.tp > 1 or par.pp > 1 or par.cp > 1:
-        raise AblateError(f"{run_dir}: trained with tp={par.tp} pp={par.pp} cp={par.cp}; evaluating such a "
-                          "checkpoint in one process is not supported (only data and expert parallel shards merge)")
-    path = os.path.join(run_dir, "checkpoints", f"step_{step:08d}")
-    per_rank = recipe.model.num_experts // par.ep if recipe.model.num_experts else 0
-    merged: dict[str, torch.Tensor] = {}
-    for ep_rank in range(par.ep):  # with tp = pp = cp = 1, global rank r has expert-parallel rank r % ep
-        f = os.path.join(path, f"rank{ep_rank}.pt")
-        if not os.path.isfile(f):
-            raise AblateError(f"{path}: {os.path.basename(f)} is missing (expert shard of rank {ep_rank})")
-        state = torch.load(f, map_location="cpu", weights_only=False)["model"]
-        for key, value in state.items():
-            key = key[len("module."):] if key.startswith("module.") else key
-            m = _LOCAL_EXPERT.match(key)
-            if m:
-                key = f"{m.group(1)}{ep_rank * per_rank + int(m.group(2))}{m.group(3)}"
-            elif ep_rank:
-                continue  # dense weights: identical on every rank, rank 0's copy
-            merged[key] = value
-    own = model.state_dict()
-    embedding = "embedding.word_embeddings.weight"
-    if embedding in merged and merged[embedding].shape != own[embedding].shape:
-        raise AblateError(f"{path}: its vocabulary ({merged[embedding].shape[0]} rows) does not match the tokenizer "
-                          f"this run's plan names ({own[embedding].shape[0]} rows): a checkpoint from a different "
-                          "tokenizer")
-    missing, unexpected = model.load_state_dict(merged, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise AblateError(f"{path}: does not fit this run's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    """The checkpoint's model weights, whatever layout trained them, through the training side's
+    own loader (megatron-core ``dist_checkpointing`` reshards them into this one-process model)."""
+    from ablate.train.checkpoint import checkpoint_dir, load_model_weights
+
+    load_model_weights(checkpoint_dir(run_dir, step), [model])
