@@ -310,3 +310,226 @@ def test_a_cpu_trained_checkpoint_scores_the_same_on_cuda(trained):
     cpu = scores(trained, "evalrun", 16)["tasks"]["bpb"]["metrics"]
     for metric, value in cpu.items():
         assert cuda[metric] == pytest.approx(value, rel=1e-3), metric
+
+
+# ------------------------------------------------------------------ MBPP, MATH, sampling
+
+def _mini_benchmarks(tmp_path):
+    """Two-problem MBPP and MATH files (the format of ../shared/benchmarks, made up here)."""
+    mbpp = tmp_path / "mbpp.jsonl"
+    rows = [{"task_id": i, "text": f"Write a function f{i} that returns {i}.", "code": f"def f{i}():\n    return {i}",
+             "test_setup_code": "", "test_list": [f"assert f{i}() == {i}"], "challenge_test_list": []}
+            for i in (2, 3, 4, 11, 12, 13)]
+    mbpp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    math_file = tmp_path / "math.jsonl"
+    rows = [{"problem": "What is $1+1$?", "solution": "It is $\\boxed{2}$.", "answer": "2", "subject": "Algebra",
+             "level": 1, "unique_id": "a"},
+            {"problem": "What is half of 1?", "solution": "Half is $\\boxed{\\frac12}$.", "subject": "Prealgebra",
+             "level": "Level 2", "unique_id": "b"}]
+    math_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(mbpp), str(math_file)
+
+
+def test_mbpp_and_math_tasks_score_end_to_end_and_sampled_scores_are_deterministic(trained, tmp_path):
+    mbpp, math_file = _mini_benchmarks(tmp_path)
+    args = ["--tasks", "mbpp,mbpp_gold,math_cot,math_pot,math_gold,humaneval", "--limit", "2", "--mbpp", mbpp,
+            "--math", math_file, "--samples", "3", "--temperature", "0.9", "--top-p", "0.95", "--seed", "5",
+            "--max-new-tokens", "24", "--pass-k", "1,3"]
+    results = []
+    for name in ("a", "b"):
+        work = trained / f"sampled_{name}"
+        shutil.copytree(trained / "runs" / "evalrun", work / "runs" / "evalrun", ignore=shutil.ignore_patterns("eval"))
+        os.symlink(trained / "data", work / "data")
+        r = ablate_eval(work, "runs/evalrun", *args)
+        assert r.returncode == 0, r.stderr[-3000:]
+        details = work / "runs" / "evalrun" / "eval" / "details" / "step_16"
+        results.append((scores(work, "evalrun", 16)["tasks"],
+                        {t: _without_timing(details / f"{t}.jsonl") for t in ("mbpp", "math_cot", "math_pot", "humaneval")}))
+    (a, da), (b, db) = results
+    assert set(a) == {"mbpp", "mbpp_gold", "math_cot", "math_pot", "math_gold", "humaneval"}
+    for task in a:
+        assert a[task]["metrics"] == b[task]["metrics"], task
+        assert a[task]["samples"] == 2, task
+    assert da == db  # the same sampled completions, token for token
+    for task in ("mbpp", "humaneval"):
+        assert {"pass@1", "pass@3"} <= set(a[task]["metrics"]), task
+        rows = da[task]
+        assert len(rows) == 6 and all(r["reason"] in ("passed", "assertion", "exception", "no-proof", "timeout",
+                                                       "memory", "killed", "blocked") for r in rows)
+        assert len({r["completion"] for r in rows}) > 1  # sampled, not 3 copies of the greedy completion
+    m = a["math_cot"]["metrics"]
+    assert {"accuracy", "accuracy/level_1", "accuracy/level_2", "accuracy/subject/Algebra",
+            "accuracy/subject/Prealgebra", "pass@1", "pass@3"} <= set(m)
+    assert 0.0 < a["mbpp_gold"]["metrics"]["gold_bpb"] < 10 and 0.0 < a["math_gold"]["metrics"]["gold_bpb"] < 10
+    # another seed draws other samples
+    work = trained / "sampled_a"
+    r = ablate_eval(work, "runs/evalrun", *args[:-6], "--seed", "6", "--max-new-tokens", "24", "--pass-k", "1,3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _without_timing(work / "runs" / "evalrun" / "eval" / "details" / "step_16" / "mbpp.jsonl") != da["mbpp"]
+
+
+def _without_timing(path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        r.pop("wall_s", None)
+    return rows
+
+
+def test_bad_benchmark_input_is_one_line_before_any_model_loads(trained, tmp_path, monkeypatch, cli):
+    from conftest import assert_one_line_error
+
+    monkeypatch.chdir(trained)
+    mbpp, math_file = _mini_benchmarks(tmp_path)
+    bad_math = tmp_path / "bad_math.jsonl"
+    bad_math.write_text(json.dumps({"problem": "What is 2?", "answer": "2"}) + "\n")
+    assert_one_line_error(cli("eval", "runs/evalrun", "--tasks", "math_gold", "--math", bad_math),
+                          "bad_math.jsonl", "line 1", "'solution'")
+    bad_math.write_text(json.dumps({"problem": "What is 2?", "solution": "no box"}) + "\n")
+    assert_one_line_error(cli("eval", "runs/evalrun", "--tasks", "math_cot", "--math", bad_math),
+                          "bad_math.jsonl", "line 1", "answer")
+    bad_math.write_text(json.dumps({"problem": "2?", "solution": "\\boxed{2}", "level": "hard"}) + "\n")
+    assert_one_line_error(cli("eval", "runs/evalrun", "--tasks", "math_gold", "--math", bad_math),
+                          "line 1", "'level'")
+    bad_mbpp = tmp_path / "bad_mbpp.jsonl"
+    rows = [json.loads(line) for line in open(mbpp)]
+    del rows[3]["test_list"]
+    bad_mbpp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert_one_line_error(cli("eval", "runs/evalrun", "--tasks", "mbpp_gold", "--mbpp", bad_mbpp),
+                          "bad_mbpp.jsonl", "line 4", "test_list")
+    no_shots = tmp_path / "no_shots.jsonl"
+    no_shots.write_text(open(mbpp).read().splitlines(keepends=True)[3])  # task 11 alone: no few-shot examples
+    assert_one_line_error(cli("eval", "runs/evalrun", "--tasks", "mbpp", "--mbpp", no_shots), "task_ids 2, 3 and 4")
+    assert_one_line_error(cli("eval", "runs/evalrun", "--tasks", "mbpp", "--samples", "4", "--temperature", "0.8",
+                              "--pass-k", "1,5"), "--pass-k", "k=5", "--samples 4")
+    assert_one_line_error(cli("eval", "runs/evalrun", "--tasks", "mbpp", "--samples", "4"), "--samples 4", "--temperature")
+    assert_one_line_error(cli("eval", "runs/evalrun", "--tasks", "mbpp", "--mbpp", tmp_path / "nope.jsonl"),
+                          "nope.jsonl", "not found")
+
+
+def test_lm_eval_code_tasks_stay_refused_without_the_explicit_opt_in(trained, tmp_path):
+    include = tmp_path / "tasks"
+    include.mkdir()
+    (include / "unsafe_toy.yaml").write_text(
+        "task: unsafe_toy\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: %s\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "generation_kwargs:\n  until: ['\\n']\n  max_gen_toks: 4\nmetric_list:\n  - metric: exact_match\n"
+        "unsafe_code: true\n" % (include / "data.jsonl"))
+    (include / "data.jsonl").write_text(json.dumps({"q": "1+1=", "a": "2"}) + "\n")
+    one_line_error(ablate_eval(trained, "runs/evalrun", "--tasks", "lm_eval:unsafe_toy", "--lm-eval-include",
+                               str(include)), "lm_eval:unsafe_toy", "--allow-unsandboxed-code")
+    r = ablate_eval(trained, "runs/evalrun", "--tasks", "lm_eval:unsafe_toy", "--lm-eval-include", str(include),
+                    "--allow-unsandboxed-code")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ export to Hugging Face
+
+EXPORT_CHECK = r"""
+import json, sys, torch, transformers
+from ablate.evals.loading import load_eval_model
+from ablate.evals.lm import LanguageModel
+run, step, out, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if mode == "compile":  # a compiled, untrained run; its initialisation with weights far from it
+    from ablate.recipe.compile import compile_recipe
+    from ablate.recipe.schema import load_recipe
+    from ablate.evals.export_hf import write_hf
+    compile_recipe(load_recipe(run))
+    run = "runs/" + load_recipe(run).name
+em = load_eval_model(run, step, "cpu")
+if mode == "compile":
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # logits of magnitude ~10 and routing decided by clear margins
+        for name, p in em.model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.dim() == 1 else 0.0))
+    write_hf(em, out)
+lm = LanguageModel(em, 4)
+hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+tok = transformers.AutoTokenizer.from_pretrained(out)
+rows = [json.loads(l) for f in ("math_answer", "program_output", "fact_recall")
+        for l in list(open(f"data/toyworld/probes/{f}.jsonl"))[:3]]
+texts = [r["prompt"] + r["gold"] + " Zürich 東京 🙂" for r in rows]   # held-out text (and some non-ASCII)
+diff, scale, same_ids = 0.0, 0.0, True
+for t in texts:
+    ids = em.tokenizer.encode(t)
+    same_ids &= tok(t, add_special_tokens=False)["input_ids"] == ids and tok.decode(ids) == t
+    x = torch.tensor([ids[:em.seq_length]])
+    with torch.no_grad():
+        ours = lm.logits(x)
+        diff = max(diff, (ours - hf(x).logits.float()).abs().max().item())
+    scale = max(scale, ours.abs().max().item())
+prompts = [em.tokenizer.encode(r["prompt"])[-40:] for r in rows]
+ours = lm.generate(prompts, 20)
+theirs = []
+for p in prompts:
+    with torch.no_grad():
+        g = hf.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False)[0, len(p):].tolist()
+    theirs.append(g[:g.index(em.tokenizer.eod)] if em.tokenizer.eod in g else g)
+print(json.dumps({"diff": diff, "scale": scale, "same_ids": same_ids, "same_generations": ours == theirs,
+                  "generated": sum(map(len, ours)), "arch": type(hf).__name__}))
+"""
+
+
+def _export_check(root, run: str, step: int, out, mode: str = "load") -> dict:
+    r = subprocess.run([PYTHON, "-c", EXPORT_CHECK, run, str(step), str(out), mode], cwd=root, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def ablate_export(root, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "ablate.cli", "export", "hf", *args], cwd=root, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_export_hf_of_a_trained_moe_run_gives_the_same_logits_and_greedy_generations(trained, tmp_path):
+    """``ablate export hf`` of the trained run's checkpoint: transformers loads it as Mixtral, its
+    logits on held-out text equal ours within 1e-4, its greedy generations are ours."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf_moe"
+    r = ablate_export(trained, "runs/evalrun", "-o", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json"} <= set(os.listdir(out))
+    got = _export_check(trained, "runs/evalrun", 16, out)
+    assert got["arch"] == "MixtralForCausalLM"
+    assert got["diff"] < 1e-4, got
+    assert got["same_ids"] and got["same_generations"] and got["generated"] > 0, got
+
+
+@pytest.mark.parametrize("experts,arch", [(0, "LlamaForCausalLM"), (4, "MixtralForCausalLM")], ids=["dense", "moe"])
+def test_export_of_weights_far_from_initialisation_matches_dense_and_moe(trained, tmp_path, experts, arch):
+    """The conversion itself, with weights that make logits large (~10) and routing decisive:
+    a dense recipe becomes Llama, an MoE recipe Mixtral; logits within 1e-4, same generations."""
+    pytest.importorskip("transformers")
+    recipe = write(trained, f"convert{experts}", model__num_experts=experts)
+    got = _export_check(trained, recipe, 0, tmp_path / "hf", mode="compile")
+    assert got["arch"] == arch and got["scale"] > 5, got
+    assert got["diff"] < 1e-4, got
+    assert got["same_ids"] and got["same_generations"] and got["generated"] > 0, got
+
+
+def test_export_bad_input_is_one_line(trained, tmp_path, monkeypatch, cli):
+    from conftest import assert_one_line_error
+
+    from ablate.recipe.compile import compile_recipe
+    from ablate.recipe.schema import load_recipe
+
+    monkeypatch.chdir(trained)
+    compile_recipe(load_recipe(write(trained, "noexport")))
+    assert_one_line_error(cli("export", "hf", "runs/noexport", "-o", tmp_path / "x"), "runs/noexport",
+                          "no complete checkpoint")
+    assert_one_line_error(cli("export", "hf", "runs/nothing", "-o", tmp_path / "x"), "runs/nothing",
+                          "no such run directory")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert_one_line_error(cli("export", "hf", "runs/evalrun", "-o", blocker / "out"), "a_file", "cannot write")
+    assert_one_line_error(cli("export", "hf", "runs/evalrun", "-o", blocker), "a_file", "not a directory")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("")
+    assert_one_line_error(cli("export", "hf", "runs/evalrun", "-o", full), "not empty", "--overwrite")
+    # a feature Llama/Mixtral cannot represent: refused before anything is written
+    compile_recipe(load_recipe(write(trained, "layernorm", model__normalization="LayerNorm")))
+    one_line_error(ablate_export(trained, "runs/layernorm", "--step", "0", "-o", str(tmp_path / "y")),
+                   "model.normalization", "LayerNorm", "cannot be exported")
+    assert not (tmp_path / "y").exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".export-")]

@@ -1,4 +1,5 @@
-"""``ablate eval RUN_DIR [--tasks a,b] [--step N]`` (registered by ``ablate.cli``)."""
+"""``ablate eval RUN_DIR [--tasks a,b] [--step N]`` and ``ablate export hf RUN_DIR -o DIR``
+(registered by ``ablate.cli``)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ def add_commands(sub) -> None:
                    help="let lm-eval code tasks (lm_eval:humaneval, lm_eval:mbpp ...) execute generated code "
                         "UNSANDBOXED, in lm-eval's own process with your permissions; off by default")
     p.set_defaults(func=_eval)
+
+    export = sub.add_parser("export", help="a run's checkpoint in another format").add_subparsers(
+        dest="export_format", required=True)
+    p = export.add_parser("hf", help="a Hugging Face transformers model directory (Llama / Mixtral)")
+    p.add_argument("run_dir", help="a run directory (runs/<name>)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest; 0: the initialisation)")
+    p.add_argument("-o", "--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(func=_export_hf)
+
+
+def _export_hf(args) -> None:
+    from ablate.evals.export_hf import export_hf
+
+    print(export_hf(args.run_dir, args.out, step=args.step, overwrite=args.overwrite))
 
 
 def _eval(args) -> None:
@@ -79,5 +95,7 @@ def _eval(args) -> None:
                           num_shots=args.shots, lm_eval_include=args.lm_eval_include, mbpp_path=args.mbpp,
                           math_path=args.math, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed, pass_k=pass_k, allow_unsandboxed_code=args.allow_unsandboxed_code, **extra)
+    for task in tasks:
+        task.validate(options)  # data files checked before a model is loaded
     for path in evaluate(args.run_dir, tasks, steps, options, chosen=chosen, backend=args.backend):
         print(summary(path))

@@ -58,6 +58,10 @@ class Task(ABC):
         """Why this task cannot run here (missing data or package), or None."""
         return None
 
+    def validate(self, options: EvalOptions) -> None:
+        """Check the task's own input files before any model is loaded (a bad row is one clear
+        line in seconds, not after minutes of loading); raises ``AblateError``."""
+
     def data_identity(self, ctx) -> dict[str, Any]:
         """Whatever identifies this task's inputs (file hashes, options)."""
         return {}

@@ -47,6 +47,11 @@ class _GSM8K(Task):
             return f"no GSM8K test file at {DEFAULT_RELATIVE} (pass --gsm8k PATH)"
         return None  # a named path that does not exist is reported by read_jsonl, as an error
 
+    def validate(self, options) -> None:
+        path, _ = test_path(options)
+        if path is not None:
+            read_jsonl(path, ("question", "answer"), options.limit)
+
     def rows(self, ctx) -> list[dict]:
         path, _ = test_path(ctx.options)
         return read_jsonl(path, ("question", "answer"), ctx.options.limit)

@@ -125,6 +125,11 @@ class _MATH(Task):
             return f"no MATH file at {DEFAULT_RELATIVE} (pass --math PATH)"
         return None
 
+    def validate(self, options) -> None:
+        path = benchmark_path(options.math_path, "ABLATE_MATH", DEFAULT_RELATIVE)[0]
+        if path is not None:
+            read_math(path, options.limit)
+
     def data_identity(self, ctx) -> dict:
         path = self.path(ctx)
         return {"data": file_digest(path) if path and os.path.isfile(path) else None, "limit": ctx.options.limit}

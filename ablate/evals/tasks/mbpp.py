@@ -105,6 +105,13 @@ class _MBPP(Task):
             return f"no MBPP file at {DEFAULT_RELATIVE} (pass --mbpp PATH)"
         return None
 
+    def validate(self, options) -> None:
+        path = benchmark_path(options.mbpp_path, "ABLATE_MBPP", DEFAULT_RELATIVE)[0]
+        if path is not None:
+            rows = read_mbpp(path)
+            if self.generative:
+                few_shot_header(rows, path)
+
     def data_identity(self, ctx) -> dict:
         path = self.path(ctx)
         return {"data": file_digest(path) if path and os.path.isfile(path) else None, "limit": ctx.options.limit}
