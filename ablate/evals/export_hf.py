@@ -160,29 +160,28 @@ def hf_config(a: dict, tokenizer):
     return LlamaConfig(intermediate_size=a["ffn"], attention_bias=False, mlp_bias=False, **common)
 
 
-def hf_tokenizer(tokenizer, em):
-    """A ``PreTrainedTokenizerFast`` that encodes exactly as the run's tokenizer."""
+def hf_tokenizer(tokenizer, where: str = "tokenizer"):
+    """A ``PreTrainedTokenizerFast`` that encodes exactly as the run's tokenizer (byte or
+    ``tokenizer.json``), with its end-of-document token as ``eos`` and its padding token."""
     from transformers import PreTrainedTokenizerFast
 
     if tokenizer.kind == "byte":
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-        from tokenizers.pre_tokenizers import ByteLevel
 
         alphabet = _bytes_to_unicode()
         tok = Tokenizer(models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[]))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         tok.decoder = decoders.ByteLevel()
-        assert ByteLevel.alphabet()  # the same byte-to-character table as the pre-tokenizer's
         eos, pad = "<|endoftext|>", "<pad>"
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad)
         fast.add_special_tokens({"eos_token": eos, "pad_token": pad})
         if fast.convert_tokens_to_ids(eos) != tokenizer.eod or fast.convert_tokens_to_ids(pad) != tokenizer.pad:
-            raise AblateError(f"{em.run_dir}: the byte tokenizer's special ids did not map to {tokenizer.eod}, "
+            raise AblateError(f"{where}: the byte tokenizer's special ids did not map to {tokenizer.eod}, "
                               f"{tokenizer.pad}")
         return fast
     path = getattr(tokenizer, "path", None)
     if not path or not os.path.isfile(path):
-        raise AblateError(f"{em.run_dir}: the run's tokenizer ({tokenizer.kind}) has no tokenizer.json to export")
+        raise AblateError(f"{where}: the run's tokenizer ({tokenizer.kind}) has no tokenizer.json to export")
     fast = PreTrainedTokenizerFast(tokenizer_file=path)
     vocab = fast.get_vocab()
     by_id = {i: t for t, i in vocab.items()}
@@ -261,7 +260,7 @@ def write_hf(em, out_dir: str, overwrite: bool = False) -> str:
         padding = list(range(em.tokenizer.vocab_size, arch["vocab"]))
         GenerationConfig(eos_token_id=em.tokenizer.eod, pad_token_id=em.tokenizer.pad,
                          suppress_tokens=padding or None).save_pretrained(tmp)
-        hf_tokenizer(em.tokenizer, em).save_pretrained(tmp)
+        hf_tokenizer(em.tokenizer, em.run_dir).save_pretrained(tmp)
         with open(os.path.join(tmp, "ablate_export.json"), "w") as f:
             json.dump({"run": em.name, "step": em.step, "architecture": config.architectures[0],
                        "tokenizer": em.plan["tokenizer"]["fingerprint"], "vocab_size": em.tokenizer.vocab_size,
