@@ -25,36 +25,47 @@ STEP_DIGITS = 8
 class RunLayout:
     root: str
 
+    # the names, for code that lists or checks entries relative to a run directory
+    RECIPE = "recipe.yaml"
+    PLAN = "plan.json"
+    STATUS = "status.json"
+    METRICS = "metrics.jsonl"
+    TENSORBOARD = "tb"
+    ROUTING = "routing"
+    CHECKPOINTS = "checkpoints"
+    TRAIN_STATE = "train_state.json"  # inside a checkpoint: written last, marks it complete
+    EVAL = "eval"
+
     @property
     def recipe(self) -> str:
-        return os.path.join(self.root, "recipe.yaml")
+        return os.path.join(self.root, self.RECIPE)
 
     @property
     def plan(self) -> str:
-        return os.path.join(self.root, "plan.json")
+        return os.path.join(self.root, self.PLAN)
 
     @property
     def status(self) -> str:
-        return os.path.join(self.root, "status.json")
+        return os.path.join(self.root, self.STATUS)
 
     @property
     def metrics(self) -> str:
-        return os.path.join(self.root, "metrics.jsonl")
+        return os.path.join(self.root, self.METRICS)
 
     @property
     def tensorboard(self) -> str:
-        return os.path.join(self.root, "tb")
+        return os.path.join(self.root, self.TENSORBOARD)
 
     @property
     def routing_dir(self) -> str:
-        return os.path.join(self.root, "routing")
+        return os.path.join(self.root, self.ROUTING)
 
     def routing(self, step: int) -> str:
         return os.path.join(self.routing_dir, f"step_{step:0{STEP_DIGITS}d}.npz")
 
     @property
     def checkpoints(self) -> str:
-        return os.path.join(self.root, "checkpoints")
+        return os.path.join(self.root, self.CHECKPOINTS)
 
     def checkpoint(self, step: int) -> str:
         return os.path.join(self.checkpoints, f"step_{step:0{STEP_DIGITS}d}")
@@ -65,11 +76,11 @@ class RunLayout:
             return []
         dirs = sorted(d for d in os.listdir(self.checkpoints) if d.startswith("step_"))
         return [os.path.join(self.checkpoints, d) for d in dirs
-                if os.path.isfile(os.path.join(self.checkpoints, d, "train_state.json"))]
+                if os.path.isfile(os.path.join(self.checkpoints, d, self.TRAIN_STATE))]
 
     @property
     def eval_dir(self) -> str:
-        return os.path.join(self.root, "eval")
+        return os.path.join(self.root, self.EVAL)
 
     def eval_scores(self, step: int) -> str:
         return os.path.join(self.eval_dir, f"step_{step}.json")

@@ -17,6 +17,7 @@ import os
 import sys
 
 import ablate.analysis as A
+from ablate.run_layout import RunLayout
 
 # design -> its controls: DeepSeekMath's two-stage designs are compared with math only and with
 # the general-then-math control (same total tokens)
@@ -25,7 +26,7 @@ DESIGNS = {"dsm": ["dsm-math-only", "dsm-general-then-math"], "density": ["densi
 
 
 def plan_tokens(run_dir: str) -> dict[str, int]:
-    with open(os.path.join(run_dir, "plan.json")) as f:
+    with open(RunLayout(run_dir).plan) as f:
         plan = json.load(f)
     totals: dict[str, int] = {}
     for stage in plan["stages"]:
@@ -36,7 +37,7 @@ def plan_tokens(run_dir: str) -> dict[str, int]:
 
 def trained_tokens(run_dir: str) -> dict[str, int]:
     last = None
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    with open(RunLayout(run_dir).metrics) as f:
         for line in f:
             last = json.loads(line)
     return {k[len("tokens/"):]: int(v) for k, v in (last or {}).items()

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 
 from ablate.errors import AblateError
+from ablate.run_layout import RunLayout
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;color:#222;padding:0 16px}
@@ -97,7 +98,7 @@ def build_report(paths, control: str, out: str, *, step: int | None = None, meth
 
     runs = load_runs(paths)
     for r in runs:
-        r.require("plan.json", "metrics.jsonl")
+        r.require(RunLayout.PLAN, RunLayout.METRICS)
     frame = runs_frame(runs)
     control = resolve_control(frame, control)
     by_name = {r.name: r for r in runs}

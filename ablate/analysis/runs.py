@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from ablate.errors import AblateError
+from ablate.run_layout import RunLayout
 
 # recipe fields that do not define an experimental condition
 NOT_CONDITION = ("name", "seed", "run_dir", "cadence.*", "data.cache_dir", "parallelism.*",
@@ -61,16 +62,16 @@ class Run:
         """Raise a one-line error naming the first of ``names`` missing from the run directory."""
         for n in names:
             if not os.path.exists(self.file(n)):
-                hint = {"metrics.jsonl": f"has it started training? state: {self.state}",
-                        "plan.json": "compile or train it first", "eval": "run 'ablate eval' on it"}.get(n, "")
+                hint = {RunLayout.METRICS: f"has it started training? state: {self.state}",
+                        RunLayout.PLAN: "compile or train it first", RunLayout.EVAL: "run 'ablate eval' on it"}.get(n, "")
                 raise AblateError(f"{self.file(n)}: missing" + (f" ({hint})" if hint else ""))
 
     # ---- files read on demand (cached)
     @property
     def plan(self) -> dict:
         if "plan" not in self._cache:
-            self.require("plan.json")
-            self._cache["plan"] = _read_json(self.file("plan.json"))
+            self.require(RunLayout.PLAN)
+            self._cache["plan"] = _read_json(self.file(RunLayout.PLAN))
         return self._cache["plan"]
 
     def domain_tokens(self) -> dict:
@@ -82,9 +83,9 @@ class Run:
         if "metrics" not in self._cache:
             import pandas as pd
 
-            self.require("metrics.jsonl")
+            self.require(RunLayout.METRICS)
             rows = []
-            path = self.file("metrics.jsonl")
+            path = self.file(RunLayout.METRICS)
             with open(path, encoding="utf-8") as f:
                 for i, line in enumerate(f, 1):
                     if not line.strip():
@@ -168,11 +169,11 @@ def load_run(path: str) -> Run:
     path = path.rstrip("/") or path
     if not os.path.isdir(path):
         raise AblateError(f"{path}: no such run directory")
-    recipe_path = os.path.join(path, "recipe.yaml")
+    recipe_path = RunLayout(path).recipe
     if not os.path.exists(recipe_path):
         raise AblateError(f"{path}: not a run directory (no recipe.yaml)")
     recipe = _resolved_recipe(recipe_path)
-    status_path = os.path.join(path, "status.json")
+    status_path = RunLayout(path).status
     status = _read_json(status_path) if os.path.exists(status_path) else {"state": "pending"}
     return Run(path=path, name=recipe["name"], recipe=recipe, status=status)
 
@@ -207,7 +208,7 @@ def load_runs(patterns) -> list[Run]:
     paths, explicit = [], set()
     for pattern in patterns:
         if glob.has_magic(pattern):
-            matched = sorted(p for p in glob.glob(pattern) if os.path.isdir(p) and os.path.exists(os.path.join(p, "recipe.yaml")))
+            matched = sorted(p for p in glob.glob(pattern) if os.path.isdir(p) and os.path.exists(RunLayout(p).recipe))
             if not matched:
                 raise AblateError(f"{pattern}: matches no run directory")
             paths += matched

@@ -25,6 +25,7 @@ from ablate.errors import AblateError
 from ablate.recipe.budget import format_tokens
 from ablate.recipe.plan import Plan, make_plan
 from ablate.recipe.schema import Recipe
+from ablate.run_layout import RunLayout
 
 
 def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = None,
@@ -48,8 +49,8 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = No
     os.makedirs(run_dir, exist_ok=True)
     # the resolved recipe (every default filled in) sits beside the plan it produced
     text = recipe_text if recipe_text is not None else yaml.safe_dump(recipe.to_dict(), sort_keys=False)
-    write_text_atomic(os.path.join(run_dir, "recipe.yaml"), text)
-    path = os.path.join(run_dir, "plan.json")
+    write_text_atomic(RunLayout(run_dir).recipe, text)
+    path = RunLayout(run_dir).plan
     write_text_atomic(path, plan.to_json())
     return plan, path
 

@@ -189,8 +189,16 @@ class CadenceConfig:
     keep_checkpoints: int = 2
     routing_flush_every: int = 50
     tensorboard: bool = True
+    # Weights & Biases (the optional extra 'wandb'): {project: P, mode: online|offline|disabled,
+    # entity: E, group: G, tags: [...]}; empty: no W&B. A resumed run continues its W&B run.
+    wandb: dict = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
+        if self.wandb:
+            check_keys(self.wandb, ["project", "mode", "entity", "group", "tags"], f"{where}.wandb", required=("project",))
+            check_type(self.wandb["project"], str, f"{where}.wandb.project", "a W&B project name")
+            if "mode" in self.wandb:
+                check_choice(self.wandb["mode"], ("online", "offline", "disabled"), f"{where}.wandb.mode")
         for f in ("log_every", "checkpoint_every", "keep_checkpoints", "routing_flush_every"):
             check_positive(getattr(self, f), f"{where}.{f}")
         check_positive(self.eval_every, f"{where}.eval_every", allow_zero=True)

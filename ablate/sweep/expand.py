@@ -23,6 +23,7 @@ import yaml
 
 from ablate.errors import AblateError
 from ablate.io import write_json_atomic, write_text_atomic
+from ablate.run_layout import RunLayout
 from ablate.sweep.paths import assign, dotted, resolve
 from ablate.sweep.spec import SweepSpec
 from ablate.validate import load_yaml_file
@@ -43,7 +44,7 @@ class Point:
 
     @property
     def recipe_path(self) -> str:
-        return os.path.join(self.run_dir, "recipe.yaml")
+        return RunLayout(self.run_dir).recipe
 
 
 @dataclass
@@ -159,7 +160,8 @@ def write_points(spec: SweepSpec, points: list[Point]) -> None:
 
 def started(run_dir: str) -> bool:
     """Training has begun there: its status, metrics or checkpoints exist."""
-    return any(os.path.exists(os.path.join(run_dir, f)) for f in ("status.json", "metrics.jsonl", "checkpoints"))
+    run = RunLayout(run_dir)
+    return any(os.path.exists(p) for p in (run.status, run.metrics, run.checkpoints))
 
 
 def points_table(points: list[Point]) -> str:

@@ -17,6 +17,7 @@ import sys
 import threading
 from typing import Callable
 
+from ablate.run_layout import RunLayout
 from ablate.sweep.executor import Executor, mark_cancelled
 from ablate.sweep.slurm_script import eval_command
 from ablate.sweep.state import Job, read_json
@@ -98,7 +99,7 @@ class LocalExecutor(Executor):
 
 
 def _completed(run_dir: str) -> bool:
-    return (read_json(os.path.join(run_dir, "status.json")) or {}).get("state") == "completed"
+    return (read_json(RunLayout(run_dir).status) or {}).get("state") == "completed"
 
 
 def _signal_group(pid: int, sig: int) -> None:

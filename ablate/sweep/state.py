@@ -26,6 +26,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ablate.run_layout import RunLayout
+
 RETRYABLE = ("failed", "preempted", "interrupted", "cancelled")
 ACTIVE = ("queued", "running")
 
@@ -75,7 +77,7 @@ def job_record(run_dir: str) -> Optional[dict]:
 
 def last_metrics(run_dir: str) -> Optional[dict]:
     """The last complete line of ``metrics.jsonl`` (read from the end: files grow long)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+    path = RunLayout(run_dir).metrics
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -93,7 +95,7 @@ def last_metrics(run_dir: str) -> Optional[dict]:
 
 
 def point_state(name: str, run_dir: str, jobs: list[Job]) -> PointState:
-    status = read_json(os.path.join(run_dir, "status.json")) or {}
+    status = read_json(RunLayout(run_dir).status) or {}
     record = job_record(run_dir) or {}
     trained = status.get("state")
     train_jobs = [j for j in jobs if j.kind == "train"]

@@ -50,6 +50,14 @@ class MetricsCallback(Callback):
             loggers = [JSONLLogger(trainer.run.metrics, truncate_after_step=trainer.step)]
             if cad.tensorboard:
                 loggers.append(TensorBoardLogger(trainer.run.tensorboard, purge_step=trainer.step + 1))
+            if cad.wandb:
+                from ablate.telemetry.loggers import WandbLogger
+
+                w = cad.wandb
+                loggers.append(WandbLogger(w["project"], recipe.name, dir=trainer.run.root, config=recipe.to_dict(),
+                                           mode=w.get("mode"), entity=w.get("entity"), group=w.get("group"),
+                                           tags=w.get("tags"), run_id=f"{recipe.name}-{trainer.plan.fingerprint}",
+                                           resume=trainer.step > 0))
             self.logger = MultiLogger(loggers)
             from ablate.train import checkpoint as ckpt
 

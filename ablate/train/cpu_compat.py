@@ -24,9 +24,10 @@ Each adaptation is as narrow as it can be:
 7. The RNG tracker (``tensor_parallel.random``) keeps *CUDA* generator states per name; on CPU
    a tracker with the same contract keeps CPU generator states, so ``fork()`` draws from its
    own stream exactly as on a GPU (``CpuRNGStatesTracker``).
-8. The distributed optimizer gathers its state for a checkpoint with ``Tensor.cuda()``
-   (``get_parameter_state_dp_zero``): inside that one method, ``.cuda()`` returns the tensor
-   itself (it is already where gloo needs it).
+8. ``Tensor.cuda()`` is called by the distributed optimizer's checkpoint gather
+   (``get_parameter_state_dp_zero``) and by rotary embeddings under context parallelism
+   (``get_pos_emb_on_this_cp_rank``, with a pinned index tensor): inside those two calls only,
+   ``.cuda()`` returns the tensor itself and pinning is dropped.
 
 ``apply()`` is idempotent and refuses to run in a process that uses CUDA; ``applied()`` says
 whether it ran (a test checks that the CUDA backend never applies it).
@@ -52,6 +53,7 @@ CUDA_LITERAL_MODULES = (
     "megatron.core.utils",
     "megatron.core.dist_checkpointing.strategies.filesystem_async",
     "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.models.common.embeddings.rope_utils",
 )
 
 
@@ -185,18 +187,27 @@ def _wrap_type_checks() -> None:
     for cls in (mp_optimizer.Float16OptimizerWithFloat16Params, distrib_optimizer.DistributedOptimizer):
         cls.__init__ = scoped(cls.__init__)  # sorts its params by type name (and builds the groups)
 
-    # (8) ``Tensor.cuda()`` is the identity only inside the distributed optimizer's state gather
-    gather = distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero
+    # (8) ``Tensor.cuda()`` is the identity only inside these two calls
+    distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero = _cuda_is_identity(
+        distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero)
+    from megatron.core.models.common.embeddings import rope_utils, rotary_pos_embedding
 
-    def gather_on_cpu(self, *args, **kwargs):
+    cp_slice = _cuda_is_identity(rope_utils.get_pos_emb_on_this_cp_rank)
+    rope_utils.get_pos_emb_on_this_cp_rank = cp_slice
+    rotary_pos_embedding.get_pos_emb_on_this_cp_rank = cp_slice  # imported there by name
+
+
+def _cuda_is_identity(fn):
+    def wrapper(*args, **kwargs):
         original = torch.Tensor.cuda
         torch.Tensor.cuda = lambda t, *a, **k: t
         try:
-            return gather(self, *args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
             torch.Tensor.cuda = original
 
-    distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero = gather_on_cpu
+    wrapper.__wrapped__ = fn
+    return wrapper
 
 
 class CpuRNGStatesTracker:
