@@ -169,3 +169,25 @@ def test_gsm8k_gold_solutions_extract_to_their_labels(split, expected_rows):
           f"'####' line agrees on {last_agree}/{len(rows)} ({rate:.2%})")
     # a statistic, not a requirement; the bound only catches a broken last-number path
     assert rate > 0.9
+
+
+def test_extraction_agrees_with_the_labels_of_real_model_solutions():
+    """openai/grade-school-math's example_model_solutions.jsonl: 1,319 test problems x 4 models
+    (6B/175B, fine-tuned/verifier), each solution labelled is_correct; its format ends with
+    ``A: N``. Point ABLATE_GSM8K_MODEL_SOLUTIONS at the file (not shipped in ../shared)."""
+    path = os.environ.get("ABLATE_GSM8K_MODEL_SOLUTIONS") or os.path.join(_gsm8k_dir(), "example_model_solutions.jsonl")
+    if not os.path.isfile(path):
+        pytest.skip(f"no example_model_solutions.jsonl at {path} (set ABLATE_GSM8K_MODEL_SOLUTIONS)")
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    total, disagree = 0, []
+    for row in rows:
+        gold = extract_gsm8k_answer(row["ground_truth"])
+        for model, sample in row.items():
+            if isinstance(sample, dict) and "is_correct" in sample:
+                total += 1
+                pred = extract_gsm8k_answer(sample["solution"])
+                if (pred is not None and answers_match(pred, gold)) != sample["is_correct"]:
+                    disagree.append((model, pred, gold))
+    assert total == 5276
+    assert not disagree, disagree[:5]
