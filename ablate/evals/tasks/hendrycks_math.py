@@ -185,10 +185,21 @@ def _score(ctx, name: str, rows: list[dict], predictions: list[list[str | None]]
     return TaskResult(metrics=metrics, samples=len(rows), samples_by_metric=per_metric, details=details)
 
 
-class MATHChainOfThought(_MATH):
+class _Judged(_MATH):
+    """The generative MATH tasks: their answers are judged with math-verify."""
+    generative = True
+
+    def unavailable(self, ctx) -> str | None:
+        try:
+            import math_verify  # noqa: F401
+        except ImportError:
+            return "math-verify is not installed (pip install 'ablate[eval]')"
+        return super().unavailable(ctx)
+
+
+class MATHChainOfThought(_Judged):
     name = "math_cot"
     version = 1
-    generative = True
 
     def data_identity(self, ctx) -> dict:
         from ablate.evals.samples import sampling_identity
@@ -206,10 +217,9 @@ class MATHChainOfThought(_MATH):
         return _score(ctx, self.name, rows, predictions, outputs)
 
 
-class MATHProgramOfThought(_MATH):
+class MATHProgramOfThought(_Judged):
     name = "math_pot"
     version = 1
-    generative = True
 
     def data_identity(self, ctx) -> dict:
         from ablate.evals.samples import sampling_identity
