@@ -496,12 +496,19 @@ def test_export_hf_of_a_trained_moe_run_gives_the_same_logits_and_greedy_generat
     assert got["same_ids"] and got["same_generations"] and got["generated"] > 0, got
 
 
-@pytest.mark.parametrize("experts,arch", [(0, "LlamaForCausalLM"), (4, "MixtralForCausalLM")], ids=["dense", "moe"])
-def test_export_of_weights_far_from_initialisation_matches_dense_and_moe(trained, tmp_path, experts, arch):
+@pytest.mark.parametrize("model,arch", [
+    ({"num_experts": 0}, "LlamaForCausalLM"),
+    ({}, "MixtralForCausalLM"),
+    ({"num_layers": 3, "moe_layer_freq": 2, "moe_shared_expert_intermediate_size": 96}, "Qwen2MoeForCausalLM"),
+    ({"num_layers": 3, "moe_layer_freq": 2}, "Qwen2MoeForCausalLM"),
+], ids=["dense", "moe", "moe-shared-expert-dense-layers", "moe-dense-layers"])
+def test_export_of_weights_far_from_initialisation_matches_dense_and_moe(trained, tmp_path, model, arch):
     """The conversion itself, with weights that make logits large (~10) and routing decisive:
-    a dense recipe becomes Llama, an MoE recipe Mixtral; logits within 1e-4, same generations."""
+    a dense recipe becomes Llama, an all-MoE recipe Mixtral, one with a shared expert or dense
+    layers between MoE layers Qwen2-MoE; logits within 1e-4, same greedy generations."""
     pytest.importorskip("transformers")
-    recipe = write(trained, f"convert{experts}", model__num_experts=experts)
+    name = "convert_" + "_".join(f"{k}{v}" for k, v in model.items())
+    recipe = write(trained, name, **{f"model__{k}": v for k, v in model.items()})
     got = _export_check(trained, recipe, 0, tmp_path / "hf", mode="compile")
     assert got["arch"] == arch and got["scale"] > 5, got
     assert got["diff"] < 1e-4, got
