@@ -406,6 +406,7 @@ def test_bad_benchmark_input_is_one_line_before_any_model_loads(trained, tmp_pat
                           "nope.jsonl", "not found")
 
 
+@pytest.mark.slow  # two lm-eval runs through the CLI: about 45 s on 2 shared cores
 def test_lm_eval_code_tasks_stay_refused_without_the_explicit_opt_in(trained, tmp_path):
     include = tmp_path / "tasks"
     include.mkdir()
