@@ -196,6 +196,36 @@ print(got, total)
     assert got == pytest.approx(direct, abs=1e-3 * abs(direct))
 
 
+def test_gold_likelihood_scores_every_token_of_a_continuation_longer_than_the_window(trained):
+    """A gold solution longer than the training window: every token is scored (the sum equals
+    predicting each token from the text before it, computed independently), not only the last
+    window's tokens, so bits per byte divide the NLL of all the bytes they count."""
+    code = r"""
+import json, torch
+from ablate.evals.loading import load_eval_model
+from ablate.evals.lm import LanguageModel
+em = load_eval_model('runs/evalrun', 16)
+lm = LanguageModel(em, 3)
+ctx = em.tokenizer.encode("Question: which city?\n")
+cont = em.tokenizer.encode("The capital of Rakami is Thalo. " * 6)
+long, short, bare = lm.score([(ctx, cont), (ctx, cont[:10]), ([], cont)])
+S = em.seq_length
+def direct(ids, first):
+    with torch.no_grad():
+        return -sum(float(lm.logprobs(torch.tensor([ids[max(0, k - S):k]]))[0, -1, ids[k]]) for k in range(first, len(ids)))
+print(json.dumps([long.nll, direct(ctx + cont, len(ctx)), long.tokens, len(cont), short.nll, direct(ctx + cont[:10], len(ctx)),
+                  bare.tokens]))
+"""
+    r = subprocess.run([PYTHON, "-c", code], cwd=trained, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    long_nll, long_direct, scored, n, short_nll, short_direct, bare = json.loads(r.stdout.strip().splitlines()[-1])
+    assert n > 2 * 64 and scored == n and bare == n - 1
+    # each window's first tokens see less than a full window of text: equal within 1e-3
+    assert long_nll == pytest.approx(long_direct, rel=1e-3)
+    assert short_nll == pytest.approx(short_direct, rel=1e-5)
+
+
 # ------------------------------------------------------------------ bad input
 
 def test_unknown_task(trained):

@@ -101,38 +101,50 @@ class LanguageModel:
     def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], progress: Callable | None = None
               ) -> list[Continuation]:
         """For each ``(context, continuation)`` token lists: the continuation's summed NLL,
-        its length, and whether greedy decoding would produce it."""
-        out: list[Continuation | None] = [None] * len(pairs)
+        its length, and whether greedy decoding would produce it.
+
+        Every continuation token is scored: one longer than the window is cut, from its end,
+        into pieces of at most ``seq_length`` tokens, each run on the ``seq_length`` tokens of
+        text that end where the piece ends (so the first piece sees the context's tail), as
+        lm-eval's rolling likelihood does. The first token of a text with no context has nothing
+        to be predicted from and is not scored."""
+        L = self.max_length
+        pieces: list[tuple[int, list[int], int]] = []  # (pair, input row of <= L + 1 tokens, targets at its end)
+        for i, (ctx, cont) in enumerate(pairs):
+            ctx, cont = list(ctx), list(cont)
+            if not cont:
+                raise ValueError("an empty continuation has no likelihood")
+            full = ctx + cont
+            first = max(len(ctx), 1)  # the first target position
+            end = len(full)
+            while end > first:
+                start = max(first, end - L)
+                pieces.append((i, full[max(0, end - L - 1):end], end - start))
+                end = start
+        nll = [0.0] * len(pairs)
+        scored = [0] * len(pairs)
+        greedy = [True] * len(pairs)
         # longest first: similar lengths share a batch, little padding
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        order = sorted(range(len(pieces)), key=lambda j: -len(pieces[j][1]))
         for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            rows, spans = [], []
-            for i in batch:
-                ctx, cont = list(pairs[i][0]), list(pairs[i][1])
-                if not cont:
-                    raise ValueError("an empty continuation has no likelihood")
-                full = (ctx + cont)[-(self.max_length + 1):]
-                n_cont = min(len(cont), len(full) - 1)
-                rows.append(full)
-                spans.append(n_cont)
-            S = max(len(r) for r in rows) - 1
-            inputs = torch.full((len(rows), S), self.pad, dtype=torch.long)
-            targets = torch.full((len(rows), S), self.pad, dtype=torch.long)
-            for b, r in enumerate(rows):
+            batch = [pieces[j] for j in order[start:start + self.batch_size]]
+            S = max(len(r) for _, r, _ in batch) - 1
+            inputs = torch.full((len(batch), S), self.pad, dtype=torch.long)
+            targets = torch.full((len(batch), S), self.pad, dtype=torch.long)
+            for b, (_, r, _) in enumerate(batch):
                 inputs[b, :len(r) - 1] = torch.tensor(r[:-1])
                 targets[b, :len(r) - 1] = torch.tensor(r[1:])
             logprobs_BSV = self.logprobs(inputs)
-            for b, (i, r, n) in enumerate(zip(batch, rows, spans)):
+            for b, (i, r, n) in enumerate(batch):
                 end = len(r) - 1
                 lp_CV = logprobs_BSV[b, end - n:end]
                 tgt_C = targets[b, end - n:end].to(lp_CV.device)
-                nll = -lp_CV.gather(1, tgt_C[:, None]).sum().item()
-                greedy = bool((lp_CV.argmax(-1) == tgt_C).all())
-                out[i] = Continuation(nll=nll, tokens=n, greedy=greedy)
+                nll[i] -= lp_CV.gather(1, tgt_C[:, None]).sum().item()
+                scored[i] += n
+                greedy[i] = greedy[i] and bool((lp_CV.argmax(-1) == tgt_C).all())
             if progress:
-                progress(len(batch))
-        return out  # type: ignore[return-value]
+                progress(len(batch))  # pieces scored (a long continuation is several)
+        return [Continuation(nll=nll[i], tokens=scored[i], greedy=greedy[i]) for i in range(len(pairs))]
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,

@@ -63,7 +63,7 @@ class _GSM8K(Task):
 
 class GSM8KGold(_GSM8K):
     name = "gsm8k_gold"
-    version = 1
+    version = 2  # 2: every token of a solution longer than the window is scored (1 scored only the last window)
 
     def run(self, ctx) -> TaskResult:
         tok = ctx.em.tokenizer

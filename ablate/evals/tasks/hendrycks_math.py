@@ -140,7 +140,7 @@ class _MATH(Task):
 
 class MATHGold(_MATH):
     name = "math_gold"
-    version = 1
+    version = 2  # 2: every token of a solution longer than the window is scored
 
     def run(self, ctx) -> TaskResult:
         tok = ctx.em.tokenizer

@@ -127,7 +127,7 @@ class _MBPP(Task):
 
 class MBPPGold(_MBPP):
     name = "mbpp_gold"
-    version = 1
+    version = 2  # 2: every token of a solution longer than the window is scored
 
     def run(self, ctx) -> TaskResult:
         tok = ctx.em.tokenizer
