@@ -4,7 +4,8 @@
   file), greedy, the answer read by ``answers.extract_gsm8k_answer`` (``#### N``, else the
   last number; commas, units and a trailing ``.0`` normalised) and compared numerically.
 * ``gsm8k_pot``: program of thought: the model writes the body of ``def solution():``, which
-  runs in the sandbox; its return value is the answer.
+  runs in the sandbox; its return value is the answer (a program that exits before returning
+  has none; output beyond the limit is discarded).
 * ``gsm8k_gold``: bits per byte of the reference solution given the question (calculator
   annotations ``<<48/2=24>>`` removed): the continuous signal small models show first.
 
@@ -119,7 +120,7 @@ POT_PROMPT = "Question: {question}\n# Python: solution() returns the answer as a
 
 class GSM8KProgramOfThought(_FewShot):
     name = "gsm8k_pot"
-    version = 1
+    version = 2  # 2: what a program prints beyond the output limit is discarded, not a failure
 
     def shots(self, ctx) -> list[dict]:
         return []  # GSM8K has no reference programs: zero-shot
@@ -133,7 +134,7 @@ class GSM8KProgramOfThought(_FewShot):
         bodies = ctx.lm.generate_text(prompts, ctx.options.max_new_tokens, ("\n\n\n", "\nQuestion:", "\ndef ", "\nprint("))
         programs = ["def solution():\n" + body + "\n" for body in bodies]
         results = run_many(programs, workers=ctx.options.sandbox_workers, func="solution",
-                           timeout_s=ctx.options.sandbox_timeout_s)
+                           timeout_s=ctx.options.sandbox_timeout_s, overflow="discard")
         details, correct = [], 0
         for r, program, res in zip(rows, programs, results):
             predicted = pot_value_to_answer(res.value) if res.ok else None
