@@ -105,7 +105,8 @@ def test_two_process_layouts_train_the_single_process_model(world, reference, na
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,par", [("tp2-dp2", {"tp": 2}), ("pp2-ep2", {"pp": 2, "ep": 2})])
+@pytest.mark.parametrize("name,par", [("tp2-dp2", {"tp": 2}), ("pp2-ep2", {"pp": 2, "ep": 2}),
+                                      ("pp4", {"pp": 4})])  # pp4: middle stages read no tokens
 def test_four_process_layouts(world, reference, name, par):
     """World size 4 on 2 cores: ~30 s each."""
     _ensure_run(world, name, par, 4)
@@ -162,7 +163,7 @@ backend.shutdown()
 
 # ------------------------------------------------------------------ resume at another layout
 
-def _resume_as(world, source: str, name: str, par: dict, *extra, **changes):
+def _resume_as(world, source: str, name: str, par: dict, *extra, nproc: int = 2, **changes):
     """A copy of ``source``'s run at its step-8 checkpoint, resumed under ``par``."""
     src, dst = world / "runs" / source, world / "runs" / name
     shutil.rmtree(dst, ignore_errors=True)
@@ -173,13 +174,14 @@ def _resume_as(world, source: str, name: str, par: dict, *extra, **changes):
     raw = yaml.safe_load(open(recipe))
     raw["name"] = source  # the same recipe (its plan names it), another layout and run_dir
     open(recipe, "w").write(yaml.safe_dump(raw))
-    return run(world, recipe, 2, "--resume", "auto", *extra, timeout=400)
+    return run(world, recipe, nproc, "--resume", "auto", *extra, timeout=400)
 
 
-@pytest.mark.parametrize("source,name,par", [("dp2", "dp2-to-pp2", {"pp": 2}), ("tp2", "tp2-to-dp2", {})])
-def test_resume_at_another_layout_continues_the_run(world, reference, source, name, par):
+@pytest.mark.parametrize("source,name,par,nproc", [("dp2", "dp2-to-pp2", {"pp": 2}, 2), ("tp2", "tp2-to-dp2", {}, 2),
+                                                   ("dp2-distopt", "distopt-dp2-to-1", {"distributed_optimizer": True}, 1)])
+def test_resume_at_another_layout_continues_the_run(world, reference, source, name, par, nproc):
     _ensure_run(world, source, LAYOUTS_2[source])
-    r = _resume_as(world, source, name, par)
+    r = _resume_as(world, source, name, par, nproc=nproc)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming at step 8" in r.stdout
     a, b = _losses(world, source), _losses(world, name)
@@ -230,3 +232,45 @@ def test_expert_bias_moves_against_the_load(world):
 ], ids=["pp-layers", "vp-without-pp", "cp-seq", "beyond-world", "fp16-cpu"])
 def test_layout_errors_are_one_line(world, par, changes, fragment):
     one_line_error(run(world, _recipe(world, "bad", par, **changes), timeout=120), fragment)
+
+
+# ------------------------------------------------------------------ async checkpoints, eval of any layout
+
+def test_async_checkpoints_complete_and_resume_bitwise(world, reference):
+    """megatron's async dist_checkpointing save (the CUDA default; forced on here): files are
+    written in the background, train_state.json once every rank has finished; a resume from
+    such a checkpoint continues bitwise at the same layout."""
+    _ensure_run(world, "dp2", LAYOUTS_2["dp2"])
+    _ensure_run(world, "async", {}, cadence__async_checkpoint="on", cadence__checkpoint_every=4)
+    assert _losses(world, "async") == _losses(world, "dp2")  # saving in the background changes nothing
+    done = sorted(p.name for p in (world / "runs" / "async" / "checkpoints").iterdir())
+    assert done == ["step_00000004", "step_00000008", "step_00000012", "step_00000016"]
+    assert all((world / "runs" / "async" / "checkpoints" / d / "train_state.json").exists() for d in done)
+    r = _resume_as(world, "async", "async-resumed", {}, cadence__async_checkpoint="on", cadence__checkpoint_every=4)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _losses(world, "async-resumed") == _losses(world, "async")
+
+
+def test_eval_loads_a_checkpoint_of_any_layout_into_one_process(world, reference):
+    """The final weights of the tp2 and pp2 x vp2 runs, loaded into one process by ablate eval's
+    loader, equal the one-process run's (to the float noise the losses show)."""
+    _ensure_run(world, "tp2", LAYOUTS_2["tp2"])
+    _ensure_run(world, "pp2-vp2", LAYOUTS_2["pp2-vp2"])
+    code = f"""
+import torch
+from ablate.evals.loading import load_eval_model
+from ablate.train import backend
+ref = {{k: v.float().clone() for k, v in load_eval_model({str(world / 'runs' / 'ref')!r}).model.state_dict().items()
+       if torch.is_tensor(v)}}
+backend.shutdown()
+for name in ("tp2", "pp2-vp2"):
+    got = load_eval_model({str(world / 'runs')!r} + "/" + name).model.state_dict()
+    backend.shutdown()
+    worst = max(float((got[k].float() - v).abs().max()) for k, v in ref.items())
+    assert worst < 1e-4, (name, worst)
+    print(name, worst)
+print("ok")
+"""
+    r = subprocess.run([PYTHON, "-c", code], cwd=world, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

@@ -242,7 +242,7 @@ def test_local_sweep_runs_each_point_once_and_cancel_then_retry_resumes(here, cl
         assert json.load(open(root / name / "status.json"))["state"] == "completed"
         assert_tokens_match_plan(root / name)
     r = cli("sweep", "submit", path)
-    assert r.rc == 0 and "skipped: 2 completed" in r.out and "nothing to submit" in r.out
+    assert r.rc == 0 and "skipped: 2 completed" in r.out and "nothing to submit" in r.out, r.err
     r = cli("sweep", "status", path)
     lines = r.out.splitlines()
     assert lines[0].split()[:5] == ["point", "state", "job", "step", "loss"] and "tokens/math.structured" in lines[0]

@@ -189,11 +189,14 @@ class CadenceConfig:
     keep_checkpoints: int = 2
     routing_flush_every: int = 50
     tensorboard: bool = True
+    # write checkpoints in the background (megatron's async dist_checkpointing save); auto: on CUDA
+    async_checkpoint: str = "auto"
     # Weights & Biases (the optional extra 'wandb'): {project: P, mode: online|offline|disabled,
     # entity: E, group: G, tags: [...]}; empty: no W&B. A resumed run continues its W&B run.
     wandb: dict = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
+        check_choice(self.async_checkpoint, ("auto", "on", "off"), f"{where}.async_checkpoint")
         if self.wandb:
             check_keys(self.wandb, ["project", "mode", "entity", "group", "tags"], f"{where}.wandb", required=("project",))
             check_type(self.wandb["project"], str, f"{where}.wandb.project", "a W&B project name")

@@ -80,6 +80,28 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def prepare_writer() -> None:
+    """Start megatron's checkpoint-writer results queue now, in a helper process that survives
+    signals sent to the trainer's process group (see ``writer_guard``). Call before the
+    trainer installs its signal handlers; idempotent."""
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    from ablate.train.writer_guard import ignore_signals_and_follow_parent
+
+    if filesystem_async._results_queue is not None:
+        return
+    manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+    manager.start(initializer=ignore_signals_and_follow_parent, initargs=(os.getpid(),))
+    _WRITER["manager"] = manager  # kept alive with the process
+    filesystem_async._results_queue = manager.Queue()
+
+
+_WRITER: dict = {}
+
+
 def _model_state(modules) -> dict:
     """megatron's sharded state dict of every chunk: tensor keys are global (layer offsets,
     expert numbers), so any pipeline / virtual / expert split of the same model loads them."""
@@ -93,18 +115,49 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(run_dir: str, step: int, engine, train_state: dict, keep: int) -> str:
-    """Save ``checkpoints/step_<N>`` from every rank (collective), keep the newest ``keep``."""
-    path = save_to(checkpoint_dir(run_dir, step), engine, train_state)
-    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
-        for old in complete_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+class AsyncSaves:
+    """Checkpoints written in the background (megatron's async ``dist_checkpointing`` save): the
+    tensors are copied off the GPU at the step, the files are written by a helper process while
+    training goes on, and ``train_state.json`` (the completeness mark) is written only once
+    every rank's files are on disk, when ``poll`` or ``wait`` finalizes the save."""
+
+    def __init__(self):
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self.queue = AsyncCallsQueue()
+
+    def poll(self) -> None:
+        """Finalize saves that every rank has finished (collective; call once per step)."""
+        self.queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait(self) -> None:
+        """Finalize every pending save (collective): before exit, preemption or evaluation."""
+        self.queue.maybe_finalize_async_calls(blocking=True)
+
+    def close(self) -> None:
+        self.wait()
+        self.queue.close()
+
+
+def save(run_dir: str, step: int, engine, train_state: dict, keep: int, async_saves: AsyncSaves | None = None) -> str:
+    """Save ``checkpoints/step_<N>`` from every rank (collective), keep the newest ``keep``
+    complete ones (after this one is complete: at once, or when its async save finalizes)."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+
+    def prune():
+        if rank == 0:
+            for old in complete_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    path = save_to(checkpoint_dir(run_dir, step), engine, train_state, async_saves, then=prune)
+    if async_saves is None:
+        _barrier()
     return path
 
 
-def save_to(path: str, engine, train_state: dict) -> str:
-    """Model, optimizer and RNG into ``path`` from every rank (collective); ``train_state.json`` last."""
+def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None = None, then=None) -> str:
+    """Model, optimizer and RNG into ``path`` from every rank (collective); ``train_state.json``
+    last, once every rank's files are written (with ``async_saves``: when the save finalizes)."""
     from megatron.core import dist_checkpointing
 
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -118,12 +171,23 @@ def save_to(path: str, engine, train_state: dict) -> str:
     state = _model_state(engine.modules)
     _ensure_optimizer_state(engine.optimizer)  # before the first step (an initial checkpoint) there is none
     state["optimizer"] = engine.optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
-    dist_checkpointing.save(state, weights, content_metadata=OPTIMIZER_METADATA)
     with atomic_path(os.path.join(path, "rng", f"rank{rank}.pt")) as tmp:
         torch.save(rng_state(), tmp)
+
+    def mark_complete():
+        if rank == 0:
+            write_json_atomic(os.path.join(path, TRAIN_STATE), train_state)
+        if then is not None:
+            then()
+
+    if async_saves is not None:
+        request = dist_checkpointing.save(state, weights, content_metadata=OPTIMIZER_METADATA, async_sharded_save=True)
+        request.add_finalize_fn(mark_complete)  # runs on every rank once all of them have written
+        async_saves.queue.schedule_async_request(request)
+        return path
+    dist_checkpointing.save(state, weights, content_metadata=OPTIMIZER_METADATA)
     _barrier()
-    if rank == 0:
-        write_json_atomic(os.path.join(path, TRAIN_STATE), train_state)
+    mark_complete()
     _barrier()
     return path
 

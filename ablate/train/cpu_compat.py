@@ -18,8 +18,8 @@ Each adaptation is as narrow as it can be:
 5. ``Tensor.type()`` is compared with ``'torch.cuda.FloatTensor'`` (and the half names) when
    megatron's mixed-precision optimizer sorts its parameters and when its clipping asserts fp32
    grads. The CUDA names are answered **only inside** those two calls (``cuda_type_names``).
-6. ``torch.cuda.synchronize()`` in the pipeline p2p code, the async checkpoint writer and the
-   checkpoint exchange: a no-op on CPU, scoped to those modules' stand-ins. (The schedules must
+6. ``torch.cuda.synchronize()`` in the pipeline p2p code, the async checkpoint writer and its
+   call queue, and the checkpoint exchange: a no-op on CPU, scoped to those modules' stand-ins. (The schedules must
    also run with ``batch_p2p_sync=False``.)
 7. The RNG tracker (``tensor_parallel.random``) keeps *CUDA* generator states per name; on CPU
    a tracker with the same contract keeps CPU generator states, so ``fork()`` draws from its
@@ -53,6 +53,7 @@ CUDA_LITERAL_MODULES = (
     "megatron.core.utils",
     "megatron.core.dist_checkpointing.strategies.filesystem_async",
     "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
     "megatron.core.models.common.embeddings.rope_utils",
 )
 

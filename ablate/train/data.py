@@ -5,6 +5,9 @@ Global step ``t`` of stage ``k`` uses that stage's blend samples ``[t * G, (t + 
 ``r``, split into micro-batches (megatron's pretraining sampler does the same). A step never
 mixes two stages, since every stage is a whole number of steps (see ``recipe.plan``).
 
+Only the first and last pipeline stages read tokens (``read_tokens``): a middle stage takes its
+input from the previous stage and needs each sample's domain only (routing counts).
+
 Under context parallelism every rank of a context-parallel group reads the same samples and
 keeps its part of the sequence (``_cp_slice``).
 
@@ -33,8 +36,10 @@ class Microbatch:
 
 class StagedData:
     def __init__(self, plan: Plan, blends: list, micro_batch_size: int, dp_rank: int, dp_size: int,
-                 device: torch.device | str = "cpu", cp_rank: int = 0, cp_size: int = 1):
+                 device: torch.device | str = "cpu", cp_rank: int = 0, cp_size: int = 1, read_tokens: bool = True):
         self.plan, self.blends, self.device = plan, blends, device
+        # a middle pipeline stage feeds on activations: it reads only each sample's domain
+        self.read_tokens = read_tokens
         self.mbs, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
         self.cp_rank, self.cp_size = cp_rank, cp_size
         self.gbs = plan.global_batch_size
@@ -65,6 +70,13 @@ class StagedData:
         local = self.gbs // self.dp_size
         start = t * self.gbs + self.dp_rank * local
         out = []
+        if not self.read_tokens:
+            ids_all = np.asarray(blend.dataset_index[start:start + local])
+            positions_BS = self._cp_slice(torch.arange(self.plan.seq_length).expand(self.mbs, -1)).to(self.device)
+            return [Microbatch(tokens_BS=None, labels_BS=None, loss_mask_BS=None, position_ids_BS=positions_BS,
+                               domain_B=torch.as_tensor(self._domain_of[k][ids_all[m * self.mbs:(m + 1) * self.mbs]],
+                                                        device=self.device))
+                    for m in range(local // self.mbs)]
         for m in range(local // self.mbs):
             samples = [blend[i] for i in range(start + m * self.mbs, start + (m + 1) * self.mbs)]
             stack = lambda key: self._cp_slice(torch.stack([torch.as_tensor(s[key]) for s in samples])).to(self.device)  # noqa: E731

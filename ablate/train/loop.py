@@ -72,8 +72,11 @@ class Trainer:
             os.makedirs(run_dir, exist_ok=True)
             write_text_atomic(self.run.recipe, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             write_text_atomic(self.run.plan, self.plan.to_json())
+        from megatron.core import parallel_state as ps
+
+        edge = ps.is_pipeline_first_stage(ignore_virtual=True) or ps.is_pipeline_last_stage(ignore_virtual=True)
         self.data = StagedData(self.plan, blends, recipe.training.micro_batch_size, layout.dp_rank, layout.dp,
-                               layout.device, layout.cp_rank, layout.cp)
+                               layout.device, layout.cp_rank, layout.cp, read_tokens=edge)
         self.engine = Engine(recipe, layout, self.plan.tokenizer["vocab_size"], len(self.data.domains))
         self.callbacks = callbacks
         self.step = 0
@@ -81,6 +84,8 @@ class Trainer:
         self.stop_signal: str | None = None
         self.untimed_s = 0.0  # seconds callbacks spent outside training (evaluation): not throughput
         self.resumed_from = None
+        mode = recipe.cadence.async_checkpoint
+        self.async_saves = ckpt.AsyncSaves() if mode == "on" or (mode == "auto" and layout.backend == "cuda") else None
 
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: str = "auto", reset_optimizer: bool = False) -> dict:
@@ -88,6 +93,7 @@ class Trainer:
 
         recipe, data, engine = self.recipe, self.data, self.engine
         self._resume(resume, reset_optimizer)
+        ckpt.prepare_writer()  # its helper process must outlive the signals below
         # preemption: Slurm sends SIGUSR1 (--signal) or SIGTERM; finish the step, save, exit
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, lambda s, _f: setattr(self, "stop_signal", signal.Signals(s).name))
@@ -100,6 +106,8 @@ class Trainer:
             result = engine.step(data.microbatches(self.step))
             self.tokens_D += data.domain_samples(self.step) * self.plan.seq_length
             self.step += 1
+            if self.async_saves is not None:
+                self.async_saves.poll()  # an earlier checkpoint written in the background: mark it complete
             self._emit("on_step_end", stage=stage_idx, lr=lr, result=result)
             preempted = _agree(self.stop_signal is not None, self.layout.device)
             if self.step % cad.checkpoint_every == 0 or self.step == data.total_steps or preempted:
@@ -108,12 +116,14 @@ class Trainer:
                 self.save(stage_idx)
                 self.untimed_s += time.time() - start  # checkpoint time is not training throughput
             if preempted:
+                self._finish_saves()
                 self._emit("on_end", state="preempted")
                 if self.rank0:
                     ckpt.write_status(self.run.root, "preempted", step=self.step, exit_reason=f"signal {self.stop_signal}")
                     print(f"stopped by {self.stop_signal} at step {self.step}; checkpoint saved", flush=True)
                 return {"step": self.step, "state": "preempted"}
             self._emit("on_after_step")  # work that must not precede the checkpoint (evaluation)
+        self._finish_saves()
         self._emit("on_end", state="completed")
         if self.rank0:
             ckpt.write_status(self.run.root, "completed", step=self.step, exit_reason="finished")
@@ -150,9 +160,14 @@ class Trainer:
                  "consumed_samples": _consumed(self.data, self.step), "tokens": self.tokens(),
                  "plan_fingerprint": self.plan.fingerprint, "world_size": self.layout.world_size,
                  "layout": self.layout.describe()}
-        ckpt.save(self.run.root, self.step, self.engine, state, self.recipe.cadence.keep_checkpoints)
+        ckpt.save(self.run.root, self.step, self.engine, state, self.recipe.cadence.keep_checkpoints,
+                  async_saves=self.async_saves)
         if self.rank0:
             ckpt.write_status(self.run.root, "running", step=self.step)
+
+    def _finish_saves(self) -> None:
+        if self.async_saves is not None:
+            self.async_saves.close()  # every checkpoint complete before the run says it stopped
 
     def _emit(self, event: str, **kwargs) -> None:
         for cb in self.callbacks:
