@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ablate.data.prepare import prepare
-from test_train import PYTHON, REPO, TINY, assert_budgets_met, metrics, one_line_error, run
+from test_train import PYTHON, TINY, assert_budgets_met, metrics, one_line_error, run
 
 TOL = 1e-5  # relative, per step (the issue's bound); the runs below land at ~1e-7
 
@@ -111,6 +111,13 @@ def test_four_process_layouts(world, reference, name, par):
     """World size 4 on 2 cores: ~30 s each."""
     _ensure_run(world, name, par, 4)
     _assert_same_training(world, name, reference)
+
+
+def test_activation_recomputation_under_pipelining_trains_and_counts_the_same(world, reference):
+    """Full recomputation reruns each layer's forward during backward, where 1F1B has already
+    moved on to another micro-batch: the routing counts must still be the first forward's."""
+    _ensure_run(world, "pp2-recompute", {"pp": 2}, training__recompute="full")
+    _assert_same_training(world, "pp2-recompute", reference)
 
 
 # ------------------------------------------------------------------ precision

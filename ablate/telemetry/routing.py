@@ -8,9 +8,11 @@ A forward hook on every megatron-core ``TopKRouter`` adds, per MoE layer ``l``:
 
 The router returns ``(probs_TE, routing_map_TE)`` over tokens ordered ``s * batch + b``
 (sequence-major), so a token's domain is its sample's: ``domain_B.repeat(T // B)``. That also
-holds for a contiguous sequence shard (sequence parallelism). Counting happens only while grad
-is enabled: under activation recomputation the forward runs twice, and megatron-core's own
-expert counter makes the same choice. ``flush`` all-reduces over the data-parallel group and
+holds for a contiguous sequence shard (sequence parallelism). Each micro-batch is counted once,
+in its forward: the training engine sets ``counting`` around its forward call, so a forward
+recomputed during backward (activation recomputation, where under pipelining the current
+domains belong to another micro-batch) and evaluation forwards are not counted. Used on its
+own (``counting`` None), it counts grad-enabled forwards only. ``flush`` all-reduces over the data-parallel group and
 zeroes the accumulators; nothing leaves the device between flushes.
 
 Under pipeline (and virtual pipeline) parallelism a rank holds only some layers: each router
@@ -52,6 +54,7 @@ class RoutingCapture:
         self.domain_B: torch.Tensor | None = None
         self._onehot: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (T, onehot_DT, ntok_D)
         self.enabled = True
+        self.counting: bool | None = None  # set by the engine around its forward; None: grad-enabled forwards
         self._handles = [r.register_forward_hook(self._hook(row)) for row, r in zip(rows, self.routers)]
 
     def set_batch_domains(self, domain_B: torch.Tensor) -> None:
@@ -70,7 +73,8 @@ class RoutingCapture:
 
     def _hook(self, layer: int):
         def hook(module, inputs, output):
-            if not self.enabled or not torch.is_grad_enabled() or self.domain_B is None:
+            counting = self.counting if self.counting is not None else torch.is_grad_enabled()
+            if not self.enabled or not counting or self.domain_B is None:
                 return
             probs_TE, routing_map_TE = output  # probs are zero outside each token's top-k
             onehot_DT, ntok_D = self._domains_of_tokens(routing_map_TE.shape[0], routing_map_TE.device)

@@ -29,6 +29,11 @@ Each adaptation is as narrow as it can be:
    (``get_pos_emb_on_this_cp_rank``, with a pinned index tensor): inside those two calls only,
    ``.cuda()`` returns the tensor itself and pinning is dropped.
 
+9. Activation recomputation (``tensor_parallel.checkpoint``) saves and restores the CPU
+   generator, the CUDA generator and the tracker's streams around the recomputed forward. On
+   CPU there is no CUDA generator: its get/set (``_get_cuda_rng_state``/``_set_cuda_rng_state``)
+   answer an empty state and do nothing; the CPU generator and the tracker are still restored.
+
 ``apply()`` is idempotent and refuses to run in a process that uses CUDA; ``applied()`` says
 whether it ran (a test checks that the CUDA backend never applies it).
 """
@@ -79,6 +84,8 @@ def apply() -> None:
     # (7) the tracker megatron's code asks for; model_parallel_cuda_manual_seed seeds it
     mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    mp_random._get_cuda_rng_state = lambda *a, **k: torch.empty(0, dtype=torch.uint8)  # (9)
+    mp_random._set_cuda_rng_state = lambda *a, **k: None
     _STATE["applied"] = True
 
 

@@ -45,6 +45,8 @@ class Engine:
 
         self.recipe, self.layout, self.num_domains = recipe, layout, num_domains
         par, train = recipe.parallelism, recipe.training
+        # one config object for every chunk and for DDP: the schedule reads its hooks
+        # (grad_scale_func, finalize_model_grads_func, no_sync_func) from DDP's
         self.config = transformer_config(recipe, layout.backend)
         # megatron's named RNG streams (tensor-parallel, expert-parallel, data-parallel); the
         # CUDA build draws its weights from them, and dropout does on both backends
@@ -59,14 +61,14 @@ class Engine:
             modules.append(build_model(recipe, vocab_size, layout.backend,
                                        pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
                                        post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
-                                       vp_stage=stage))
+                                       vp_stage=stage, config=self.config))
         self.modules = modules  # unwrapped GPTModels, for routing hooks and checkpoints
         half = train.precision in ("bf16", "fp16")
         wrapped = [Float16Module(self.config, m) if half else m for m in modules]
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, use_distributed_optimizer=par.distributed_optimizer,
             overlap_grad_reduce=par.overlap_grad_reduce, overlap_param_gather=par.overlap_param_gather,
-            check_for_nan_in_grad=False, bucket_size=None if par.overlap_grad_reduce else 10**12)
+            check_for_nan_in_grad=False)  # bucket size: megatron's default (one bucket without overlap)
         # only the first chunk's buffers are bucketed: later chunks' grads are reduced at the end
         self.chunks = [DistributedDataParallel(self.config, ddp_config, m, disable_bucketing=i > 0)
                        for i, m in enumerate(wrapped)]
@@ -139,11 +141,18 @@ class Engine:
     def _forward_step(self, data_iterator, model):
         mb = next(data_iterator)
         inner = _unwrap(model)
-        if self.routing is not None:
-            self.routing.set_batch_domains(mb.domain_B)
         tokens = mb.tokens_BS if inner.pre_process else None
         labels = mb.labels_BS if inner.post_process else None
-        output = model(tokens, mb.position_ids_BS, None, labels=labels)
+        if self.routing is None:
+            return model(tokens, mb.position_ids_BS, None, labels=labels), partial(self._loss, mb)
+        # routing counted in this forward only (not in a recomputation during backward, which
+        # under pipelining runs while another micro-batch's domains are current)
+        self.routing.set_batch_domains(mb.domain_B)
+        self.routing.counting = True
+        try:
+            output = model(tokens, mb.position_ids_BS, None, labels=labels)
+        finally:
+            self.routing.counting = False
         return output, partial(self._loss, mb)
 
     def _loss(self, mb, loss_BS):

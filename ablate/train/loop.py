@@ -151,9 +151,6 @@ class Trainer:
                                   f"(no {ckpt.TRAIN_STATE})")
             ckpt.load_model_weights(path, self.engine.modules)
             self.engine.optimizer.reload_model_params()  # fp32 main params from the loaded weights
-            self.resumed_from = None
-        else:
-            self.resumed_from = None
 
     def save(self, stage_idx: int) -> None:
         state = {"step": self.step, "stage": self.plan.stages[stage_idx].name,

@@ -128,13 +128,14 @@ def layer_spec(config, backend: str, te: bool, vp_stage: int | None = None):
 
 
 def build_model(recipe: Recipe, vocab_size: int, backend: str, pre_process: bool = True, post_process: bool = True,
-                vp_stage: int | None = None, te: bool | None = None):
+                vp_stage: int | None = None, te: bool | None = None, config=None):
     """megatron-core ``GPTModel`` (one pipeline chunk) for this recipe on this backend (call after
-    parallel state). One process, no pipelining: the whole model."""
+    parallel state). One process, no pipelining: the whole model. ``config``: the
+    ``TransformerConfig`` to share (the engine passes one object to every chunk and to DDP)."""
     from megatron.core.models.gpt import GPTModel
 
     te = _te_available() if te is None else te
-    config = transformer_config(recipe, backend, te)
+    config = config if config is not None else transformer_config(recipe, backend, te)
     model = GPTModel(
         config=config, transformer_layer_spec=layer_spec(config, backend, te, vp_stage),
         vocab_size=padded_vocab_size(vocab_size, recipe.model.make_vocab_size_divisible_by, recipe.parallelism.tp),
