@@ -61,3 +61,25 @@ def test_cuda_type_names_are_answered_only_inside_the_optimizer_scope():
             "assert torch.zeros(1).type(torch.float64).dtype == torch.float64; print('ok')")
     r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+def test_every_cluster_recipe_gives_a_valid_cuda_configuration_at_4_nodes_x_8_gpus():
+    """megatron-core validates its TransformerConfig in __post_init__ (MoE + TP needs sequence
+    parallelism, pipeline dtypes, ...): each cluster recipe's CUDA config is built here, with
+    its layout checked at the 32 GPUs it is written for, and its layer specs chosen."""
+    code = """
+import glob, sys, torch
+torch.cuda.is_bf16_supported = lambda *a, **k: True
+from ablate.recipe.schema import load_recipe
+from ablate.train import backend, model
+paths = sorted(glob.glob(sys.argv[1] + '/recipes/cluster/*.yaml'))
+assert paths
+for p in paths:
+    r = load_recipe(p)
+    backend.check_layout(r, 32, 'cuda')
+    config = model.transformer_config(r, 'cuda', te=False)
+    assert config.bf16 and not config.use_cpu_initialization and config.moe_token_dispatcher_type == 'alltoall'
+print(len(paths), 'ok')
+"""
+    r = subprocess.run([PYTHON, "-c", code, REPO], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "12 ok" in r.stdout, r.stderr[-3000:]
