@@ -110,15 +110,16 @@ class RoutingCapture:
         """``expert_bias`` of every MoE layer (collective: pipeline ranks hold different layers)."""
         if not self.routers or getattr(self.routers[0], "expert_bias", None) is None:
             return None
-        local = torch.as_tensor(self.expert_bias())
+        device = self.count_LDE.device  # NCCL reduces device tensors only
+        local = torch.as_tensor(self.expert_bias(), device=device)
         if dist.is_initialized() and dist.get_world_size(group) > 1:
             # each layer's bias is identical on the ranks that hold it: sum, then divide by holders
-            held = torch.zeros(self.num_moe_layers)
+            held = torch.zeros(self.num_moe_layers, device=device)
             held[self.rows] = 1.0
             dist.all_reduce(local, group=group)
             dist.all_reduce(held, group=group)
             local = local / held.clamp(min=1).unsqueeze(1)
-        return local.numpy()
+        return local.cpu().numpy()
 
     def remove(self) -> None:
         for h in self._handles:
