@@ -174,7 +174,8 @@ def _resume_as(world, source: str, name: str, par: dict, *extra, nproc: int = 2,
     """A copy of ``source``'s run at its step-8 checkpoint, resumed under ``par``."""
     src, dst = world / "runs" / source, world / "runs" / name
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("step_00000016"))
+    later = lambda _dir, names: [n for n in names if n.startswith("step_") and int(n[5:13]) > 8]  # noqa: E731
+    shutil.copytree(src, dst, ignore=later)  # checkpoints (and routing files) after step 8 are not there yet
     rows = [json.loads(line) for line in (dst / "metrics.jsonl").read_text().splitlines()]
     (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= 8))
     recipe = _recipe(world, name, par, run_dir=str(dst), **changes)

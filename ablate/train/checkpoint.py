@@ -15,13 +15,16 @@ follows, except across an expert-parallel change (its chained sub-optimizers dif
 that is one clear error naming both layouts and ``--reset-optimizer`` (model weights only).
 
 megatron's torch-Adam fallback (no Transformer Engine or Apex: every CPU run, and GPUs without
-TE) has two load bugs worked around here: the optimizer state must exist before it is loaded,
-and ``load_state_dict`` puts one shared ``step`` tensor into every parameter's state, which
-silently breaks Adam's bias correction after a resume (each param gets its own copy).
+TE) has three load bugs worked around here: the optimizer state must exist before it is loaded;
+the distributed optimizer's load asks the checkpoint for a per-param ``step`` it never holds
+(``KeyError: 'step'``); and ``load_state_dict`` puts one shared ``step`` tensor into every
+parameter's state, which silently breaks Adam's bias correction after a resume (each param
+gets its own copy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -225,7 +228,8 @@ def load(path: str, engine, layout: dict, reset_optimizer: bool = False) -> dict
     if reset_optimizer:
         engine.optimizer.reload_model_params()  # fp32 main params from the loaded weights
     else:
-        engine.optimizer.load_state_dict(loaded["optimizer"])
+        with _step_restored_by_param_groups(engine.optimizer):
+            engine.optimizer.load_state_dict(loaded["optimizer"])
         _unshare_adam_step(engine.optimizer)
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng = os.path.join(path, "rng", f"rank{rank}.pt")
@@ -266,6 +270,40 @@ def _ensure_optimizer_state(optimizer) -> None:
         inner = getattr(opt, "optimizer", None)
         if inner is not None and not inner.state:
             _init_optimizer_state(opt)
+
+
+@contextlib.contextmanager
+def _step_restored_by_param_groups(optimizer):
+    """The distributed optimizer's fully-reshardable load copies every state tensor a param has
+    from the checkpoint, but the checkpoint holds no per-param ``step`` (torch Adam's; megatron
+    restores it from the param groups just before): the copy raised ``KeyError: 'step'``. While
+    loading, the copy leaves ``step`` as the param-group restore set it."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(opt, DistributedOptimizer):
+            original = opt._set_main_param_and_optimizer_states
+
+            def setter(model_param, tensors, _opt=opt, _original=original):
+                if "step" in tensors:
+                    return _original(model_param, tensors)
+                group_index, group_order = _opt.model_param_group_index_map[model_param]
+                state = _opt.optimizer.state[_opt.optimizer.param_groups[group_index]["params"][group_order]]
+                step = state.pop("step", None)
+                try:
+                    return _original(model_param, tensors)
+                finally:
+                    if step is not None:
+                        state["step"] = step
+
+            opt._set_main_param_and_optimizer_states = setter
+            patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states  # the class's method again
 
 
 def _unshare_adam_step(optimizer) -> None:
