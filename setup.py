@@ -21,6 +21,8 @@ setup(
         # orjson: parses JSONL 2-4x faster than json and validates UTF-8 on bytes; ingestion is JSON-bound
         "orjson>=3.9",
         "tensorboard>=2.14",
+        # psutil: megatron-core's dist_checkpointing writer processes need it (they fail without it)
+        "psutil>=5.9",
         # analysis (ablate.analysis, ablate report): tidy frames, plots, Hungarian expert alignment
         "pandas>=2",
         "matplotlib>=3.7",
