@@ -19,6 +19,16 @@ import os
 from dataclasses import dataclass
 
 STEP_DIGITS = 8
+# metrics.jsonl keys that start like a domain's cumulative tokens (``tokens/<domain>``) but are
+# throughput
+THROUGHPUT_KEYS = ("tokens/s", "tokens/s/device")
+
+
+def domain_of_tokens_key(key: str) -> str | None:
+    """``code.exec`` for ``tokens/code.exec``; None for any other metrics key (throughput too)."""
+    if not key.startswith("tokens/") or key in THROUGHPUT_KEYS:
+        return None
+    return key[len("tokens/"):]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import os
 import sys
 
 import ablate.analysis as A
-from ablate.run_layout import RunLayout
+from ablate.run_layout import RunLayout, domain_of_tokens_key
 
 # design -> its controls: DeepSeekMath's two-stage designs are compared with math only and with
 # the general-then-math control (same total tokens)
@@ -40,8 +40,7 @@ def trained_tokens(run_dir: str) -> dict[str, int]:
     with open(RunLayout(run_dir).metrics) as f:
         for line in f:
             last = json.loads(line)
-    return {k[len("tokens/"):]: int(v) for k, v in (last or {}).items()
-            if k.startswith("tokens/") and k != "tokens/s" and v}
+    return {domain_of_tokens_key(k): int(v) for k, v in (last or {}).items() if domain_of_tokens_key(k) and v}
 
 
 def fmt(x: float) -> str:

@@ -7,6 +7,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ablate.run_layout import domain_of_tokens_key
+
 _VERDICT_COLOR = {"better": "#2a9d5c", "worse": "#c8553d", "noise": "#9aa0a6", "1 seed": "#6c8ebf", "mixed": "#d4a017"}
 
 
@@ -45,7 +47,7 @@ def plot_training_curves(metrics, title: str = "") -> Figure:
     """One run: loss (total and per domain) and cumulative tokens per domain against step, with
     stages shaded."""
     m = metrics.sort_values("step")
-    domains = sorted(c.split("/", 1)[1] for c in m.columns if c.startswith("tokens/") and c != "tokens/s")
+    domains = sorted(domain_of_tokens_key(c) for c in m.columns if domain_of_tokens_key(c))
     colors = domain_colors(domains)
     fig = Figure(figsize=(11, 3.6))
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.84 if title else 0.9, wspace=0.2)

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ablate.run_layout import RunLayout
+from ablate.run_layout import RunLayout, domain_of_tokens_key
 
 RETRYABLE = ("failed", "preempted", "interrupted", "cancelled")
 ACTIVE = ("queued", "running")
@@ -125,7 +125,7 @@ def point_state(name: str, run_dir: str, jobs: list[Job]) -> PointState:
         eval_job_id=record.get("eval_job_id"),
         step=metrics.get("step", status.get("step")), total_steps=status.get("total_steps"),
         loss=metrics.get("loss"),
-        tokens={k[len("tokens/"):]: v for k, v in metrics.items() if k.startswith("tokens/") and k != "tokens/s"},
+        tokens={domain_of_tokens_key(k): v for k, v in metrics.items() if domain_of_tokens_key(k)},
         reason=reason)
 
 
