@@ -103,29 +103,36 @@ def file_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def read_jsonl(path: str, required: tuple[str, ...], limit: int | None = None) -> list[dict]:
-    """Rows of a JSONL file, each checked for ``required`` string fields; one clear line on
-    the first bad row."""
+def jsonl_objects(path: str):
+    """``(n, where, row)`` for every non-blank line ``n`` of a JSONL file, ``where`` naming file and line;
+    one clear line for a missing file, invalid JSON or a line that is not an object."""
     if not os.path.isfile(path):
         raise AblateError(f"{path}: data file not found")
-    rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{path}: line {n}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise AblateError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
+                raise AblateError(f"{where}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise AblateError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
-            for key in required:
-                if not isinstance(row.get(key), str):
-                    raise AblateError(f"{path}: line {n}: field {key!r} must be a string "
-                                      f"(got {type(row.get(key)).__name__})")
-            rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
+                raise AblateError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield n, where, row
+
+
+def read_jsonl(path: str, required: tuple[str, ...], limit: int | None = None) -> list[dict]:
+    """Rows of a JSONL file, each checked for ``required`` string fields; one clear line on
+    the first bad row."""
+    rows = []
+    for _, where, row in jsonl_objects(path):
+        for key in required:
+            if not isinstance(row.get(key), str):
+                raise AblateError(f"{where}: field {key!r} must be a string (got {type(row.get(key)).__name__})")
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
     if not rows:
         raise AblateError(f"{path}: no rows")
     return rows

@@ -23,13 +23,12 @@ file; none of them is a MATH-500 problem.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 
 from ablate.errors import AblateError
-from ablate.evals.tasks.base import Task, TaskResult, benchmark_path, file_digest
+from ablate.evals.tasks.base import Task, TaskResult, benchmark_path, file_digest, jsonl_objects
 
 DEFAULT_RELATIVE = os.path.join("..", "shared", "benchmarks", "math500", "test.jsonl")
 STOPS = ("\nProblem:", "Problem:\n", "\n\n\n")
@@ -73,44 +72,32 @@ def read_math(path: str, limit: int | None = None) -> list[dict]:
     ``subject`` (str or None); one clear line naming the file, line and field on a bad row."""
     from ablate.evals.math_answers import last_boxed
 
-    if not os.path.isfile(path):
-        raise AblateError(f"{path}: data file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {n}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AblateError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(raw, dict):
-                raise AblateError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-            for key in ("problem", "solution"):
-                if not isinstance(raw.get(key), str) or not raw[key].strip():
-                    raise AblateError(f"{where}: field {key!r} must be a non-empty string (a MATH row has "
-                                      "problem, solution[, answer, level, subject])")
-            answer = raw.get("answer")
+    for n, where, raw in jsonl_objects(path):
+        for key in ("problem", "solution"):
+            if not isinstance(raw.get(key), str) or not raw[key].strip():
+                raise AblateError(f"{where}: field {key!r} must be a non-empty string (a MATH row has "
+                                  "problem, solution[, answer, level, subject])")
+        answer = raw.get("answer")
+        if answer is None:
+            answer = last_boxed(raw["solution"])
             if answer is None:
-                answer = last_boxed(raw["solution"])
-                if answer is None:
-                    raise AblateError(f"{where}: no 'answer' field and no \\boxed{{}} answer in 'solution'")
-            if not isinstance(answer, str) or not answer.strip():
-                raise AblateError(f"{where}: field 'answer' must be a non-empty string")
-            level = raw.get("level")
-            if level is not None:
-                m = _LEVEL.match(str(level).strip())
-                if not m or isinstance(level, bool):
-                    raise AblateError(f"{where}: field 'level' must be a number 1-5 or 'Level N', got {level!r}")
-                level = int(m.group(1))
-            subject = raw.get("subject", raw.get("type"))
-            if subject is not None and not isinstance(subject, str):
-                raise AblateError(f"{where}: field 'subject' must be a string")
-            rows.append({"problem": raw["problem"], "solution": raw["solution"], "answer": answer.strip(),
-                         "level": level, "subject": subject, "id": raw.get("unique_id", n)})
-            if limit is not None and len(rows) >= limit:
-                break
+                raise AblateError(f"{where}: no 'answer' field and no \\boxed{{}} answer in 'solution'")
+        if not isinstance(answer, str) or not answer.strip():
+            raise AblateError(f"{where}: field 'answer' must be a non-empty string")
+        level = raw.get("level")
+        if level is not None:
+            m = _LEVEL.match(str(level).strip())
+            if not m or isinstance(level, bool):
+                raise AblateError(f"{where}: field 'level' must be a number 1-5 or 'Level N', got {level!r}")
+            level = int(m.group(1))
+        subject = raw.get("subject", raw.get("type"))
+        if subject is not None and not isinstance(subject, str):
+            raise AblateError(f"{where}: field 'subject' must be a string")
+        rows.append({"problem": raw["problem"], "solution": raw["solution"], "answer": answer.strip(),
+                     "level": level, "subject": subject, "id": raw.get("unique_id", n)})
+        if limit is not None and len(rows) >= limit:
+            break
     if not rows:
         raise AblateError(f"{path}: no rows")
     return rows

@@ -28,7 +28,7 @@ import math
 import os
 
 from ablate.errors import AblateError
-from ablate.evals.tasks.base import Task, TaskResult, benchmark_path, file_digest
+from ablate.evals.tasks.base import Task, TaskResult, benchmark_path, file_digest, jsonl_objects
 
 DEFAULT_RELATIVE = os.path.join("..", "shared", "benchmarks", "mbpp", "mbpp.jsonl")
 TEST_IDS = range(11, 511)
@@ -38,34 +38,20 @@ STOPS = ("[DONE]", "\n[BEGIN]", "\nYou are an expert")
 
 def read_mbpp(path: str) -> dict[int, dict]:
     """Rows by task_id, each checked: one clear line naming the file, line and field."""
-    import json
-
-    if not os.path.isfile(path):
-        raise AblateError(f"{path}: data file not found")
     rows: dict[int, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AblateError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
-            where = f"{path}: line {n}"
-            if not isinstance(row, dict):
-                raise AblateError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if not isinstance(row.get("task_id"), int) or isinstance(row.get("task_id"), bool):
-                raise AblateError(f"{where}: field 'task_id' must be an integer")
-            for key in ("text", "code"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise AblateError(f"{where}: field {key!r} must be a non-empty string")
-            tests = row.get("test_list")
-            if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
-                raise AblateError(f"{where}: field 'test_list' must be a non-empty list of test strings "
-                                  f"(task {row['task_id']} has {tests!r:.40})")
-            if not isinstance(row.get("test_setup_code", ""), str):
-                raise AblateError(f"{where}: field 'test_setup_code' must be a string")
-            rows[row["task_id"]] = row
+    for _, where, row in jsonl_objects(path):
+        if not isinstance(row.get("task_id"), int) or isinstance(row.get("task_id"), bool):
+            raise AblateError(f"{where}: field 'task_id' must be an integer")
+        for key in ("text", "code"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise AblateError(f"{where}: field {key!r} must be a non-empty string")
+        tests = row.get("test_list")
+        if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
+            raise AblateError(f"{where}: field 'test_list' must be a non-empty list of test strings "
+                              f"(task {row['task_id']} has {tests!r:.40})")
+        if not isinstance(row.get("test_setup_code", ""), str):
+            raise AblateError(f"{where}: field 'test_setup_code' must be a string")
+        rows[row["task_id"]] = row
     if not rows:
         raise AblateError(f"{path}: no rows")
     return rows
