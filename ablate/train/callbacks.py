@@ -82,9 +82,12 @@ class MetricsCallback(Callback):
         step = trainer.step
         self.tokens_since += data.gbs * plan.seq_length
         stage_end = step == sum(data.stage_steps[: stage + 1])
-        aux = _aux_losses(trainer.engine, data.gbs // data.dp_size // data.mbs)
         if not (step % trainer.recipe.cadence.log_every == 0 or stage_end or step == data.total_steps):
+            from megatron.core.transformer.moe import moe_utils
+
+            moe_utils.clear_aux_losses_tracker()  # each logged row holds its own step's aux losses
             return
+        aux = _aux_losses(trainer.engine, data.gbs // data.dp_size // data.mbs)
         # time callbacks spent outside training (evaluation) is not throughput
         elapsed = max(time.time() - self.t_last - (trainer.untimed_s - self.untimed_last), 1e-9)
         rate = self.tokens_since / elapsed
