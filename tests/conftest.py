@@ -76,3 +76,86 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> None:
     assert "Traceback" not in result.err
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
+
+
+# --- The refusal contract, table-driven (issue: nothing lost, nothing half-written) -------------
+
+def tree_state(*roots) -> dict:
+    """Every file and directory below ``roots``: path -> (kind, size, sha1). Links are recorded
+    as their target, not followed, so a case that damages a shared dataset through a symlink
+    is caught by watching the dataset's real directory."""
+    import hashlib
+
+    state = {}
+    for root in map(str, roots):
+        if not os.path.lexists(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, root)
+                key = f"{root}|{rel}"
+                if os.path.islink(path):
+                    state[key] = ("link", os.readlink(path))
+                elif os.path.isdir(path):
+                    state[key] = ("dir",)
+                else:
+                    with open(path, "rb") as f:
+                        state[key] = ("file", os.path.getsize(path), hashlib.sha1(f.read()).hexdigest())
+    return state
+
+
+def temp_leftovers() -> set:
+    """Names ablate itself leaves in the system temp dir (process-group stores, staging)."""
+    import tempfile
+
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(("ablate-", "ablate_"))}
+
+
+def assert_refused(argv, *fragments: str, watch=(), capsys=None, code: int = 2) -> str:
+    """Run ``ablate ARGV`` in-process and hold it to the bad-input contract: exit ``code``, one
+    line on stderr that contains every fragment and stays short, no traceback (any exception
+    other than a clean refusal fails the test with its own traceback), and nothing under the
+    ``watch`` roots (nor ablate's temp-dir names) created, changed or removed. Returns the line."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    before, temps_before = tree_state(*watch), temp_leftovers()
+    err, out = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse refusals
+            rc = exc.code
+    if capsys is not None:  # logging handlers may have written to the real streams
+        captured = capsys.readouterr()
+        err.write(captured.err)
+    text = err.getvalue()
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert rc == code, (rc, text)
+    assert "Traceback" not in text, text
+    assert len(lines) == 1, text
+    assert len(lines[0]) <= 400, f"unbounded message ({len(lines[0])} chars): {lines[0][:200]}..."
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+    assert tree_state(*watch) == before, "the refusal changed files under " + ", ".join(map(str, watch))
+    assert temp_leftovers() <= temps_before, temp_leftovers() - temps_before
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def toyworld_root(tmp_path_factory):
+    """``data/toyworld`` prepared once for the whole session (7 s each time it is built).
+    Shared and read-only by convention: tests link it into their own directory
+    (``link_toyworld``) and must copy it before damaging anything in it."""
+    from ablate.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("toyworld-shared")
+    prepare("toyworld", str(root / "data" / "toyworld"), workers=1)
+    return root
+
+
+def link_toyworld(shared_root, here) -> None:
+    """Make ``here/data/toyworld`` point at the session's prepared toy world."""
+    os.makedirs(os.path.join(str(here), "data"), exist_ok=True)
+    os.symlink(os.path.join(str(shared_root), "data", "toyworld"), os.path.join(str(here), "data", "toyworld"))
