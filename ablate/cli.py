@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from ablate.errors import AblateError
+from ablate.io import OS_REASONS, os_error_line
 
 
 def _data_prepare(args) -> None:
@@ -58,8 +59,16 @@ def _train(args) -> None:
         print(f"completed {result['step']} steps")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, held to the CLI's refusal contract: a bad flag is one line and exit 2 (argparse
+    prints the whole usage block first; ``--help`` still shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablate", description="Controlled data ablations for MoE pretraining.")
+    parser = OneLineParser(prog="ablate", description="Controlled data ablations for MoE pretraining.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="prepare and inspect domain-tagged datasets").add_subparsers(dest="data_command", required=True)
@@ -110,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         # Under torchrun every rank validates the same recipe: one line from rank 0 is enough.
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The backstop for a full disk, a read-only file system or a missing permission met
+        # where no writer named its path itself: still one line, not a traceback.
+        if exc.errno not in OS_REASONS:
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {os_error_line(exc.filename or '.', exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -107,7 +107,7 @@ def write_json_atomic(path: str, body, indent: int | None = 1) -> None:
     write_text_atomic(path, json.dumps(body, indent=indent) + "\n")
 
 
-_OS_REASONS = {
+OS_REASONS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "the file system is read-only",
@@ -118,7 +118,7 @@ _OS_REASONS = {
 
 def os_error_line(path: str, exc: OSError) -> str:
     """One line for an ``OSError`` met while writing under ``path``."""
-    reason = _OS_REASONS.get(exc.errno) or (exc.strerror or type(exc).__name__).lower()
+    reason = OS_REASONS.get(exc.errno) or (exc.strerror or type(exc).__name__).lower()
     where = exc.filename if isinstance(exc.filename, str) and exc.filename else path
     return f"{where}: cannot write ({reason})"
 
@@ -129,7 +129,7 @@ def os_errors(path: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in _OS_REASONS:
+        if exc.errno in OS_REASONS:
             raise AblateError(os_error_line(path, exc)) from None
         raise
 
