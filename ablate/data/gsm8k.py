@@ -20,7 +20,7 @@ import sys
 import orjson
 
 from ablate.data.corpora import Source
-from ablate.data.generated import Materialized, write_jsonl
+from ablate.data.rawfiles import Materialized, write_jsonl
 from ablate.errors import AblateError, DataError
 from ablate.validate import check_keys
 

@@ -21,7 +21,7 @@ import sysconfig
 import tokenize
 
 from ablate.data.corpora import Source
-from ablate.data.generated import Materialized, write_jsonl
+from ablate.data.rawfiles import Materialized, write_jsonl
 from ablate.errors import AblateError
 from ablate.validate import check_keys
 

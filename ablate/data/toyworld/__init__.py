@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass, field, fields
 
 from ablate.data.corpora import Source
-from ablate.data.generated import Materialized, write_jsonl
+from ablate.data.rawfiles import Materialized, write_jsonl
 from ablate.data.toyworld import render
 from ablate.data.toyworld.world import ATTRIBUTES, make_entities, sample_problem
 from ablate.errors import AblateError
