@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from ablate.data.prepare import prepare
+from conftest import link_toyworld
 from test_analysis_runs import png_ok, report_images
 from test_train import launch, write
 
@@ -33,9 +33,9 @@ def _wait_all(procs, what):
 
 
 @pytest.fixture(scope="module")
-def toy_runs(tmp_path_factory):
+def toy_runs(tmp_path_factory, toyworld_root):
     root = tmp_path_factory.mktemp("analysis_e2e")
-    prepare("toyworld", str(root / "data" / "toyworld"), workers=1)
+    link_toyworld(toyworld_root, root)
     procs = []
     for name, (seed, changes) in RUNS.items():
         procs.append((name, launch(root, write(root, name, seed=seed, **changes))))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ablate.data.prepare import prepare
+from conftest import link_toyworld
 from ablate.recipe.compile import _single_process_group, build_stage_datasets, compile_recipe
 from ablate.recipe.plan import make_plan
 from ablate.recipe.schema import load_recipe, parse_recipe
@@ -23,19 +23,10 @@ TOY_RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "toy", "*.yaml"))) 
 CLUSTER_RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "cluster", "*.yaml")))
 
 
-@pytest.fixture(scope="session")
-def toyworld_dir(tmp_path_factory):
-    """A working directory holding data/toyworld, as the README's command makes it."""
-    root = tmp_path_factory.mktemp("work")
-    prepare("toyworld", str(root / "data" / "toyworld"), workers=1)
-    return root
-
-
 @pytest.fixture
-def workdir(toyworld_dir, tmp_path, monkeypatch):
+def workdir(toyworld_root, tmp_path, monkeypatch):
     """A fresh working directory (own cache and runs) that sees the session's toy world."""
-    os.makedirs(tmp_path / "data")
-    os.symlink(toyworld_dir / "data" / "toyworld", tmp_path / "data" / "toyworld")
+    link_toyworld(toyworld_root, tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

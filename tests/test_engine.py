@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import yaml
 
-from ablate.data.prepare import prepare
+from conftest import link_toyworld
 from test_train import PYTHON, TINY, assert_budgets_met, metrics, one_line_error, run
 
 TOL = 1e-5  # relative, per step (the bound); the runs below land at ~1e-7
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, toyworld_root):
     root = tmp_path_factory.mktemp("engine")
-    prepare("toyworld", str(root / "data" / "toyworld"), workers=1)
+    link_toyworld(toyworld_root, root)
     base = _recipe(root, "init")
     r = subprocess.run([PYTHON, "-m", "ablate.cli", "train", base, "--save-init", str(root / "init0")], cwd=root,
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -16,12 +16,12 @@ TASK_DIR = os.path.join(os.path.dirname(__file__), "data", "lm_eval_tasks")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, toyworld_root):
     """A 16-step toy-world run with checkpoints at steps 8 and 16."""
-    from ablate.data.prepare import prepare
+    from conftest import link_toyworld
 
     root = tmp_path_factory.mktemp("eval")
-    prepare("toyworld", str(root / "data" / "toyworld"), workers=1)
+    link_toyworld(toyworld_root, root)
     recipe = write(root, "evalrun", cadence__checkpoint_every=8)
     r = run(root, recipe)
     assert r.returncode == 0, r.stderr[-2000:]

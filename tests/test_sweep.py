@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from ablate.data.prepare import prepare
+from conftest import link_toyworld
 from ablate.errors import AblateError
 from ablate.sweep.paths import resolve
 from conftest import assert_one_line_error
@@ -22,9 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, toyworld_root):
     root = tmp_path_factory.mktemp("sweep")
-    prepare("toyworld", str(root / "data" / "toyworld"), workers=1)
+    link_toyworld(toyworld_root, root)
     return root
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ablate.data.prepare import prepare
+from conftest import link_toyworld
 from conftest import assert_one_line_error
 from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 from sweep_helpers import DENSITY, TEXT, assert_tokens_match_plan, base, read_jsonl, write_sweep
@@ -28,9 +28,9 @@ STEPS = 31
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, toyworld_root):
     root = tmp_path_factory.mktemp("slurm-sweep")
-    prepare("toyworld", str(root / "data" / "toyworld"), workers=1)
+    link_toyworld(toyworld_root, root)
     return root
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from ablate.data.prepare import prepare
+from conftest import link_toyworld
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -33,9 +33,9 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, toyworld_root):
     root = tmp_path_factory.mktemp("train")
-    prepare("toyworld", str(root / "data" / "toyworld"), workers=1)
+    link_toyworld(toyworld_root, root)
     return root
 
 
