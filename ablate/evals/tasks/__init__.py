@@ -13,9 +13,9 @@ def registry() -> dict[str, Task]:
     from ablate.evals.tasks.humaneval import HumanEval, HumanEvalGold
     from ablate.evals.tasks.mbpp import MBPP, MBPPGold
     from ablate.evals.tasks.probes import Probes
-    from ablate.evals.tasks.routing import RoutingCapture
+    from ablate.evals.tasks.routing import RoutingTask
 
-    tasks = [BitsPerByte(), Probes(), RoutingCapture(), GSM8KGold(), HumanEvalGold(), MBPPGold(), MATHGold(),
+    tasks = [BitsPerByte(), Probes(), RoutingTask(), GSM8KGold(), HumanEvalGold(), MBPPGold(), MATHGold(),
              GSM8KChainOfThought(), GSM8KProgramOfThought(), HumanEval(), MBPP(), MATHChainOfThought(),
              MATHProgramOfThought()]
     return {t.name: t for t in tasks}

@@ -29,7 +29,10 @@ def routing_path(run_dir: str, step: int) -> str:
     return os.path.join(run_dir, "eval", f"routing_step_{step}.npz")
 
 
-class RoutingCapture(Task):
+class RoutingTask(Task):
+    """The ``routing`` task (distinct from ``ablate.telemetry.routing.RoutingCapture``, which
+    counts routing during training)."""
+
     name = "routing"
     version = 1
 
