@@ -8,20 +8,29 @@ routing where ``ablate eval`` wrote it (saturation, vocabulary specialization, c
 Figures are PNGs embedded as base64, so the file opens in a browser with no server.
 
 Per condition the figures show its first run (seeds look alike; the tables average them).
+
+A report reads its run directories and writes one file, in this order: the output path is
+checked first (not a directory, its folder exists, not inside an input run directory); then
+every run is read and checked (recipe, status, plan, metrics, the eval results compared, the
+routing logs), and a damaged file is one line naming it (exit 2); the page is written last,
+atomically. The routing caches of the input runs (``routing_columnar.*``) are written only
+after the page, and best effort (``routing_store.cache_writes_after_success``): a report that
+fails leaves its inputs exactly as they were, and one whose inputs are read-only still succeeds.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
 import html
 import io
 import math
+import os
 import warnings
 
 import numpy as np
 
 from ablate.errors import AblateError
+from ablate.io import utc_timestamp
 from ablate.run_layout import RunLayout
 
 CSS = """
@@ -93,12 +102,47 @@ def _table(frame, index: bool = False, classes=None, left=()) -> str:
 def build_report(paths, control: str, out: str, *, step: int | None = None, method: str = "bootstrap",
                  n_boot: int = 2000, threshold: float = 1.5, max_conditions: int = 12) -> str:
     """Write the report for the runs ``paths`` (directories or globs) against ``control``."""
-    from ablate.analysis import capability as cap
-    from ablate.analysis.runs import differences, load_runs, metrics_frame, resolve_control, runs_frame, varying_columns
+    from ablate.analysis.routing_store import cache_writes_after_success
+    from ablate.analysis.runs import load_runs
 
+    _check_out(out)
     runs = load_runs(paths)
-    for r in runs:
+    _check_out(out, runs)
+    for r in runs:  # every input read and checked before anything is drawn
         r.require(RunLayout.PLAN, RunLayout.METRICS)
+        r.plan, r.metrics()
+        if r.eval_steps():
+            r.eval_results(step)
+    with cache_writes_after_success():
+        page = _page(runs, control, step, method, n_boot, threshold, max_conditions)
+        from ablate.io import remove_stale_temporaries, write_text_atomic
+
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(out)))
+        try:
+            write_text_atomic(out, page)
+        except OSError as exc:
+            raise AblateError(f"{out}: cannot write the report ({exc.strerror})") from None
+    return out
+
+
+def _check_out(out: str, runs=()) -> None:
+    """The report's path: a file in an existing folder, outside every input run directory."""
+    if os.path.isdir(out):
+        raise AblateError(f"{out}: is a directory (-o names the HTML file to write)")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise AblateError(f"{out}: no such directory {folder} (create it, or write the report elsewhere)")
+    real = os.path.realpath(out)
+    for r in runs:
+        if real.startswith(os.path.realpath(r.path) + os.sep):
+            raise AblateError(f"{out}: inside the input run directory {r.path} (a report never writes into "
+                              "its inputs; write it elsewhere)")
+
+
+def _page(runs, control: str, step, method: str, n_boot: int, threshold: float, max_conditions: int) -> str:
+    from ablate.analysis import capability as cap
+    from ablate.analysis.runs import differences, metrics_frame, resolve_control, runs_frame, varying_columns
+
     frame = runs_frame(runs)
     control = resolve_control(frame, control)
     by_name = {r.name: r for r in runs}
@@ -110,7 +154,7 @@ def build_report(paths, control: str, out: str, *, step: int | None = None, meth
     if len(conditions) > max_conditions:
         notes.append(f"figures show the first {max_conditions} of {len(conditions)} conditions; the tables show all")
     parts = [f"<h1>ablate report</h1><p class='meta'>{len(runs)} runs, {len(conditions)} conditions, control "
-             f"<b>{html.escape(control)}</b>; generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>"]
+             f"<b>{html.escape(control)}</b>; generated {utc_timestamp()}</p>"]
 
     # ---- runs
     vary = varying_columns(frame)
@@ -156,15 +200,8 @@ def build_report(paths, control: str, out: str, *, step: int | None = None, meth
 
     if notes:
         parts.append("<h2>Notes</h2><ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ablate report: {html.escape(control)}"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ablate report: {html.escape(control)}"
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
-    from ablate.io import write_text_atomic
-
-    try:
-        write_text_atomic(out, page)
-    except OSError as exc:
-        raise AblateError(f"{out}: cannot write the report ({exc.strerror})") from None
-    return out
 
 
 def _capability_section(cap, scores, comparison, control, runs, frame, method) -> str:

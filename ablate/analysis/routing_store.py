@@ -13,6 +13,12 @@ loading a run costs a few page faults, not a parse. It is rebuilt when the flush
 extended when new ones appear (a run still training), and written atomically. The counts come
 from float32 accumulators on the device, so float32 gates and int32 counts lose nothing.
 
+The store is a cache, and its run directory is someone's input, so writing it follows two rules:
+it never makes a read fail (a run directory that cannot be written -- read-only, full, someone
+else's -- is one warning line per process, and the arrays are used from memory), and inside
+``cache_writes_after_success()`` nothing is written until the block has succeeded (``ablate
+report`` wraps itself in it: a report that fails leaves its input run directories as they were).
+
 Eval-time routing (``eval/routing_step_<N>.npz``, written by ``ablate eval``) is small and read
 as is (``load_eval_routing``).
 """
@@ -24,13 +30,17 @@ import json
 import os
 import re
 import struct
+import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ablate.errors import AblateError
+from ablate.io import os_error_line, remove_stale_temporaries
 
 COLUMNAR = "routing_columnar.npz"  # in the run directory, beside routing/
 HINT = "routing_columnar.json"  # when the store was last found up to date (a hint: ignored if inconsistent)
@@ -141,7 +151,7 @@ def load_routing(run_dir: str, k: int | None = None, cache: bool = True, refresh
     if cached is not None and cached["files"] == sig:
         arrays = cached
         if cache:
-            _write_hint(run_dir, path, dir_mtime)
+            _save(run_dir, path, dir_mtime, None)
     else:
         start = 0
         if cached is not None and cached["files"] == sig[: len(cached["files"])]:
@@ -158,14 +168,58 @@ def load_routing(run_dir: str, k: int | None = None, cache: bool = True, refresh
         arrays["count_FLDE"] = _narrow(arrays["count_FLDE"])
         arrays["ntok_FLD"] = _narrow(arrays["ntok_FLD"])
         arrays["files"] = sig
-        if cache:
-            try:
-                write_columnar(path, arrays)
-                arrays = _read_columnar(path) or arrays
-                _write_hint(run_dir, path, dir_mtime)
-            except OSError:
-                pass  # a run directory we may not write: use the arrays in memory
+        if cache and _save(run_dir, path, dir_mtime, arrays):
+            arrays = _read_columnar(path) or arrays  # memory-mapped from the store
     return _log(name, arrays, k)
+
+
+# pending cache writes while a cache_writes_after_success() block runs (None: write at once)
+_DEFERRED: list[Callable[[], bool]] | None = None
+_WARNED = False
+
+
+@contextmanager
+def cache_writes_after_success() -> Iterator[None]:
+    """Hold back the stores ``load_routing`` writes until the block has succeeded; an exception
+    discards them, so a failed command leaves the run directories it read untouched."""
+    global _DEFERRED
+    outer = _DEFERRED
+    pending: list[Callable[[], bool]] = [] if outer is None else outer
+    _DEFERRED = pending
+    try:
+        yield
+    finally:
+        _DEFERRED = outer
+    if outer is None:  # reached only when the block raised nothing
+        for write in pending:
+            write()
+
+
+def _save(run_dir: str, path: str, dir_mtime, arrays: dict | None) -> bool:
+    """Write the store (``arrays``; None: only the freshness hint) now, or once the enclosing
+    ``cache_writes_after_success`` block has succeeded; whether it was written now."""
+    def write() -> bool:
+        try:
+            if arrays is not None:
+                remove_stale_temporaries(run_dir)  # a killed reader's half-written store
+                write_columnar(path, arrays)
+            _write_hint(run_dir, path, dir_mtime)
+            return True
+        except (OSError, AblateError) as exc:  # a cache: never a reason to fail
+            _warn_once(os_error_line(path, exc) if isinstance(exc, OSError) else str(exc))
+            return False
+
+    if _DEFERRED is not None:
+        _DEFERRED.append(write)
+        return False
+    return write()
+
+
+def _warn_once(line: str) -> None:
+    global _WARNED
+    if not _WARNED:
+        _WARNED = True
+        print(f"warning: {line}; routing caches are kept in memory (warned once)", file=sys.stderr)
 
 
 def _log(name, arrays, k) -> RoutingLog:
@@ -191,11 +245,8 @@ def _write_hint(run_dir: str, path: str, dir_mtime) -> None:
 
     if dir_mtime is None:
         return
-    try:
-        write_json_atomic(os.path.join(run_dir, HINT), {"dir_mtime_ns": dir_mtime, "checked_ns": time.time_ns(),
-                                                        "store_mtime_ns": os.stat(path).st_mtime_ns})
-    except OSError:
-        pass
+    write_json_atomic(os.path.join(run_dir, HINT), {"dir_mtime_ns": dir_mtime, "checked_ns": time.time_ns(),
+                                                    "store_mtime_ns": os.stat(path).st_mtime_ns})
 
 
 def _narrow(a: np.ndarray) -> np.ndarray:

@@ -8,6 +8,10 @@ A **condition** is what an ablation varies: runs whose recipes agree on every fi
 those in ``NOT_CONDITION`` (name, seed, where files go, logging cadence, parallel layout) are
 seeds of one condition. Its label is the runs' common name without a seed suffix
 (``codemath-s1``, ``codemath-s2`` -> ``codemath``), or the run's name when it is alone.
+
+Reading is checking: every file a run is read from (``recipe.yaml``, ``status.json``,
+``plan.json``, ``metrics.jsonl``, ``eval/step_<N>.json``) is checked for the shape this module
+relies on, and a damaged one is one line naming the file (and line). Nothing here writes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, show
+from ablate.io import read_json
 from ablate.run_layout import RunLayout
 
 # recipe fields that do not define an experimental condition
@@ -71,7 +76,14 @@ class Run:
     def plan(self) -> dict:
         if "plan" not in self._cache:
             self.require(RunLayout.PLAN)
-            self._cache["plan"] = _read_json(self.file(RunLayout.PLAN))
+            path = self.file(RunLayout.PLAN)
+            plan = read_object(path, "plan")
+            domains = plan.get("domains", {})
+            if not isinstance(domains, dict) or not all(
+                    isinstance(v, dict) and _is_int(v.get("tokens_realized")) for v in domains.values()):
+                raise AblateError(f"{path}: domains: expected a mapping of domain -> "
+                                  "{tokens_realized: integer, ...} (damaged plan)")
+            self._cache["plan"] = plan
         return self._cache["plan"]
 
     def domain_tokens(self) -> dict:
@@ -84,20 +96,11 @@ class Run:
             import pandas as pd
 
             self.require(RunLayout.METRICS)
-            rows = []
             path = self.file(RunLayout.METRICS)
-            with open(path, encoding="utf-8") as f:
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        raise AblateError(f"{path}:{i}: not a JSON object") from None
-            frame = pd.DataFrame(rows)
-            if len(frame) and "step" not in frame:
-                raise AblateError(f"{path}: rows have no 'step'")
-            self._cache["metrics"] = frame
+            rows = read_metrics(path)
+            if not rows:
+                raise AblateError(f"{path}: no rows (has it started training? state: {self.state})")
+            self._cache["metrics"] = pd.DataFrame(rows)
         return self._cache["metrics"]
 
     def routing(self):
@@ -133,13 +136,15 @@ class Run:
             path = self.file("eval", f"step_{step}.json")
             if not os.path.exists(path):
                 raise AblateError(f"{path}: missing (evaluated steps: {', '.join(map(str, steps))})")
-            body = _read_json(path)
+            body = read_json(path, "eval result")
             if not isinstance(body, dict) or not str(body.get("format", "")).startswith("ablate.eval/") \
                     or not isinstance(body.get("tasks"), dict):
                 raise AblateError(f"{path}: not an eval result (expected format 'ablate.eval/1' with 'tasks')")
+            if "step" in body and not _is_int(body["step"]):
+                raise AblateError(f"{path}: step: {show(body['step'])} is not an integer (damaged eval result)")
             for task, t in body["tasks"].items():
                 if not isinstance(t, dict) or not isinstance(t.get("metrics"), dict):
-                    raise AblateError(f"{path}: tasks.{task}: expected a mapping with 'metrics'")
+                    raise AblateError(f"{path}: tasks.{show(task)}: expected a mapping with 'metrics'")
             self._cache[key] = body
         return self._cache[key]
 
@@ -154,14 +159,46 @@ class Run:
         return eval_routing_steps(self.path)
 
 
-def _read_json(path: str):
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_object(path: str, what: str) -> dict:
+    """A JSON object file ablate wrote; missing, damaged or not an object: one line."""
+    body = read_json(path, what)
+    if not isinstance(body, dict):
+        raise AblateError(f"{path}: damaged {what}, expected a JSON object (got {type(body).__name__})")
+    return body
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The rows of ``metrics.jsonl``, each a JSON object with an integer ``step``. The last line
+    may be one training is still writing (no newline yet): it is left out, not an error."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise AblateError(f"{path}: not valid JSON ({exc})") from None
+            text = f.read()
+    except UnicodeDecodeError:
+        raise AblateError(f"{path}: not text (expected JSON Lines: one object per line)") from None
     except OSError as exc:
         raise AblateError(f"{path}: unreadable ({exc.strerror})") from None
+    if text.lstrip().startswith("["):
+        raise AblateError(f"{path}: a JSON array, expected JSON Lines (one object per line)")
+    rows, lines = [], text.split("\n")
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == len(lines):  # no newline after it: a line being written
+                break
+            raise AblateError(f"{path}:{i}: not a JSON object ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise AblateError(f"{path}:{i}: not a JSON object (a {type(row).__name__}; expected JSON Lines)")
+        if not _is_int(row.get("step")):
+            raise AblateError(f"{path}:{i}: step: {show(row.get('step'))} is not an integer (rows have a 'step')")
+        rows.append(row)
+    return rows
 
 
 def load_run(path: str) -> Run:
@@ -174,7 +211,7 @@ def load_run(path: str) -> Run:
         raise AblateError(f"{path}: not a run directory (no recipe.yaml)")
     recipe = _resolved_recipe(recipe_path)
     status_path = RunLayout(path).status
-    status = _read_json(status_path) if os.path.exists(status_path) else {"state": "pending"}
+    status = read_object(status_path, "status file") if os.path.exists(status_path) else {"state": "pending"}
     return Run(path=path, name=recipe["name"], recipe=recipe, status=status)
 
 
