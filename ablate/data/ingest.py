@@ -1,4 +1,4 @@
-"""Reading and tokenizing corpus files, one *task* at a time, in worker processes.
+"""Reading and tokenizing corpus files, one *task* (an ``IngestJob``) at a time, in workers.
 
 A task is a slice of one input file: a line-aligned byte range of a JSONL file, one row group of
 a Parquet file, or a whole gzipped JSONL file. Task boundaries depend only on the files, never on
@@ -8,6 +8,11 @@ written datasets are byte-identical whatever the parallelism.
 Each task writes, per (domain, split), the concatenated token ids of its documents and their
 lengths to shard files; the parent process appends those to megatron-core's builder. Passing
 shards through files rather than pipes keeps the parent's memory flat on large corpora.
+
+Damaged input is one line naming the file (and line or row): an unreadable or empty file, a
+JSON array or pretty-printed object where JSON Lines are expected, invalid UTF-8, invalid JSON.
+Reading errors are ``DataError``s; writing errors (a full disk) stay ``OSError``s so that the
+parent names its output directory.
 
 This module must stay free of torch/megatron imports: it is what the spawned workers import.
 """
@@ -32,7 +37,9 @@ SPLITS = ("train", "eval")
 
 
 @dataclass(frozen=True)
-class Task:
+class IngestJob:
+    """One task: a slice of one input file (named apart from ``ablate.evals.tasks.base.Task``)."""
+
     index: int
     source: str  # source name
     path: str
@@ -68,6 +75,7 @@ def split_file(path: str, fmt: str) -> list[tuple[int, int]]:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
+        _check_readable(path)
         try:
             groups = pq.ParquetFile(path).num_row_groups
         except Exception as exc:
@@ -75,9 +83,10 @@ def split_file(path: str, fmt: str) -> list[tuple[int, int]]:
         if groups == 0:
             raise DataError(f"{path}: empty file (no rows)")
         return [(g, g + 1) for g in range(groups)]
-    size = os.path.getsize(path)
+    size = _check_readable(path)
     if size == 0:
         raise DataError(f"{path}: empty file (no rows)")
+    _check_json_lines(path, fmt)
     if fmt == "jsonl.gz":
         return [(0, size)]
     bounds = [0]
@@ -90,6 +99,62 @@ def split_file(path: str, fmt: str) -> list[tuple[int, int]]:
             bounds.append(f.tell())
     bounds.append(size)
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def read_error(path: str, exc: OSError) -> DataError:
+    """One line for an input file that cannot be read."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return DataError(f"{path}: broken symbolic link (its target {os.readlink(path)!r} does not "
+                         "exist); fix or remove it")
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return DataError(f"{path}: cannot read ({reason})")
+
+
+def _check_readable(path: str) -> int:
+    """The file's size, after opening it once: a missing, unreadable or odd file is one line."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+            return os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise read_error(path, exc) from None
+
+
+def _check_json_lines(path: str, fmt: str) -> None:
+    """A JSON array, or one object spread over lines, where JSON Lines are expected: say so
+    (instead of "line 1: not valid JSON", which sends people looking at the wrong thing)."""
+    try:
+        if fmt == "jsonl.gz":
+            with gzip.open(path, "rb") as f:
+                head = f.read(1 << 16)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+    except (OSError, EOFError) as exc:
+        if fmt == "jsonl.gz":
+            raise DataError(f"{path}: not a readable gzip file ({_first_line(exc)})") from None
+        raise read_error(path, exc) from None
+    if head.startswith(b"\xef\xbb\xbf"):
+        raise DataError(f"{path}: starts with a UTF-8 byte-order mark; expected JSON Lines "
+                        "(save it as UTF-8 without BOM)")
+    lines = [line for line in head.split(b"\n") if line.strip()]
+    if not lines:
+        return
+    first = lines[0].strip()
+    if first[:1] not in (b"[", b"{"):
+        return
+    try:
+        value = orjson.loads(lines[0])
+    except orjson.JSONDecodeError:
+        # '[' or '{' that does not close on its line: a pretty-printed JSON document
+        if first[:1] == b"{" and not first.endswith((b"{", b"[", b",")):
+            return  # a damaged line: reported with its line number when read
+        kind = "a JSON array" if first[:1] == b"[" else "one JSON object spread over several lines"
+        raise DataError(f"{path}: expected JSON Lines (one JSON object per line), found {kind}"
+                        " (convert it, e.g. jq -c '.[]')") from None
+    if isinstance(value, list) and len(lines) == 1 and value and isinstance(value[0], dict):
+        raise DataError(f"{path}: expected JSON Lines (one JSON object per line), found a JSON "
+                        "array of objects on one line (convert it, e.g. jq -c '.[]')")
 
 
 def shard_paths(shard_dir: str, task_index: int, domain: str, split: str) -> tuple[str, str]:
@@ -119,7 +184,7 @@ def _state(tokenizer_spec: dict, tokenizer_dir: str, extra_domains: tuple) -> tu
     return _worker_state["tok"], _worker_state["tax"]
 
 
-def run_task(task: Task, tokenizer_spec: dict, tokenizer_dir: str, extra_domains: tuple,
+def run_task(task: IngestJob, tokenizer_spec: dict, tokenizer_dir: str, extra_domains: tuple,
              seed: int, shard_dir: str) -> TaskResult:
     """Tokenize one task's rows into shard files; raise ``DataError`` naming file/row/field."""
     # Tokenizer parallelism is the worker count's job; the library's own threads would make
@@ -183,14 +248,14 @@ def run_task(task: Task, tokenizer_spec: dict, tokenizer_dir: str, extra_domains
     return result
 
 
-def _rows(task: Task, hasher):
+def _rows(task: IngestJob, hasher):
     if task.fmt == "parquet":
         yield from _parquet_rows(task, hasher)
     else:
         yield from _jsonl_rows(task, hasher)
 
 
-def _jsonl_rows(task: Task, hasher):
+def _jsonl_rows(task: IngestJob, hasher):
     if task.fmt == "jsonl.gz":
         try:
             with gzip.open(task.path, "rb") as f:
@@ -198,9 +263,12 @@ def _jsonl_rows(task: Task, hasher):
         except (OSError, EOFError) as exc:
             raise DataError(f"{task.path}: not a readable gzip file ({_first_line(exc)})") from None
     else:
-        with open(task.path, "rb") as f:
-            f.seek(task.start)
-            data = f.read(task.end - task.start)
+        try:
+            with open(task.path, "rb") as f:
+                f.seek(task.start)
+                data = f.read(task.end - task.start)
+        except OSError as exc:
+            raise read_error(task.path, exc) from None
     hasher.update(data)
     line_no = None  # computed only when an error needs it
     for i, line in enumerate(data.split(b"\n")):
@@ -221,7 +289,7 @@ def _jsonl_rows(task: Task, hasher):
 class _LazyWhere:
     """``file: line N`` for messages, computed only when a message is actually made."""
 
-    def __init__(self, task: Task, i: int):
+    def __init__(self, task: IngestJob, i: int):
         self.task, self.i = task, i
 
     def __str__(self) -> str:
@@ -231,7 +299,7 @@ class _LazyWhere:
         return str(self)
 
 
-def _line_number(task: Task, i: int) -> int:
+def _line_number(task: IngestJob, i: int) -> int:
     """1-based line number of line ``i`` of the task's chunk, counting lines before the chunk."""
     if task.start == 0:
         return i + 1
@@ -240,7 +308,7 @@ def _line_number(task: Task, i: int) -> int:
     return before + i + 1
 
 
-def _parquet_rows(task: Task, hasher):
+def _parquet_rows(task: IngestJob, hasher):
     import pyarrow.parquet as pq
 
     try:

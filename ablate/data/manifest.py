@@ -20,6 +20,8 @@
              "index_sha256" (the .idx alone)}
 
 The manifest holds no timestamps or host names: the same input gives a byte-identical file.
+``load_manifest`` checks every field above (type, range, paths that stay inside DIR), so a
+damaged or hand-edited manifest is one line naming the field, never a traceback downstream.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ablate.data.taxonomy import Taxonomy
-from ablate.errors import AblateError
+from ablate.errors import AblateError, show
 
 FORMAT = "ablate.manifest/1"
 
@@ -165,6 +167,8 @@ def _idx_sha256(path: str, memo: dict | None) -> str:
 
 
 def load_manifest(path: str) -> Manifest:
+    """Read and check ``DIR/manifest.json`` (or ``DIR``): anything missing, mistyped or out of
+    place is one line naming the file and the field (compile and training trust what passes)."""
     if os.path.isdir(path):
         path = os.path.join(path, "manifest.json")
     if not os.path.isfile(path):
@@ -173,24 +177,102 @@ def load_manifest(path: str) -> Manifest:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AblateError(f"{path}: not a valid manifest ({exc})") from None
+        raise AblateError(f"{path}: damaged manifest, not valid JSON ({str(exc)[:80]}); "
+                          "re-run 'ablate data prepare'") from None
+    except OSError as exc:
+        raise AblateError(f"{path}: cannot read the manifest ({(exc.strerror or str(exc)).lower()})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise AblateError(f"{path}: not an ablate manifest (expected format {FORMAT!r})")
-    try:
-        taxonomy = Taxonomy(raw.get("domains", []), where=f"{path}: domains")
-        entries = {}
-        for key in ("datasets", "eval_datasets"):
-            entries[key] = [DatasetEntry(**e) for e in raw[key]]
-            for i, e in enumerate(entries[key]):
-                taxonomy.validate(e.domain, f"{path}: {key}[{i}].domain")
-                if e.tokenizer != raw["tokenizer"]["fingerprint"]:
-                    raise AblateError(f"{path}: {key}[{i}]: made with tokenizer {e.tokenizer}, the manifest's is {raw['tokenizer']['fingerprint']}")
-        return Manifest(tokenizer=raw["tokenizer"], seed=raw["seed"], domains=raw.get("domains", []),
-                        datasets=entries["datasets"], eval_datasets=entries["eval_datasets"],
-                        probes=raw.get("probes", {}), spec=raw.get("spec", {}), inputs=raw.get("inputs", {}),
-                        path=path)
-    except (KeyError, TypeError) as exc:
-        raise AblateError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+        got = show(raw.get("format")) if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+        raise AblateError(f"{path}: format: not an ablate manifest (expected {FORMAT!r}, got {got})")
+    _check_manifest(path, raw)
+    taxonomy = Taxonomy(raw["domains"], where=f"{path}: domains")
+    entries = {}
+    for key in ("datasets", "eval_datasets"):
+        entries[key] = [DatasetEntry(**{f: e[f] for f in _ENTRY_FIELDS}) for e in raw[key]]
+        for i, e in enumerate(entries[key]):
+            taxonomy.validate(e.domain, f"{path}: {key}[{i}].domain")
+            if e.tokenizer != raw["tokenizer"]["fingerprint"]:
+                raise AblateError(f"{path}: {key}[{i}].tokenizer: made with tokenizer {show(e.tokenizer)}, "
+                                  f"the manifest's is {show(raw['tokenizer']['fingerprint'])}")
+    return Manifest(tokenizer=raw["tokenizer"], seed=raw["seed"], domains=raw["domains"],
+                    datasets=entries["datasets"], eval_datasets=entries["eval_datasets"],
+                    probes=raw["probes"], spec=raw["spec"], inputs=raw["inputs"], path=path)
+
+
+_ENTRY_FIELDS = tuple(DatasetEntry.__dataclass_fields__)
+_ENTRY_COUNTS = ("documents", "tokens", "bytes")
+_DTYPES = ("uint16", "int32")  # what ``tokenizer.token_dtype`` writes
+
+
+def _check_manifest(path: str, raw: dict) -> None:
+    """Every field ``Manifest`` and its readers use, with its type and range."""
+    def fail(field: str, what: str) -> None:
+        raise AblateError(f"{path}: {field}: {what}")
+
+    def need(body: dict, key: str, where: str):
+        if key not in body:
+            fail(where + key, "missing (re-run 'ablate data prepare')")
+        return body[key]
+
+    def integer(value, where: str, low: int = 0) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            fail(where, f"{show(value)} must be an integer >= {low}")
+
+    tok = need(raw, "tokenizer", "")
+    if not isinstance(tok, dict):
+        fail("tokenizer", f"{show(tok)} must be a mapping")
+    if need(tok, "kind", "tokenizer.") not in ("byte", "hf"):
+        fail("tokenizer.kind", f"{show(tok['kind'])} is not a tokenizer kind (allowed: byte, hf)")
+    if not isinstance(need(tok, "fingerprint", "tokenizer."), str):
+        fail("tokenizer.fingerprint", f"{show(tok['fingerprint'])} must be a string")
+    integer(need(tok, "vocab_size", "tokenizer."), "tokenizer.vocab_size", low=1)
+    for key in ("eod", "pad"):
+        integer(need(tok, key, "tokenizer."), f"tokenizer.{key}")
+        if tok[key] >= tok["vocab_size"]:
+            fail(f"tokenizer.{key}", f"{tok[key]} is not below vocab_size {tok['vocab_size']}")
+    if tok["kind"] == "hf":
+        _relative(need(tok, "path", "tokenizer."), "tokenizer.path", fail)
+    seed = need(raw, "seed", "")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        fail("seed", f"{show(seed)} must be an integer")
+    domains = raw.setdefault("domains", [])
+    if not isinstance(domains, list):
+        fail("domains", f"{show(domains)} must be a list of domain tags")
+    for key in ("probes", "spec", "inputs"):
+        if not isinstance(raw.setdefault(key, {}), dict):
+            fail(key, f"{show(raw[key])} must be a mapping")
+    for name, probe in raw["probes"].items():
+        if not isinstance(probe, dict):
+            fail(f"probes.{name}", f"{show(probe)} must be a mapping with path and count")
+        _relative(need(probe, "path", f"probes.{name}."), f"probes.{name}.path", fail)
+        integer(need(probe, "count", f"probes.{name}."), f"probes.{name}.count")
+    for key in ("datasets", "eval_datasets"):
+        entries = need(raw, key, "")
+        if not isinstance(entries, list):
+            fail(key, f"{show(entries)} must be a list of datasets")
+        for i, e in enumerate(entries):
+            where = f"{key}[{i}]"
+            if not isinstance(e, dict):
+                fail(where, f"{show(e)} must be a mapping")
+            for f in _ENTRY_FIELDS:
+                value = need(e, f, where + ".")
+                if f in _ENTRY_COUNTS:
+                    integer(value, f"{where}.{f}")
+                elif not isinstance(value, str):
+                    fail(f"{where}.{f}", f"{show(value)} must be a string")
+            if e["dtype"] not in _DTYPES:
+                fail(f"{where}.dtype", f"{show(e['dtype'])} is not a token dtype (allowed: {', '.join(_DTYPES)})")
+            if e["split"] != ("train" if key == "datasets" else "eval"):
+                fail(f"{where}.split", f"{show(e['split'])} does not belong in {key}")
+            _relative(e["prefix"], f"{where}.prefix", fail)
+
+
+def _relative(value, where: str, fail) -> None:
+    """A path inside the data directory: relative, and not climbing out of it."""
+    if not isinstance(value, str) or not value:
+        fail(where, f"{show(value)} must be a path relative to the data directory")
+    if os.path.isabs(value) or ".." in value.replace("\\", "/").split("/"):
+        fail(where, f"{show(value)} must stay inside the data directory (relative, no '..')")
 
 
 def load_manifests(paths: list[str], where: str = "manifests") -> list[Manifest]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, show
 
 # tag -> what belongs there. The research questions (see the design notes) need code split into
 # executable programs vs code mixed with prose, and math split by how structured its reasoning is.
@@ -45,7 +45,7 @@ class Taxonomy:
         for i, tag in enumerate(extra):
             if not isinstance(tag, str) or not _TAG_RE.match(tag):
                 raise AblateError(
-                    f"{where}[{i}]: {tag!r} is not a valid domain tag "
+                    f"{where}[{i}]: {show(tag)} is not a valid domain tag "
                     "(lower-case words joined by dots, e.g. 'science.physics')"
                 )
             # Declaring a.b.c implicitly declares a and a.b, so selectors work at every level.
@@ -75,7 +75,7 @@ class Taxonomy:
         if callable(where):
             where = where()
         raise AblateError(
-            f"{where}: {tag!r} is not a known domain (allowed: {', '.join(self.tags)}; "
+            f"{where}: {show(tag)} is not a known domain (allowed: {', '.join(self.tags)}; "
             "declare new ones under 'domains')"
         )
 
