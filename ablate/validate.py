@@ -1,97 +1,341 @@
-"""Small helpers for validating YAML-shaped input with one-line, located error messages.
+"""The validation layer: YAML files, numbers and schema dataclasses, with one-line located errors.
 
-Every message reads ``<file>: <field path>: <what is wrong> (<what is allowed>)`` so a user can
-go straight to the offending line.
+Every message reads ``<file>: <field.path>: <what is wrong> (allowed: <what is allowed>)`` and
+embeds user values only through ``ablate.errors.show`` (bounded), so a user can go straight to
+the offending line and a hostile file cannot make the line long.
+
+- ``load_yaml_file``: every YAML reader (recipes, corpora specs, sweep files) goes through it.
+  Duplicate keys are an error naming the key and its line; an alias bomb (a few hundred bytes
+  that expand to millions of nodes) is refused before anything walks it; syntax errors keep
+  their line and column; a missing file, a directory, binary junk, an empty file or a top level
+  that is not a mapping are one line each. Floats may be written ``1e-3`` (YAML 1.2; PyYAML's
+  1.1 rules read that as a string).
+- ``build_dataclass``: a schema dataclass validates itself from its annotations and field
+  metadata: scalar types (``bool`` is never a number), ``Literal[...]`` choices, every float
+  finite, every int within int64, per-field ranges and converters given with ``checked(...)``,
+  then the class's ``validate(where)`` hook for checks that relate several fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, show
+
+INT64_MAX = 2**63 - 1
+COUNT_MAX = 2**62  # sizes and counts: far beyond any real run, safely inside int64 arithmetic
+
+# ----------------------------------------------------------------------------------- YAML
+
+# Aliases may add at most this many nodes beyond those written in the file: generous for any
+# real use of anchors, while the 547-byte "billion laughs" expands to ~10^9.
+MAX_ALIAS_NODES = 10_000
 
 
-def load_yaml_file(path: str, what: str) -> Any:
-    """Parse a YAML file, turning every way it can fail into one located line."""
+class _Refusal(Exception):
+    """Raised inside the loader; becomes an AblateError carrying the file name."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and reads YAML 1.2 floats like ``1e-3``."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges may override
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # unhashable: the base class refuses it with its mark
+                    continue
+                if first is not None:
+                    raise _Refusal(f"line {line}: duplicate key {show(key)} (first at line {first}; "
+                                   "each key may appear once)")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+    def construct_yaml_int(self, node):
+        # Python refuses to parse ints of over 4,300 digits (ValueError, no line): say where
+        if len(node.value) > 100:
+            raise _Refusal(f"line {node.start_mark.line + 1}: an integer of {len(node.value)} digits "
+                           "(allowed: at most 100)")
+        return super().construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _expanded_size(root) -> int:
+    """Nodes in the document with every alias expanded; refuses a cycle and stops counting at
+    the bound (memoized per node, so a bomb costs a few thousand steps, not 10^9)."""
+    sizes: dict[int, int] = {}
+    limit = MAX_ALIAS_NODES * 100
+
+    def size(node, depth: int, stack: set) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in stack:
+            raise _Refusal(f"line {node.start_mark.line + 1}: an alias refers to itself (recursive "
+                           "structures are not allowed)")
+        if depth > 1000:
+            raise _Refusal(f"line {node.start_mark.line + 1}: nested more than 1000 levels deep")
+        stack.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        for child in children:
+            total = min(limit, total + size(child, depth + 1, stack))
+        stack.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root, 0, set())
+
+
+def _distinct_nodes(root) -> int:
+    seen, todo = set(), [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            todo.extend(n for pair in node.value for n in pair)
+    return len(seen)
+
+
+def load_yaml_file(path: str, what: str, mapping: bool = True) -> Any:
+    """Parse a YAML file, turning every way it can fail into one located line.
+
+    With ``mapping`` (every caller today) the top level must be a mapping with string keys."""
+    if os.path.isdir(path):
+        raise AblateError(f"{path}: is a directory, not a {what}")
     if not os.path.isfile(path):
         raise AblateError(f"{path}: no such {what}")
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise AblateError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise AblateError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AblateError(f"{path}: not valid YAML (not UTF-8 text: byte {data[exc.start]:#04x} "
+                          f"at offset {exc.start})") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node) - _distinct_nodes(node) > MAX_ALIAS_NODES:
+            raise _Refusal(f"aliases expand to more than {MAX_ALIAS_NODES:,} extra nodes "
+                           "(an alias bomb?); write the values out")
+        value = loader.construct_document(node) if node is not None else None
+    except _Refusal as exc:
+        raise AblateError(f"{path}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = (exc.problem or exc.context or "syntax error").strip()
+        raise AblateError(f"{path}: {where}not valid YAML ({show(problem, 100)[1:-1]})") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise AblateError(f"{path}: not valid YAML ({show(str(exc).splitlines()[0], 100)[1:-1]})") from None
+    finally:
+        loader.dispose()
+    if mapping:
+        if value is None:
+            raise AblateError(f"{path}: the {what} is empty (expected a YAML mapping of 'key: value' lines)")
+        if not isinstance(value, dict):
+            raise AblateError(f"{path}: expected a YAML mapping of 'key: value' lines at the top of the "
+                              f"{what}, got {_kind(value)}")
+    return value
+
+
+# ----------------------------------------------------------------------------------- checks
+
+def field_where(where: str, name: str | int) -> str:
+    """The location of field ``name`` below ``where``: ``file: a.b`` (a top-level ``where`` is
+    the file name alone, or ends with ':')."""
+    if isinstance(name, int):
+        return f"{where}[{name}]"
+    if where.endswith(":"):
+        return f"{where} {name}"
+    if ": " not in where:
+        return f"{where}: {name}"
+    return f"{where}.{name}"
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", int: "an integer",
+            float: "a number", type(None): "nothing (null)"}.get(type(value), type(value).__name__)
 
 
 def check_keys(mapping: Any, allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> dict:
     """Require ``mapping`` to be a dict with only ``allowed`` keys and all ``required`` ones."""
     allowed = list(allowed)
     if not isinstance(mapping, dict):
-        raise AblateError(f"{where}: expected a mapping with keys {', '.join(allowed)}, got {type(mapping).__name__}")
+        raise AblateError(f"{where}: expected a mapping (allowed keys: {', '.join(allowed)}), "
+                          f"got {_kind(mapping)} {show(mapping, 40)}")
     for key in mapping:
         if key not in allowed:
-            raise AblateError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+            raise AblateError(f"{where}: unknown key {show(key)} (allowed: {', '.join(allowed)})")
     for key in required:
         if key not in mapping:
             raise AblateError(f"{where}: missing required key {key!r}")
     return mapping
 
 
-def check_type(value: Any, types: type | tuple, where: str, what: str) -> Any:
+def check_names(mapping: Any, where: str, what: str) -> dict:
+    """A mapping whose keys are names (domains, sources, field paths): every key a string."""
+    check_type(mapping, dict, where, what)
+    for key in mapping:
+        if not isinstance(key, str) or not key:
+            raise AblateError(f"{where}: key {show(key)} is not a name (allowed: {what} with string keys)")
+    return mapping
+
+
+def check_type(value: Any, types_: type | tuple, where: str, what: str) -> Any:
     # bool is an int in Python; a YAML 'yes' must not pass as a number.
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise AblateError(f"{where}: expected {what}, got {value!r}")
-    if not isinstance(value, types):
-        raise AblateError(f"{where}: expected {what}, got {value!r}")
+    if isinstance(value, bool) and bool not in (types_ if isinstance(types_, tuple) else (types_,)):
+        raise AblateError(f"{where}: expected {what}, got {show(value)}")
+    if not isinstance(value, types_):
+        raise AblateError(f"{where}: expected {what}, got {show(value)}")
     return value
 
 
+def check_number(value: Any, where: str, *, integer: bool = False, gt=None, ge=None, lt=None, le=None,
+                 what: str | None = None) -> Any:
+    """A finite number (an int if ``integer``) within the bounds given; bool is no number.
+    Ints stay within int64 whatever the bounds."""
+    if integer:
+        ge = -INT64_MAX - 1 if ge is None and gt is None else ge
+        le = INT64_MAX if le is None and lt is None else le
+    allowed = what or _describe(integer, gt, ge, lt, le)
+    if isinstance(value, bool) or not isinstance(value, (int, float) if not integer else int):
+        raise AblateError(f"{where}: expected {allowed}, got {show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AblateError(f"{where}: {show(value)} is not a finite number (allowed: {allowed})")
+    ok = ((gt is None or value > gt) and (ge is None or value >= ge)
+          and (lt is None or value < lt) and (le is None or value <= le))
+    if not ok:
+        raise AblateError(f"{where}: {show(value)} is out of range (allowed: {allowed})")
+    return value
+
+
+def _bound(x) -> str:
+    for name, v in (("2**63 - 1", INT64_MAX), ("2**62", COUNT_MAX)):
+        if x == v:
+            return name
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _describe(integer: bool, gt, ge, lt, le) -> str:
+    parts = [f"> {_bound(gt)}" if gt is not None else None, f">= {_bound(ge)}" if ge is not None else None,
+             f"< {_bound(lt)}" if lt is not None else None, f"<= {_bound(le)}" if le is not None else None]
+    noun = "an integer" if integer else "a finite number"
+    bounds = [p for p in parts if p]
+    return f"{noun} {' and '.join(bounds)}" if bounds else noun
+
+
 def check_fraction(value: Any, where: str, low_open: bool = False) -> float:
-    check_type(value, (int, float), where, "a number between 0 and 1")
-    if not (0 < value <= 1 if low_open else 0 <= value < 1):
-        raise AblateError(f"{where}: {value!r} is out of range (allowed: {'0 < x <= 1' if low_open else '0 <= x < 1'})")
-    return float(value)
+    """A finite number in [0, 1) (or (0, 1] with ``low_open``)."""
+    if low_open:
+        return float(check_number(value, where, gt=0, le=1))
+    return float(check_number(value, where, ge=0, lt=1))
 
 
 def check_choice(value: Any, choices: Iterable, where: str) -> Any:
     choices = list(choices)
-    if value not in choices:
-        raise AblateError(f"{where}: {value!r} is not allowed (allowed: {', '.join(map(str, choices))})")
+    # bool == 1 and 1.0 == 1: only a value of a choice's own type is that choice
+    if not any(value == c and type(value) is type(c) for c in choices):
+        raise AblateError(f"{where}: {show(value)} is not allowed (allowed: {', '.join(map(str, choices))})")
     return value
 
 
 def check_positive(value: Any, where: str, allow_zero: bool = False) -> Any:
+    """Kept for callers outside the schema: a finite number > 0 (>= 0 with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AblateError(f"{where}: expected a number, got {show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AblateError(f"{where}: {show(value)} is not a finite number")
     if value < 0 or (value == 0 and not allow_zero):
-        raise AblateError(f"{where}: {value!r} must be {'>= 0' if allow_zero else '> 0'}")
+        raise AblateError(f"{where}: {show(value)} must be {'>= 0' if allow_zero else '> 0'}")
     return value
 
 
+# ----------------------------------------------------------------------------------- schema
+
+def checked(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+            convert: Callable[[Any, str], Any] | None = None, gt=None, ge=None, lt=None, le=None,
+            internal: bool = False) -> Any:
+    """A dataclass field that ``build_dataclass`` validates: ``convert(value, where)`` replaces
+    the type check (token counts like ``4K``); ``gt/ge/lt/le`` bound a number (after any
+    conversion; None passes). ``internal``: not read from YAML nor written by ``to_dict``."""
+    meta = {k: v for k, v in dict(convert=convert, gt=gt, ge=ge, lt=lt, le=le).items() if v is not None}
+    if internal:
+        meta["internal"] = True
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def yaml_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields a YAML mapping may give (not those starting with '_' nor internal ones)."""
+    return [f for f in dataclasses.fields(cls) if not f.name.startswith("_") and not f.metadata.get("internal")]
+
+
 _SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_RANGE = ("gt", "ge", "lt", "le")
 
 
-def build_dataclass(cls: type, raw: Any, where: str, nested: dict[str, Any] | None = None):
-    """Construct dataclass ``cls`` from a YAML mapping, checking keys and scalar types.
+def build_dataclass(cls: type, raw: Any, where: str, nested: dict[str, Any] | None = None,
+                    fixed: dict[str, Any] | None = None):
+    """Construct dataclass ``cls`` from a YAML mapping, checking keys, types and ranges.
 
     Fields whose annotation is a dataclass are built recursively; ``nested`` maps a field name
-    to a custom builder ``f(raw, where)`` for fields that need more than that. After
-    construction ``obj.validate(where)`` runs, if the class has it.
+    to a custom builder ``f(raw, where)``; ``fixed`` gives values that do not come from the
+    YAML (internal fields). A field without a default must be given. After construction
+    ``obj.validate(where)`` runs, if the class has it.
     """
     raw = {} if raw is None else raw
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.name.startswith("_")}
-    check_keys(raw, fields, where)
+    fields = {f.name: f for f in yaml_fields(cls)}
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    check_keys(raw, fields, where, required=required)
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs = dict(fixed or {})
     for name, value in raw.items():
-        at = f"{where}.{name}"
+        at = field_where(where, name)
+        meta = fields[name].metadata
         if nested and name in nested:
             kwargs[name] = nested[name](value, at)
             continue
-        kwargs[name] = _coerce(hints[name], value, at)
+        if "convert" in meta:
+            value = meta["convert"](value, at) if value is not None else _coerce(hints[name], value, at)
+        else:
+            value = _coerce(hints[name], value, at)
+        if value is not None and any(k in meta for k in _RANGE):
+            value = check_number(value, at, integer=isinstance(value, int),
+                                 **{k: meta[k] for k in _RANGE if k in meta})
+        kwargs[name] = value
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate(where)
@@ -111,17 +355,30 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 return _coerce(a, value, where)
             except AblateError:
                 continue
-        raise AblateError(f"{where}: {value!r} has the wrong type")
+        raise AblateError(f"{where}: {show(value)} has the wrong type")
+    if origin is typing.Literal:
+        return check_choice(value, args, where)
     if dataclasses.is_dataclass(hint):
         return build_dataclass(hint, value, where)
     if hint is float:
-        return float(check_type(value, (int, float), where, "a number"))
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e300:
+            raise AblateError(f"{where}: {show(value)} is too large (allowed: a finite number)")
+        return float(check_number(value, where))
+    if hint is int:
+        return check_number(value, where, integer=True)
     if hint in _SCALARS:
         return check_type(value, hint, where, _SCALARS[hint])
     if origin is list:
         check_type(value, list, where, "a list")
         return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is tuple:
+        check_type(value, (list, tuple), where, "a list")
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
-        check_type(value, dict, where, "a mapping")
+        if args and args[0] is str:
+            check_names(value, where, "a mapping")
+        else:
+            check_type(value, dict, where, "a mapping")
         return {k: _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()} if args else value
     return value

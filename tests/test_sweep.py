@@ -148,7 +148,7 @@ def test_every_sweep_file_in_recipes_expands(monkeypatch):
     ({"grid": {"training.optimizer.lr": [0.001]}, "variants": [{"name": "a", "set": {"training.optimizer.lr": 0.1}}]},
      ["variants[0].set.training.optimizer.lr", "sets training.optimizer.lr, which grid.training.optimizer.lr also sets"]),
     ({"executor": "kubernetes"}, ["executor", "'kubernetes' is not allowed", "local, slurm"]),
-    ({"slurm": {"nodes": 0}}, ["slurm.nodes", "must be > 0"]),
+    ({"slurm": {"nodes": 0}}, ["slurm.nodes", "0 is out of range", "an integer >= 1"]),
     ({"colour": "blue"}, ["unknown key 'colour'"]),
 ])
 def test_bad_sweep_files_fail_in_one_line_and_write_nothing(here, cli, body, fragments):
@@ -197,9 +197,15 @@ def test_rendered_sbatch_for_four_nodes_of_eight_gpus(here, cli):
                               "signal_seconds": 300, "extra": ["--qos=high", "#SBATCH --exclusive"],
                               "setup": ["module load cuda"], "env": {"NCCL_DEBUG": "WARN"}},
                        eval={"tasks": ["bpb", "probes"], "step": "all"})
-    r = cli("sweep", "submit", path, "--dry-run")  # renders; needs no Slurm
+    r = cli("sweep", "submit", path, "--dry-run")  # renders to stdout, writes nothing; needs no Slurm
     assert r.rc == 0, r.err
     run_dir = here / "runs" / "big" / "p"
+    assert not run_dir.exists()
+    os.makedirs(run_dir / "slurm")
+    for chunk in r.out.split("#### sbatch script ")[1:]:  # "<path> (not written)\n<script>"
+        head, script = chunk.split("\n", 1)
+        with open(head.split(" (not written)")[0], "w") as f:
+            f.write(script.split("\nrendered ")[0].rstrip("\n") + "\n")
     text = (run_dir / "slurm" / "train.sbatch").read_text()
     sbatch = [l for l in text.splitlines() if l.startswith("#SBATCH")]
     for line in ("--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8", "--partition=gpu", "--account=proj",
@@ -281,18 +287,22 @@ def test_local_sweep_runs_each_point_once_and_cancel_then_retry_resumes(here, cl
     assert [m["loss"] for m in resumed] == [m["loss"] for m in same]  # bitwise: resume is exact on CPU
 
 
-def test_a_failed_point_is_shown_with_its_reason_and_retried_only_when_asked(here, cli):
+def test_a_failed_point_is_shown_with_its_reason_and_retried_only_when_asked(here, cli, capsys):
     # expert parallelism 2 needs 2 processes: valid on paper, fails when the local executor runs it alone
     path = write_sweep(here, "fails", base=base(parallelism={"ep": 2}), point_name="p")
-    r = cli("sweep", "submit", path)
-    assert r.rc == 0 and "p: training exited 2" in r.out, r.out + r.err
+    with pytest.raises(SystemExit, match="1"):  # a point that failed: exit 1, named on stderr
+        cli("sweep", "submit", path)
+    r = capsys.readouterr()
+    assert "p: training exited 2" in r.out and "point p: training exited 2 (log: " in r.err, r.out + r.err
     assert "parallelism.ep: 2 does not divide the 1" in (here / "runs" / "fails" / "p" / "train.log").read_text()
     table = cli("sweep", "status", path).out.splitlines()
     assert table[0].split()[-1] == "note" and table[2].split()[:2] == ["p", "failed"]
     assert "ended before training started" in table[2] and table[-1] == "1 failed"
     r = cli("sweep", "submit", path)
     assert "skipped: 1 failed (--retry resubmits)" in r.out and "submitted 0 point(s)" in r.out
-    r = cli("sweep", "submit", path, "--retry")
-    assert "submitted 1 point(s)" in r.out and "p: training exited 2" in r.out
+    with pytest.raises(SystemExit, match="1"):
+        cli("sweep", "submit", path, "--retry")
+    r = capsys.readouterr()
+    assert "ran 1 point(s): 1 failed" in r.out and "p: training exited 2" in r.out
     record = json.load(open(here / "runs" / "fails" / "p" / "local.json"))
     assert record["returncode"] == 2 and len(record["history"]) == 1

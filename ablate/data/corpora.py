@@ -31,8 +31,9 @@ import re
 from dataclasses import dataclass, field
 
 from ablate.data.taxonomy import Taxonomy
-from ablate.errors import AblateError
-from ablate.validate import check_fraction, check_keys, check_type, load_yaml_file
+from ablate.errors import AblateError, show
+from ablate.validate import (INT64_MAX, check_fraction, check_keys, check_names, check_number,
+                             check_type, load_yaml_file)
 
 GENERATED_READERS = ("stdlib", "gsm8k", "toyworld")
 FILE_READERS = ("jsonl", "parquet")
@@ -103,11 +104,15 @@ def load_corpora_spec(arg: str) -> CorporaSpec:
 
 
 def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
+    """Validate a spec mapping; every message reads ``<origin>: <field>: what (allowed: ...)``."""
     check_keys(raw, _TOP_KEYS, origin, required=("sources",))
     domains = raw.get("domains") or []
     check_type(domains, list, f"{origin}: domains", "a list of domain tags")
     taxonomy = Taxonomy(domains, where=f"{origin}: domains")
-    seed = check_type(raw.get("seed", 1234), int, f"{origin}: seed", "an integer")
+    seed = check_number(raw.get("seed", 1234), f"{origin}: seed", integer=True, ge=0, le=INT64_MAX)
+    tokenizer = raw.get("tokenizer", "byte")
+    check_type(tokenizer, (str, dict), f"{origin}: tokenizer",
+               "byte, a tokenizer.json path or {kind: hf, path: ..., eod_token: ...}")
     default_eval = check_fraction(raw.get("eval_fraction", 0.01), f"{origin}: eval_fraction")
     sources_raw = check_type(raw["sources"], list, f"{origin}: sources", "a list of sources")
     if not sources_raw:
@@ -117,8 +122,9 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
         where = f"{origin}: sources[{i}]"
         check_keys(s, _SOURCE_KEYS, where)
         reader = s.get("reader", "auto")
-        if reader not in ("auto",) + FILE_READERS + GENERATED_READERS:
-            raise AblateError(f"{where}.reader: {reader!r} is not a reader (allowed: auto, {', '.join(FILE_READERS + GENERATED_READERS)})")
+        if not isinstance(reader, str) or reader not in ("auto",) + FILE_READERS + GENERATED_READERS:
+            raise AblateError(f"{where}.reader: {show(reader)} is not a reader "
+                              f"(allowed: auto, {', '.join(FILE_READERS + GENERATED_READERS)})")
         path = s.get("path")
         if path is None and reader not in GENERATED_READERS:
             raise AblateError(f"{where}: missing required key 'path'")
@@ -127,13 +133,16 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
         domain = s.get("domain")
         if domain is not None:
             taxonomy.validate(domain, f"{where}.domain")
-        name = s.get("name") or _default_name(path, reader, i)
-        if not _NAME_RE.match(name):
-            raise AblateError(f"{where}.name: {name!r} must be letters, digits, '_', '.' or '-'")
+        name = s.get("name")
+        if name is None:
+            name = _default_name(path, reader, i)
+        if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 200:
+            raise AblateError(f"{where}.name: {show(name)} is not a source name "
+                              "(allowed: letters, digits, '_', '.' or '-', at most 200)")
         if any(o.name == name for o in sources):
-            raise AblateError(f"{where}.name: {name!r} is used by another source (names must be unique)")
+            raise AblateError(f"{where}.name: {show(name)} is used by another source (names must be unique)")
         options = s.get("options") or {}
-        check_type(options, dict, f"{where}.options", "a mapping")
+        check_names(options, f"{where}.options", "a mapping of reader options")
         sources.append(Source(
             name=name, reader=reader, path=path, domain=domain,
             text_field=check_type(s.get("text_field", "text"), str, f"{where}.text_field", "a field name"),
@@ -141,7 +150,7 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
             eval_fraction=check_fraction(s.get("eval_fraction", default_eval), f"{where}.eval_fraction"),
             options=options, where=where,
         ))
-    return CorporaSpec(sources=sources, tokenizer=raw.get("tokenizer", "byte"), seed=seed,
+    return CorporaSpec(sources=sources, tokenizer=tokenizer, seed=seed,
                        eval_fraction=default_eval, domains=taxonomy.extra, base_dir=base_dir, origin=origin)
 
 

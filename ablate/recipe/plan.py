@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields, is_dataclass
 
 from ablate.data.manifest import DatasetEntry, Manifest, load_manifests, verify_datasets
 from ablate.data.taxonomy import Taxonomy, is_under
-from ablate.errors import AblateError
+from ablate.errors import AblateError, show
 from ablate.io import write_json_atomic
 from ablate.recipe.budget import format_tokens
 from ablate.recipe.schema import DEFAULT_MAX_EPOCHS, MixEntry, Recipe
@@ -153,7 +153,7 @@ def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
     """The budget arithmetic of ``recipe``. ``verify=False`` leaves out the quick check of the
     datasets' files (``verify_plan``), for a caller that runs it later (a sweep, while it
     computes blends)."""
-    where = recipe._path or recipe.name
+    where = recipe.source or recipe.name
     manifests = _load(recipe, where)
     taxonomy = Taxonomy([d for m in manifests for d in m.domains])
     pool = [(m, e) for m in manifests for e in m.datasets]
@@ -165,6 +165,12 @@ def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
         at = f"{where}: stages[{i}]"
         entries = _entry_budgets(stage, at)
         nominal = sum(entries.values())
+        if 2 * nominal < seq * gbs:  # rounding would double the budget: blame the batch, not the budget
+            raise AblateError(
+                f"{where}: training.global_batch_size: one step of {gbs:,} sequences x {seq:,} tokens is "
+                f"{format_tokens(seq * gbs)} tokens, more than twice stage {show(stage.name)}'s budget of "
+                f"{format_tokens(nominal)} (allowed: a batch of at most {max(1, int(2 * nominal // seq)):,} "
+                "sequences, or a larger budget)")
         steps = max(1, round(nominal / (seq * gbs)))
         samples = steps * gbs
         scale = samples * seq / nominal

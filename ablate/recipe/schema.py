@@ -1,7 +1,11 @@
 """The recipe: one YAML file that says everything a run may differ in.
 
-Validated once at load (every error: ``file: field.path: what is wrong (what is allowed)``) and
-dumped resolved, with every default filled in, into the run directory. Sections:
+Validated once at load (every error: ``file: field.path: what is wrong (allowed: ...)``) and
+dumped resolved, with every default filled in, into the run directory. The dataclasses below
+are the schema: each field's annotation (``Literal[...]`` for choices), its ``checked(...)``
+range or converter, and a ``validate`` hook for checks across fields are all that
+``ablate.validate.build_dataclass`` needs, so compile, train and sweep expansion refuse the same
+things (non-finite numbers, out-of-range sizes, unknown keys) in the same words. Sections:
 
 ``name, seed, run_dir, tokenizer``; ``data`` (manifests, index cache); ``model`` (a preset and/or
 megatron-core fields); ``parallelism`` (tp, pp, ep, cp; dp is what the world size leaves);
@@ -13,13 +17,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, show
 from ablate.recipe.budget import parse_tokens
-from ablate.validate import build_dataclass, check_choice, check_keys, check_positive, check_type, load_yaml_file
+from ablate.validate import (COUNT_MAX, INT64_MAX, build_dataclass, check_choice, check_keys, check_names,
+                             check_number, check_type, checked, field_where, load_yaml_file, yaml_fields)
 
 # Named model shapes. A recipe names one and may override any field. The line above each
 # preset states its size as ``# NAME: total T / active A (vocab V)``, computed by
@@ -53,181 +59,188 @@ MODEL_PRESETS: dict[str, dict] = {
 MODEL_PRESETS["moe-1b"] = MODEL_PRESETS["moe-4b-a1b"]
 
 
+# Bounds shared by many fields: sizes and counts are positive and far inside int64; a seed is
+# whatever torch.manual_seed and the index permutations accept.
+SIZE = dict(ge=1, lt=COUNT_MAX)
+COUNT0 = dict(ge=0, lt=COUNT_MAX)
+
+
+def _on_off(value: Any, where: str) -> str:
+    """YAML 1.1 reads a bare ``on``/``off`` as true/false: take them back as the words."""
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    return check_choice(value, ("auto", "on", "off"), where)
+
+
 @dataclass
 class ModelConfig:
     preset: Optional[str] = None
-    num_layers: int = 4
-    hidden_size: int = 128
-    num_attention_heads: int = 4
-    ffn_hidden_size: int = 256
-    moe_ffn_hidden_size: Optional[int] = None  # per expert; default: ffn_hidden_size
-    num_experts: int = 8  # 0: a dense model
-    moe_router_topk: int = 2
-    moe_layer_freq: int = 1  # every n-th layer is MoE (1: all), the others dense
-    moe_router_score_function: str = "softmax"
-    moe_router_load_balancing_type: str = "aux_loss"
-    moe_aux_loss_coeff: float = 0.01
-    moe_z_loss_coeff: Optional[float] = None
+    num_layers: int = checked(4, **SIZE)
+    hidden_size: int = checked(128, **SIZE)
+    num_attention_heads: int = checked(4, **SIZE)
+    ffn_hidden_size: int = checked(256, **SIZE)
+    moe_ffn_hidden_size: Optional[int] = checked(None, **SIZE)  # per expert; default: ffn_hidden_size
+    num_experts: int = checked(8, **COUNT0)  # 0: a dense model
+    moe_router_topk: int = checked(2, **SIZE)
+    moe_layer_freq: int = checked(1, **SIZE)  # every n-th layer is MoE (1: all), the others dense
+    moe_router_score_function: Literal["softmax", "sigmoid"] = "softmax"
+    moe_router_load_balancing_type: Literal["aux_loss", "seq_aux_loss", "none"] = "aux_loss"
+    moe_aux_loss_coeff: float = checked(0.01, ge=0)
+    moe_z_loss_coeff: Optional[float] = checked(None, ge=0)
     moe_router_enable_expert_bias: bool = False
-    moe_shared_expert_intermediate_size: Optional[int] = None
-    max_position_embeddings: int = 512
-    position_embedding_type: str = "rope"
-    normalization: str = "RMSNorm"
-    make_vocab_size_divisible_by: int = 128
-    init_method_std: float = 0.02
-    moe_token_dispatcher_type: str = "auto"  # auto: alltoall on CUDA, allgather on CPU
+    moe_shared_expert_intermediate_size: Optional[int] = checked(None, **SIZE)
+    max_position_embeddings: int = checked(512, **SIZE)
+    position_embedding_type: Literal["rope", "learned_absolute"] = "rope"
+    normalization: Literal["RMSNorm", "LayerNorm"] = "RMSNorm"
+    make_vocab_size_divisible_by: int = checked(128, **SIZE)
+    init_method_std: float = checked(0.02, gt=0)
+    # auto: alltoall on CUDA, allgather on CPU
+    moe_token_dispatcher_type: Literal["auto", "allgather", "alltoall"] = "auto"
     moe_grouped_gemm: bool = False  # one grouped GEMM for all local experts (CUDA)
 
     def validate(self, where: str) -> None:
-        for f in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "moe_layer_freq",
-                  "max_position_embeddings", "make_vocab_size_divisible_by"):
-            check_positive(getattr(self, f), f"{where}.{f}")
-        check_positive(self.num_experts, f"{where}.num_experts", allow_zero=True)
         if self.hidden_size % self.num_attention_heads:
-            raise AblateError(f"{where}.hidden_size: {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
-        if self.num_experts and not 1 <= self.moe_router_topk <= self.num_experts:
-            raise AblateError(f"{where}.moe_router_topk: {self.moe_router_topk} must be between 1 and num_experts ({self.num_experts})")
-        check_choice(self.moe_router_score_function, ("softmax", "sigmoid"), f"{where}.moe_router_score_function")
-        check_choice(self.moe_router_load_balancing_type, ("aux_loss", "seq_aux_loss", "none"), f"{where}.moe_router_load_balancing_type")
-        check_choice(self.position_embedding_type, ("rope", "learned_absolute"), f"{where}.position_embedding_type")
-        check_choice(self.normalization, ("RMSNorm", "LayerNorm"), f"{where}.normalization")
-        check_choice(self.moe_token_dispatcher_type, ("auto", "allgather", "alltoall"), f"{where}.moe_token_dispatcher_type")
-        check_type(self.moe_grouped_gemm, bool, f"{where}.moe_grouped_gemm", "true or false")
+            raise AblateError(f"{field_where(where, 'hidden_size')}: {self.hidden_size} is not divisible by "
+                              f"num_attention_heads {self.num_attention_heads}")
+        if self.num_experts and not self.moe_router_topk <= self.num_experts:
+            raise AblateError(f"{field_where(where, 'moe_router_topk')}: {self.moe_router_topk} must be between 1 "
+                              f"and num_experts ({self.num_experts})")
         if self.moe_router_enable_expert_bias and self.moe_router_score_function != "sigmoid":
-            raise AblateError(f"{where}.moe_router_enable_expert_bias: expert bias needs moe_router_score_function: sigmoid")
+            raise AblateError(f"{field_where(where, 'moe_router_enable_expert_bias')}: expert bias needs "
+                              "moe_router_score_function: sigmoid")
 
 
 @dataclass
 class ParallelConfig:
-    tp: int = 1
-    pp: int = 1
-    ep: int = 1
-    cp: int = 1
-    vp: int = 1  # virtual pipeline stages (model chunks) per pipeline rank: interleaved 1F1B
+    tp: int = checked(1, **SIZE)
+    pp: int = checked(1, **SIZE)
+    ep: int = checked(1, **SIZE)
+    cp: int = checked(1, **SIZE)
+    vp: int = checked(1, **SIZE)  # virtual pipeline stages (model chunks) per pipeline rank: interleaved 1F1B
     distributed_optimizer: bool = False  # shard optimizer state and fp32 main params over data-parallel ranks
     overlap_grad_reduce: bool = False  # start each bucket's reduction during backward (CUDA)
     overlap_param_gather: bool = False  # distributed optimizer: gather params during the next forward (CUDA)
 
     def validate(self, where: str) -> None:
-        for f in ("tp", "pp", "ep", "cp", "vp"):
-            check_positive(getattr(self, f), f"{where}.{f}")
-        for f in ("distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather"):
-            check_type(getattr(self, f), bool, f"{where}.{f}", "true or false")
         if self.vp > 1 and self.pp == 1:
-            raise AblateError(f"{where}.vp: {self.vp} virtual pipeline stages need pp > 1 (pp is 1)")
+            raise AblateError(f"{field_where(where, 'vp')}: {self.vp} virtual pipeline stages need pp > 1 (pp is 1)")
         if self.overlap_param_gather and not self.distributed_optimizer:
-            raise AblateError(f"{where}.overlap_param_gather: needs distributed_optimizer: true")
+            raise AblateError(f"{field_where(where, 'overlap_param_gather')}: needs distributed_optimizer: true")
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    clip_grad: float = 1.0
+    name: Literal["adamw"] = "adamw"
+    lr: float = checked(3e-3, gt=0)
+    min_lr: float = checked(3e-4, ge=0)
+    weight_decay: float = checked(0.1, ge=0)
+    beta1: float = checked(0.9, ge=0, lt=1)
+    beta2: float = checked(0.95, ge=0, lt=1)
+    eps: float = checked(1e-8, gt=0)
+    clip_grad: float = checked(1.0, ge=0)  # 0: no clipping
 
     def validate(self, where: str) -> None:
-        check_choice(self.name, ("adamw",), f"{where}.name")
-        check_positive(self.lr, f"{where}.lr")
-        check_positive(self.min_lr, f"{where}.min_lr", allow_zero=True)
         if self.min_lr > self.lr:
-            raise AblateError(f"{where}.min_lr: {self.min_lr} is larger than lr {self.lr}")
+            raise AblateError(f"{field_where(where, 'min_lr')}: {self.min_lr} is larger than lr {self.lr}")
 
 
 @dataclass
 class ScheduleConfig:
-    warmup_steps: int = 20
-    decay: str = "cosine"  # over the whole run (or per stage under 'rewarm')
+    warmup_steps: int = checked(20, **COUNT0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"  # over the whole run (or per stage under 'rewarm')
     # continue: one schedule over all stages; rewarm: warm up and decay again in every stage;
     # constant_then_decay: constant LR until the last stage, which decays (WSD-style)
-    stage_policy: str = "continue"
-
-    def validate(self, where: str) -> None:
-        check_positive(self.warmup_steps, f"{where}.warmup_steps", allow_zero=True)
-        check_choice(self.decay, ("cosine", "linear", "constant"), f"{where}.decay")
-        check_choice(self.stage_policy, ("continue", "rewarm", "constant_then_decay"), f"{where}.stage_policy")
+    stage_policy: Literal["continue", "rewarm", "constant_then_decay"] = "continue"
 
 
 @dataclass
 class TrainingConfig:
-    seq_length: int = 256
-    global_batch_size: int = 32
-    micro_batch_size: int = 8
+    seq_length: int = checked(256, **SIZE)
+    global_batch_size: int = checked(32, **SIZE)
+    micro_batch_size: int = checked(8, **SIZE)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    precision: str = "fp32"  # bf16/fp16: params and compute in half, fp32 main params in the optimizer
-    backend: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
-    recompute: str = "none"  # activation recomputation: none | selective (attention core) | full (every layer)
+    # bf16/fp16: params and compute in half, fp32 main params in the optimizer
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    backend: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when torch sees a GPU, else cpu
+    # activation recomputation: none | selective (attention core) | full (every layer)
+    recompute: Literal["none", "selective", "full"] = "none"
     # start from these model weights (a checkpoint directory, any layout) instead of a random
     # init; the optimizer starts fresh. Every run of an ablation can share one initialisation.
     init_from: Optional[str] = None
 
     def validate(self, where: str) -> None:
-        for f in ("seq_length", "global_batch_size", "micro_batch_size"):
-            check_positive(getattr(self, f), f"{where}.{f}")
         if self.global_batch_size % self.micro_batch_size:
-            raise AblateError(f"{where}.global_batch_size: {self.global_batch_size} is not a multiple of "
-                              f"micro_batch_size {self.micro_batch_size}")
-        check_choice(self.precision, ("fp32", "bf16", "fp16"), f"{where}.precision")
-        check_choice(self.backend, ("auto", "cpu", "cuda"), f"{where}.backend")
-        check_choice(self.recompute, ("none", "selective", "full"), f"{where}.recompute")
-        if self.init_from is not None:
-            check_type(self.init_from, str, f"{where}.init_from", "a checkpoint directory")
+            raise AblateError(f"{field_where(where, 'global_batch_size')}: {self.global_batch_size} is not a "
+                              f"multiple of micro_batch_size {self.micro_batch_size}")
 
 
 @dataclass
 class CadenceConfig:
-    log_every: int = 10
-    eval_every: int = 0  # with eval_tasks: every N steps and at the end (0: only at the end)
+    log_every: int = checked(10, **SIZE)
+    eval_every: int = checked(0, **COUNT0)  # with eval_tasks: every N steps and at the end (0: only at the end)
     eval_tasks: list = field(default_factory=list)  # ablate eval tasks scored inside training (none: run it after)
     eval_options: dict = field(default_factory=dict)  # e.g. {limit: 50, bpb_tokens: 16384}: as ablate eval's flags
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    routing_flush_every: int = 50
+    checkpoint_every: int = checked(200, **SIZE)
+    keep_checkpoints: int = checked(2, **SIZE)
+    routing_flush_every: int = checked(50, **SIZE)
     tensorboard: bool = True
     # write checkpoints in the background (megatron's async dist_checkpointing save); auto: on CUDA
-    async_checkpoint: str = "auto"
+    async_checkpoint: str = checked("auto", convert=_on_off)
     # Weights & Biases (the optional extra 'wandb'): {project: P, mode: online|offline|disabled,
     # entity: E, group: G, tags: [...]}; empty: no W&B. A resumed run continues its W&B run.
     wandb: dict = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        check_choice(self.async_checkpoint, ("auto", "on", "off"), f"{where}.async_checkpoint")
         if self.wandb:
-            check_keys(self.wandb, ["project", "mode", "entity", "group", "tags"], f"{where}.wandb", required=("project",))
-            check_type(self.wandb["project"], str, f"{where}.wandb.project", "a W&B project name")
+            at = field_where(where, "wandb")
+            check_keys(self.wandb, ["project", "mode", "entity", "group", "tags"], at, required=("project",))
+            check_type(self.wandb["project"], str, f"{at}.project", "a W&B project name")
             if "mode" in self.wandb:
-                check_choice(self.wandb["mode"], ("online", "offline", "disabled"), f"{where}.wandb.mode")
-        for f in ("log_every", "checkpoint_every", "keep_checkpoints", "routing_flush_every"):
-            check_positive(getattr(self, f), f"{where}.{f}")
-        check_positive(self.eval_every, f"{where}.eval_every", allow_zero=True)
-        check_type(self.eval_tasks, list, f"{where}.eval_tasks", "a list of task names (see 'ablate eval --help')")
+                check_choice(self.wandb["mode"], ("online", "offline", "disabled"), f"{at}.mode")
+        at = field_where(where, "eval_tasks")
+        check_type(self.eval_tasks, list, at, "a list of task names (see 'ablate eval --help')")
+        for i, t in enumerate(self.eval_tasks):
+            check_type(t, str, f"{at}[{i}]", "a task name (see 'ablate eval --help')")
         if self.eval_tasks:
             from ablate.evals.tasks import select
 
             try:
-                select(",".join(str(t) for t in self.eval_tasks))
+                select(",".join(self.eval_tasks))
             except AblateError as exc:
-                raise AblateError(f"{where}.eval_tasks: {str(exc).split(': ', 1)[1]}") from None
+                raise AblateError(f"{at}: {str(exc).split(': ', 1)[-1]}") from None
         from ablate.evals.tasks.base import EvalOptions
 
-        build_dataclass(EvalOptions, self.eval_options, f"{where}.eval_options")  # keys and types, as ablate eval's flags
+        # keys and types, as ablate eval's flags
+        build_dataclass(EvalOptions, self.eval_options, field_where(where, "eval_options"))
 
 
 @dataclass
 class DataConfig:
-    manifests: list = field(default_factory=lambda: ["data/toyworld/manifest.json"])
+    manifests: list[str] = field(default_factory=lambda: ["data/toyworld/manifest.json"])
     cache_dir: str = "cache"  # per-dataset and blend indices, shared by every recipe that uses it
 
     def validate(self, where: str) -> None:
         if not self.manifests:
-            raise AblateError(f"{where}.manifests: at least one manifest is needed")
-        for i, m in enumerate(self.manifests):
-            check_type(m, str, f"{where}.manifests[{i}]", "a path to a manifest.json")
+            raise AblateError(f"{field_where(where, 'manifests')}: at least one manifest is needed")
+
+
+def _fractions(value: Any, where: str) -> dict:
+    """``density``: sub-domain -> a fraction in [0, 1]; they sum to 1."""
+    check_names(value, where, "a mapping from sub-domain to fraction")
+    for k, v in value.items():
+        check_number(v, f"{where}.{k}", ge=0, le=1)
+    if abs(sum(value.values()) - 1) > 1e-6:
+        raise AblateError(f"{where}: fractions sum to {sum(value.values()):g}, not 1")
+    return dict(value)
+
+
+def _weights(value: Any, where: str) -> dict:
+    """``weights``: source name (or dataset prefix) -> a finite weight >= 0."""
+    check_names(value, where, "a mapping from source name to weight")
+    for k, v in value.items():
+        check_number(v, f"{where}.{k}", ge=0, lt=1e300)
+    return dict(value)
 
 
 @dataclass
@@ -237,31 +250,75 @@ class MixEntry:
     Exactly one of ``share`` (of the stage budget left after absolute entries) or ``tokens``
     (absolute). ``density`` splits the entry across sub-domains of the selector; ``weights``
     splits it across datasets (by source name), else in proportion to their tokens;
-    ``max_epochs`` caps repetition of the entry's data.
+    ``max_epochs`` caps repetition of the entry's data (1: no repetition).
     """
 
-    selector: str
-    share: Optional[float] = None
-    tokens: Optional[int] = None
-    density: Optional[dict] = None
-    weights: Optional[dict] = None
-    max_epochs: Optional[float] = None
+    selector: str = checked(internal=True)  # the mix's key
+    share: Optional[float] = checked(None, gt=0, le=1)
+    tokens: Optional[int] = checked(None, convert=parse_tokens)
+    density: Optional[dict] = checked(None, convert=_fractions)
+    weights: Optional[dict] = checked(None, convert=_weights)
+    max_epochs: Optional[float] = checked(None, ge=1, lt=1e300)
+
+    def validate(self, where: str) -> None:
+        if (self.share is None) == (self.tokens is None):
+            raise AblateError(f"{where}: give exactly one of 'share' (a fraction) or 'tokens' (like 150B)")
+
+
+MIX_FORMS = "a share (a fraction in (0, 1]), a token count (a whole number like 12000, or 150M) " \
+            "or {share|tokens, density, weights, max_epochs}"
+
+
+def _parse_mix(raw: Any, where: str) -> list[MixEntry]:
+    """A stage's ``mix``: domain selector -> MixEntry. A bare value is a share when it is a number
+    in (0, 1], else a token count; a bare number above 1 must be whole (``1.5`` is refused: half
+    a token, or a share over 100 %?)."""
+    check_names(raw, where, f"a mapping from domain to {MIX_FORMS}")
+    if not raw:
+        raise AblateError(f"{where}: the mix is empty")
+    entries = []
+    for selector, spec in raw.items():
+        at = f"{where}.{selector}"
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            if isinstance(spec, float) and not math.isfinite(spec):
+                raise AblateError(f"{at}: {show(spec)} is not a finite number (allowed: {MIX_FORMS})")
+            if spec <= 1:
+                spec = {"share": spec}
+            elif float(spec).is_integer():
+                spec = {"tokens": int(spec)}
+            else:
+                raise AblateError(f"{at}: {show(spec)} is neither a share (a fraction in (0, 1]) nor a token "
+                                  "count (a whole number like 12000, or 1.5M)")
+        elif not isinstance(spec, dict):
+            spec = {"tokens": spec}
+        entries.append(build_dataclass(MixEntry, spec, at, fixed={"selector": selector}))
+    return entries
 
 
 @dataclass
 class Stage:
-    name: str
-    tokens: Optional[int]  # None: the sum of the mix's absolute budgets
-    mix: list  # of MixEntry
+    """One stage: a token budget and its mix. ``tokens`` None: the sum of the mix's absolute
+    budgets (shares need it)."""
+
+    mix: list = checked(convert=_parse_mix)  # of MixEntry
+    name: str = ""  # default: stage<i>
+    tokens: Optional[int] = checked(None, convert=parse_tokens)
 
 
 DEFAULT_MAX_EPOCHS = 4.0  # repeating data more than ~4 times stops paying (Muennighoff et al. 2023)
 
 
+def _run_name(value: Any, where: str) -> str:
+    check_type(value, str, where, "a run name")
+    if not value or "/" in value or value.startswith(".") or len(value) > 200:
+        raise AblateError(f"{where}: {show(value)} must be a plain file name (it names the run directory)")
+    return value
+
+
 @dataclass
 class Recipe:
-    name: str
-    seed: int = 1234
+    name: str = checked(convert=_run_name)
+    seed: int = checked(1234, ge=0, le=INT64_MAX)
     run_dir: Optional[str] = None  # default runs/<name>
     tokenizer: Optional[Any] = None  # if given, must match the manifests' tokenizer
     data: DataConfig = field(default_factory=DataConfig)
@@ -270,7 +327,14 @@ class Recipe:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     cadence: CadenceConfig = field(default_factory=CadenceConfig)
     stages: list = field(default_factory=list)  # of Stage
-    _path: str = ""  # where it was loaded from; paths in it are relative to the working directory
+    # the file it was loaded from, for messages ("" when built from a mapping); paths inside a
+    # recipe are relative to the working directory, not to this file
+    source: str = checked("", internal=True)
+
+    @property
+    def _path(self) -> str:
+        """The old name of ``source``, read-only, for callers not yet switched."""
+        return self.source
 
     @property
     def resolved_run_dir(self) -> str:
@@ -279,9 +343,7 @@ class Recipe:
     def to_dict(self) -> dict:
         """The resolved recipe: every default filled in, loadable again with ``parse_recipe``."""
         out = {}
-        for f in dataclasses.fields(self):
-            if f.name.startswith("_"):
-                continue
+        for f in yaml_fields(Recipe):
             value = getattr(self, f.name)
             if f.name == "stages":
                 value = [_stage_to_dict(s) for s in value]
@@ -302,32 +364,33 @@ def _stage_to_dict(stage: Stage) -> dict:
 
 def load_recipe(path: str) -> Recipe:
     raw = load_yaml_file(path, "recipe")
-    recipe = parse_recipe(raw, origin=path)
-    recipe._path = path
-    return recipe
+    return parse_recipe(raw, origin=path)
 
 
 def parse_recipe(raw: Any, origin: str) -> Recipe:
-    check_keys(raw, [f.name for f in dataclasses.fields(Recipe) if not f.name.startswith("_")], origin, required=("name", "stages"))
+    """A recipe from its YAML mapping; ``origin`` (a file name, or ``sweep.yaml: point p``)
+    starts every message: ``<origin>: <field.path>: what is wrong (allowed: ...)``."""
+    top = origin + ":"  # field_where: "<origin>: field"
+    check_keys(raw, [f.name for f in yaml_fields(Recipe)], origin, required=("name", "stages"))
     raw = dict(raw)
-    check_type(raw["name"], str, f"{origin}: name", "a run name")
-    if not raw["name"] or "/" in raw["name"] or raw["name"].startswith("."):
-        raise AblateError(f"{origin}: name: {raw['name']!r} must be a plain file name (it names the run directory)")
     model = raw.get("model") or {}
-    check_type(model, dict, f"{origin}: model", "a mapping")
+    check_type(model, dict, field_where(top, "model"), "a mapping")
     if model.get("preset") is not None:  # a resolved recipe says ``preset: null`` when none was named
-        preset = check_choice(model["preset"], MODEL_PRESETS, f"{origin}: model.preset")
+        preset = check_choice(model["preset"], MODEL_PRESETS, field_where(top, "model.preset"))
         model = {**MODEL_PRESETS[preset], **model}
     raw["model"] = model
-    recipe = build_dataclass(Recipe, raw, f"{origin}:", nested={"stages": _parse_stages})
+    recipe = build_dataclass(Recipe, raw, top, nested={"stages": _parse_stages},
+                             fixed={"source": origin})
     # fields are checked one by one above; these relate several sections
     if recipe.training.seq_length > recipe.model.max_position_embeddings:
-        raise AblateError(f"{origin}: training.seq_length: {recipe.training.seq_length} is longer than the model's "
-                          f"max_position_embeddings {recipe.model.max_position_embeddings}")
+        raise AblateError(f"{origin}: training.seq_length: {recipe.training.seq_length} is longer than the "
+                          f"model's max_position_embeddings {recipe.model.max_position_embeddings}")
     if recipe.parallelism.ep > 1 and recipe.model.num_experts % recipe.parallelism.ep:
-        raise AblateError(f"{origin}: parallelism.ep: {recipe.parallelism.ep} does not divide model.num_experts {recipe.model.num_experts}")
+        raise AblateError(f"{origin}: parallelism.ep: {recipe.parallelism.ep} does not divide "
+                          f"model.num_experts {recipe.model.num_experts}")
     if recipe.model.num_attention_heads % recipe.parallelism.tp:
-        raise AblateError(f"{origin}: parallelism.tp: {recipe.parallelism.tp} does not divide model.num_attention_heads {recipe.model.num_attention_heads}")
+        raise AblateError(f"{origin}: parallelism.tp: {recipe.parallelism.tp} does not divide "
+                          f"model.num_attention_heads {recipe.model.num_attention_heads}")
     return recipe
 
 
@@ -338,56 +401,11 @@ def _parse_stages(raw: Any, where: str) -> list[Stage]:
     stages, names = [], set()
     for i, s in enumerate(raw):
         at = f"{where}[{i}]"
-        check_keys(s, ("name", "tokens", "mix"), at, required=("mix",))
-        name = s.get("name", f"stage{i}")
-        check_type(name, str, f"{at}.name", "a stage name")
-        if name in names:
-            raise AblateError(f"{at}.name: {name!r} is used by another stage")
-        names.add(name)
-        tokens = parse_tokens(s["tokens"], f"{at}.tokens") if s.get("tokens") is not None else None
-        stages.append(Stage(name, tokens, _parse_mix(s["mix"], f"{at}.mix")))
+        if isinstance(s, dict) and "name" not in s:
+            s = {**s, "name": f"stage{i}"}
+        stage = build_dataclass(Stage, s, at)
+        if stage.name in names:
+            raise AblateError(f"{at}.name: {show(stage.name)} is used by another stage")
+        names.add(stage.name)
+        stages.append(stage)
     return stages
-
-
-def _parse_mix(raw: Any, where: str) -> list[MixEntry]:
-    check_type(raw, dict, where, "a mapping from domain to share, token budget or {share|tokens, density, weights, max_epochs}")
-    if not raw:
-        raise AblateError(f"{where}: the mix is empty")
-    entries = []
-    for selector, spec in raw.items():
-        at = f"{where}.{selector}"
-        if not isinstance(spec, dict):
-            spec = {"share": spec} if isinstance(spec, (int, float)) and not isinstance(spec, bool) and spec <= 1 else {"tokens": spec}
-        check_keys(spec, ("share", "tokens", "density", "weights", "max_epochs"), at)
-        if ("share" in spec) == ("tokens" in spec):
-            raise AblateError(f"{at}: give exactly one of 'share' (a fraction) or 'tokens' (like 150B)")
-        share = tokens = None
-        if "share" in spec:
-            share = check_type(spec["share"], (int, float), f"{at}.share", "a fraction between 0 and 1")
-            if not 0 < share <= 1:
-                raise AblateError(f"{at}.share: {share!r} must be in (0, 1]")
-        else:
-            tokens = parse_tokens(spec["tokens"], f"{at}.tokens")
-        density = spec.get("density")
-        if density is not None:
-            check_type(density, dict, f"{at}.density", "a mapping from sub-domain to fraction")
-            for k, v in density.items():
-                check_type(v, (int, float), f"{at}.density.{k}", "a fraction")
-                if v < 0:
-                    raise AblateError(f"{at}.density.{k}: {v!r} must be >= 0")
-            if abs(sum(density.values()) - 1) > 1e-6:
-                raise AblateError(f"{at}.density: fractions sum to {sum(density.values()):g}, not 1")
-        weights = spec.get("weights")
-        if weights is not None:
-            check_type(weights, dict, f"{at}.weights", "a mapping from source name to weight")
-            for k, v in weights.items():
-                check_type(v, (int, float), f"{at}.weights.{k}", "a weight")
-                check_positive(v, f"{at}.weights.{k}", allow_zero=True)
-        max_epochs = spec.get("max_epochs")
-        if max_epochs is not None:
-            check_type(max_epochs, (int, float), f"{at}.max_epochs", "a number of epochs")
-            check_positive(max_epochs, f"{at}.max_epochs")
-        entries.append(MixEntry(selector, float(share) if share is not None else None, tokens, density,
-                                weights, float(max_epochs) if max_epochs is not None else None))
-    return entries
-

@@ -98,10 +98,7 @@ def build_points(spec: SweepSpec) -> list[Point]:
         run_dir = os.path.join(root, name)
         raw["name"], raw["run_dir"] = name, run_dir
         origin = f"{where}: point {name}"
-        try:
-            recipe = parse_recipe(raw, origin=origin)
-        except AblateError as exc:  # parse_recipe's paths read "origin:.field": make it "origin: field"
-            raise AblateError(str(exc).replace(f"{origin}:.", f"{origin}: ")) from None
+        recipe = parse_recipe(raw, origin=origin)
         text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
         short = {path: alias for alias, path in aliases.items()}
         shown = {short.get(k, k): v for k, v in values.items() if k not in aliases}

@@ -22,8 +22,11 @@ slurm: {nodes: 4, gpus_per_node: 8, partition: gpu, account: proj, time: "04:00:
 eval: {tasks: [bpb, probes]}        # optional: queue `ablate eval RUN_DIR` after each training
 ```
 
-Paths (the base file, ``root``) are relative to the working directory, as in recipes. Field
-paths are dotted: list items by index or by ``name`` (``stages.0`` or ``stages.mixed``), mapping
+A relative ``base:`` path is relative to the sweep file's directory, so ``ablate sweep expand``
+works from anywhere (a base found only relative to the working directory is still read, as
+before this rule, until the sweep files that rely on it say ``../toy/...``). Paths inside the
+base recipe (manifests, cache) and ``root`` stay relative to the working directory, as in every
+recipe; the expanded points hold them absolute. Field paths are dotted: list items by index or by ``name`` (``stages.0`` or ``stages.mixed``), mapping
 keys by the longest key that exists (domain names contain dots: ``density.math.structured``).
 """
 
@@ -34,42 +37,37 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ablate.errors import AblateError
-from ablate.validate import build_dataclass, check_choice, check_keys, check_positive, check_type, load_yaml_file
+from ablate.errors import AblateError, show
+from ablate.validate import (INT64_MAX, build_dataclass, check_choice, check_keys, check_names, check_number,
+                             check_type, checked, load_yaml_file)
 
 EXECUTORS = ("local", "slurm")
 
 
 @dataclass
 class SlurmConfig:
-    nodes: int = 1
-    gpus_per_node: int = 0
-    nproc_per_node: Optional[int] = None  # processes per node; default: gpus_per_node (1 without GPUs)
-    cpus_per_task: Optional[int] = None  # the one task per node runs torchrun and all its workers
+    nodes: int = checked(1, ge=1, lt=2**31)
+    gpus_per_node: int = checked(0, ge=0, lt=2**31)
+    # processes per node; default: gpus_per_node (1 without GPUs)
+    nproc_per_node: Optional[int] = checked(None, ge=1, lt=2**31)
+    # the one task per node runs torchrun and all its workers
+    cpus_per_task: Optional[int] = checked(None, ge=1, lt=2**31)
     mem: Optional[str] = None
     partition: Optional[str] = None
     account: Optional[str] = None
     time: Optional[str] = None
-    signal_seconds: int = 120  # USR1 this long before the time limit: checkpoint, requeue
-    port: Optional[int] = None  # rendezvous port on the first node; default: from the job id
+    signal_seconds: int = checked(120, ge=1, lt=2**31)  # USR1 this long before the time limit: checkpoint, requeue
+    port: Optional[int] = checked(None, ge=1, le=65535)  # rendezvous port on the first node; default: from the job id
     python: Optional[str] = None  # default: the interpreter running `ablate sweep submit`
-    setup: list = field(default_factory=list)  # shell lines run before training (module load, ...)
+    setup: list[str] = field(default_factory=list)  # shell lines run before training (module load, ...)
     env: dict = field(default_factory=dict)  # exported in the job
-    extra: list = field(default_factory=list)  # more #SBATCH options, e.g. "--qos=high"
+    extra: list[str] = field(default_factory=list)  # more #SBATCH options, e.g. "--qos=high"
 
     def validate(self, where: str) -> None:
-        check_positive(self.nodes, f"{where}.nodes")
-        check_positive(self.gpus_per_node, f"{where}.gpus_per_node", allow_zero=True)
-        for f in ("nproc_per_node", "cpus_per_task", "port"):
-            if getattr(self, f) is not None:
-                check_positive(getattr(self, f), f"{where}.{f}")
-        check_positive(self.signal_seconds, f"{where}.signal_seconds")
-        for name in ("setup", "extra"):
-            for i, line in enumerate(getattr(self, name)):
-                check_type(line, str, f"{where}.{name}[{i}]", "a string")
         for i, line in enumerate(self.extra):
             if not sbatch_option(line).startswith("-"):
-                raise AblateError(f"{where}.extra[{i}]: {line!r} is not an sbatch option (like --qos=high)")
+                raise AblateError(f"{where}.extra[{i}]: {show(line)} is not an sbatch option (like --qos=high)")
+        check_names(self.env, f"{where}.env", "a mapping from variable name to value")
         for k, v in self.env.items():
             check_type(v, (str, int, float), f"{where}.env.{k}", "a string or number")
 
@@ -80,15 +78,12 @@ class SlurmConfig:
 
 @dataclass
 class LocalConfig:
-    nproc_per_node: int = 1
-
-    def validate(self, where: str) -> None:
-        check_positive(self.nproc_per_node, f"{where}.nproc_per_node")
+    nproc_per_node: int = checked(1, ge=1, lt=2**16)
 
 
 @dataclass
 class EvalConfig:
-    tasks: list = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
     step: Any = None  # passed to `ablate eval --step`: N, "N,M", "all"
     args: list = field(default_factory=list)  # more arguments for `ablate eval`
     slurm: dict = field(default_factory=dict)  # overrides of the training job's slurm settings
@@ -96,8 +91,6 @@ class EvalConfig:
     def validate(self, where: str) -> None:
         if not self.tasks:
             raise AblateError(f"{where}.tasks: name at least one eval task (e.g. [bpb, probes])")
-        for i, t in enumerate(self.tasks):
-            check_type(t, str, f"{where}.tasks[{i}]", "a task name")
         if self.step is not None:
             check_type(self.step, (int, str), f"{where}.step", "a step: N, 'N,M' or 'all'")
         for i, a in enumerate(self.args):
@@ -150,22 +143,40 @@ def sbatch_option(line: str) -> str:
 
 def load_sweep(path: str) -> SweepSpec:
     raw = load_yaml_file(path, "sweep file")
-    spec = parse_sweep(raw, path)
+    spec = parse_sweep(raw, path, base_dir=os.path.dirname(path))
     spec._path = path
     return spec
 
 
-def parse_sweep(raw: Any, origin: str) -> SweepSpec:
+def _base_path(base: str, base_dir: str | None, origin: str) -> str:
+    """A relative base is relative to the sweep file's directory; the working directory (the
+    rule before) is the fallback, so sweep files written for it keep working."""
+    if not base or "\0" in base:
+        raise AblateError(f"{origin}: base: {show(base)} is not a recipe file path")
+    candidates = [base] if os.path.isabs(base) or base_dir is None else [os.path.join(base_dir, base), base]
+    for path in candidates:
+        if os.path.isfile(path):
+            return os.path.normpath(path)
+    if any(os.path.isdir(p) for p in candidates):
+        raise AblateError(f"{origin}: base: {show(base)} is a directory, not a recipe file")
+    raise AblateError(f"{origin}: base: no such recipe file {show(base)} (a relative path is relative to "
+                      "the sweep file's directory)")
+
+
+def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec:
+    """Validate a sweep mapping; ``base_dir`` (the sweep file's directory) anchors a relative
+    ``base``, else it is relative to the working directory."""
     fields = [f.name for f in dataclasses.fields(SweepSpec) if not f.name.startswith("_")]
     check_keys(raw, fields, origin, required=("name", "base"))
     name = check_type(raw["name"], str, f"{origin}: name", "a sweep name")
-    if not name or "/" in name or name.startswith("."):
-        raise AblateError(f"{origin}: name: {name!r} must be a plain file name (it names the sweep's directory)")
+    if not name or "/" in name or name.startswith(".") or len(name) > 200:
+        raise AblateError(f"{origin}: name: {show(name)} must be a plain file name (it names the sweep's directory)")
     base = raw["base"]
     if not isinstance(base, (str, dict)):
-        raise AblateError(f"{origin}: base: expected a recipe file path or an inline recipe mapping, got {base!r}")
-    if isinstance(base, str) and not os.path.isfile(base):
-        raise AblateError(f"{origin}: base: no such recipe file {base!r} (paths are relative to the working directory)")
+        raise AblateError(f"{origin}: base: expected a recipe file path or an inline recipe mapping, "
+                          f"got {show(base)}")
+    if isinstance(base, str):
+        base = _base_path(base, base_dir, origin)
     root = raw.get("root")
     if root is not None:
         check_type(root, str, f"{origin}: root", "a directory")
@@ -192,9 +203,9 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
         if not seeds:
             raise AblateError(f"{origin}: seeds: empty axis (give at least one seed)")
         for i, s in enumerate(seeds):
-            check_type(s, int, f"{origin}: seeds[{i}]", "an integer seed")
+            check_number(s, f"{origin}: seeds[{i}]", integer=True, ge=0, le=INT64_MAX)
         if len(set(seeds)) != len(seeds):
-            raise AblateError(f"{origin}: seeds: {seeds} repeats a seed")
+            raise AblateError(f"{origin}: seeds: {show(seeds)} repeats a seed")
     point_name = raw.get("point_name")
     if point_name is not None:
         check_type(point_name, str, f"{origin}: point_name", "a naming template like '{sweep}-{seed}'")
@@ -208,16 +219,13 @@ def parse_sweep(raw: Any, origin: str) -> SweepSpec:
 
 
 def _assignments(raw: Any, where: str) -> dict:
-    check_type(raw, dict, where, "a mapping from field path (like training.optimizer.lr) to a value")
-    for path in raw:
-        check_type(path, str, f"{where}: {path!r}", "a dotted field path")
+    check_names(raw, where, "a mapping from field path (like training.optimizer.lr) to a value")
     return dict(raw)
 
 
 def _axes(raw: Any, where: str) -> dict:
-    check_type(raw, dict, where, "a mapping from field path to a list of values")
+    check_names(raw, where, "a mapping from field path to a list of values")
     for path, values in raw.items():
-        check_type(path, str, f"{where}: {path!r}", "a dotted field path")
         check_type(values, list, f"{where}.{path}", "a list of values")
         if not values:
             raise AblateError(f"{where}.{path}: empty axis (give at least one value)")
@@ -236,7 +244,7 @@ def _variants(raw: Any, where: str) -> list[Variant]:
         check_keys(v, ("name", "set"), at, required=("name",))
         name = check_type(v["name"], str, f"{at}.name", "a variant name")
         if name in names:
-            raise AblateError(f"{at}.name: {name!r} is used by another variant")
+            raise AblateError(f"{at}.name: {show(name)} is used by another variant")
         names.add(name)
         out.append(Variant(name, _assignments(v.get("set") or {}, f"{at}.set")))
     return out
