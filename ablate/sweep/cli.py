@@ -1,4 +1,11 @@
-"""``ablate sweep expand|submit|status|cancel SWEEP.yaml [--executor local|slurm]`` (registered by ``ablate.cli``)."""
+"""``ablate sweep expand|submit|status|cancel SWEEP.yaml [--executor local|slurm]`` (registered by ``ablate.cli``).
+
+Exit status of ``submit``: 0 when every point was submitted (Slurm), rendered (``--dry-run``)
+or, with the local executor, completed or stopped on request; 1 when the local executor ran a
+point that failed (training or eval exited non-zero or was killed, or training ended without
+completing): one ``error: <sweep>: point <name>: <what> (log: <file>)`` line per such point on
+stderr, after the summary; 2 for a refusal of bad input (one line, nothing started).
+"""
 
 from __future__ import annotations
 
@@ -47,11 +54,31 @@ def _expand(args) -> None:
 
 
 def _submit(args) -> None:
+    import sys
+
     from ablate.sweep.commands import submit
 
     spec = _spec(args)
-    started = submit(spec, args.executor or spec.executor, _log, retry=args.retry, dry_run=args.dry_run)
-    print(f"{'rendered' if args.dry_run else 'submitted'} {len(started)} point(s)")
+    outcomes = submit(spec, args.executor or spec.executor, _log, retry=args.retry, dry_run=args.dry_run)
+    print(submit_summary(outcomes, args.dry_run))
+    failed = [o for o in outcomes if o.failed]
+    for o in failed:
+        print(f"error: {spec._path or spec.name}: point {o.point}: {o.detail}" + (f" (log: {o.log})" if o.log else ""),
+              file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
+def submit_summary(outcomes: list, dry_run: bool) -> str:
+    """``submitted 3 point(s)``; for points run here, how each ended (never "submitted")."""
+    if dry_run:
+        return f"rendered {len(outcomes)} point(s)"
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.state] = counts.get(o.state, 0) + 1
+    if set(counts) <= {"submitted"}:
+        return f"submitted {len(outcomes)} point(s)"
+    return f"ran {len(outcomes)} point(s): " + ", ".join(f"{n} {state}" for state, n in counts.items())
 
 
 def _status(args) -> None:

@@ -5,11 +5,18 @@ Each point trains in its own process group (``ablate train`` for one process, to
 ``ablate eval RUN_DIR`` (``eval.log``). ``local.json`` records the process, so ``status`` can
 tell a live point from a dead one and ``cancel`` (or Ctrl-C, or SIGTERM to this process) can
 stop it: the trainer checkpoints on SIGTERM and the remaining points are not started.
+
+Because the points run in the foreground, ``submit`` knows how each ended: ``completed`` only
+when training (and eval, if asked) exited 0 and ``status.json`` says completed; ``stopped``
+when the stop was asked for (this process got SIGTERM/SIGINT, or ``sweep cancel`` marked the
+point); ``failed`` for anything else: a non-zero exit, a kill by a signal (the OOM killer's
+SIGKILL), a status that is not completed. ``ablate sweep submit`` exits 1 when any point failed.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,10 +24,10 @@ import sys
 import threading
 from typing import Callable
 
-from ablate.run_layout import RunLayout
-from ablate.sweep.executor import Executor, mark_cancelled
+from ablate.errors import AblateError
+from ablate.sweep.executor import Executor, Outcome, mark_cancelled
 from ablate.sweep.slurm_script import eval_command
-from ablate.sweep.state import Job, read_json
+from ablate.sweep.state import Job, read_status
 
 
 class LocalExecutor(Executor):
@@ -36,12 +43,16 @@ class LocalExecutor(Executor):
     def jobs(self, points: list) -> dict[str, list[Job]]:
         out = {}
         for p in points:
-            record = read_json(self.record_path(p.run_dir)) or {}
+            record = self.read_record(p.run_dir)
             if record.get("pid") and _alive(record["pid"], record.get("host"), p.recipe_path):
                 out[p.name] = [Job(record["job_id"], "RUNNING")]
         return out
 
-    def submit(self, points: list, log: Callable[[str], None], dry_run: bool = False) -> None:
+    def submit(self, points: list, log: Callable[[str], None], dry_run: bool = False) -> list[Outcome]:
+        if dry_run:
+            for p in points:
+                log(f"{p.name}: would run {shlex.join(self.train_command(p))}")
+            return [Outcome(p.name, "rendered") for p in points]
         stop = {"signal": None, "child": None}
 
         def on_signal(signum, _frame):
@@ -51,24 +62,58 @@ class LocalExecutor(Executor):
 
         main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        outcomes = []
         try:
             for i, p in enumerate(points):
                 if stop["signal"] is not None:
                     log(f"{p.name}: not started (stopped)")
+                    outcomes.append(Outcome(p.name, "not started", "the sweep was stopped"))
                     continue
-                cmd = self.train_command(p)
-                if dry_run:
-                    log(f"{p.name}: would run {' '.join(cmd)}")
-                    continue
-                rc = self._run(p, cmd, "train.log", stop, log, record=True)
-                log(f"{p.name}: training exited {rc} ({i + 1}/{len(points)})")
-                if rc == 0 and self.spec.eval and stop["signal"] is None and _completed(p.run_dir):
+                rc = self._run(p, self.train_command(p), "train.log", stop, log, record=True)
+                log(f"{p.name}: training {exit_words(rc)} ({i + 1}/{len(points)})")
+                outcome = self._training_outcome(p, rc, stop)
+                if outcome.state == "completed" and self.spec.eval and stop["signal"] is None:
                     rc = self._run(p, [sys.executable, *eval_command(self.spec, p.run_dir)], "eval.log", stop, log)
                     self.update_record(p.run_dir, eval_returncode=rc)
-                    log(f"{p.name}: eval exited {rc} (log: {os.path.join(p.run_dir, 'eval.log')})")
+                    eval_log = os.path.join(p.run_dir, "eval.log")
+                    log(f"{p.name}: eval {exit_words(rc)} (log: {eval_log})")
+                    if rc != 0:
+                        outcome = Outcome(p.name, "stopped" if self._asked_to_stop(p, stop) else "failed",
+                                          f"eval {exit_words(rc)}", eval_log)
+                outcomes.append(outcome)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        return outcomes
+
+    def _asked_to_stop(self, point, stop: dict) -> bool:
+        """This runner got SIGTERM/SIGINT, or ``ablate sweep cancel`` marked the point."""
+        if stop["signal"] is not None:
+            return True
+        try:
+            return bool(self.read_record(point.run_dir).get("cancelled"))
+        except AblateError:
+            return False
+
+    def _training_outcome(self, point, rc: int, stop: dict) -> Outcome:
+        """Completed only when training exited 0 and its status says so; a stop that was asked
+        for is ``stopped``; anything else failed."""
+        log = os.path.join(point.run_dir, "train.log")
+        asked = self._asked_to_stop(point, stop)
+        if rc != 0:
+            return Outcome(point.name, "stopped" if asked else "failed", f"training {exit_words(rc)}", log)
+        try:
+            status = read_status(point.run_dir)
+        except AblateError as exc:
+            return Outcome(point.name, "failed", f"training exited 0 but {exc}", log)
+        state = status.get("state")
+        if state == "completed":
+            return Outcome(point.name, "completed", log=log)
+        if state == "preempted" and asked:
+            return Outcome(point.name, "stopped", f"checkpointed at step {status.get('step')}", log)
+        return Outcome(point.name, "failed", f"training exited 0 with status {state or 'missing'}"
+                       + (" (stopped by a signal this sweep did not send; --retry resumes)"
+                          if state == "preempted" else ""), log)
 
     def _run(self, point, cmd: list[str], logname: str, stop: dict, log, record: bool = False) -> int:
         path = os.path.join(point.run_dir, logname)
@@ -89,7 +134,7 @@ class LocalExecutor(Executor):
         for p in points:
             if not jobs.get(p.name):
                 continue
-            record = read_json(self.record_path(p.run_dir)) or {}
+            record = self.read_record(p.run_dir)
             mark_cancelled(p.run_dir)
             runner = record.get("runner_pid")
             if runner and runner != os.getpid() and _alive(runner, record.get("host"), "sweep"):
@@ -98,8 +143,14 @@ class LocalExecutor(Executor):
             log(f"{p.name}: sent SIGTERM to process {record['pid']} (it checkpoints and stops)")
 
 
-def _completed(run_dir: str) -> bool:
-    return (read_json(RunLayout(run_dir).status) or {}).get("state") == "completed"
+def exit_words(rc: int) -> str:
+    """``exited 2``, or ``killed by SIGKILL`` for a process a signal ended."""
+    if rc >= 0:
+        return f"exited {rc}"
+    try:
+        return f"killed by {signal.Signals(-rc).name}"
+    except ValueError:
+        return f"killed by signal {-rc}"
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -9,6 +9,9 @@ point has its own job id, state, retry and eval dependency.
 
 Job state comes from ``squeue`` by job name (``<point>.<hash of run dir>``): one call for the
 whole sweep, and it also finds a job whose id never made it into ``slurm.json``.
+
+``--dry-run`` prints each script (after a ``#### sbatch script <path> (not written)`` line)
+instead of writing it: a dry run leaves the working directory as it was.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import time
 from typing import Callable
 
 from ablate.errors import AblateError
-from ablate.sweep.executor import Executor, mark_cancelled
+from ablate.sweep.executor import Executor, Outcome, mark_cancelled
 from ablate.sweep.slurm_script import eval_script, job_name, train_script
 from ablate.sweep.state import Job
 
 RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING")
+# a dry run prints each script after a line "<mark> <path it would have> (not written)"
+DRY_RUN_MARK = "#### sbatch script"
 ENDED_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED")
 
@@ -78,20 +83,24 @@ class SlurmExecutor(Executor):
             out.setdefault(point, []).append(Job(parts[0], parts[1], kind, pending=parts[1] not in RUNNING_STATES))
         return out
 
-    def submit(self, points: list, log: Callable[[str], None], dry_run: bool = False) -> None:
+    def submit(self, points: list, log: Callable[[str], None], dry_run: bool = False) -> list[Outcome]:
         cwd = os.getcwd()
+        outcomes = []
         for p in points:
             folder = os.path.join(p.run_dir, "slurm")
-            os.makedirs(folder, exist_ok=True)
-            script = os.path.join(folder, "train.sbatch")
-            _write(script, train_script(self.spec, p.run_dir, p.name, cwd))
-            eval_path = None
+            scripts = [(os.path.join(folder, "train.sbatch"), train_script(self.spec, p.run_dir, p.name, cwd))]
             if self.spec.eval:
-                eval_path = os.path.join(folder, "eval.sbatch")
-                _write(eval_path, eval_script(self.spec, p.run_dir, p.name, cwd))
-            if dry_run:
-                log(f"{p.name}: rendered {script}" + (f" and {eval_path}" if eval_path else ""))
+                scripts.append((os.path.join(folder, "eval.sbatch"), eval_script(self.spec, p.run_dir, p.name, cwd)))
+            if dry_run:  # the scripts go to stdout: a dry run writes nothing
+                for path, text in scripts:
+                    log(f"{DRY_RUN_MARK} {path} (not written)\n{text.rstrip()}")
+                outcomes.append(Outcome(p.name, "rendered"))
                 continue
+            os.makedirs(folder, exist_ok=True)
+            for path, text in scripts:
+                _write(path, text)
+            script = scripts[0][0]
+            eval_path = scripts[1][0] if len(scripts) > 1 else None
             job_id = slurm("sbatch", "--parsable", script).strip().split(";")[0]
             # the id is on record before anything else can fail
             self.write_record(p.run_dir, job_id=job_id, job_name=job_name(p.run_dir, p.name), script=script,
@@ -103,6 +112,8 @@ class SlurmExecutor(Executor):
                 self.update_record(p.run_dir, eval_job_id=eval_id, eval_script=eval_path)
                 msg += f", eval job {eval_id} after it"
             log(msg)
+            outcomes.append(Outcome(p.name, "submitted", f"job {job_id}"))
+        return outcomes
 
     def cancel(self, points: list, jobs: dict[str, list[Job]], log: Callable[[str], None]) -> None:
         ids = [j.id for p in points for j in jobs.get(p.name, [])]

@@ -17,6 +17,11 @@ cancelled      stopped by ``ablate sweep cancel``
 
 ``ablate sweep submit`` submits pending points and, with ``--retry``, the failed, preempted,
 interrupted and cancelled ones; never completed, queued or running ones.
+
+Damaged state is refused, never guessed: both files are written atomically (a reader never sees
+half of one), so a ``status.json`` or job record that is not a JSON object, or names a state
+ablate never writes, is one line naming the file (a point read as ``pending`` would be run a
+second time). Only ``metrics.jsonl``, appended while training runs, may end in a partial line.
 """
 
 from __future__ import annotations
@@ -26,10 +31,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ablate.errors import AblateError, show
+from ablate.io import read_json
 from ablate.run_layout import RunLayout, domain_of_tokens_key
 
 RETRYABLE = ("failed", "preempted", "interrupted", "cancelled")
 ACTIVE = ("queued", "running")
+TRAINING_STATES = ("pending", "running", "completed", "failed", "preempted")  # what status.json holds
+EXECUTORS = ("local", "slurm")
 
 
 @dataclass
@@ -61,17 +70,44 @@ class PointState:
         return dict(self.__dict__)
 
 
-def read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
+def read_record(path: str, what: str) -> Optional[dict]:
+    """A JSON object ablate wrote beside a run (``what`` names it), or None when there is none;
+    a damaged one is one line naming the file."""
+    if not os.path.lexists(path):
         return None
+    body = read_json(path, what)
+    if not isinstance(body, dict):
+        raise AblateError(f"{path}: damaged {what}, expected a JSON object (got {type(body).__name__})")
+    return body
+
+
+def read_status(run_dir: str) -> dict:
+    """The run's ``status.json`` (``{}`` before training wrote one), its state checked."""
+    path = RunLayout(run_dir).status
+    status = read_record(path, "status file") or {}
+    state = status.get("state")
+    if state is not None and state not in TRAINING_STATES:
+        raise AblateError(f"{path}: state: {show(state)} is not a training state "
+                          f"(allowed: {', '.join(TRAINING_STATES)})")
+    return status
 
 
 def job_record(run_dir: str) -> Optional[dict]:
     """The newest executor record of the point (``slurm.json`` or ``local.json``)."""
-    records = [r for r in (read_json(os.path.join(run_dir, f"{e}.json")) for e in ("slurm", "local")) if r]
+    records = []
+    for name in EXECUTORS:
+        path = os.path.join(run_dir, f"{name}.json")
+        record = read_record(path, "job record")
+        if record is None:
+            continue
+        for key, kind in (("executor", str), ("submitted", str), ("job_id", str)):
+            if key in record and not isinstance(record[key], kind):
+                raise AblateError(f"{path}: {key}: {show(record[key])} is not a {kind.__name__} "
+                                  "(damaged job record)")
+        if record.get("executor") not in (None, name):
+            raise AblateError(f"{path}: executor: {show(record['executor'])} in the {name} record "
+                              "(damaged job record)")
+        records.append({**record, "executor": name})
     return max(records, key=lambda r: r.get("submitted", "")) if records else None
 
 
@@ -88,14 +124,16 @@ def last_metrics(run_dir: str) -> Optional[dict]:
         return None
     for line in reversed(tail):
         try:
-            return json.loads(line)
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line being written
+        if isinstance(row, dict):
+            return row
     return None
 
 
 def point_state(name: str, run_dir: str, jobs: list[Job]) -> PointState:
-    status = read_json(RunLayout(run_dir).status) or {}
+    status = read_status(run_dir)
     record = job_record(run_dir) or {}
     trained = status.get("state")
     train_jobs = [j for j in jobs if j.kind == "train"]
@@ -123,10 +161,14 @@ def point_state(name: str, run_dir: str, jobs: list[Job]) -> PointState:
         name=name, run_dir=run_dir, state=state, executor=record.get("executor"),
         job_id=job.id if job else record.get("job_id"), job_state=job.state if job else None,
         eval_job_id=record.get("eval_job_id"),
-        step=metrics.get("step", status.get("step")), total_steps=status.get("total_steps"),
-        loss=metrics.get("loss"),
+        step=_int(metrics.get("step", status.get("step"))), total_steps=_int(status.get("total_steps")),
+        loss=metrics["loss"] if isinstance(metrics.get("loss"), (int, float)) else None,
         tokens={domain_of_tokens_key(k): v for k, v in metrics.items() if domain_of_tokens_key(k)},
         reason=reason)
+
+
+def _int(value) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def status_table(states: list[PointState]) -> str:
