@@ -69,15 +69,29 @@ def step_of(run_dir) -> int:
 
 # ------------------------------------------------------------------ scripts
 
+def rendered_scripts(out: str) -> None:
+    """Write the scripts a dry run printed (it writes nothing itself) where it names them."""
+    for chunk in out.split("#### sbatch script ")[1:]:  # "<path> (not written)\n<script>"
+        head, script = chunk.split("\n", 1)
+        path = head.split(" (not written)")[0]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(script.split("\nrendered ")[0].rstrip("\n") + "\n")
+
+
 def test_rendered_script_passes_sbatch_test_only(here, cli, slurm_cluster):  # noqa: F811
     one = slurm_sweep(here, "one", point_name="p")
-    assert cli("sweep", "submit", one, "--dry-run").rc == 0
+    r = cli("sweep", "submit", one, "--dry-run")
+    assert r.rc == 0, r.err
+    rendered_scripts(r.out)
     r = slurm_cluster.run("sbatch", "--test-only", str(here / "runs" / "one" / "p" / "slurm" / "train.sbatch"), check=False)
     assert r.returncode == 0 and "to start at" in r.stderr, r.stderr
     # the 4-node x 8-GPU rendering (its text is checked in test_sweep.py) asks for more than this
     # one-node cluster has, and test-only says so: it really checks the layout
     four = slurm_sweep(here, "four", point_name="p", slurm={"nodes": 4, "gpus_per_node": 8})
-    assert cli("sweep", "submit", four, "--dry-run").rc == 0
+    r = cli("sweep", "submit", four, "--dry-run")
+    assert r.rc == 0, r.err
+    rendered_scripts(r.out)
     r = slurm_cluster.run("sbatch", "--test-only", str(here / "runs" / "four" / "p" / "slurm" / "train.sbatch"), check=False)
     assert r.returncode != 0 and "error" in r.stderr.lower(), r.stderr
     assert not slurm_cluster.jobs()
