@@ -9,6 +9,8 @@
       routing/step_<N>.npz expert counts per layer, domain and expert since the previous flush
       checkpoints/step_<N>/  weights/ (dist_checkpointing), rng/, train_state.json (written last)
       eval/step_<N>.json   capability scores (``ablate eval``)
+      .lock                held by the one process writing the run (``ablate train``, the
+                           writes of ``ablate compile``): a second one is refused in one line
 
 Importing it imports nothing heavy (no torch).
 """
@@ -31,6 +33,25 @@ def domain_of_tokens_key(key: str) -> str | None:
     return key[len("tokens/"):]
 
 
+def run_lock(run_dir: str) -> tuple[str, str]:
+    """``(lock path, what)`` for ``ablate.io.exclusive_lock``: the run directory's one owner."""
+    return os.path.join(run_dir, RunLayout.LOCK), f"run directory {run_dir}"
+
+
+def refuse_non_directory(path: str, where: str) -> None:
+    """One line if ``path``, or the nearest of its parents that exists, is not a directory
+    (``where`` names the field: ``recipe.yaml: run_dir``)."""
+    from ablate.errors import AblateError
+
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if os.path.lexists(probe) and not os.path.isdir(probe):
+        what = path if probe == os.path.abspath(path) else f"{path} (its parent {probe})"
+        raise AblateError(f"{where}: {what} is not a directory (a file is in the way: move it, or choose "
+                          "another directory)")
+
+
 @dataclass(frozen=True)
 class RunLayout:
     root: str
@@ -45,6 +66,7 @@ class RunLayout:
     CHECKPOINTS = "checkpoints"
     TRAIN_STATE = "train_state.json"  # inside a checkpoint: written last, marks it complete
     EVAL = "eval"
+    LOCK = ".lock"
 
     @property
     def recipe(self) -> str:

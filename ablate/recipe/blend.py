@@ -55,6 +55,8 @@ import torch
 
 from megatron.core.datasets.blended_dataset import BlendedDataset
 
+from ablate.io import os_errors, remove_path, remove_stale_temporaries, tmp_name
+
 BLEND_FORMAT = 2  # bump when the interleaving changes: blends cached under the old key are never used
 # 2: by domain, then dataset; dataset_sample_index int32 where the counts allow
 
@@ -244,9 +246,11 @@ class ExactBlendedDataset(BlendedDataset):
         stem = os.path.join(cache, f"{self.unique_description_hash}-{type(self).__name__}-{self.split.name}-")
         paths = {name: stem + name for name in ("description.txt", "dataset_index.npy", "dataset_sample_index.npy")}
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        if rank == 0 and not all(os.path.isfile(p) for p in paths.values()):
+        cached = self._read_cached(paths) if all(os.path.isfile(p) for p in paths.values()) else None
+        if rank == 0 and cached is None:  # missing or damaged: (re)built
             dataset_index, dataset_sample_index = order()
-            os.makedirs(cache, exist_ok=True)
+            with os_errors(cache):
+                os.makedirs(cache, exist_ok=True)
             write = lambda: self._write(paths, dataset_index, dataset_sample_index)  # noqa: E731
             if prefetch:
                 prefetch.write_behind(write, dataset_index.nbytes + dataset_sample_index.nbytes)  # waited for at the end
@@ -255,16 +259,35 @@ class ExactBlendedDataset(BlendedDataset):
             return dataset_index, dataset_sample_index
         if prefetch:
             prefetch.take(self.weights, self.groups, want=False)  # cached: not needed
-        return (np.load(paths["dataset_index.npy"], mmap_mode="r"),
-                np.load(paths["dataset_sample_index.npy"], mmap_mode="r"))
+        if cached is None:
+            raise OSError(f"{stem}*: the blend rank 0 wrote does not read back")
+        return cached
+
+    def _read_cached(self, paths: dict):
+        """The cached arrays (memory-mapped), or None if a file is damaged or of the wrong length
+        (a blend of ``sum(weights)`` samples)."""
+        try:
+            arrays = tuple(np.load(paths[n], mmap_mode="r") for n in ("dataset_index.npy", "dataset_sample_index.npy"))
+        except (OSError, ValueError, EOFError):
+            return None
+        total = int(sum(int(w) for w in self.weights))
+        return arrays if all(a.ndim == 1 and len(a) == total for a in arrays) else None
 
     def _write(self, paths: dict, dataset_index: np.ndarray, dataset_sample_index: np.ndarray) -> None:
-        """The arrays, then the description, each under a temporary name and renamed."""
-        tag = f".tmp-{uuid.uuid4().hex[:8]}"
-        for name, arr in (("dataset_index.npy", dataset_index), ("dataset_sample_index.npy", dataset_sample_index)):
-            with open(paths[name] + tag, "wb") as f:
-                np.save(f, arr)
-            os.replace(paths[name] + tag, paths[name])
-        with open(paths["description.txt"] + tag, "w") as f:
-            f.write(self.unique_description)
-        os.replace(paths["description.txt"] + tag, paths["description.txt"])
+        """The arrays, then the description, each under an owned temporary name and renamed
+        (removed on any error; the next writer removes those of a killed one)."""
+        remove_stale_temporaries(os.path.dirname(paths["description.txt"]))
+        for name, body in (("dataset_index.npy", dataset_index), ("dataset_sample_index.npy", dataset_sample_index),
+                           ("description.txt", self.unique_description)):
+            tmp = tmp_name(paths[name], uuid.uuid4().hex[:8])  # two stages may write one blend at once
+            try:
+                with os_errors(paths[name]):
+                    if isinstance(body, str):
+                        with open(tmp, "w") as f:
+                            f.write(body)
+                    else:
+                        with open(tmp, "wb") as f:
+                            np.save(f, body)
+                    os.replace(tmp, paths[name])
+            finally:
+                remove_path(tmp)

@@ -9,50 +9,108 @@ are built through megatron-core's ``build_generic_dataset``: rank 0 builds, the 
 wait and then load, on any backend. A compile computes each blend in the background while
 the datasets' indices build (``ablate.recipe.blend_prefetch``).
 ``build_stage_datasets`` is also what training calls, so training reads exactly this plan.
+
+Faults: ``--dry-run`` writes nothing; the cache is checked for writing up front; every file of
+the cache is written under an owned temporary name (``ablate.io``) that the writer removes on
+any error and the next writer removes if the writer was killed; a full disk is one line.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 import yaml
 
 from ablate.data.tokenizer import TokenizerInfo
-from ablate.io import write_text_atomic
+from contextlib import contextmanager
+
 from ablate.errors import AblateError
+from ablate.io import exclusive_lock, os_error_line, os_errors, remove_path, tmp_name, write_text_atomic
 from ablate.recipe.budget import format_tokens
 from ablate.recipe.plan import Plan, make_plan
 from ablate.recipe.schema import Recipe
-from ablate.run_layout import RunLayout
+from ablate.faults import user_os_error
+from ablate.run_layout import RunLayout, refuse_non_directory, run_lock
 
 
 def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = None,
                    recipe_text: str | None = None) -> tuple[Plan, str | None]:
     """Resolve the plan (or take ``plan``, already made from this recipe); unless ``dry_run``,
     build every stage's blend and write plan.json beside the resolved recipe (``recipe_text``:
-    its YAML, if the caller has it already)."""
-    plan = plan if plan is not None else make_plan(recipe)
+    its YAML, if the caller has it already).
+
+    ``dry_run`` writes nothing at all (not even the cache's memo of verified files). Otherwise
+    the cache directory is checked for writing before anything is built, a full disk or a
+    read-only cache is one line naming it, and the run directory's recipe.yaml and plan.json
+    are written under its lock (``run_layout.run_lock``): never while a training holds it."""
+    where = recipe._path or recipe.name
     if dry_run:
-        return plan, None
+        return (plan if plan is not None else _plan_read_only(recipe)), None
+    run_dir = recipe.resolved_run_dir
+    refuse_non_directory(run_dir, f"{where}: run_dir")
+    plan = plan if plan is not None else make_plan(recipe)
+    prepare_cache_dir(plan.cache_dir, f"{where}: data.cache_dir")
     from ablate.recipe.blend_prefetch import prefetching
 
     # each stage's interleaving is computed in the background while its datasets' indices build
-    with _single_process_group(), prefetching(blend_jobs([plan])):
+    with _single_process_group(), cache_errors(plan.cache_dir), prefetching(blend_jobs([plan])):
         blends = build_stage_datasets(plan)
     for stage, blend in zip(plan.stages, blends):
         stage.blend_key = blend.unique_description_hash
         for d, ds in zip(stage.datasets, blend.datasets):
             d.cache_key = ds.cache_key
-    run_dir = recipe.resolved_run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    # the resolved recipe (every default filled in) sits beside the plan it produced
+    # the resolved recipe (every default filled in) sits beside the plan it produced; a damaged
+    # plan.json there is simply replaced (it is this command's output)
     text = recipe_text if recipe_text is not None else yaml.safe_dump(recipe.to_dict(), sort_keys=False)
-    write_text_atomic(RunLayout(run_dir).recipe, text)
-    path = RunLayout(run_dir).plan
-    write_text_atomic(path, plan.to_json())
-    return plan, path
+    layout = RunLayout(run_dir)
+    with exclusive_lock(*run_lock(run_dir)), os_errors(run_dir):
+        write_text_atomic(layout.recipe, text)
+        write_text_atomic(layout.plan, plan.to_json())
+    return plan, layout.plan
+
+
+def _plan_read_only(recipe: Recipe) -> Plan:
+    """``make_plan`` without its one write (the verified-.idx memo it keeps in the cache): the
+    same plan, and the same quick check of the datasets' files, reading the memo only."""
+    from ablate.data.manifest import load_manifests, verify_datasets
+    from ablate.recipe.plan import _read_idx_memo
+
+    plan = make_plan(recipe, verify=False)
+    manifests = load_manifests(plan.manifests, where=f"{recipe._path or recipe.name}: data.manifests")
+    by_path = {m.abs_prefix(d): (m, d) for m in manifests for d in m.datasets}
+    verify_datasets([by_path[pd.path] for stage in plan.stages for pd in stage.datasets],
+                    _read_idx_memo(plan.cache_dir))
+    return plan
+
+
+def prepare_cache_dir(cache_dir: str, where: str) -> None:
+    """Make the index cache and check it takes a file, before anything is built: one line
+    naming it instead of megatron-core's "write access" message after minutes of work."""
+    refuse_non_directory(cache_dir, where)
+    probe = tmp_name(os.path.join(cache_dir, ".write-check"))
+    with os_errors(cache_dir):
+        os.makedirs(cache_dir, exist_ok=True)
+        try:
+            with open(probe, "w") as f:
+                f.write("ablate")
+        finally:
+            remove_path(probe)
+
+
+@contextmanager
+def cache_errors(cache_dir: str):
+    """A full disk, read-only file system or missing permission met while building the cache,
+    however megatron-core wrapped it, as one line naming the file (or the cache)."""
+    try:
+        yield
+    except AblateError:
+        raise
+    except Exception as exc:
+        cause = user_os_error(exc)
+        if cause is None:
+            raise
+        raise AblateError(os_error_line(cache_dir, cause)) from None
 
 
 def blend_jobs(plans: list[Plan]) -> list[tuple[list[int], list[str]]]:
@@ -123,23 +181,9 @@ def plan_table(plan: Plan) -> str:
     return "\n".join(out)
 
 
-class _single_process_group:
-    """A one-process gloo group when none exists: megatron-core's builders need one."""
+def _single_process_group():
+    """A one-process gloo group when none exists: megatron-core's builders need one (the
+    helper shared with training, ``ablate.train.process_group``)."""
+    from ablate.train.process_group import single_process_group
 
-    def __enter__(self):
-        import torch.distributed as dist
-
-        self.owned = not dist.is_initialized()
-        if self.owned:
-            self.tmp = tempfile.NamedTemporaryFile(prefix="ablate-pg-", delete=False)
-            dist.init_process_group("gloo", init_method=f"file://{self.tmp.name}", rank=0, world_size=1)
-        return self
-
-    def __exit__(self, *exc):
-        import torch.distributed as dist
-
-        if self.owned:
-            dist.destroy_process_group()
-            if os.path.exists(self.tmp.name):  # gloo's FileStore usually removes it itself
-                os.unlink(self.tmp.name)
-        return False
+    return single_process_group()

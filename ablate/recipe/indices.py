@@ -15,7 +15,13 @@ takes a prefix (or, in a later stage, the next slice) of the one cached order. T
 (content fingerprint, sequence length, seed, index format version); a request beyond what is
 cached extends it: the cached arrays are kept and the new epochs, blocks and samples appended,
 exactly what a build from nothing would give. A cache whose metadata does not match its key is
-rebuilt, never used.
+rebuilt, never used; so is one whose metadata is damaged or whose arrays do not have the
+lengths it records (a truncated file).
+
+Writers: one entry is built under an exclusive ``flock`` on ``<entry>.lock`` (concurrent compiles
+of one entry wait, then find it built), into ``<entry>.tmp-<host>-<pid>`` renamed into place;
+the writer removes its temporary on any error, and the next writer removes temporaries left by
+a killed one (``ablate.io.remove_stale_temporaries``).
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+from ablate.io import os_errors, remove_path, remove_stale_temporaries, tmp_name
 
 INDEX_FORMAT = 1  # bump when the construction below changes: old caches then never match
 
@@ -119,18 +125,41 @@ class IndexCache:
         hit = _INDICES.get(self.dir)
         if hit and hit[1] >= samples_needed and hit[0] == _signature(os.path.join(self.dir, "meta.json")):
             return hit[2]
-        os.makedirs(os.path.dirname(self.dir), exist_ok=True)
-        # A file lock, not only rank 0: several jobs of a sweep may compile into one cache.
-        with open(self.dir + ".lock", "w") as lock:
+        with os_errors(os.path.dirname(self.dir)):
+            os.makedirs(os.path.dirname(self.dir), exist_ok=True)
+            # A file lock, not only rank 0: several jobs of a sweep may compile into one cache.
+            lock = open(self.dir + ".lock", "a")
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            remove_stale_temporaries(os.path.dirname(self.dir))  # of killed writers
             cached = self._read_meta()
             if cached is None or cached["samples_built"] < samples_needed:
                 self._build(max(samples_needed, cached["samples_built"] if cached else 0), cached)
                 cached = self._read_meta()
-            arrays = tuple(np.load(os.path.join(self.dir, f"{name}.npy"), mmap_mode="r")
-                           for name in ("document_index", "sample_index", "shuffle_index"))
+            arrays = self._open(cached)
+            if arrays is None:  # damaged files under valid metadata: rebuild from nothing
+                self._build(samples_needed, None)
+                cached = self._read_meta()
+                arrays = self._open(cached)
+                if arrays is None:
+                    raise OSError(f"{self.dir}: the index just built does not read back")
             _INDICES[self.dir] = (_signature(os.path.join(self.dir, "meta.json")), cached["samples_built"], arrays)
             return arrays
+
+    def _open(self, cached: dict | None):
+        """The entry's arrays (memory-mapped), or None where a file is damaged or the lengths
+        are not the ones its metadata records."""
+        if cached is None:
+            return None
+        try:
+            doc, sample, shuffle = (np.load(os.path.join(self.dir, f"{name}.npy"), mmap_mode="r")
+                                    for name in ("document_index", "sample_index", "shuffle_index"))
+        except (OSError, ValueError, EOFError):
+            return None
+        if (len(doc) != cached["epochs"] * int(cached["documents"]) or sample.ndim != 2
+                or len(sample) != cached["samples_built"] + 1 or len(shuffle) != cached["samples_built"]):
+            return None
+        return doc, sample, shuffle
 
     def _load_for_extension(self, cached: dict | None, block: int, epochs: int, samples: int):
         """The cached arrays, if they are a prefix of what is to be built (else None: rebuild)."""
@@ -151,12 +180,14 @@ class IndexCache:
     def _read_meta(self) -> dict | None:
         path = os.path.join(self.dir, "meta.json")
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 meta = json.load(f)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # missing, or damaged (invalid JSON or UTF-8): rebuild
             return None
         # Anything that does not match the key exactly is stale: rebuild, never use.
-        if any(meta.get(k) != v for k, v in self.meta.items()):
+        if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in self.meta.items()):
+            return None
+        if not all(isinstance(meta.get(k), int) and meta[k] >= 0 for k in ("samples_built", "epochs", "block")):
             return None
         if not all(os.path.isfile(os.path.join(self.dir, f"{n}.npy")) for n in ("document_index", "sample_index", "shuffle_index")):
             return None
@@ -215,15 +246,21 @@ class IndexCache:
         shuffle_index = np.concatenate(([np.asarray(old_shuffle, dtype=dtype)] if old is not None else []) + [
             np.random.RandomState(_seed(self.seed, self.fingerprint, "block", b)).permutation(block).astype(dtype) + dtype(b * block)
             for b in range(old_blocks, blocks)])
-        tmp = f"{self.dir}.tmp-{uuid.uuid4().hex[:8]}"
-        os.makedirs(tmp)
-        for name, arr in (("document_index", document_index), ("sample_index", sample_index),
-                          ("shuffle_index", shuffle_index)):
-            np.save(os.path.join(tmp, f"{name}.npy"), arr)
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({**self.meta, "samples_built": int(samples), "epochs": int(epochs), "block": int(block)}, f, indent=1)
-        old = f"{self.dir}.old-{uuid.uuid4().hex[:8]}"
-        if os.path.exists(self.dir):
-            os.rename(self.dir, old)  # readers holding the old mmaps keep them; the prefix is the same
-        os.rename(tmp, self.dir)
-        shutil.rmtree(old, ignore_errors=True)
+        tmp, old = tmp_name(self.dir), tmp_name(self.dir, "old")
+        try:
+            with os_errors(self.dir):
+                os.makedirs(tmp)
+                for name, arr in (("document_index", document_index), ("sample_index", sample_index),
+                                  ("shuffle_index", shuffle_index)):
+                    np.save(os.path.join(tmp, f"{name}.npy"), arr)
+                with open(os.path.join(tmp, "meta.json"), "w") as f:
+                    json.dump({**self.meta, "samples_built": int(samples), "epochs": int(epochs),
+                               "block": int(block)}, f, indent=1)
+                if os.path.exists(self.dir):
+                    os.rename(self.dir, old)  # readers holding the old mmaps keep them; the prefix is the same
+                os.rename(tmp, self.dir)
+        finally:
+            if os.path.isdir(old) and not os.path.exists(self.dir):
+                os.rename(old, self.dir)  # the new one failed: keep the old, still valid
+            remove_path(tmp)  # only left when something failed
+            remove_path(old)

@@ -3,15 +3,13 @@
 The backend is ``cuda`` when torch sees a GPU, else ``cpu``; a recipe can force either
 (``training.backend``). CPU uses gloo and the adaptations in ``cpu_compat`` (applied here and
 only here); CUDA uses NCCL. Launched by ``torchrun`` the world comes from its environment;
-launched as a plain process it is a world of one.
+launched as a plain process it is a world of one (``process_group``: its store file is
+removed at shutdown, or by the next process if this one is killed).
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +17,7 @@ import torch.distributed as dist
 
 from ablate.errors import AblateError
 from ablate.recipe.schema import Recipe
+from ablate.train import process_group
 
 
 @dataclass
@@ -62,10 +61,8 @@ def init(recipe: Recipe) -> Layout:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
             dist.init_process_group("nccl" if backend == "cuda" else "gloo")
         else:
-            store = tempfile.NamedTemporaryFile(prefix="ablate-pg-", delete=False).name
-            atexit.register(_remove_store, store)  # else every run leaves one in the temp dir
-            dist.init_process_group("nccl" if backend == "cuda" else "gloo", init_method=f"file://{store}",
-                                    rank=0, world_size=1)
+            # its store file is removed at shutdown / exit, or by the next process if killed
+            process_group.init_single_process_group("nccl" if backend == "cuda" else "gloo")
     world, rank = dist.get_world_size(), dist.get_rank()
     check_layout(recipe, world, backend)
     par = recipe.parallelism
@@ -137,11 +134,6 @@ def check_layout(recipe: Recipe, world: int, backend: str) -> None:
         raise AblateError(f"{where}: tp x pp x cp = {model_parallel} does not divide the {world} processes")
 
 
-def _remove_store(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
 def shutdown() -> None:
     from megatron.core import parallel_state
 
@@ -149,3 +141,4 @@ def shutdown() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    process_group.remove_own_stores()

@@ -8,7 +8,17 @@
 * ``rng/rank<r>.pt``: each rank's generator states (restored only at the same layout);
 * ``train_state.json``: step, tokens, plan fingerprint and the layout, written by rank 0
   **last**, after every rank has finished. Its presence marks the checkpoint complete:
-  ``--resume auto`` never picks a half-written one.
+  ``--resume auto`` never picks a half-written one. It also holds the checkpoint's integrity
+  record, ``files``: every other file's size (and sha256 where it is at most 1 MiB: the RNG
+  states, megatron's metadata), taken when the files were complete.
+
+**Choosing a checkpoint** (training's ``--resume auto`` and ``ablate eval`` alike):
+``latest_complete_checkpoint(run_dir) -> (path | None, skipped)`` returns the newest complete
+checkpoint that passes ``verify_checkpoint`` and, newest first, ``(path, reason)`` for every newer
+one that did not (a truncated or damaged file, a damaged ``train_state.json``): the caller warns
+about each (``skipped_warning``) and uses the previous complete one. ``verify_checkpoint(path)``
+checks one checkpoint (None, or what is wrong in one phrase). A checkpoint written before the
+record existed is checked for a readable ``train_state.json`` and a ``weights/`` directory only.
 
 Resume at another layout loads the model through megatron's resharding. The optimizer state
 follows, except across an expert-parallel change (its chained sub-optimizers differ in number):
@@ -30,17 +40,18 @@ import os
 import random
 import shutil
 import socket
-import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from ablate.errors import AblateError
-from ablate.io import atomic_path, write_json_atomic
+from ablate.io import atomic_path, read_json, utc_timestamp, write_json_atomic, write_text_atomic
 from ablate.run_layout import RunLayout
 
 TRAIN_STATE = "train_state.json"
+FILES = "files"  # train_state.json's integrity record: relative path -> [size, sha256 or None]
+HASH_LIMIT = 1 << 20  # files up to this size are hashed too (cheap: RNG states, metadata)
 WEIGHTS = "weights"
 # the optimizer's format: reshardable across every layout change megatron supports
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
@@ -52,6 +63,85 @@ def checkpoint_dir(run_dir: str, step: int) -> str:
 
 def complete_checkpoints(run_dir: str) -> list[str]:
     return RunLayout(run_dir).complete_checkpoints()
+
+
+def integrity_record(path: str) -> dict:
+    """``{relative path: [size, sha256 or None]}`` of every file under the checkpoint ``path``
+    except ``train_state.json`` (which carries the record)."""
+    import hashlib
+
+    record = {}
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, path)
+            if rel == TRAIN_STATE or ".tmp-" in name:
+                continue
+            size = os.path.getsize(full)
+            digest = None
+            if size <= HASH_LIMIT:
+                with open(full, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            record[rel] = [size, digest]
+    return dict(sorted(record.items()))
+
+
+def verify_checkpoint(path: str) -> str | None:
+    """None if the checkpoint at ``path`` is complete and undamaged, else what is wrong (one
+    phrase naming the file). Reads only sizes and the small files' hashes: cheap."""
+    import hashlib
+
+    state_path = os.path.join(path, TRAIN_STATE)
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        return f"no {TRAIN_STATE} (incomplete)"
+    except (OSError, ValueError) as exc:
+        return f"{TRAIN_STATE} is damaged ({type(exc).__name__})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"{TRAIN_STATE} is damaged (no step)"
+    record = state.get(FILES)
+    if record is None:  # written before the record existed
+        return None if os.path.isdir(os.path.join(path, WEIGHTS)) else f"no {WEIGHTS}/ directory"
+    if not isinstance(record, dict) or not record:
+        return f"{TRAIN_STATE} is damaged (its file record)"
+    for rel, entry in record.items():
+        full = os.path.join(path, rel)
+        try:
+            size = os.path.getsize(full)
+        except OSError:
+            return f"{rel} is missing"
+        if not isinstance(entry, list) or len(entry) != 2 or size != entry[0]:
+            return f"{rel} is damaged ({size} bytes, {entry[0] if isinstance(entry, list) else '?'} written)"
+        if entry[1] is not None:
+            try:
+                with open(full, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            except OSError as exc:
+                return f"{rel} cannot be read ({exc.strerror or type(exc).__name__})"
+            if digest != entry[1]:
+                return f"{rel} is damaged (its content changed)"
+    return None
+
+
+def latest_complete_checkpoint(run_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest checkpoint of ``run_dir`` that is complete and passes ``verify_checkpoint``
+    (None if there is none), and ``(path, reason)`` for each newer complete one that failed it,
+    newest first. The one rule for ``train --resume auto`` and ``ablate eval``."""
+    skipped = []
+    for path in reversed(complete_checkpoints(run_dir)):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            return path, skipped
+        skipped.append((path, reason))
+    return None, skipped
+
+
+def skipped_warning(path: str, reason: str, instead: str | None) -> str:
+    """The warning line for a damaged checkpoint passed over."""
+    then = f"using the previous complete one, {instead}" if instead else "no earlier complete checkpoint"
+    return f"warning: {path}: damaged checkpoint, skipped ({reason}); {then}"
 
 
 def remove_incomplete(run_dir: str) -> None:
@@ -178,8 +268,9 @@ def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None
         torch.save(rng_state(), tmp)
 
     def mark_complete():
-        if rank == 0:
-            write_json_atomic(os.path.join(path, TRAIN_STATE), train_state)
+        if rank == 0:  # every rank's files are written: record them, then mark complete
+            body = {**train_state, FILES: integrity_record(path)}
+            write_text_atomic(os.path.join(path, TRAIN_STATE), json.dumps(body, indent=1) + "\n")
         if then is not None:
             then()
 
@@ -188,16 +279,23 @@ def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None
         request.add_finalize_fn(mark_complete)  # runs on every rank once all of them have written
         async_saves.queue.schedule_async_request(request)
         return path
-    dist_checkpointing.save(state, weights, content_metadata=OPTIMIZER_METADATA)
-    _barrier()
-    mark_complete()
+    try:
+        dist_checkpointing.save(state, weights, content_metadata=OPTIMIZER_METADATA)
+        _barrier()
+        mark_complete()
+    except BaseException:
+        if rank == 0 and not os.path.isfile(os.path.join(path, TRAIN_STATE)):
+            shutil.rmtree(path, ignore_errors=True)  # ours, half-written: free the space it held
+        raise
     _barrier()
     return path
 
 
 def read_train_state(path: str) -> dict:
-    with open(os.path.join(path, TRAIN_STATE)) as f:
-        return json.load(f)
+    state = read_json(os.path.join(path, TRAIN_STATE), "checkpoint state")
+    if not isinstance(state, dict):
+        raise AblateError(f"{os.path.join(path, TRAIN_STATE)}: damaged checkpoint state, not a JSON object")
+    return state
 
 
 def load(path: str, engine, layout: dict, reset_optimizer: bool = False) -> dict:
@@ -222,7 +320,11 @@ def load(path: str, engine, layout: dict, reset_optimizer: bool = False) -> dict
         # the torch-Adam fallback creates its state lazily: it must exist to be loaded into
         _init_optimizer_state(engine.optimizer)
         state["optimizer"] = engine.optimizer.sharded_state_dict(state, is_loading=True, metadata=OPTIMIZER_METADATA)
-    loaded = dist_checkpointing.load(state, os.path.join(path, WEIGHTS))
+    try:
+        loaded = dist_checkpointing.load(state, os.path.join(path, WEIGHTS))
+    except Exception as exc:  # damage its record could not see (a same-size change in a large file)
+        raise AblateError(f"{path}: cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                          "move it aside to resume from the previous checkpoint") from exc
     for key, module in zip(sorted(k for k in loaded if k.startswith("model")), engine.modules):
         module.load_state_dict(loaded[key], strict=True)
     if reset_optimizer:
@@ -234,7 +336,12 @@ def load(path: str, engine, layout: dict, reset_optimizer: bool = False) -> dict
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng = os.path.join(path, "rng", f"rank{rank}.pt")
     if same and os.path.isfile(rng):
-        set_rng_state(torch.load(rng, map_location="cpu", weights_only=False))
+        try:
+            rng_saved = torch.load(rng, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise AblateError(f"{rng}: damaged ({type(exc).__name__}); move the checkpoint aside to resume from "
+                              "the previous one") from exc
+        set_rng_state(rng_saved)
     return train_state
 
 
@@ -332,13 +439,30 @@ def check_compatible(path: str, plan_fingerprint: str) -> dict:
 
 
 def write_status(run_dir: str, state: str, **extra) -> None:
-    """``status.json``: state (pending/running/completed/failed/preempted), times, host, why."""
+    """``status.json``: state (pending/running/completed/failed/preempted), times, host, why.
+    A damaged earlier status is replaced (the refusal to start over one is ``loop.preflight``'s);
+    a full or read-only disk is an ``AblateError`` naming the file."""
     path = RunLayout(run_dir).status
     previous = {}
     if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            previous = read_json(path, "status file")
+        except AblateError:
+            previous = {}
+        previous = previous if isinstance(previous, dict) else {}
+    now = utc_timestamp()
     body = {**previous, **extra, "state": state, "updated": now, "host": socket.gethostname()}
     body.setdefault("started", now)
     write_json_atomic(path, body)
+
+
+def read_status(run_dir: str) -> dict | None:
+    """The run's ``status.json`` (None if there is none); a damaged one is one line naming it."""
+    path = RunLayout(run_dir).status
+    if not os.path.lexists(path):
+        return None
+    status = read_json(path, "status file")
+    if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+        raise AblateError(f"{path}: damaged status file, not a JSON object with a 'state' (remove it: training "
+                          "writes a new one)")
+    return status

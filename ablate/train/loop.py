@@ -6,6 +6,14 @@
     -> for every step: LR -> engine.step(this rank's micro-batches) -> tokens per domain
        -> callbacks (metrics, routing counts, in-training eval, ...) -> checkpoint / preemption
 
+Faults (``train``): refusals come first, before anything is written (``preflight``); the run
+directory is then locked (``<run>/.lock``, held by rank 0: a second ``ablate train`` of it is
+refused in one line). Whatever ends a run early (an exception, a full disk, SIGTERM before
+training began) leaves ``status.json`` at ``failed``, or says in the error line that it could not
+be written; a run that had completed stays ``completed``. A full or read-only disk is one line
+naming the file, exit 2 like every condition the user must fix. ``--resume auto`` passes over
+a damaged newest checkpoint with a warning line (``checkpoint.latest_complete_checkpoint``).
+
 What is not the loop's business is a callback, attached from the top (``cli.py`` /
 ``launchers/pretrain.py``): per-domain metrics and telemetry, routing capture, evaluation. The
 loop owns only what decides control flow: the plan, checkpoints and preemption.
@@ -13,9 +21,10 @@ loop owns only what decides control flow: the plan, checkpoints and preemption.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -23,50 +32,131 @@ import torch
 import torch.distributed as dist
 
 from ablate.errors import AblateError
+from ablate.faults import Terminated, terminated_as_exception, user_os_error
+from ablate.io import exclusive_lock, os_error_line, read_json, utc_timestamp
 from ablate.recipe.schema import Recipe, load_recipe
-from ablate.run_layout import RunLayout
+from ablate.run_layout import RunLayout, refuse_non_directory, run_lock
 from ablate.train import backend as backends
 from ablate.train import checkpoint as ckpt
+from ablate.train import process_group
 from ablate.train.callbacks import Callback, default_callbacks
 
 
 def train(recipe_path: str, resume: str = "auto", reset_optimizer: bool = False,
           callbacks: list[Callback] | None = None) -> dict:
+    """Train ``recipe_path`` in its run directory; see the module doc for faults and refusals."""
+    process_group.follow_parent_under_torchrun()  # a SIGKILLed torchrun agent: SIGTERM, not orphaned
     recipe = load_recipe(recipe_path)
-    layout = backends.init(recipe)
     run_dir = recipe.resolved_run_dir
+    plan = preflight(recipe, resume, reset_optimizer)  # refusals, before anything is written
+    # one process owns the run directory: under torchrun the job's rank 0 (the other ranks are
+    # its own; a second job's rank 0 is refused and torchrun stops the rest of that job)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    with contextlib.ExitStack() as held:
+        if rank0:
+            held.enter_context(exclusive_lock(*run_lock(run_dir)))
+        held.enter_context(terminated_as_exception())  # until the trainer's preemption handler
+        layout = None
+        try:
+            layout = backends.init(recipe)
+            trainer = Trainer(recipe, layout, run_dir, callbacks=default_callbacks(recipe) + list(callbacks or []),
+                              plan=plan)
+            return trainer.fit(resume, reset_optimizer)
+        except BaseException as exc:
+            if isinstance(exc, SystemExit) and exc.code in (0, None):
+                raise
+            _failed(run_dir, exc, rank0 if layout is None else layout.rank == 0)
+        finally:
+            backends.shutdown()
+    raise AssertionError("unreachable")
+
+
+def preflight(recipe: Recipe, resume: str, reset_optimizer: bool):
+    """Everything that can refuse a run before it writes anything or starts a process group
+    (each in one line): the run and cache directories are directories, the plan (manifests,
+    files, budgets), the parallel layout, the run directory's own plan.json and status.json,
+    and a checkpoint for ``--reset-optimizer``. Returns the plan."""
+    from ablate.recipe.compile import prepare_cache_dir
+    from ablate.recipe.plan import make_plan
+
+    where = recipe._path or recipe.name
+    run = RunLayout(recipe.resolved_run_dir)
+    refuse_non_directory(run.root, f"{where}: run_dir")
+    refuse_non_directory(recipe.data.cache_dir, f"{where}: data.cache_dir")
+    plan = make_plan(recipe)
+    backends.check_layout(recipe, int(os.environ.get("WORLD_SIZE", "1")), backends.pick_backend(recipe))
+    if os.path.lexists(run.plan):
+        saved = read_json(run.plan, "plan")
+        saved = saved.get("fingerprint") if isinstance(saved, dict) else None
+        if saved != plan.fingerprint:
+            raise AblateError(f"{run.plan}: compiled from a different recipe or data (plan {saved}, this "
+                              f"recipe's {plan.fingerprint}); run 'ablate compile {recipe._path}' or use "
+                              "another run_dir")
+    ckpt.read_status(run.root)  # damaged: named, not overwritten
+    if reset_optimizer and (resume == "never" or not ckpt.complete_checkpoints(run.root)):
+        raise AblateError(f"--reset-optimizer: no checkpoint to resume from in {run.checkpoints}"
+                          + (" (--resume never)" if resume == "never" else ""))
+    prepare_cache_dir(plan.cache_dir, f"{where}: data.cache_dir")
+    return plan
+
+
+def _failed(run_dir: str, exc: BaseException, rank0: bool):
+    """Record a failed run (rank 0) and re-raise ``exc`` as what the user should see: a full or
+    read-only disk as one line naming the file; SIGTERM as exit 143. A run that had completed
+    stays completed (a later attempt that failed is recorded beside it)."""
+    cause = None if isinstance(exc, AblateError) else user_os_error(exc)
+    reason = f"{type(exc).__name__}: {exc}"[:500]
+    note = ""
+    if rank0 and os.path.isdir(run_dir):
+        try:
+            previous = _previous_state(run_dir)
+            if previous == "completed":
+                ckpt.write_status(run_dir, "completed", last_attempt={"state": "failed", "exit_reason": reason,
+                                                                     "at": utc_timestamp()})
+            else:
+                ckpt.write_status(run_dir, "failed", exit_reason=reason)
+        except (AblateError, OSError) as status_exc:
+            note = f"; {RunLayout(run_dir).status} could not be updated ({_short(status_exc)})"
+    if isinstance(exc, Terminated):
+        print(f"stopped by {exc} before training began; status failed{note}", file=sys.stderr, flush=True)
+        raise SystemExit(143) from None
+    if cause is not None:
+        raise AblateError(os_error_line(run_dir, cause) + note) from None
+    if note and isinstance(exc, AblateError):
+        raise AblateError(f"{exc}{note}") from None
+    raise exc
+
+
+def _previous_state(run_dir: str) -> str | None:
     try:
-        trainer = Trainer(recipe, layout, run_dir, callbacks=default_callbacks(recipe) + list(callbacks or []))
-        return trainer.fit(resume, reset_optimizer)
-    except BaseException as exc:
-        if layout.rank == 0 and os.path.isdir(run_dir) and not isinstance(exc, SystemExit):
-            ckpt.write_status(run_dir, "failed", exit_reason=f"{type(exc).__name__}: {exc}"[:500])
-        raise
-    finally:
-        backends.shutdown()
+        status = ckpt.read_status(run_dir)
+    except AblateError:
+        return None
+    return status.get("state") if status else None
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno)
+    return str(exc).split(": cannot write ")[-1].strip("()")[:80]
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, layout, run_dir: str, callbacks: list[Callback]):
+    def __init__(self, recipe: Recipe, layout, run_dir: str, callbacks: list[Callback], plan=None,
+                 write_run_files: bool = True):
         from ablate.io import write_text_atomic
-        from ablate.recipe.compile import build_stage_datasets
+        from ablate.recipe.compile import build_stage_datasets, cache_errors
         from ablate.recipe.plan import make_plan
         from ablate.train.data import StagedData
         from ablate.train.engine import Engine
 
         self.recipe, self.layout, self.run = recipe, layout, RunLayout(run_dir)
         self.rank0 = layout.rank == 0
-        # ---- plan: the exact data this run consumes
-        self.plan = make_plan(recipe)
-        if os.path.exists(self.run.plan):
-            with open(self.run.plan) as f:
-                saved = json.load(f).get("fingerprint")
-            if saved != self.plan.fingerprint:
-                raise AblateError(f"{self.run.plan}: compiled from a different recipe or data (plan {saved}, this "
-                                  f"recipe's {self.plan.fingerprint}); run 'ablate compile {recipe._path}' or use "
-                                  "another run_dir")
-        blends = build_stage_datasets(self.plan)
-        if self.rank0:
+        # ---- plan: the exact data this run consumes (checked against plan.json by preflight)
+        self.plan = plan if plan is not None else make_plan(recipe)
+        with cache_errors(self.plan.cache_dir):
+            blends = build_stage_datasets(self.plan)
+        if self.rank0 and write_run_files:
             import yaml
 
             os.makedirs(run_dir, exist_ok=True)
@@ -137,18 +227,27 @@ class Trainer:
         if self.rank0:
             ckpt.remove_incomplete(self.run.root)  # left by a killed run; never usable
         _barrier()
-        done = ckpt.complete_checkpoints(self.run.root) if resume != "never" else []
-        if done:
-            ckpt.check_compatible(done[-1], self.plan.fingerprint)
-            state = ckpt.load(done[-1], self.engine, self.layout.describe(), reset_optimizer=reset_optimizer)
+        latest, skipped = ckpt.latest_complete_checkpoint(self.run.root) if resume != "never" else (None, [])
+        if self.rank0:
+            for path, reason in skipped:
+                print(ckpt.skipped_warning(path, reason, latest), file=sys.stderr, flush=True)
+        if skipped and latest is None:
+            raise AblateError(f"{self.run.checkpoints}: no complete checkpoint left to resume from (the newest, "
+                              f"{skipped[0][0]}, is damaged: {skipped[0][1]}); use --resume never to start over")
+        if latest:
+            ckpt.check_compatible(latest, self.plan.fingerprint)
+            state = ckpt.load(latest, self.engine, self.layout.describe(), reset_optimizer=reset_optimizer)
             self.step = state["step"]
             self.tokens_D = np.array([state["tokens"][d] for d in self.data.domains], dtype=np.int64)
-            self.resumed_from = {"path": done[-1], "layout": state.get("layout"), "reset_optimizer": reset_optimizer}
+            self.resumed_from = {"path": latest, "layout": state.get("layout"), "reset_optimizer": reset_optimizer}
+            if skipped:
+                self.resumed_from["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
         elif self.recipe.training.init_from:
             path = self.recipe.training.init_from
-            if not os.path.isfile(os.path.join(path, ckpt.TRAIN_STATE)):
+            reason = ckpt.verify_checkpoint(path) if os.path.isdir(path) else "no such directory"
+            if reason is not None:
                 raise AblateError(f"{self.recipe._path}: training.init_from: {path} is not a complete checkpoint "
-                                  f"(no {ckpt.TRAIN_STATE})")
+                                  f"({reason})")
             ckpt.load_model_weights(path, self.engine.modules)
             self.engine.optimizer.reload_model_params()  # fp32 main params from the loaded weights
 
@@ -173,18 +272,31 @@ class Trainer:
 
 def save_initial_weights(recipe_path: str, out: str) -> str:
     """Build the recipe's model (its seed's initialisation) and save it as a complete checkpoint
-    at ``out``: a shared ``training.init_from`` for every run of an ablation, whatever its layout."""
+    at ``out``: a shared ``training.init_from`` for every run of an ablation, whatever its layout.
+    ``out`` must not exist yet (nothing there is replaced); the run directory is not written."""
     recipe = load_recipe(recipe_path)
+    if os.path.lexists(out):
+        raise AblateError(f"--save-init: {out} already exists (choose a new directory; nothing there is replaced)")
+    parent = os.path.dirname(os.path.abspath(out))
+    refuse_non_directory(parent, "--save-init")
+    plan = preflight(recipe, "never", False)
     layout = backends.init(recipe)
     try:
-        trainer = Trainer(recipe, layout, recipe.resolved_run_dir, callbacks=[])
+        trainer = Trainer(recipe, layout, recipe.resolved_run_dir, callbacks=[], plan=plan, write_run_files=False)
         state = {"step": 0, "tokens": {}, "plan_fingerprint": trainer.plan.fingerprint,
                  "world_size": layout.world_size, "layout": layout.describe(), "init": True}
-        parent = os.path.dirname(os.path.abspath(out))
-        os.makedirs(parent, exist_ok=True)
-        from ablate.train.checkpoint import save_to
+        from ablate.io import os_errors
 
-        save_to(out, trainer.engine, state)
+        with os_errors(out):
+            os.makedirs(parent, exist_ok=True)
+            try:
+                ckpt.save_to(out, trainer.engine, state)
+            except BaseException:
+                if layout.rank == 0:
+                    import shutil
+
+                    shutil.rmtree(out, ignore_errors=True)  # ours: it did not exist before
+                raise
         return out
     finally:
         backends.shutdown()
