@@ -29,7 +29,7 @@ import orjson
 
 from ablate.data.taxonomy import Taxonomy
 from ablate.data.tokenizer import Tokenizer, load_tokenizer
-from ablate.errors import DataError
+from ablate.errors import DataError, show
 
 JSONL_CHUNK_BYTES = 16 << 20  # one task per 16 MiB: enough tasks to balance 2..64 workers
 ENCODE_BATCH_DOCS = 2048  # documents per tokenizer call: amortizes per-call overhead
@@ -104,8 +104,8 @@ def split_file(path: str, fmt: str) -> list[tuple[int, int]]:
 def read_error(path: str, exc: OSError) -> DataError:
     """One line for an input file that cannot be read."""
     if os.path.islink(path) and not os.path.exists(path):
-        return DataError(f"{path}: broken symbolic link (its target {os.readlink(path)!r} does not "
-                         "exist); fix or remove it")
+        return DataError(f"{path}: broken symbolic link (its target {show(os.readlink(path), 160)} "
+                         "cannot be reached); fix or remove it")
     reason = (exc.strerror or type(exc).__name__).lower()
     return DataError(f"{path}: cannot read ({reason})")
 
@@ -219,7 +219,7 @@ def run_task(task: IngestJob, tokenizer_spec: dict, tokenizer_dir: str, extra_do
                 raise DataError(f"{where}: expected a JSON object, got {_json_type(row)}")
             text = row.get(task.text_field)
             if task.text_field not in row:
-                raise DataError(f"{where}: missing text field {task.text_field!r} (fields: {', '.join(map(str, row)) or 'none'})")
+                raise DataError(f"{where}: missing text field {task.text_field!r} (fields: {_names(row) or 'none'})")
             if not isinstance(text, str):
                 raise DataError(f"{where}: field {task.text_field!r} must be a string, got {_json_type(text)}")
             if task.domain is not None:
@@ -315,7 +315,7 @@ def _parquet_rows(task: IngestJob, hasher):
         pf = pq.ParquetFile(task.path)
         names = pf.schema_arrow.names
         if task.text_field not in names:
-            raise DataError(f"{task.path}: no column {task.text_field!r} (columns: {', '.join(names)})")
+            raise DataError(f"{task.path}: no column {task.text_field!r} (columns: {_names(names)})")
         columns = [task.text_field] + ([task.domain_field] if task.domain is None and task.domain_field in names else [])
         table = pf.read_row_group(task.start, columns=columns)
     except DataError:
@@ -333,6 +333,12 @@ def _parquet_rows(task: IngestJob, hasher):
         if domains is not None:
             row[task.domain_field] = domains[j]
         yield f"{task.path}: row {first_row + j + 1}", row
+
+
+def _names(names) -> str:
+    """Field or column names for a message, bounded: a row may have thousands of keys."""
+    names = [show(str(n), 40)[1:-1] for n in list(names)[:9]]
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
 
 
 def _json_type(value) -> str:

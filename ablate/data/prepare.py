@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from ablate.data import generated
 from ablate.data.corpora import CorporaSpec, Source, load_corpora_spec, resolve_files
-from ablate.data.indexed import ShardedIndexedDatasetBuilder
+from ablate.data.indexed import sharded_builder
 from ablate.data.ingest import IngestJob, TaskResult, file_format, run_task, shard_paths, split_file
 from ablate.data.manifest import DatasetEntry, Manifest, load_manifest
 from ablate.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
@@ -302,7 +302,7 @@ def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, source_files: 
 
 @dataclass
 class _OpenDataset:
-    builder: ShardedIndexedDatasetBuilder
+    builder: object  # indexed.sharded_builder
     documents: int = 0
     tokens: int = 0
     bytes: int = 0
@@ -332,7 +332,7 @@ class _Merger:
                 domain, split = key
                 prefix = f"{task.source}/{domain}" + (".eval" if split == "eval" else "")
                 os.makedirs(os.path.join(self.staging, task.source), exist_ok=True)
-                self.open[key] = _OpenDataset(ShardedIndexedDatasetBuilder(os.path.join(self.staging, prefix), self.tokenizer.dtype))
+                self.open[key] = _OpenDataset(sharded_builder(os.path.join(self.staging, prefix), self.tokenizer.dtype))
             ds = self.open[key]
             tok_path, len_path = shard_paths(self.shard_dir, task.index, *key)
             ds.builder.add_shard(tok_path, np.load(len_path))
