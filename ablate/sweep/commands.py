@@ -25,7 +25,7 @@ from ablate.io import exclusive_lock, os_errors
 from ablate.sweep.executor import Outcome
 from ablate.sweep.expand import Point, build_points, plan_points, points_table, started, verify_points, write_points
 from ablate.sweep.spec import SweepSpec
-from ablate.sweep.state import RETRYABLE, PointState, job_record, point_state
+from ablate.sweep.state import RETRYABLE, PointState, job_record, point_state, read_status
 
 LOCK = ".submit.lock"  # in the sweep's root
 
@@ -94,6 +94,8 @@ def submit(spec: SweepSpec, executor: str, log: Callable[[str], None], retry: bo
         _refuse_changed_started_points(spec, points)
         todo = _todo(points, states(spec, points), retry, log)  # a dry run asks no new scheduler
         return get_executor(executor, spec).submit(todo, log, dry_run=True) if todo else []
+    for p in points:  # damaged state is refused before anything is written (read again, locked)
+        read_status(p.run_dir), job_record(p.run_dir)
     with sweep_lock(spec):
         write_points(spec, points)
         todo = _todo(points, states(spec, points, also=executor), retry, log)
