@@ -64,6 +64,8 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = No
     # plan.json there is simply replaced (it is this command's output)
     text = recipe_text if recipe_text is not None else yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     layout = RunLayout(run_dir)
+    with os_errors(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
     with exclusive_lock(*run_lock(run_dir)), os_errors(run_dir):
         write_text_atomic(layout.recipe, text)
         write_text_atomic(layout.plan, plan.to_json())

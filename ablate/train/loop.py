@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from ablate.errors import AblateError
 from ablate.faults import Terminated, terminated_as_exception, user_os_error
-from ablate.io import exclusive_lock, os_error_line, read_json, utc_timestamp
+from ablate.io import exclusive_lock, os_error_line, os_errors, read_json, utc_timestamp
 from ablate.recipe.schema import Recipe, load_recipe
 from ablate.run_layout import RunLayout, refuse_non_directory, run_lock
 from ablate.train import backend as backends
@@ -54,6 +54,8 @@ def train(recipe_path: str, resume: str = "auto", reset_optimizer: bool = False,
     rank0 = os.environ.get("RANK", "0") == "0"
     with contextlib.ExitStack() as held:
         if rank0:
+            with os_errors(run_dir):
+                os.makedirs(run_dir, exist_ok=True)
             held.enter_context(exclusive_lock(*run_lock(run_dir)))
         held.enter_context(terminated_as_exception())  # until the trainer's preemption handler
         layout = None
