@@ -144,7 +144,12 @@ def load_yaml_file(path: str, what: str, mapping: bool = True) -> Any:
     except UnicodeDecodeError as exc:
         raise AblateError(f"{path}: not valid YAML (not UTF-8 text: byte {data[exc.start]:#04x} "
                           f"at offset {exc.start})") from None
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a control character: the reader names its offset
+        line = text.count("\n", 0, exc.position) + 1
+        raise AblateError(f"{path}: line {line}: not valid YAML (character {exc.character!r} is not "
+                          "allowed)") from None
     try:
         node = loader.get_single_node()
         if node is not None and _expanded_size(node) - _distinct_nodes(node) > MAX_ALIAS_NODES:
@@ -232,7 +237,8 @@ def check_number(value: Any, where: str, *, integer: bool = False, gt=None, ge=N
         le = INT64_MAX if le is None and lt is None else le
     allowed = what or _describe(integer, gt, ge, lt, le)
     if isinstance(value, bool) or not isinstance(value, (int, float) if not integer else int):
-        raise AblateError(f"{where}: expected {allowed}, got {show(value)}")
+        raise AblateError(f"{where}: expected {what or ('an integer' if integer else 'a finite number')}, "
+                          f"got {show(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise AblateError(f"{where}: {show(value)} is not a finite number (allowed: {allowed})")
     ok = ((gt is None or value > gt) and (ge is None or value >= ge)
@@ -243,7 +249,7 @@ def check_number(value: Any, where: str, *, integer: bool = False, gt=None, ge=N
 
 
 def _bound(x) -> str:
-    for name, v in (("2**63 - 1", INT64_MAX), ("2**62", COUNT_MAX)):
+    for name, v in (("2**63 - 1", INT64_MAX), ("-2**63", -INT64_MAX - 1), ("2**62", COUNT_MAX)):
         if x == v:
             return name
     return f"{x:g}" if isinstance(x, float) else str(x)
@@ -328,13 +334,13 @@ def build_dataclass(cls: type, raw: Any, where: str, nested: dict[str, Any] | No
         if nested and name in nested:
             kwargs[name] = nested[name](value, at)
             continue
-        if "convert" in meta:
-            value = meta["convert"](value, at) if value is not None else _coerce(hints[name], value, at)
+        bounds = {k: meta[k] for k in _RANGE if k in meta}
+        if "convert" in meta and value is not None:
+            value = meta["convert"](value, at)
+            if bounds:
+                value = check_number(value, at, integer=isinstance(value, int), **bounds)
         else:
-            value = _coerce(hints[name], value, at)
-        if value is not None and any(k in meta for k in _RANGE):
-            value = check_number(value, at, integer=isinstance(value, int),
-                                 **{k: meta[k] for k in _RANGE if k in meta})
+            value = _coerce(hints[name], value, at, bounds)
         kwargs[name] = value
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
@@ -342,14 +348,16 @@ def build_dataclass(cls: type, raw: Any, where: str, nested: dict[str, Any] | No
     return obj
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def _coerce(hint: Any, value: Any, where: str, bounds: dict | None = None) -> Any:
+    """``value`` checked against the annotation ``hint`` (numbers also against ``bounds``)."""
+    bounds = bounds or {}
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
-            return _coerce(inner[0], value, where)
+            return _coerce(inner[0], value, where, bounds)
         for a in inner:
             try:
                 return _coerce(a, value, where)
@@ -363,9 +371,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e300:
             raise AblateError(f"{where}: {show(value)} is too large (allowed: a finite number)")
-        return float(check_number(value, where))
+        return float(check_number(value, where, **bounds))
     if hint is int:
-        return check_number(value, where, integer=True)
+        return check_number(value, where, integer=True, **bounds)
     if hint in _SCALARS:
         return check_type(value, hint, where, _SCALARS[hint])
     if origin is list:

@@ -168,7 +168,7 @@ def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
         if 2 * nominal < seq * gbs:  # rounding would double the budget: blame the batch, not the budget
             raise AblateError(
                 f"{where}: training.global_batch_size: one step of {gbs:,} sequences x {seq:,} tokens is "
-                f"{format_tokens(seq * gbs)} tokens, more than twice stage {show(stage.name)}'s budget of "
+                f"{format_tokens(seq * gbs)} tokens, more than twice the budget of stage {show(stage.name)}, "
                 f"{format_tokens(nominal)} (allowed: a batch of at most {max(1, int(2 * nominal // seq)):,} "
                 "sequences, or a larger budget)")
         steps = max(1, round(nominal / (seq * gbs)))
