@@ -5,7 +5,8 @@ embeds user values only through ``ablate.errors.show`` (bounded), so a user can 
 the offending line and a hostile file cannot make the line long.
 
 - ``load_yaml_file``: every YAML reader (recipes, corpora specs, sweep files) goes through it.
-  Duplicate keys are an error naming the key and its line; an alias bomb (a few hundred bytes
+  Duplicate keys and keys over 100 characters are errors naming the key and its line (so a
+  field path in a message stays short); an alias bomb (a few hundred bytes
   that expand to millions of nodes) is refused before anything walks it; syntax errors keep
   their line and column; a missing file, a directory, binary junk, an empty file or a top level
   that is not a mapping are one line each. Floats may be written ``1e-3`` (YAML 1.2; PyYAML's
@@ -38,6 +39,7 @@ COUNT_MAX = 2**62  # sizes and counts: far beyond any real run, safely inside in
 # Aliases may add at most this many nodes beyond those written in the file: generous for any
 # real use of anchors, while the 547-byte "billion laughs" expands to ~10^9.
 MAX_ALIAS_NODES = 10_000
+MAX_KEY_CHARS = 100  # field names, domains, dotted field paths: all far shorter
 
 
 class _Refusal(Exception):
@@ -55,6 +57,10 @@ class _Loader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
+                # keys are names and become field paths in messages: a long one is no name
+                if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
+                    raise _Refusal(f"line {line}: a key of {len(key):,} characters {show(key, 30)} "
+                                   f"(allowed: at most {MAX_KEY_CHARS})")
                 try:
                     first = seen.get(key)
                 except TypeError:  # unhashable: the base class refuses it with its mark

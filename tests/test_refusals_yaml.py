@@ -217,7 +217,10 @@ RECIPE_CASES = [
     ("name-number", recipe_text(name=123), ["r.yaml: name:", "expected a run name, got 123"]),
     ("name-path", recipe_text(name="a/b"), ["r.yaml: name:", "must be a plain file name"]),
     ("name-long", recipe_text(name="x" * 5000), ["r.yaml: name:", "must be a plain file name", "..."]),
-    ("unknown-key-long", recipe_text(**{"y" * 5000: 1}), ["r.yaml:", "unknown key 'yyy", "..."]),
+    ("unknown-key-long", recipe_text(**{"y" * 5000: 1}), ["r.yaml: line", "a key of 5,000 characters"]),
+    ("mix-key-long", mix_text({"m" * 3000: 1.0}), ["r.yaml: line", "a key of 3,000 characters"]),
+    ("eval-task-long", recipe_text(cadence={"eval_tasks": ["x" * 3000]}),
+     ["r.yaml: cadence.eval_tasks[0]:", "is not a task name"]),
     # the file itself
     ("duplicate-key", recipe_text() + "seed: 2\n", ["r.yaml: line", "duplicate key 'seed'", "first at line"]),
     ("duplicate-nested-key", lines("name: r", "training:", "  optimizer: {lr: 0.1, lr: 0.2}", "stages: []"),

@@ -202,6 +202,8 @@ class CadenceConfig:
         check_type(self.eval_tasks, list, at, "a list of task names (see 'ablate eval --help')")
         for i, t in enumerate(self.eval_tasks):
             check_type(t, str, f"{at}[{i}]", "a task name (see 'ablate eval --help')")
+            if len(t) > 100:
+                raise AblateError(f"{at}[{i}]: {show(t)} is not a task name (see 'ablate eval --help')")
         if self.eval_tasks:
             from ablate.evals.tasks import select
 

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ablate.errors import AblateError
+from ablate.errors import show as show_value
 from ablate.io import write_json_atomic, write_text_atomic
 from ablate.run_layout import RunLayout
 from ablate.sweep.paths import assign, dotted, resolve
@@ -289,9 +290,11 @@ def _name(template: str, values: dict, indices: dict, where: str, variables: lis
         try:
             return format(v, fmt)
         except (ValueError, TypeError) as exc:
-            raise AblateError(f"{where}: point_name: {{{key}:{fmt}}} cannot format {v!r} ({exc})") from None
+            raise AblateError(f"{where}: point_name: {{{key}:{fmt}}} cannot format {show_value(v)} "
+                              f"({show_value(str(exc))[1:-1]})") from None
 
     name = re.sub(r"[^A-Za-z0-9._=+-]", "_", _FIELD.sub(sub, template))
-    if not name or name.startswith("."):
-        raise AblateError(f"{where}: point_name: {template!r} gives {name!r}, not a usable directory name")
+    if not name or name.startswith(".") or len(name) > 200:
+        raise AblateError(f"{where}: point_name: {show_value(template)} gives {show_value(name)}, not a usable "
+                          "directory name (allowed: 1 to 200 characters, not starting with '.')")
     return name
