@@ -18,27 +18,65 @@ from typing import Any
 from ablate.errors import AblateError
 
 
+def option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
+           **bounds: float) -> Any:
+    """A field of ``EvalOptions``: its default, its ``ablate eval`` flag (default
+    ``--<name-with-dashes>``) and help, and its range (``ge``/``gt``/``le``/``lt``; a value
+    of None is never checked). The bounds use the names of ``ablate.validate.checked``, so a
+    recipe's ``cadence.eval_options`` is held to the same ranges as the flags."""
+    meta = {"help": help, **bounds}
+    if flag is not None:
+        meta["flag"] = flag
+    if metavar is not None:
+        meta["metavar"] = metavar
+    return field(default=default, metadata=meta)
+
+
+SEED_MAX = 2**63 - 1
+
+
 @dataclass
 class EvalOptions:
-    limit: int | None = None            # score only the first N samples of each task (None: all)
-    batch_size: int = 16
-    bpb_tokens: int = 65_536            # held-out tokens per domain for bits per byte
-    routing_tokens: int = 4_096         # held-out tokens per domain for eval-time routing capture
-    gsm8k_path: str | None = None       # GSM8K test.jsonl (default: ../shared/benchmarks/gsm8k/test.jsonl)
-    gsm8k_train_path: str | None = None  # where the few-shot examples come from (default: beside gsm8k_path)
-    num_shots: int = 4
-    max_new_tokens: int = 256
-    sandbox_timeout_s: float = 5.0
-    sandbox_workers: int = 2
-    lm_eval_include: str | None = None   # a directory of local lm-eval task YAMLs
-    allow_unsandboxed_code: bool = False  # let lm-eval code tasks run generated code outside the sandbox
-    mbpp_path: str | None = None         # mbpp.jsonl (default: ../shared/benchmarks/mbpp/mbpp.jsonl)
-    math_path: str | None = None         # a MATH-format JSONL (default: ../shared/benchmarks/math500/test.jsonl)
-    samples: int = 1                     # completions per problem for generative tasks
-    temperature: float = 0.0             # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0                        # sampling seed
-    pass_k: tuple[int, ...] | None = None  # the k of pass@k (default: 1, 10, 100... up to samples, and samples)
+    """What ``ablate eval`` scores with: the one place its flags, defaults and ranges are written
+    (``ablate.evals.cli`` generates the flags from these fields; a recipe's
+    ``cadence.eval_options`` takes the same names)."""
+
+    limit: int | None = option(None, "score only the first N samples of each task (default: all)",
+                               ge=1, metavar="N")
+    batch_size: int = option(16, "sequences per forward pass", ge=1)
+    bpb_tokens: int = option(65_536, "held-out tokens per domain for bpb (whole documents)", ge=1)
+    routing_tokens: int = option(4_096, "held-out tokens per domain for the routing capture",
+                                 ge=1)
+    gsm8k_path: str | None = option(
+        None, "GSM8K test.jsonl (default: ../shared/benchmarks/gsm8k/test.jsonl)", flag="--gsm8k",
+        metavar="FILE")
+    gsm8k_train_path: str | None = option(
+        None, "where GSM8K's few-shot examples come from (default: train.jsonl beside --gsm8k)",
+        flag="--gsm8k-train", metavar="FILE")
+    num_shots: int = option(4, "few-shot examples for GSM8K (0: zero-shot)", flag="--shots", ge=0)
+    max_new_tokens: int = option(256, "generation length limit", ge=1)
+    sandbox_timeout_s: float = option(5.0, "wall-clock seconds per sandboxed program", gt=0)
+    sandbox_workers: int = option(2, "sandboxed programs run at once", ge=1)
+    lm_eval_include: str | None = option(
+        None, "a directory of local lm-eval task YAMLs (for lm_eval:<task>)", metavar="DIR")
+    allow_unsandboxed_code: bool = option(
+        False, "let lm-eval code tasks (lm_eval:humaneval, lm_eval:mbpp ...) execute generated "
+        "code UNSANDBOXED, in lm-eval's own process with your permissions; off by default")
+    mbpp_path: str | None = option(
+        None, "MBPP mbpp.jsonl (default: ../shared/benchmarks/mbpp/mbpp.jsonl)", flag="--mbpp",
+        metavar="FILE")
+    math_path: str | None = option(
+        None, "a MATH-format JSONL: problem, solution[, answer, level, subject] "
+        "(default: ../shared/benchmarks/math500/test.jsonl)", flag="--math", metavar="FILE")
+    samples: int = option(1, "completions per problem for generative tasks (pass@k)", ge=1)
+    temperature: float = option(0.0, "sampling temperature (0: greedy)", ge=0)
+    top_p: float = option(1.0, "nucleus sampling: keep the top tokens holding this mass", gt=0,
+                          le=1)
+    seed: int = option(0, "sampling seed (scores are deterministic for a seed)", ge=0,
+                       le=SEED_MAX)
+    pass_k: tuple[int, ...] | None = option(
+        None, "comma-separated k for pass@k, each <= --samples (default: 1, 10, 100... and "
+        "--samples)", metavar="K,K,...")
 
 
 @dataclass
