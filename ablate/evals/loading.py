@@ -16,13 +16,15 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
 
 from ablate.data.manifest import Manifest, load_manifests
 from ablate.data.tokenizer import Tokenizer, load_tokenizer
-from ablate.errors import AblateError
+from ablate.errors import AblateError, show
+from ablate.io import read_json
 from ablate.recipe.schema import Recipe, load_recipe
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -58,17 +60,132 @@ def available_steps(run_dir: str) -> list[int]:
     return sorted(steps)
 
 
+def checkpoint_problem(run_dir: str, step: int) -> str | None:
+    """What is wrong with the complete checkpoint at ``step`` (one phrase naming the file), or
+    None. The training side's ``verify_checkpoint`` (sizes and small files' hashes against the
+    record ``train_state.json`` keeps) where it exists; else a readable ``train_state.json`` and
+    a non-empty ``weights/``. Damage these checks miss is named when the weights fail to load."""
+    from ablate.train import checkpoint
+
+    path = checkpoint.checkpoint_dir(run_dir, step)
+    verify = getattr(checkpoint, "verify_checkpoint", None)
+    if verify is not None:
+        return verify(path)
+    try:
+        with open(os.path.join(path, "train_state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError) as exc:
+        return f"train_state.json is damaged ({type(exc).__name__})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "train_state.json is damaged (no step)"
+    weights = os.path.join(path, "weights")
+    if not os.path.isdir(weights) or not os.listdir(weights):
+        return "no weights/ directory"
+    return None
+
+
+def usable_steps(run_dir: str, warn: bool = True) -> list[int]:
+    """The complete checkpoints that pass ``checkpoint_problem``, oldest first; each damaged one
+    is passed over with a warning line on stderr (when ``warn`` and some usable one is left)."""
+    good, skipped = [], []
+    for step in available_steps(run_dir):
+        problem = checkpoint_problem(run_dir, step)
+        if problem is None:
+            good.append(step)
+        else:
+            skipped.append((step, problem))
+    if warn and good:
+        for step, problem in skipped:
+            print(_skipped_line(run_dir, step, problem, max((s for s in good if s < step),
+                                                             default=None)), file=sys.stderr)
+    return good
+
+
+def _skipped_line(run_dir: str, step: int, problem: str, instead: int | None) -> str:
+    from ablate.train import checkpoint
+
+    path = checkpoint.checkpoint_dir(run_dir, step)
+    other = None if instead is None else checkpoint.checkpoint_dir(run_dir, instead)
+    warning = getattr(checkpoint, "skipped_warning", None)
+    if warning is not None:
+        return warning(path, problem, other)
+    then = f"using the previous complete one, {other}" if other else "not used"
+    return f"warning: {path}: damaged checkpoint, skipped ({problem}); {then}"
+
+
+def choose_step(run_dir: str, step: int | None) -> int:
+    """The checkpoint step to load: ``step`` itself (0: the initialisation), or the latest
+    complete checkpoint that is not damaged (a damaged newer one is skipped with a warning). A
+    named step that is missing or damaged, or no usable checkpoint at all, is one line."""
+    steps = available_steps(run_dir)
+    if step == 0:
+        return 0
+    if step is None:
+        if not steps:
+            raise AblateError(f"{run_dir}: has no complete checkpoint yet (train it first, or pass "
+                              "--step 0 to score the initialisation)")
+        good = usable_steps(run_dir, warn=False)
+        latest = steps[-1]
+        if not good:
+            from ablate.train.checkpoint import checkpoint_dir
+
+            raise AblateError(f"{checkpoint_dir(run_dir, latest)}: damaged checkpoint "
+                              f"({checkpoint_problem(run_dir, latest)}) and no earlier complete one "
+                              "(train again, or pass --step 0 to score the initialisation)")
+        for s in steps:
+            if s > good[-1]:
+                print(_skipped_line(run_dir, s, checkpoint_problem(run_dir, s) or "damaged",
+                                    good[-1]), file=sys.stderr)
+        return good[-1]
+    if step not in steps:
+        raise AblateError(f"{run_dir}: no complete checkpoint at step {step} (available: "
+                          f"{', '.join(map(str, steps)) or 'none'})")
+    problem = checkpoint_problem(run_dir, step)
+    if problem is not None:
+        from ablate.train.checkpoint import checkpoint_dir
+
+        raise AblateError(f"{checkpoint_dir(run_dir, step)}: damaged checkpoint ({problem}); "
+                          "choose another --step")
+    return step
+
+
 def read_run(run_dir: str) -> tuple[Recipe, dict]:
-    """The resolved recipe and the plan of a run directory, with clear errors when missing."""
+    """The resolved recipe and the plan of a run directory; missing or damaged ones (and a plan
+    without what evaluation reads from it) are one line naming the file."""
     if not os.path.isdir(run_dir):
         raise AblateError(f"{run_dir}: no such run directory")
     for f in ("recipe.yaml", "plan.json"):
         if not os.path.isfile(os.path.join(run_dir, f)):
-            raise AblateError(f"{run_dir}: has no {f} (is it a run directory? 'ablate compile RECIPE' writes both)")
+            raise AblateError(f"{run_dir}: has no {f} (is it a run directory? 'ablate compile RECIPE' "
+                              "writes both)")
     recipe = load_recipe(os.path.join(run_dir, "recipe.yaml"))
-    with open(os.path.join(run_dir, "plan.json")) as f:
-        plan = json.load(f)
+    path = os.path.join(run_dir, "plan.json")
+    plan = read_json(path, "plan")
+    _check_plan(plan, path)
     return recipe, plan
+
+
+def _check_plan(plan, path: str) -> None:
+    """What evaluation reads from ``plan.json``: its domains and its tokenizer's vocabulary size
+    and fingerprint (``ablate compile`` writes them; anything else is a damaged file)."""
+    def bad(field: str, allowed: str):
+        raise AblateError(f"{path}: {field}: damaged plan (allowed: {allowed}; compile the recipe "
+                          "again)")
+
+    if not isinstance(plan, dict):
+        bad("(top level)", "a JSON object")
+    domains = plan.get("domains")
+    if not isinstance(domains, (dict, list)) or not domains or not all(
+            isinstance(d, str) for d in domains):
+        bad("domains", "a non-empty mapping of domain names")
+    tok = plan.get("tokenizer")
+    if not isinstance(tok, dict):
+        bad("tokenizer", "an object with vocab_size and fingerprint")
+    vocab = tok.get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or not 0 < vocab < 2**31:
+        bad("tokenizer.vocab_size", "a positive integer")
+    if not isinstance(tok.get("fingerprint"), str):
+        bad("tokenizer.fingerprint", "a string")
 
 
 def resolve_manifests(recipe: Recipe, run_dir: str) -> list[str]:
@@ -90,15 +207,7 @@ def load_eval_model(run_dir: str, step: int | None = None, backend: str = "auto"
     """The model of ``run_dir`` at ``step`` (default: the latest complete checkpoint; 0: the
     initialisation), in eval mode, with its tokenizer and manifests."""
     recipe, plan = read_run(run_dir)
-    steps = available_steps(run_dir)
-    if step is None:
-        if not steps:
-            raise AblateError(f"{run_dir}: has no complete checkpoint yet (train it first, or pass --step 0 to "
-                              "score the initialisation)")
-        step = steps[-1]
-    elif step != 0 and step not in steps:
-        raise AblateError(f"{run_dir}: no complete checkpoint at step {step} (available: "
-                          f"{', '.join(map(str, steps)) or 'none'})")
+    step = choose_step(run_dir, step)
     manifests, tokenizer = open_data(run_dir, resolve_manifests(recipe, run_dir), plan)
 
     if backend == "cuda" and not torch.cuda.is_available():
@@ -143,4 +252,18 @@ def _load_weights(model: torch.nn.Module, run_dir: str, step: int, recipe: Recip
     own loader (megatron-core ``dist_checkpointing`` reshards them into this one-process model)."""
     from ablate.train.checkpoint import checkpoint_dir, load_model_weights
 
-    load_model_weights(checkpoint_dir(run_dir, step), [model])
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    path = checkpoint_dir(run_dir, step)
+    try:
+        load_model_weights(path, [model])
+    except AblateError:
+        raise
+    except (Exception, CheckpointException) as exc:  # torch/megatron raise many kinds for it
+        # damage the cheap checks cannot see (a large shard changed in place): name the checkpoint
+        if isinstance(exc, CheckpointException) and getattr(exc, "failures", None):
+            # the rank's own error (failures: rank -> (exception, stack)), not the wrapper's text
+            exc = next(iter(exc.failures.values()))[0]
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise AblateError(f"{path}: damaged checkpoint, its weights do not load "
+                          f"({type(exc).__name__}: {show(detail, 120)})") from None
