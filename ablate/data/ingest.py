@@ -240,12 +240,26 @@ def run_task(task: IngestJob, tokenizer_spec: dict, tokenizer_dir: str, extra_do
         for key in list(pending):
             flush(key)
     finally:
-        for key, (f, lengths) in writers.items():
-            f.close()
-            np.save(shard_paths(shard_dir, task.index, *key)[1],
-                    np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+        error = _close_shards(writers, shard_dir, task.index)
+    if error is not None:  # reached only when the rows were read without error
+        raise error
     result.content_hash = hasher.hexdigest()
     return result
+
+
+def _close_shards(writers: dict, shard_dir: str, index: int) -> OSError | None:
+    """Close every shard file and write its lengths; return the first write error (a full
+    disk) instead of raising it, so that every file is closed (an unclosed one would print
+    "Exception ignored" when collected) and an error already in flight is not replaced."""
+    error = None
+    for key, (f, lengths) in writers.items():
+        try:
+            f.close()
+            np.save(shard_paths(shard_dir, index, *key)[1],
+                    np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+        except OSError as exc:
+            error = error or exc
+    return error
 
 
 def _rows(task: IngestJob, hasher):

@@ -271,9 +271,13 @@ def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, source_files: 
 
     tok_spec = tokenizer.describe()
     merger = _Merger(staging, shard_dir, tokenizer)
-    results = _run_tasks(tasks, tok_spec, tuple(spec.domains), spec.seed, shard_dir, workers, progress,
-                         on_next_in_order=merger.add)
-    datasets, eval_datasets = merger.finish()
+    try:
+        results = _run_tasks(tasks, tok_spec, tuple(spec.domains), spec.seed, shard_dir, workers,
+                             progress, on_next_in_order=merger.add)
+        datasets, eval_datasets = merger.finish()
+    except BaseException:
+        merger.abort()
+        raise
     shutil.rmtree(shard_dir)
 
     rows_per_file: dict[str, int] = {}
@@ -350,6 +354,16 @@ class _Merger:
                 split=split, documents=ds.documents, tokens=ds.tokens, bytes=ds.bytes,
                 dtype=np.dtype(self.tokenizer.dtype).name, tokenizer=self.tokenizer.fingerprint,
                 fingerprint=fingerprint, index_sha256=index_sha256))
+        self.open = {}
+
+    def abort(self) -> None:
+        """Close the open builders' files after an error (a full disk fails their flush: closed
+        here, it is not reported a second time when they are collected)."""
+        for ds in self.open.values():
+            try:
+                ds.builder.data_file.close()
+            except OSError:
+                pass
         self.open = {}
 
     def finish(self) -> tuple[list[DatasetEntry], list[DatasetEntry]]:
