@@ -4,13 +4,10 @@ Every message reads ``<file>: <field.path>: <what is wrong> (allowed: <what is a
 embeds user values only through ``ablate.errors.show`` (bounded), so a user can go straight to
 the offending line and a hostile file cannot make the line long.
 
-- ``load_yaml_file``: every YAML reader (recipes, corpora specs, sweep files) goes through it.
-  Duplicate keys and keys over 100 characters are errors naming the key and its line (so a
-  field path in a message stays short); an alias bomb (a few hundred bytes
-  that expand to millions of nodes) is refused before anything walks it; syntax errors keep
-  their line and column; a missing file, a directory, binary junk, an empty file or a top level
-  that is not a mapping are one line each. Floats may be written ``1e-3`` (YAML 1.2; PyYAML's
-  1.1 rules read that as a string).
+- ``load_yaml_file`` (``ablate.yamlfile``, re-exported here): every YAML reader (recipes,
+  corpora specs, sweep files) goes through it: duplicate keys, alias bombs, syntax errors with
+  line and column, empty, binary, missing and directory files are one line each.
+- ``check_*``: one value at a time: keys, names, types, finite numbers within bounds, choices.
 - ``build_dataclass``: a schema dataclass validates itself from its annotations and field
   metadata: scalar types (``bool`` is never a number), ``Literal[...]`` choices, every float
   finite, every int within int64, per-field ranges and converters given with ``checked(...)``,
@@ -21,165 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import re
 import types
 import typing
 from typing import Any, Callable, Iterable
 
-import yaml
-
 from ablate.errors import AblateError, show
+from ablate.yamlfile import kind_of, load_yaml_file  # noqa: F401  (load_yaml_file: re-exported)
 
 INT64_MAX = 2**63 - 1
 COUNT_MAX = 2**62  # sizes and counts: far beyond any real run, safely inside int64 arithmetic
-
-# ----------------------------------------------------------------------------------- YAML
-
-# Aliases may add at most this many nodes beyond those written in the file: generous for any
-# real use of anchors, while the 547-byte "billion laughs" expands to ~10^9.
-MAX_ALIAS_NODES = 10_000
-MAX_KEY_CHARS = 100  # field names, domains, dotted field paths: all far shorter
-
-
-class _Refusal(Exception):
-    """Raised inside the loader; becomes an AblateError carrying the file name."""
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and reads YAML 1.2 floats like ``1e-3``."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges may override
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                # keys are names and become field paths in messages: a long one is no name
-                if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
-                    raise _Refusal(f"line {line}: a key of {len(key):,} characters {show(key, 30)} "
-                                   f"(allowed: at most {MAX_KEY_CHARS})")
-                try:
-                    first = seen.get(key)
-                except TypeError:  # unhashable: the base class refuses it with its mark
-                    continue
-                if first is not None:
-                    raise _Refusal(f"line {line}: duplicate key {show(key)} (first at line {first}; "
-                                   "each key may appear once)")
-                seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-    def construct_yaml_int(self, node):
-        # Python refuses to parse ints of over 4,300 digits (ValueError, no line): say where
-        if len(node.value) > 100:
-            raise _Refusal(f"line {node.start_mark.line + 1}: an integer of {len(node.value)} digits "
-                           "(allowed: at most 100)")
-        return super().construct_yaml_int(node)
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def _expanded_size(root) -> int:
-    """Nodes in the document with every alias expanded; refuses a cycle and stops counting at
-    the bound (memoized per node, so a bomb costs a few thousand steps, not 10^9)."""
-    sizes: dict[int, int] = {}
-    limit = MAX_ALIAS_NODES * 100
-
-    def size(node, depth: int, stack: set) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
-        if id(node) in stack:
-            raise _Refusal(f"line {node.start_mark.line + 1}: an alias refers to itself (recursive "
-                           "structures are not allowed)")
-        if depth > 1000:
-            raise _Refusal(f"line {node.start_mark.line + 1}: nested more than 1000 levels deep")
-        stack.add(id(node))
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        else:
-            children = []
-        for child in children:
-            total = min(limit, total + size(child, depth + 1, stack))
-        stack.discard(id(node))
-        sizes[id(node)] = total
-        return total
-
-    return size(root, 0, set())
-
-
-def _distinct_nodes(root) -> int:
-    seen, todo = set(), [root]
-    while todo:
-        node = todo.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            todo.extend(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            todo.extend(n for pair in node.value for n in pair)
-    return len(seen)
-
-
-def load_yaml_file(path: str, what: str, mapping: bool = True) -> Any:
-    """Parse a YAML file, turning every way it can fail into one located line.
-
-    With ``mapping`` (every caller today) the top level must be a mapping with string keys."""
-    if os.path.isdir(path):
-        raise AblateError(f"{path}: is a directory, not a {what}")
-    if not os.path.isfile(path):
-        raise AblateError(f"{path}: no such {what}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise AblateError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise AblateError(f"{path}: not valid YAML (not UTF-8 text: byte {data[exc.start]:#04x} "
-                          f"at offset {exc.start})") from None
-    try:
-        loader = _Loader(text)
-    except yaml.reader.ReaderError as exc:  # a control character: the reader names its offset
-        line = text.count("\n", 0, exc.position) + 1
-        raise AblateError(f"{path}: line {line}: not valid YAML (character {exc.character!r} is not "
-                          "allowed)") from None
-    try:
-        node = loader.get_single_node()
-        if node is not None and _expanded_size(node) - _distinct_nodes(node) > MAX_ALIAS_NODES:
-            raise _Refusal(f"aliases expand to more than {MAX_ALIAS_NODES:,} extra nodes "
-                           "(an alias bomb?); write the values out")
-        value = loader.construct_document(node) if node is not None else None
-    except _Refusal as exc:
-        raise AblateError(f"{path}: {exc}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = (exc.problem or exc.context or "syntax error").strip()
-        raise AblateError(f"{path}: {where}not valid YAML ({show(problem, 100)[1:-1]})") from None
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise AblateError(f"{path}: not valid YAML ({show(str(exc).splitlines()[0], 100)[1:-1]})") from None
-    finally:
-        loader.dispose()
-    if mapping:
-        if value is None:
-            raise AblateError(f"{path}: the {what} is empty (expected a YAML mapping of 'key: value' lines)")
-        if not isinstance(value, dict):
-            raise AblateError(f"{path}: expected a YAML mapping of 'key: value' lines at the top of the "
-                              f"{what}, got {_kind(value)}")
-    return value
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -196,17 +43,14 @@ def field_where(where: str, name: str | int) -> str:
     return f"{where}.{name}"
 
 
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", int: "an integer",
-            float: "a number", type(None): "nothing (null)"}.get(type(value), type(value).__name__)
-
-
-def check_keys(mapping: Any, allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> dict:
+def check_keys(
+    mapping: Any, allowed: Iterable[str], where: str, required: Iterable[str] = ()
+) -> dict:
     """Require ``mapping`` to be a dict with only ``allowed`` keys and all ``required`` ones."""
     allowed = list(allowed)
     if not isinstance(mapping, dict):
         raise AblateError(f"{where}: expected a mapping (allowed keys: {', '.join(allowed)}), "
-                          f"got {_kind(mapping)} {show(mapping, 40)}")
+                          f"got {kind_of(mapping)} {show(mapping, 40)}")
     for key in mapping:
         if key not in allowed:
             raise AblateError(f"{where}: unknown key {show(key)} (allowed: {', '.join(allowed)})")
@@ -221,7 +65,9 @@ def check_names(mapping: Any, where: str, what: str) -> dict:
     check_type(mapping, dict, where, what)
     for key in mapping:
         if not isinstance(key, str) or not key:
-            raise AblateError(f"{where}: key {show(key)} is not a name (allowed: {what} with string keys)")
+            raise AblateError(
+                f"{where}: key {show(key)} is not a name (allowed: {what} with string keys)"
+            )
     return mapping
 
 
@@ -234,8 +80,17 @@ def check_type(value: Any, types_: type | tuple, where: str, what: str) -> Any:
     return value
 
 
-def check_number(value: Any, where: str, *, integer: bool = False, gt=None, ge=None, lt=None, le=None,
-                 what: str | None = None) -> Any:
+def check_number(
+    value: Any,
+    where: str,
+    *,
+    integer: bool = False,
+    gt=None,
+    ge=None,
+    lt=None,
+    le=None,
+    what: str | None = None,
+) -> Any:
     """A finite number (an int if ``integer``) within the bounds given; bool is no number.
     Ints stay within int64 whatever the bounds."""
     if integer:
@@ -243,8 +98,10 @@ def check_number(value: Any, where: str, *, integer: bool = False, gt=None, ge=N
         le = INT64_MAX if le is None and lt is None else le
     allowed = what or _describe(integer, gt, ge, lt, le)
     if isinstance(value, bool) or not isinstance(value, (int, float) if not integer else int):
-        raise AblateError(f"{where}: expected {what or ('an integer' if integer else 'a finite number')}, "
-                          f"got {show(value)}")
+        raise AblateError(
+            f"{where}: expected {what or ('an integer' if integer else 'a finite number')}, "
+            f"got {show(value)}"
+        )
     if isinstance(value, float) and not math.isfinite(value):
         raise AblateError(f"{where}: {show(value)} is not a finite number (allowed: {allowed})")
     ok = ((gt is None or value > gt) and (ge is None or value >= ge)
@@ -262,8 +119,12 @@ def _bound(x) -> str:
 
 
 def _describe(integer: bool, gt, ge, lt, le) -> str:
-    parts = [f"> {_bound(gt)}" if gt is not None else None, f">= {_bound(ge)}" if ge is not None else None,
-             f"< {_bound(lt)}" if lt is not None else None, f"<= {_bound(le)}" if le is not None else None]
+    parts = [
+        f"> {_bound(gt)}" if gt is not None else None,
+        f">= {_bound(ge)}" if ge is not None else None,
+        f"< {_bound(lt)}" if lt is not None else None,
+        f"<= {_bound(le)}" if le is not None else None,
+    ]
     noun = "an integer" if integer else "a finite number"
     bounds = [p for p in parts if p]
     return f"{noun} {' and '.join(bounds)}" if bounds else noun
@@ -280,7 +141,9 @@ def check_choice(value: Any, choices: Iterable, where: str) -> Any:
     choices = list(choices)
     # bool == 1 and 1.0 == 1: only a value of a choice's own type is that choice
     if not any(value == c and type(value) is type(c) for c in choices):
-        raise AblateError(f"{where}: {show(value)} is not allowed (allowed: {', '.join(map(str, choices))})")
+        raise AblateError(
+            f"{where}: {show(value)} is not allowed (allowed: {', '.join(map(str, choices))})"
+        )
     return value
 
 
@@ -303,7 +166,9 @@ def checked(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
     """A dataclass field that ``build_dataclass`` validates: ``convert(value, where)`` replaces
     the type check (token counts like ``4K``); ``gt/ge/lt/le`` bound a number (after any
     conversion; None passes). ``internal``: not read from YAML nor written by ``to_dict``."""
-    meta = {k: v for k, v in dict(convert=convert, gt=gt, ge=ge, lt=lt, le=le).items() if v is not None}
+    meta = {
+        k: v for k, v in dict(convert=convert, gt=gt, ge=ge, lt=lt, le=le).items() if v is not None
+    }
     if internal:
         meta["internal"] = True
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
@@ -311,7 +176,11 @@ def checked(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
 
 def yaml_fields(cls: type) -> list[dataclasses.Field]:
     """The fields a YAML mapping may give (not those starting with '_' nor internal ones)."""
-    return [f for f in dataclasses.fields(cls) if not f.name.startswith("_") and not f.metadata.get("internal")]
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if not f.name.startswith("_") and not f.metadata.get("internal")
+    ]
 
 
 _SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -384,7 +253,9 @@ def _coerce(hint: Any, value: Any, where: str, bounds: dict | None = None) -> An
         return check_type(value, hint, where, _SCALARS[hint])
     if origin is list:
         check_type(value, list, where, "a list")
-        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+        return (
+            [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+        )
     if origin is tuple:
         check_type(value, (list, tuple), where, "a list")
         item = args[0] if args else Any

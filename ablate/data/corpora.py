@@ -1,7 +1,7 @@
 """The corpora spec: which files become which domain-tagged datasets.
 
 ```yaml
-tokenizer: byte                 # or path/to/tokenizer.json, or {kind: hf, path: ..., eod_token: ...}
+tokenizer: byte                 # or path/to/tokenizer.json, or {kind: hf, path: ..., eod_token}
 seed: 1234                      # decides the held-out split (a hash of seed, source and text)
 eval_fraction: 0.01             # default share of documents held out per source
 domains: [science.physics]      # tags beyond the built-in taxonomy (optional)
@@ -38,7 +38,8 @@ from ablate.validate import (INT64_MAX, check_fraction, check_keys, check_names,
 GENERATED_READERS = ("stdlib", "gsm8k", "toyworld")
 FILE_READERS = ("jsonl", "parquet")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SOURCE_KEYS = ("path", "name", "domain", "reader", "text_field", "domain_field", "eval_fraction", "options")
+_SOURCE_KEYS = ("path", "name", "domain", "reader", "text_field", "domain_field", "eval_fraction",
+                "options")
 _TOP_KEYS = ("tokenizer", "seed", "eval_fraction", "domains", "sources")
 
 
@@ -89,7 +90,11 @@ class CorporaSpec:
 
 
 BUILTIN_SPECS = {
-    "toyworld": {"tokenizer": "byte", "seed": 1234, "sources": [{"reader": "toyworld", "name": "toyworld", "eval_fraction": 0.05}]},
+    "toyworld": {
+        "tokenizer": "byte",
+        "seed": 1234,
+        "sources": [{"reader": "toyworld", "name": "toyworld", "eval_fraction": 0.05}],
+    },
 }
 
 
@@ -98,7 +103,9 @@ def load_corpora_spec(arg: str) -> CorporaSpec:
     if arg in BUILTIN_SPECS and not os.path.exists(arg):
         return parse_corpora_spec(BUILTIN_SPECS[arg], origin=arg, base_dir=".")
     if not os.path.isfile(arg):
-        raise AblateError(f"{arg}: no such corpora YAML (or built-in spec: {', '.join(BUILTIN_SPECS)})")
+        raise AblateError(
+            f"{arg}: no such corpora YAML (or built-in spec: {', '.join(BUILTIN_SPECS)})"
+        )
     raw = load_yaml_file(arg, "corpora YAML")
     return parse_corpora_spec(raw, origin=arg, base_dir=os.path.dirname(os.path.abspath(arg)))
 
@@ -122,7 +129,8 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
         where = f"{origin}: sources[{i}]"
         check_keys(s, _SOURCE_KEYS, where)
         reader = s.get("reader", "auto")
-        if not isinstance(reader, str) or reader not in ("auto",) + FILE_READERS + GENERATED_READERS:
+        readers = ("auto",) + FILE_READERS + GENERATED_READERS
+        if not isinstance(reader, str) or reader not in readers:
             raise AblateError(f"{where}.reader: {show(reader)} is not a reader "
                               f"(allowed: auto, {', '.join(FILE_READERS + GENERATED_READERS)})")
         path = s.get("path")
@@ -140,18 +148,39 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
             raise AblateError(f"{where}.name: {show(name)} is not a source name "
                               "(allowed: letters, digits, '_', '.' or '-', at most 200)")
         if any(o.name == name for o in sources):
-            raise AblateError(f"{where}.name: {show(name)} is used by another source (names must be unique)")
+            raise AblateError(
+                f"{where}.name: {show(name)} is used by another source (names must be unique)"
+            )
         options = s.get("options") or {}
         check_names(options, f"{where}.options", "a mapping of reader options")
-        sources.append(Source(
-            name=name, reader=reader, path=path, domain=domain,
-            text_field=check_type(s.get("text_field", "text"), str, f"{where}.text_field", "a field name"),
-            domain_field=check_type(s.get("domain_field", "domain"), str, f"{where}.domain_field", "a field name"),
-            eval_fraction=check_fraction(s.get("eval_fraction", default_eval), f"{where}.eval_fraction"),
-            options=options, where=where,
-        ))
-    return CorporaSpec(sources=sources, tokenizer=tokenizer, seed=seed,
-                       eval_fraction=default_eval, domains=taxonomy.extra, base_dir=base_dir, origin=origin)
+        sources.append(
+            Source(
+                name=name,
+                reader=reader,
+                path=path,
+                domain=domain,
+                text_field=check_type(
+                    s.get("text_field", "text"), str, f"{where}.text_field", "a field name"
+                ),
+                domain_field=check_type(
+                    s.get("domain_field", "domain"), str, f"{where}.domain_field", "a field name"
+                ),
+                eval_fraction=check_fraction(
+                    s.get("eval_fraction", default_eval), f"{where}.eval_fraction"
+                ),
+                options=options,
+                where=where,
+            )
+        )
+    return CorporaSpec(
+        sources=sources,
+        tokenizer=tokenizer,
+        seed=seed,
+        eval_fraction=default_eval,
+        domains=taxonomy.extra,
+        base_dir=base_dir,
+        origin=origin,
+    )
 
 
 def _default_name(path: str | None, reader: str, index: int) -> str:
@@ -159,7 +188,11 @@ def _default_name(path: str | None, reader: str, index: int) -> str:
     path component that is not a glob, without extensions."""
     if reader in GENERATED_READERS or path is None:
         return reader
-    parts = [p for p in path.replace(os.sep, "/").split("/") if p not in ("", ".", "..") and not any(c in p for c in "*?[")]
+    parts = [
+        p
+        for p in path.replace(os.sep, "/").split("/")
+        if p not in ("", ".", "..") and not any(c in p for c in "*?[")
+    ]
     stem = parts[-1] if parts else ""
     for suffix in (".gz", ".jsonl", ".json", ".parquet"):
         stem = stem.removesuffix(suffix)
@@ -176,18 +209,24 @@ def resolve_files(source: Source, base_dir: str) -> list[str]:
         found = [os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs]
         files = sorted(f for f in found if file_format(f))
         if not files:
-            raise AblateError(f"{source.where}.path: directory {source.path!r} holds no .jsonl, .json, .jsonl.gz or .parquet file")
+            raise AblateError(
+                f"{source.where}.path: directory {show(source.path)} holds no .jsonl, .json, "
+                ".jsonl.gz or .parquet file"
+            )
         return files
     if any(c in source.path for c in "*?["):
         files = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
         if not files:
-            raise AblateError(f"{source.where}.path: {source.path!r} matches no file")
+            raise AblateError(f"{source.where}.path: {show(source.path)} matches no file")
     elif os.path.isfile(pattern):
         files = [pattern]
     else:
-        raise AblateError(f"{source.where}.path: {source.path!r} does not exist")
+        raise AblateError(f"{source.where}.path: {show(source.path)} does not exist")
     for f in files:
         fmt = file_format(f) if source.reader == "auto" else source.reader
         if fmt is None:
-            raise AblateError(f"{source.where}.path: cannot tell the format of {f!r} (use .jsonl, .json, .jsonl.gz or .parquet, or set 'reader')")
+            raise AblateError(
+                f"{source.where}.path: cannot tell the format of {show(f)} (use .jsonl, .json, "
+                ".jsonl.gz or .parquet, or set 'reader')"
+            )
     return files

@@ -39,10 +39,14 @@ def parse_tokens(value: object, where: str) -> int:
     if tokens >= COUNT_MAX:
         raise AblateError(f"{where}: {show(value)} is too large (allowed: {ALLOWED}, below 2**62)")
     if not tokens > 0:
-        raise AblateError(f"{where}: {show(value)} must be a positive token count (allowed: {ALLOWED})")
+        raise AblateError(
+            f"{where}: {show(value)} must be a positive token count (allowed: {ALLOWED})"
+        )
     if not unit and not float(tokens).is_integer():
-        raise AblateError(f"{where}: {show(value)} is not a whole number of tokens (allowed: {ALLOWED}; "
-                          "a share of the stage is written share: 0.5)")
+        raise AblateError(
+            f"{where}: {show(value)} is not a whole number of tokens (allowed: {ALLOWED}; "
+            "a share of the stage is written share: 0.5)"
+        )
     return int(round(tokens))
 
 

@@ -66,7 +66,9 @@ class PlanStage:
     def domain_totals(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for d in self.datasets:
-            t = out.setdefault(d.domain, {"tokens_requested": 0, "tokens_realized": 0, "samples": 0})
+            t = out.setdefault(
+                d.domain, {"tokens_requested": 0, "tokens_realized": 0, "samples": 0}
+            )
             t["tokens_requested"] += d.tokens_requested
             t["tokens_realized"] += d.tokens_realized
             t["samples"] += d.samples
@@ -93,7 +95,9 @@ class Plan:
         totals: dict[str, dict[str, int]] = {}
         for s in self.stages:
             for dom, t in s.domain_totals().items():
-                agg = totals.setdefault(dom, {"tokens_requested": 0, "tokens_realized": 0, "samples": 0})
+                agg = totals.setdefault(
+                    dom, {"tokens_requested": 0, "tokens_realized": 0, "samples": 0}
+                )
                 for k in agg:
                     agg[k] += t[k]
         body["domains"] = dict(sorted(totals.items()))
@@ -165,23 +169,31 @@ def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
         at = f"{where}: stages[{i}]"
         entries = _entry_budgets(stage, at)
         nominal = sum(entries.values())
-        if 2 * nominal < seq * gbs:  # rounding would double the budget: blame the batch, not the budget
+        if (
+            2 * nominal < seq * gbs
+        ):  # rounding would double the budget: blame the batch, not the budget
             raise AblateError(
-                f"{where}: training.global_batch_size: one step of {gbs:,} sequences x {seq:,} tokens is "
-                f"{format_tokens(seq * gbs)} tokens, more than twice the budget of stage {show(stage.name)}, "
-                f"{format_tokens(nominal)} (allowed: a batch of at most {max(1, int(2 * nominal // seq)):,} "
-                "sequences, or a larger budget)")
+                f"{where}: training.global_batch_size: one step of {gbs:,} sequences x {seq:,} "
+                f"tokens is {format_tokens(seq * gbs)} tokens, more than twice the budget of stage "
+                f"{show(stage.name)}, {format_tokens(nominal)} (allowed: a batch of at most "
+                f"{max(1, int(2 * nominal // seq)):,} "
+                "sequences, or a larger budget)"
+            )
         steps = max(1, round(nominal / (seq * gbs)))
         samples = steps * gbs
         scale = samples * seq / nominal
         requested: list[tuple[MixEntry, Manifest, DatasetEntry, float]] = []
         taken: dict[str, str] = {}
         for entry in stage.mix:
-            for m, d, tokens in _split_entry(entry, entries[entry.selector] * scale, pool, taxonomy, f"{at}.mix.{entry.selector}"):
+            for m, d, tokens in _split_entry(
+                entry, entries[entry.selector] * scale, pool, taxonomy, f"{at}.mix.{entry.selector}"
+            ):
                 key = m.abs_prefix(d)
                 if key in taken:
-                    raise AblateError(f"{at}.mix.{entry.selector}: dataset {d.prefix} is also selected by "
-                                      f"mix.{taken[key]} (each dataset may be in one entry per stage)")
+                    raise AblateError(
+                        f"{at}.mix.{entry.selector}: dataset {d.prefix} is also selected by "
+                        f"mix.{taken[key]} (each dataset may be in one entry per stage)"
+                    )
                 taken[key] = entry.selector
                 requested.append((entry, m, d, tokens))
         if verify:  # quick check: the files are the manifest's
@@ -195,21 +207,42 @@ def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
             epochs = tokens / d.tokens
             if epochs > cap + 1e-9:
                 raise AblateError(
-                    f"{at}.mix.{entry.selector}: asks for {format_tokens(tokens)} tokens of {d.prefix}, which holds "
-                    f"{format_tokens(d.tokens)} ({d.tokens:,} tokens): {epochs:.2f} epochs > max_epochs {cap:g} "
-                    "(raise max_epochs, lower the budget, or add data)")
+                    f"{at}.mix.{entry.selector}: asks for {format_tokens(tokens)} tokens of "
+                    f"{d.prefix}, which holds {format_tokens(d.tokens)} ({d.tokens:,} tokens): "
+                    f"{epochs:.2f} epochs > max_epochs {cap:g} "
+                    "(raise max_epochs, lower the budget, or add data)"
+                )
             path = m.abs_prefix(d)
-            datasets.append(PlanDataset(
-                prefix=d.prefix, domain=d.domain, source=d.source, selector=entry.selector, path=path,
-                fingerprint=d.fingerprint, dataset_tokens=d.tokens, weight=n / samples, samples=n,
-                tokens_requested=int(round(tokens)), tokens_realized=n * seq, epochs=round(epochs, 6),
-                sample_offset=used.get(path, 0)))
+            datasets.append(
+                PlanDataset(
+                    prefix=d.prefix,
+                    domain=d.domain,
+                    source=d.source,
+                    selector=entry.selector,
+                    path=path,
+                    fingerprint=d.fingerprint,
+                    dataset_tokens=d.tokens,
+                    weight=n / samples,
+                    samples=n,
+                    tokens_requested=int(round(tokens)),
+                    tokens_realized=n * seq,
+                    epochs=round(epochs, 6),
+                    sample_offset=used.get(path, 0),
+                )
+            )
             used[path] = used.get(path, 0) + n
         stages.append(PlanStage(stage.name, nominal, samples * seq, steps, samples, datasets))
     _save_idx_memo(recipe.data.cache_dir, memo)
-    plan = Plan(recipe=recipe.name, seed=recipe.seed, seq_length=seq, global_batch_size=gbs,
-                tokenizer=manifests[0].tokenizer, manifests=[m.path for m in manifests], stages=stages,
-                cache_dir=recipe.data.cache_dir)
+    plan = Plan(
+        recipe=recipe.name,
+        seed=recipe.seed,
+        seq_length=seq,
+        global_batch_size=gbs,
+        tokenizer=manifests[0].tokenizer,
+        manifests=[m.path for m in manifests],
+        stages=stages,
+        cache_dir=recipe.data.cache_dir,
+    )
     plan.fingerprint = compute_fingerprint(plan)
     return plan
 
@@ -240,19 +273,29 @@ def _entry_budgets(stage, at: str) -> dict[str, float]:
     fixed = sum(absolute.values())
     if not shares:
         if stage.tokens is not None and stage.tokens != fixed:
-            raise AblateError(f"{at}.tokens: {format_tokens(stage.tokens)} differs from the sum of the mix's budgets "
-                              f"({format_tokens(fixed)}); drop 'tokens' or use shares")
+            raise AblateError(
+                f"{at}.tokens: {format_tokens(stage.tokens)} differs from the sum of the mix's "
+                "budgets "
+                f"({format_tokens(fixed)}); drop 'tokens' or use shares"
+            )
         return absolute
     if abs(sum(shares.values()) - 1) > 1e-6:
         raise AblateError(f"{at}.mix: shares sum to {sum(shares.values()):g}, not 1 "
                           f"({', '.join(f'{k}: {v:g}' for k, v in shares.items())})")
     if stage.tokens is None:
-        raise AblateError(f"{at}.tokens: required when the mix has shares (the budget the shares divide)")
+        raise AblateError(
+            f"{at}.tokens: required when the mix has shares (the budget the shares divide)"
+        )
     rest = stage.tokens - fixed
     if rest <= 0:
-        raise AblateError(f"{at}.tokens: {format_tokens(stage.tokens)} leaves nothing for the shares after "
-                          f"the absolute budgets ({format_tokens(fixed)})")
-    return {e.selector: absolute.get(e.selector, (shares.get(e.selector) or 0) * rest) for e in stage.mix}
+        raise AblateError(
+            f"{at}.tokens: {format_tokens(stage.tokens)} leaves nothing for the shares after "
+            f"the absolute budgets ({format_tokens(fixed)})"
+        )
+    return {
+        e.selector: absolute.get(e.selector, (shares.get(e.selector) or 0) * rest)
+        for e in stage.mix
+    }
 
 
 def _split_entry(entry: MixEntry, budget: float, pool, taxonomy: Taxonomy, at: str):
@@ -261,7 +304,9 @@ def _split_entry(entry: MixEntry, budget: float, pool, taxonomy: Taxonomy, at: s
     selected = [(m, d) for m, d in pool if is_under(d.domain, entry.selector)]
     if not selected:
         present = sorted({d.domain for _, d in pool})
-        raise AblateError(f"{at}: selects no dataset (domains in the manifests: {', '.join(present)})")
+        raise AblateError(
+            f"{at}: selects no dataset (domains in the manifests: {', '.join(present)})"
+        )
     groups: list[tuple[float, list]] = []
     if entry.density:
         covered: dict[int, str] = {}
@@ -275,7 +320,10 @@ def _split_entry(entry: MixEntry, budget: float, pool, taxonomy: Taxonomy, at: s
                 raise AblateError(f"{at}.density.{key}: selects no dataset")
             for m, d in members:
                 if id(d) in covered:
-                    raise AblateError(f"{at}.density.{key}: overlaps density.{covered[id(d)]} (dataset {d.prefix})")
+                    raise AblateError(
+                        f"{at}.density.{key}: overlaps density.{covered[id(d)]} "
+                        f"(dataset {d.prefix})"
+                    )
                 covered[id(d)] = key
             groups.append((budget * frac, members))
     else:
@@ -287,9 +335,14 @@ def _split_entry(entry: MixEntry, budget: float, pool, taxonomy: Taxonomy, at: s
         if entry.weights:
             for key in entry.weights:
                 if not any(d.source == key or d.prefix == key for _, d in members):
-                    raise AblateError(f"{at}.weights.{key}: no dataset of this entry has that source or prefix "
-                                      f"(sources: {', '.join(sorted({d.source for _, d in members}))})")
-            w = [float(entry.weights.get(d.prefix, entry.weights.get(d.source, 0))) for _, d in members]
+                    raise AblateError(
+                        f"{at}.weights.{key}: no dataset of this entry has that source or prefix "
+                        f"(sources: {', '.join(sorted({d.source for _, d in members}))})"
+                    )
+            w = [
+                float(entry.weights.get(d.prefix, entry.weights.get(d.source, 0)))
+                for _, d in members
+            ]
         else:
             w = [float(d.tokens) for _, d in members]
         total = sum(w)
@@ -301,7 +354,8 @@ def _split_entry(entry: MixEntry, budget: float, pool, taxonomy: Taxonomy, at: s
 
 def _apportion(quotas: list[float], total: int) -> list[int]:
     """Integers summing to ``total``, each within 1 of its quota (largest remainder method)."""
-    scale = total / sum(quotas) if quotas else 0  # absorbs float drift; quotas already sum to ~total
+    # absorbs float drift; quotas already sum to ~total
+    scale = total / sum(quotas) if quotas else 0
     q = [x * scale for x in quotas]
     base = [math.floor(x) for x in q]
     short = total - sum(base)

@@ -5,7 +5,8 @@ dumped resolved, with every default filled in, into the run directory. The datac
 are the schema: each field's annotation (``Literal[...]`` for choices), its ``checked(...)``
 range or converter, and a ``validate`` hook for checks across fields are all that
 ``ablate.validate.build_dataclass`` needs, so compile, train and sweep expansion refuse the same
-things (non-finite numbers, out-of-range sizes, unknown keys) in the same words. Sections:
+things (non-finite numbers, out-of-range sizes, unknown keys) in the same words. (About 450
+lines: one concept, every section's dataclass side by side with the presets they name.) Sections:
 
 ``name, seed, run_dir, tokenizer``; ``data`` (manifests, index cache); ``model`` (a preset and/or
 megatron-core fields); ``parallelism`` (tp, pp, ep, cp; dp is what the world size leaves);
@@ -24,8 +25,9 @@ from typing import Any, Literal, Optional
 
 from ablate.errors import AblateError, show
 from ablate.recipe.budget import parse_tokens
-from ablate.validate import (COUNT_MAX, INT64_MAX, build_dataclass, check_choice, check_keys, check_names,
-                             check_number, check_type, checked, field_where, load_yaml_file, yaml_fields)
+from ablate.validate import (COUNT_MAX, INT64_MAX, build_dataclass, check_choice, check_keys,
+                             check_names, check_number, check_type, checked, field_where,
+                             load_yaml_file, yaml_fields)
 
 # Named model shapes. A recipe names one and may override any field. The line above each
 # preset states its size as ``# NAME: total T / active A (vocab V)``, computed by
@@ -47,13 +49,15 @@ MODEL_PRESETS: dict[str, dict] = {
     # moe-1.3b-a0.3b: total 1.30B / active 308M (vocab 32000)
     # DeepSeekMath's ablation scale (its sec. 5.1 ablations train a 1.3B model) as an MoE:
     # 24 layers of 1024 with 16 experts of 960, top-2, so that the total is 1.3B.
-    "moe-1.3b-a0.3b": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, ffn_hidden_size=2816,
-                           moe_ffn_hidden_size=960, num_experts=16, moe_router_topk=2, max_position_embeddings=4096),
+    "moe-1.3b-a0.3b": dict(num_layers=24, hidden_size=1024, num_attention_heads=16,
+                           ffn_hidden_size=2816, moe_ffn_hidden_size=960, num_experts=16,
+                           moe_router_topk=2, max_position_embeddings=4096),
     # moe-4b-a1b: total 3.86B / active 950M (vocab 32000)
     # A dense 1.3B model's layout (24 layers of 2048) with every MLP made 16 experts of 1408,
     # top-2. It was called moe-1b, for its active size; that name still loads it.
-    "moe-4b-a1b": dict(num_layers=24, hidden_size=2048, num_attention_heads=16, ffn_hidden_size=5632,
-                       moe_ffn_hidden_size=1408, num_experts=16, moe_router_topk=2, max_position_embeddings=4096),
+    "moe-4b-a1b": dict(num_layers=24, hidden_size=2048, num_attention_heads=16,
+                       ffn_hidden_size=5632, moe_ffn_hidden_size=1408, num_experts=16,
+                       moe_router_topk=2, max_position_embeddings=4096),
 }
 # Old names, kept so that recipes naming them still load (the same shape, not a copy).
 MODEL_PRESETS["moe-1b"] = MODEL_PRESETS["moe-4b-a1b"]
@@ -79,7 +83,7 @@ class ModelConfig:
     hidden_size: int = checked(128, **SIZE)
     num_attention_heads: int = checked(4, **SIZE)
     ffn_hidden_size: int = checked(256, **SIZE)
-    moe_ffn_hidden_size: Optional[int] = checked(None, **SIZE)  # per expert; default: ffn_hidden_size
+    moe_ffn_hidden_size: Optional[int] = checked(None, **SIZE)  # per expert; default: ffn_hidden
     num_experts: int = checked(8, **COUNT0)  # 0: a dense model
     moe_router_topk: int = checked(2, **SIZE)
     moe_layer_freq: int = checked(1, **SIZE)  # every n-th layer is MoE (1: all), the others dense
@@ -100,14 +104,21 @@ class ModelConfig:
 
     def validate(self, where: str) -> None:
         if self.hidden_size % self.num_attention_heads:
-            raise AblateError(f"{field_where(where, 'hidden_size')}: {self.hidden_size} is not divisible by "
-                              f"num_attention_heads {self.num_attention_heads}")
+            raise AblateError(
+                f"{field_where(where, 'hidden_size')}: {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
         if self.num_experts and not self.moe_router_topk <= self.num_experts:
-            raise AblateError(f"{field_where(where, 'moe_router_topk')}: {self.moe_router_topk} must be between 1 "
-                              f"and num_experts ({self.num_experts})")
+            raise AblateError(
+                f"{field_where(where, 'moe_router_topk')}: {self.moe_router_topk} must be "
+                "between 1 "
+                f"and num_experts ({self.num_experts})"
+            )
         if self.moe_router_enable_expert_bias and self.moe_router_score_function != "sigmoid":
-            raise AblateError(f"{field_where(where, 'moe_router_enable_expert_bias')}: expert bias needs "
-                              "moe_router_score_function: sigmoid")
+            raise AblateError(
+                f"{field_where(where, 'moe_router_enable_expert_bias')}: expert bias needs "
+                "moe_router_score_function: sigmoid"
+            )
 
 
 @dataclass
@@ -116,16 +127,24 @@ class ParallelConfig:
     pp: int = checked(1, **SIZE)
     ep: int = checked(1, **SIZE)
     cp: int = checked(1, **SIZE)
-    vp: int = checked(1, **SIZE)  # virtual pipeline stages (model chunks) per pipeline rank: interleaved 1F1B
-    distributed_optimizer: bool = False  # shard optimizer state and fp32 main params over data-parallel ranks
+    # virtual pipeline stages (model chunks) per pipeline rank: interleaved 1F1B
+    vp: int = checked(1, **SIZE)
+    # shard optimizer state and fp32 main params over data-parallel ranks
+    distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False  # start each bucket's reduction during backward (CUDA)
-    overlap_param_gather: bool = False  # distributed optimizer: gather params during the next forward (CUDA)
+    # distributed optimizer: gather params during the next forward (CUDA)
+    overlap_param_gather: bool = False
 
     def validate(self, where: str) -> None:
         if self.vp > 1 and self.pp == 1:
-            raise AblateError(f"{field_where(where, 'vp')}: {self.vp} virtual pipeline stages need pp > 1 (pp is 1)")
+            raise AblateError(
+                f"{field_where(where, 'vp')}: {self.vp} virtual pipeline stages need pp > 1 "
+                "(pp is 1)"
+            )
         if self.overlap_param_gather and not self.distributed_optimizer:
-            raise AblateError(f"{field_where(where, 'overlap_param_gather')}: needs distributed_optimizer: true")
+            raise AblateError(
+                f"{field_where(where, 'overlap_param_gather')}: needs distributed_optimizer: true"
+            )
 
 
 @dataclass
@@ -141,13 +160,16 @@ class OptimizerConfig:
 
     def validate(self, where: str) -> None:
         if self.min_lr > self.lr:
-            raise AblateError(f"{field_where(where, 'min_lr')}: {self.min_lr} is larger than lr {self.lr}")
+            raise AblateError(
+                f"{field_where(where, 'min_lr')}: {self.min_lr} is larger than lr {self.lr}"
+            )
 
 
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = checked(20, **COUNT0)
-    decay: Literal["cosine", "linear", "constant"] = "cosine"  # over the whole run (or per stage under 'rewarm')
+    # over the whole run (or per stage under 'rewarm')
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
     # continue: one schedule over all stages; rewarm: warm up and decay again in every stage;
     # constant_then_decay: constant LR until the last stage, which decays (WSD-style)
     stage_policy: Literal["continue", "rewarm", "constant_then_decay"] = "continue"
@@ -171,16 +193,21 @@ class TrainingConfig:
 
     def validate(self, where: str) -> None:
         if self.global_batch_size % self.micro_batch_size:
-            raise AblateError(f"{field_where(where, 'global_batch_size')}: {self.global_batch_size} is not a "
-                              f"multiple of micro_batch_size {self.micro_batch_size}")
+            raise AblateError(
+                f"{field_where(where, 'global_batch_size')}: {self.global_batch_size} is not a "
+                f"multiple of micro_batch_size {self.micro_batch_size}"
+            )
 
 
 @dataclass
 class CadenceConfig:
     log_every: int = checked(10, **SIZE)
-    eval_every: int = checked(0, **COUNT0)  # with eval_tasks: every N steps and at the end (0: only at the end)
-    eval_tasks: list = field(default_factory=list)  # ablate eval tasks scored inside training (none: run it after)
-    eval_options: dict = field(default_factory=dict)  # e.g. {limit: 50, bpb_tokens: 16384}: as ablate eval's flags
+    # with eval_tasks: every N steps and at the end (0: only at the end)
+    eval_every: int = checked(0, **COUNT0)
+    # ablate eval tasks scored inside training (none: run it after)
+    eval_tasks: list = field(default_factory=list)
+    # e.g. {limit: 50, bpb_tokens: 16384}: as ablate eval's flags
+    eval_options: dict = field(default_factory=dict)
     checkpoint_every: int = checked(200, **SIZE)
     keep_checkpoints: int = checked(2, **SIZE)
     routing_flush_every: int = checked(50, **SIZE)
@@ -194,7 +221,8 @@ class CadenceConfig:
     def validate(self, where: str) -> None:
         if self.wandb:
             at = field_where(where, "wandb")
-            check_keys(self.wandb, ["project", "mode", "entity", "group", "tags"], at, required=("project",))
+            keys = ["project", "mode", "entity", "group", "tags"]
+            check_keys(self.wandb, keys, at, required=("project",))
             check_type(self.wandb["project"], str, f"{at}.project", "a W&B project name")
             if "mode" in self.wandb:
                 check_choice(self.wandb["mode"], ("online", "offline", "disabled"), f"{at}.mode")
@@ -203,7 +231,9 @@ class CadenceConfig:
         for i, t in enumerate(self.eval_tasks):
             check_type(t, str, f"{at}[{i}]", "a task name (see 'ablate eval --help')")
             if len(t) > 100:
-                raise AblateError(f"{at}[{i}]: {show(t)} is not a task name (see 'ablate eval --help')")
+                raise AblateError(
+                    f"{at}[{i}]: {show(t)} is not a task name (see 'ablate eval --help')"
+                )
         if self.eval_tasks:
             from ablate.evals.tasks import select
 
@@ -264,7 +294,9 @@ class MixEntry:
 
     def validate(self, where: str) -> None:
         if (self.share is None) == (self.tokens is None):
-            raise AblateError(f"{where}: give exactly one of 'share' (a fraction) or 'tokens' (like 150B)")
+            raise AblateError(
+                f"{where}: give exactly one of 'share' (a fraction) or 'tokens' (like 150B)"
+            )
 
 
 MIX_FORMS = "a share (a fraction in (0, 1]), a token count (a whole number like 12000, or 150M) " \
@@ -283,14 +315,18 @@ def _parse_mix(raw: Any, where: str) -> list[MixEntry]:
         at = f"{where}.{selector}"
         if isinstance(spec, (int, float)) and not isinstance(spec, bool):
             if isinstance(spec, float) and not math.isfinite(spec):
-                raise AblateError(f"{at}: {show(spec)} is not a finite number (allowed: {MIX_FORMS})")
+                raise AblateError(
+                    f"{at}: {show(spec)} is not a finite number (allowed: {MIX_FORMS})"
+                )
             if spec <= 1:
                 spec = {"share": spec}
             elif float(spec).is_integer():
                 spec = {"tokens": int(spec)}
             else:
-                raise AblateError(f"{at}: {show(spec)} is neither a share (a fraction in (0, 1]) nor a token "
-                                  "count (a whole number like 12000, or 1.5M)")
+                raise AblateError(
+                    f"{at}: {show(spec)} is neither a share (a fraction in (0, 1]) nor a token "
+                    "count (a whole number like 12000, or 1.5M)"
+                )
         elif not isinstance(spec, dict):
             spec = {"tokens": spec}
         entries.append(build_dataclass(MixEntry, spec, at, fixed={"selector": selector}))
@@ -313,7 +349,9 @@ DEFAULT_MAX_EPOCHS = 4.0  # repeating data more than ~4 times stops paying (Muen
 def _run_name(value: Any, where: str) -> str:
     check_type(value, str, where, "a run name")
     if not value or "/" in value or value.startswith(".") or len(value) > 200:
-        raise AblateError(f"{where}: {show(value)} must be a plain file name (it names the run directory)")
+        raise AblateError(
+            f"{where}: {show(value)} must be a plain file name (it names the run directory)"
+        )
     return value
 
 
@@ -359,7 +397,9 @@ class Recipe:
 def _stage_to_dict(stage: Stage) -> dict:
     mix = {}
     for e in stage.mix:
-        entry = {k: v for k, v in dataclasses.asdict(e).items() if k != "selector" and v is not None}
+        entry = {
+            k: v for k, v in dataclasses.asdict(e).items() if k != "selector" and v is not None
+        }
         mix[e.selector] = entry
     return {"name": stage.name, "tokens": stage.tokens, "mix": mix}
 
@@ -377,7 +417,8 @@ def parse_recipe(raw: Any, origin: str) -> Recipe:
     raw = dict(raw)
     model = raw.get("model") or {}
     check_type(model, dict, field_where(top, "model"), "a mapping")
-    if model.get("preset") is not None:  # a resolved recipe says ``preset: null`` when none was named
+    # a resolved recipe says ``preset: null`` when none was named
+    if model.get("preset") is not None:
         preset = check_choice(model["preset"], MODEL_PRESETS, field_where(top, "model.preset"))
         model = {**MODEL_PRESETS[preset], **model}
     raw["model"] = model
@@ -385,8 +426,10 @@ def parse_recipe(raw: Any, origin: str) -> Recipe:
                              fixed={"source": origin})
     # fields are checked one by one above; these relate several sections
     if recipe.training.seq_length > recipe.model.max_position_embeddings:
-        raise AblateError(f"{origin}: training.seq_length: {recipe.training.seq_length} is longer than the "
-                          f"model's max_position_embeddings {recipe.model.max_position_embeddings}")
+        raise AblateError(
+            f"{origin}: training.seq_length: {recipe.training.seq_length} is longer than the "
+            f"model's max_position_embeddings {recipe.model.max_position_embeddings}"
+        )
     if recipe.parallelism.ep > 1 and recipe.model.num_experts % recipe.parallelism.ep:
         raise AblateError(f"{origin}: parallelism.ep: {recipe.parallelism.ep} does not divide "
                           f"model.num_experts {recipe.model.num_experts}")

@@ -37,7 +37,8 @@ MIX_FIELDS = ("share", "tokens", "density", "weights", "max_epochs")
 class Point:
     name: str
     index: int
-    values: dict  # axis label (its alias, else its path) -> value, in axis order: the table's columns
+    # axis label (its alias, else its path) -> value, in axis order: the table's columns
+    values: dict
     run_dir: str
     recipe: Any = None  # the parsed Recipe
     text: str = ""  # recipe.yaml as written
@@ -71,7 +72,11 @@ def build_points(spec: SweepSpec) -> list[Point]:
         assign(tree, resolve(tree, path, f"{where}: set.{path}", optional), value)
     axes, aliases = _axes(spec, tree, where, optional)
     root = spec.resolved_root
-    variables = ["sweep", "index"] + [label for a in axes for c in a.choices[:1] for label in c.labels] + list(aliases)
+    variables = (
+        ["sweep", "index"]
+        + [label for a in axes for c in a.choices[:1] for label in c.labels]
+        + list(aliases)
+    )
     template = spec.point_name or _default_template(axes, aliases)
     points, seen = [], {}
     for index, combo in enumerate(itertools.product(*(a.choices for a in axes))):
@@ -81,10 +86,15 @@ def build_points(spec: SweepSpec) -> list[Point]:
             indices.update({k: choice.index for k in choice.labels})
         for label, path in aliases.items():
             values[label], indices[label] = values[path], indices[path]
-        name = _name(template, {"sweep": spec.name, "index": index, **values}, indices, where, variables)
+        name = _name(
+            template, {"sweep": spec.name, "index": index, **values}, indices, where, variables
+        )
         if name in seen:
-            raise AblateError(f"{where}: point_name: points {seen[name]} and {index} are both named {name!r} "
-                              f"(template {template!r}; add a field that differs, from: {', '.join(variables)})")
+            raise AblateError(
+                f"{where}: point_name: points {seen[name]} and {index} are both named "
+                f"{show_value(name)} (template {show_value(template)}; add a field that differs, "
+                f"from: {', '.join(variables)})"
+            )
         seen[name] = index
         raw = copy.deepcopy(tree)
         touched: dict[tuple, str] = {}
@@ -92,7 +102,10 @@ def build_points(spec: SweepSpec) -> list[Point]:
             for path, value, at in choice.sets:
                 keys = resolve(raw, path, f"{where}: {at}", optional)
                 if tuple(keys) in touched and touched[tuple(keys)] != at:
-                    raise AblateError(f"{where}: {at}: sets {dotted(keys)}, which {touched[tuple(keys)]} also sets")
+                    raise AblateError(
+                        f"{where}: {at}: sets {dotted(keys)}, which {touched[tuple(keys)]} "
+                        "also sets"
+                    )
                 touched[tuple(keys)] = at
                 assign(raw, keys, value)
         _strip_unset_mix_fields(raw)
@@ -145,15 +158,25 @@ def write_points(spec: SweepSpec, points: list[Point]) -> None:
             with open(p.recipe_path, encoding="utf-8") as f:
                 old = f.read()
             if old != p.text and started(p.run_dir):
-                raise AblateError(f"{where}: point {p.name}: {p.run_dir} holds a started run of a different recipe; "
-                                  "give the sweep another root (or name), or remove that run directory")
+                raise AblateError(
+                    f"{where}: point {p.name}: {p.run_dir} holds a started run of a different "
+                    "recipe; give the sweep another root (or name), or remove that run directory"
+                )
     for p in points:
         os.makedirs(p.run_dir, exist_ok=True)
         write_text_atomic(p.recipe_path, p.text)
-    write_json_atomic(os.path.join(spec.resolved_root, "sweep.json"), {
-        "format": SWEEP_FORMAT, "name": spec.name, "spec": os.path.abspath(spec._path) if spec._path else None,
-        "points": [{"name": p.name, "index": p.index, "run_dir": p.run_dir, "values": p.values} for p in points],
-    })
+    write_json_atomic(
+        os.path.join(spec.resolved_root, "sweep.json"),
+        {
+            "format": SWEEP_FORMAT,
+            "name": spec.name,
+            "spec": os.path.abspath(spec._path) if spec._path else None,
+            "points": [
+                {"name": p.name, "index": p.index, "run_dir": p.run_dir, "values": p.values}
+                for p in points
+            ],
+        },
+    )
 
 
 def started(run_dir: str) -> bool:
@@ -237,20 +260,47 @@ def _axes(spec: SweepSpec, tree: dict, where: str, optional: dict) -> tuple[list
     for path, values in spec.grid.items():
         keys = resolve(tree, path, f"{where}: grid.{path}", optional)
         last_key[path] = str(keys[-1])
-        axes.append(_Axis("grid", [_Choice({path: v}, [(path, v, f"grid.{path}")], i) for i, v in enumerate(values)]))
+        axes.append(
+            _Axis(
+                "grid",
+                [_Choice({path: v}, [(path, v, f"grid.{path}")], i) for i, v in enumerate(values)],
+            )
+        )
     for n, z in enumerate(spec.zip):
         label = f"zip[{n}]" if len(spec.zip) > 1 else "zip"
         for path in z:
             last_key[path] = str(resolve(tree, path, f"{where}: {label}.{path}", optional)[-1])
         length = len(next(iter(z.values())))
-        axes.append(_Axis("zip", [_Choice({p: z[p][i] for p in z}, [(p, z[p][i], f"{label}.{p}") for p in z], i)
-                                  for i in range(length)]))
+        axes.append(
+            _Axis(
+                "zip",
+                [
+                    _Choice({p: z[p][i] for p in z}, [(p, z[p][i], f"{label}.{p}") for p in z], i)
+                    for i in range(length)
+                ],
+            )
+        )
     if spec.variants:
-        axes.append(_Axis("variants", [
-            _Choice({"variant": v.name}, [(p, val, f"variants[{i}].set.{p}") for p, val in v.set.items()], i)
-            for i, v in enumerate(spec.variants)]))
+        axes.append(
+            _Axis(
+                "variants",
+                [
+                    _Choice(
+                        {"variant": v.name},
+                        [(p, val, f"variants[{i}].set.{p}") for p, val in v.set.items()],
+                        i,
+                    )
+                    for i, v in enumerate(spec.variants)
+                ],
+            )
+        )
     if spec.seeds:
-        axes.append(_Axis("seeds", [_Choice({"seed": s}, [("seed", s, "seeds")], i) for i, s in enumerate(spec.seeds)]))
+        axes.append(
+            _Axis(
+                "seeds",
+                [_Choice({"seed": s}, [("seed", s, "seeds")], i) for i, s in enumerate(spec.seeds)],
+            )
+        )
     counts: dict[str, int] = {}
     for k in last_key.values():
         counts[k] = counts.get(k, 0) + 1
@@ -281,7 +331,9 @@ def _name(template: str, values: dict, indices: dict, where: str, variables: lis
     def sub(m: re.Match) -> str:
         key, fmt = m.group(1), m.group(2) or ""
         if key not in values:
-            raise AblateError(f"{where}: point_name: unknown field {{{key}}} (known: {', '.join(variables)})")
+            raise AblateError(
+                f"{where}: point_name: unknown field {{{key}}} (known: {', '.join(variables)})"
+            )
         v = values[key]
         if not isinstance(v, (int, float, str, bool)):
             v = indices.get(key, 0)  # a mapping or list value: its position on the axis
@@ -295,6 +347,8 @@ def _name(template: str, values: dict, indices: dict, where: str, variables: lis
 
     name = re.sub(r"[^A-Za-z0-9._=+-]", "_", _FIELD.sub(sub, template))
     if not name or name.startswith(".") or len(name) > 200:
-        raise AblateError(f"{where}: point_name: {show_value(template)} gives {show_value(name)}, not a usable "
-                          "directory name (allowed: 1 to 200 characters, not starting with '.')")
+        raise AblateError(
+            f"{where}: point_name: {show_value(template)} gives {show_value(name)}, not a usable "
+            "directory name (allowed: 1 to 200 characters, not starting with '.')"
+        )
     return name

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, show
 
 def resolve(tree: Any, path: str, where: str, optional: dict[tuple, tuple] | None = None) -> list:
     """The keys (and list indices) that ``path`` names in ``tree``; an error if it names nothing.
@@ -21,7 +21,9 @@ def resolve(tree: Any, path: str, where: str, optional: dict[tuple, tuple] | Non
     """
     segs = path.split(".")
     if not path or any(s == "" for s in segs):
-        raise AblateError(f"{where}: {path!r} is not a dotted field path (like training.optimizer.lr)")
+        raise AblateError(
+            f"{where}: {show(path)} is not a dotted field path (like training.optimizer.lr)"
+        )
     node, keys, i = tree, [], 0
     last_dict = None  # (its keys, where its key began, its fields): for "no field a.b under x"
     while i < len(segs):
@@ -41,28 +43,40 @@ def resolve(tree: Any, path: str, where: str, optional: dict[tuple, tuple] | Non
                     keys.append(rest)
                     return keys
                 known = sorted(set(by_text) | set(extra))
-                raise AblateError(f"{where}: no field {segs[i]!r} under {here} in the recipe "
+                raise AblateError(f"{where}: no field {show(segs[i])} under {here} in the recipe "
                                   f"(fields there: {', '.join(known) or 'none'})")
         elif isinstance(node, list):
             seg, index = segs[i], None
             if seg.isdigit() and int(seg) < len(node):
                 index = int(seg)
             else:
-                named = [n for n, item in enumerate(node) if isinstance(item, dict) and item.get("name") == seg]
+                named = [
+                    n
+                    for n, item in enumerate(node)
+                    if isinstance(item, dict) and item.get("name") == seg
+                ]
                 if named:
                     index = named[0]
             if index is None:
-                names = [str(item.get("name")) for item in node if isinstance(item, dict) and "name" in item]
-                raise AblateError(f"{where}: {here} has no item {seg!r} (indices 0-{len(node) - 1}"
-                                  + (f", names {', '.join(names)}" if names else "") + ")")
+                names = [
+                    str(item.get("name"))
+                    for item in node
+                    if isinstance(item, dict) and "name" in item
+                ]
+                listed = f", names {', '.join(names)}" if names else ""
+                raise AblateError(f"{where}: {here} has no item {show(seg)} "
+                                  f"(indices 0-{len(node) - 1}{listed})")
             keys.append(index)
             node, i = node[index], i + 1
         elif last_dict is not None and isinstance(node, (int, float, str, bool)):
             parent, start, known = last_dict
-            raise AblateError(f"{where}: no field {'.'.join(segs[start:])!r} under {'.'.join(map(str, parent)) or 'the recipe'} "
-                              f"in the recipe (fields there: {', '.join(known)})")
+            raise AblateError(
+                f"{where}: no field {show('.'.join(segs[start:]))} under "
+                f"{'.'.join(map(str, parent)) or 'the recipe'} "
+                f"in the recipe (fields there: {', '.join(known)})"
+            )
         else:
-            raise AblateError(f"{where}: {here} is {node!r}, it has no field {segs[i]!r}")
+            raise AblateError(f"{where}: {here} is {show(node)}, it has no field {show(segs[i])}")
     return keys
 
 

@@ -7,7 +7,7 @@ root: runs/density                  # optional (default runs/<name>)
 set: {training.optimizer.lr: 0.002} # optional: applied to every point first
 grid:                               # cartesian product, one axis per path
   stages.0.mix.general.tokens: [1M, 2M]
-zip:                                # one axis: equal-length lists taken together (or a list of such)
+zip:                                # one axis: equal-length lists taken together (or a list)
   stages.mixed.mix.math.density.math.structured: [0, 0.25, 0.5, 1.0]
   stages.mixed.mix.math.density.math.text: [1, 0.75, 0.5, 0]
 variants:                           # one axis of named points
@@ -26,8 +26,9 @@ A relative ``base:`` path is relative to the sweep file's directory, so ``ablate
 works from anywhere (a base found only relative to the working directory is still read, as
 before this rule, until the sweep files that rely on it say ``../toy/...``). Paths inside the
 base recipe (manifests, cache) and ``root`` stay relative to the working directory, as in every
-recipe; the expanded points hold them absolute. Field paths are dotted: list items by index or by ``name`` (``stages.0`` or ``stages.mixed``), mapping
-keys by the longest key that exists (domain names contain dots: ``density.math.structured``).
+recipe; the expanded points hold them absolute. Field paths are dotted: list items by index or
+by ``name`` (``stages.0`` or ``stages.mixed``), mapping keys by the longest key that exists
+(domain names contain dots: ``density.math.structured``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,17 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ablate.errors import AblateError, show
-from ablate.validate import (INT64_MAX, build_dataclass, check_choice, check_keys, check_names, check_number,
-                             check_type, checked, load_yaml_file)
+from ablate.validate import (
+    INT64_MAX,
+    build_dataclass,
+    check_choice,
+    check_keys,
+    check_names,
+    check_number,
+    check_type,
+    checked,
+    load_yaml_file,
+)
 
 EXECUTORS = ("local", "slurm")
 
@@ -56,17 +66,22 @@ class SlurmConfig:
     partition: Optional[str] = None
     account: Optional[str] = None
     time: Optional[str] = None
-    signal_seconds: int = checked(120, ge=1, lt=2**31)  # USR1 this long before the time limit: checkpoint, requeue
-    port: Optional[int] = checked(None, ge=1, le=65535)  # rendezvous port on the first node; default: from the job id
+    # USR1 this long before the time limit: checkpoint, requeue
+    signal_seconds: int = checked(120, ge=1, lt=2**31)
+    # rendezvous port on the first node; default: from the job id
+    port: Optional[int] = checked(None, ge=1, le=65535)
     python: Optional[str] = None  # default: the interpreter running `ablate sweep submit`
-    setup: list[str] = field(default_factory=list)  # shell lines run before training (module load, ...)
+    # shell lines run before training (module load, ...)
+    setup: list[str] = field(default_factory=list)
     env: dict = field(default_factory=dict)  # exported in the job
     extra: list[str] = field(default_factory=list)  # more #SBATCH options, e.g. "--qos=high"
 
     def validate(self, where: str) -> None:
         for i, line in enumerate(self.extra):
             if not sbatch_option(line).startswith("-"):
-                raise AblateError(f"{where}.extra[{i}]: {show(line)} is not an sbatch option (like --qos=high)")
+                raise AblateError(
+                    f"{where}.extra[{i}]: {show(line)} is not an sbatch option (like --qos=high)"
+                )
         check_names(self.env, f"{where}.env", "a mapping from variable name to value")
         for k, v in self.env.items():
             check_type(v, (str, int, float), f"{where}.env.{k}", "a string or number")
@@ -153,14 +168,18 @@ def _base_path(base: str, base_dir: str | None, origin: str) -> str:
     rule before) is the fallback, so sweep files written for it keep working."""
     if not base or "\0" in base:
         raise AblateError(f"{origin}: base: {show(base)} is not a recipe file path")
-    candidates = [base] if os.path.isabs(base) or base_dir is None else [os.path.join(base_dir, base), base]
+    candidates = (
+        [base] if os.path.isabs(base) or base_dir is None else [os.path.join(base_dir, base), base]
+    )
     for path in candidates:
         if os.path.isfile(path):
             return os.path.normpath(path)
     if any(os.path.isdir(p) for p in candidates):
         raise AblateError(f"{origin}: base: {show(base)} is a directory, not a recipe file")
-    raise AblateError(f"{origin}: base: no such recipe file {show(base)} (a relative path is relative to "
-                      "the sweep file's directory)")
+    raise AblateError(
+        f"{origin}: base: no such recipe file {show(base)} (a relative path is relative to "
+        "the sweep file's directory)"
+    )
 
 
 def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec:
@@ -170,11 +189,16 @@ def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec
     check_keys(raw, fields, origin, required=("name", "base"))
     name = check_type(raw["name"], str, f"{origin}: name", "a sweep name")
     if not name or "/" in name or name.startswith(".") or len(name) > 200:
-        raise AblateError(f"{origin}: name: {show(name)} must be a plain file name (it names the sweep's directory)")
+        raise AblateError(
+            f"{origin}: name: {show(name)} must be a plain file name (it names the sweep's "
+            "directory)"
+        )
     base = raw["base"]
     if not isinstance(base, (str, dict)):
-        raise AblateError(f"{origin}: base: expected a recipe file path or an inline recipe mapping, "
-                          f"got {show(base)}")
+        raise AblateError(
+            f"{origin}: base: expected a recipe file path or an inline recipe mapping, "
+            f"got {show(base)}"
+        )
     if isinstance(base, str):
         base = _base_path(base, base_dir, origin)
     root = raw.get("root")
@@ -184,7 +208,12 @@ def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec
     grid = _axes(raw.get("grid") or {}, f"{origin}: grid")
     zips = raw.get("zip") or []
     zips = [zips] if isinstance(zips, dict) else zips
-    check_type(zips, list, f"{origin}: zip", "a mapping from field path to a list of values (or a list of such)")
+    check_type(
+        zips,
+        list,
+        f"{origin}: zip",
+        "a mapping from field path to a list of values (or a list of such)",
+    )
     zip_axes = []
     for i, z in enumerate(zips):
         at = f"{origin}: zip" + (f"[{i}]" if len(zips) > 1 else "")
@@ -193,8 +222,11 @@ def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec
             raise AblateError(f"{at}: empty zip (give at least one field path with its values)")
         lengths = {p: len(v) for p, v in axes.items()}
         if len(set(lengths.values())) > 1:
-            raise AblateError(f"{at}: zipped lists differ in length ({', '.join(f'{p}: {n}' for p, n in lengths.items())}); "
-                              "they must be equally long")
+            raise AblateError(
+                f"{at}: zipped lists differ in length "
+                f"({', '.join(f'{p}: {n}' for p, n in lengths.items())}); "
+                "they must be equally long"
+            )
         zip_axes.append(axes)
     variants = _variants(raw.get("variants"), f"{origin}: variants")
     seeds = raw.get("seeds")
@@ -208,14 +240,29 @@ def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec
             raise AblateError(f"{origin}: seeds: {show(seeds)} repeats a seed")
     point_name = raw.get("point_name")
     if point_name is not None:
-        check_type(point_name, str, f"{origin}: point_name", "a naming template like '{sweep}-{seed}'")
+        check_type(
+            point_name, str, f"{origin}: point_name", "a naming template like '{sweep}-{seed}'"
+        )
     executor = check_choice(raw.get("executor", "local"), EXECUTORS, f"{origin}: executor")
     local = build_dataclass(LocalConfig, raw.get("local"), f"{origin}: local")
     slurm = build_dataclass(SlurmConfig, raw.get("slurm"), f"{origin}: slurm")
     ev = raw.get("eval")
     ev = build_dataclass(EvalConfig, ev, f"{origin}: eval") if ev is not None else None
-    return SweepSpec(name=name, base=base, root=root, set=set_, grid=grid, zip=zip_axes, variants=variants,
-                     seeds=seeds, point_name=point_name, executor=executor, local=local, slurm=slurm, eval=ev)
+    return SweepSpec(
+        name=name,
+        base=base,
+        root=root,
+        set=set_,
+        grid=grid,
+        zip=zip_axes,
+        variants=variants,
+        seeds=seeds,
+        point_name=point_name,
+        executor=executor,
+        local=local,
+        slurm=slurm,
+        eval=ev,
+    )
 
 
 def _assignments(raw: Any, where: str) -> dict:
