@@ -1,5 +1,5 @@
-"""``ablate eval RUN_DIR [--tasks a,b] [--step N] [options]`` and ``ablate export hf RUN_DIR -o DIR``
-(registered by ``ablate.cli``).
+"""``ablate eval RUN_DIR [--tasks a,b] [--step N] [options]`` and
+``ablate export hf RUN_DIR -o DIR`` (registered by ``ablate.cli``).
 
 ``ablate eval``'s scoring options are generated from ``EvalOptions``' fields (name, type,
 default, help and range live there, once): ``add_option_flags`` adds them to a parser and
@@ -24,9 +24,9 @@ def add_commands(sub) -> None:
                                     "RUN_DIR/eval/step_<N>.json")
     p.add_argument("run_dir", help="a run directory (runs/<name>)")
     p.add_argument("--tasks", default=None,
-                   help="comma-separated tasks, or 'all' (default: bpb, probes, routing, gsm8k_gold, "
-                        "humaneval_gold, mbpp_gold, math_gold; generative: gsm8k_cot, gsm8k_pot, "
-                        "humaneval, mbpp, math_cot, math_pot)")
+                   help="comma-separated tasks, or 'all' (default: bpb, probes, routing, "
+                        "gsm8k_gold, humaneval_gold, mbpp_gold, math_gold; generative: gsm8k_cot, "
+                        "gsm8k_pot, humaneval, mbpp, math_cot, math_pot)")
     p.add_argument("--step", default=None,
                    help="checkpoint step(s): N, N,M,..., 'all', or 0 for the initialisation "
                         "(default: the latest)")
@@ -37,7 +37,8 @@ def add_commands(sub) -> None:
 
     export = sub.add_parser("export", help="a run's checkpoint in another format").add_subparsers(
         dest="export_format", required=True)
-    p = export.add_parser("hf", help="a Hugging Face transformers model directory (Llama / Mixtral)")
+    p = export.add_parser("hf", help="a Hugging Face transformers model directory "
+                                     "(Llama / Mixtral / Qwen2-MoE)")
     p.add_argument("run_dir", help="a run directory (runs/<name>)")
     p.add_argument("--step", type=int, default=None,
                    help="checkpoint step (default: the latest; 0: the initialisation)")
@@ -63,9 +64,15 @@ def _scalar(hint) -> tuple[type, bool]:
     return hint, False
 
 
+def _number(x) -> str:
+    if isinstance(x, int):
+        return "2**63 - 1" if x == 2**63 - 1 else str(x)
+    return f"{x:g}"
+
+
 def _bounds_text(meta) -> str:
-    parts = [f"{op} {meta[key]:g}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"),
-                                                    ("le", "<=")) if key in meta]
+    parts = [f"{op} {_number(meta[key])}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"),
+                                                          ("le", "<=")) if key in meta]
     return " and ".join(parts)
 
 
@@ -90,7 +97,8 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type = EvalOptions) -
             extra.append(f"allowed: {_bounds_text(meta)}")
         if extra and "(default:" not in help_text:
             help_text += f" ({'; '.join(extra)})"
-        parser.add_argument(flag_of(f), dest=f.name, default=None, metavar=meta.get("metavar"),
+        metavar = meta.get("metavar") or {int: "N", float: "X"}.get(kind, "VALUE")
+        parser.add_argument(flag_of(f), dest=f.name, default=None, metavar=metavar,
                             help=help_text.replace("%", "%%"))
 
 
@@ -134,8 +142,10 @@ def options_from_args(args: argparse.Namespace, cls: type = EvalOptions):
 def _check_range(value, meta, flag: str) -> None:
     if not isinstance(value, (int, float)):
         return
-    ok = (("gt" not in meta or value > meta["gt"]) and ("ge" not in meta or value >= meta["ge"])
-          and ("lt" not in meta or value < meta["lt"]) and ("le" not in meta or value <= meta["le"]))
+    ok = (("gt" not in meta or value > meta["gt"])
+          and ("ge" not in meta or value >= meta["ge"])
+          and ("lt" not in meta or value < meta["lt"])
+          and ("le" not in meta or value <= meta["le"]))
     if not ok:
         raise AblateError(f"{flag}: {show(value)} is out of range (allowed: {_bounds_text(meta)})")
 
