@@ -298,7 +298,7 @@ def test_a_failed_point_is_shown_with_its_reason_and_retried_only_when_asked(her
     table = cli("sweep", "status", path).out.splitlines()
     assert table[0].split()[-1] == "note" and table[2].split()[:2] == ["p", "failed"]
     # the note is training's own exit reason (status.json), else what the record says
-    assert ("recipe.yaml: para" in table[2] or "ended before training started" in table[2]) and table[-1] == "1 failed"
+    assert ("recipe.yaml" in table[2] or "ended before training started" in table[2]) and table[-1] == "1 failed"
     r = cli("sweep", "submit", path)
     assert "skipped: 1 failed (--retry resubmits)" in r.out and "submitted 0 point(s)" in r.out
     with pytest.raises(SystemExit, match="1"):

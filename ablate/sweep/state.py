@@ -139,6 +139,8 @@ def point_state(name: str, run_dir: str, jobs: list[Job]) -> PointState:
     train_jobs = [j for j in jobs if j.kind == "train"]
     cancelled = bool(record.get("cancelled"))
     reason = status.get("exit_reason")
+    if isinstance(reason, str) and reason.startswith("AblateError: "):  # training's own one line
+        reason = reason[len("AblateError: "):]
     if trained == "completed":
         state = "completed"
     elif train_jobs:
