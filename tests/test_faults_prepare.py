@@ -25,7 +25,7 @@ import time
 import pytest
 
 from conftest import assert_refused, write_jsonl, write_spec
-from tmpfs import remount, tmpfs  # noqa: F401  (the fixture)
+from tmpfs import remount, tmpfs_fixture  # noqa: F401  (provides the ``tmpfs`` fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
@@ -33,8 +33,13 @@ WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".spl
 
 def _rows(seed: int, n: int) -> list[dict]:
     rng = random.Random(seed)
-    return [{"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 120))),
-             "domain": ("general", "code.exec", "math.text")[i % 3]} for i in range(n)]
+    return [
+        {
+            "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 120))),
+            "domain": ("general", "code.exec", "math.text")[i % 3],
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +78,25 @@ def _start(spec: str, out, stderr) -> subprocess.Popen:
     pipe open would block reading it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     with open(stderr, "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "ablate.cli", "data", "prepare", spec, "--out",
-                                 str(out), "--workers", "2"], cwd=REPO, env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ablate.cli",
+                "data",
+                "prepare",
+                spec,
+                "--out",
+                str(out),
+                "--workers",
+                "2",
+            ],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 def _wait_for_workers(proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -98,7 +119,9 @@ def _assert_session_ends(sid: int, timeout: float = 20) -> None:
 
 
 def _files(root) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
 
 
 def _assert_same_output(out, clean) -> None:
@@ -117,7 +140,9 @@ MOMENTS = [("start", 0.15), ("workers", 0.0), ("workers", 1.0)]
 
 
 @pytest.mark.parametrize("when, base", MOMENTS, ids=["starting", "tokenizing", "merging"])
-def test_sigkill_at_a_random_moment_leaves_no_process_and_the_rerun_is_identical(tmp_path, corpus, when, base):
+def test_sigkill_at_a_random_moment_leaves_no_process_and_the_rerun_is_identical(
+    tmp_path, corpus, when, base
+):
     from ablate.data.prepare import prepare
 
     root, spec, clean = corpus
@@ -158,11 +183,12 @@ def test_sigterm_removes_its_staging_and_says_so_in_one_line(tmp_path, corpus):
 
 # --- disk full and read-only ----------------------------------------------------------------------
 
+
 def _small_spec(tmp_path, rows=3000, name="c.yaml", **source):
     """Two files (two tasks: two workers when asked for)."""
     data = _rows(99, rows)
     write_jsonl(tmp_path / "src" / "a.jsonl", data[: rows // 2])
-    write_jsonl(tmp_path / "src" / "b.jsonl", data[rows // 2:])
+    write_jsonl(tmp_path / "src" / "b.jsonl", data[rows // 2 :])
     return write_spec(tmp_path / name, [{"path": "src", **source}], eval_fraction=0.05)
 
 
@@ -170,9 +196,12 @@ def _small_spec(tmp_path, rows=3000, name="c.yaml", **source):
 def test_a_full_disk_is_one_line_and_leaves_the_disk_empty(tmp_path, tmpfs, capsys, workers):
     spec = _small_spec(tmp_path)  # ~1 MB of text: 2 MB of uint16 tokens
     small = tmpfs("1m")
-    assert_refused(["data", "prepare", spec, "--out", f"{small}/out", "--workers", workers],
-                   f"{small}/out: cannot write (no space left on the device)",
-                   watch=(small, tmp_path / "src"), capsys=capsys)
+    assert_refused(
+        ["data", "prepare", spec, "--out", f"{small}/out", "--workers", workers],
+        f"{small}/out: cannot write (no space left on the device)",
+        watch=(small, tmp_path / "src"),
+        capsys=capsys,
+    )
     assert os.listdir(small) == []
 
 
@@ -181,8 +210,12 @@ def test_a_read_only_file_system_is_one_line(tmp_path, tmpfs, capsys, out):
     spec = _small_spec(tmp_path, rows=50)
     ro = tmpfs("1m")
     remount(ro, "ro")
-    assert_refused(["data", "prepare", spec, "--out", f"{ro}/{out}", "--workers", "1"],
-                   "cannot write (the file system is read-only)", watch=(ro, tmp_path / "src"), capsys=capsys)
+    assert_refused(
+        ["data", "prepare", spec, "--out", f"{ro}/{out}", "--workers", "1"],
+        "cannot write (the file system is read-only)",
+        watch=(ro, tmp_path / "src"),
+        capsys=capsys,
+    )
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
@@ -197,5 +230,10 @@ def test_a_failed_overwrite_keeps_the_previous_dataset(tmp_path, tmpfs, capsys, 
     if fault == "read-only":
         remount(disk, "ro")
     reason = "no space left" if fault == "full" else "read-only"
-    assert_refused(["data", "prepare", big, "--out", f"{disk}/out", "--overwrite", "--workers", "1"],
-                   f"{disk}/out: cannot write", reason, watch=(disk, tmp_path / "src"), capsys=capsys)
+    assert_refused(
+        ["data", "prepare", big, "--out", f"{disk}/out", "--overwrite", "--workers", "1"],
+        f"{disk}/out: cannot write",
+        reason,
+        watch=(disk, tmp_path / "src"),
+        capsys=capsys,
+    )

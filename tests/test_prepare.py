@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import filecmp
-import json
 import os
 import random
 
-import numpy as np
 import pytest
 
 from ablate.data import ingest
@@ -36,8 +34,12 @@ def corpus(tmp_path):
     rows = make_rows(1500)
     write_jsonl(tmp_path / "in" / "a.jsonl", rows[:900])
     write_jsonl(tmp_path / "in" / "b.jsonl", rows[900:])
-    spec = write_spec(tmp_path / "corpora.yaml", [{"path": "in/*.jsonl", "name": "mixed"}],
-                      seed=7, eval_fraction=0.1)
+    spec = write_spec(
+        tmp_path / "corpora.yaml",
+        [{"path": "in/*.jsonl", "name": "mixed"}],
+        seed=7,
+        eval_fraction=0.1,
+    )
     return spec, rows
 
 
@@ -47,17 +49,24 @@ def read_back(manifest, entry) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("tokenizer", ["byte", "hf"])
-def test_round_trip_token_for_token_through_megatron_indexed_dataset(tmp_path, corpus, tokenizer, bpe_tokenizer_json):
+def test_round_trip_token_for_token_through_megatron_indexed_dataset(
+    tmp_path, corpus, tokenizer, bpe_tokenizer_json
+):
     spec, rows = corpus
     if tokenizer == "hf":
-        spec = write_spec(tmp_path / "corpora_hf.yaml", [{"path": "in/*.jsonl", "name": "mixed"}],
-                          seed=7, eval_fraction=0.1, tokenizer=bpe_tokenizer_json)
+        spec = write_spec(
+            tmp_path / "corpora_hf.yaml",
+            [{"path": "in/*.jsonl", "name": "mixed"}],
+            seed=7,
+            eval_fraction=0.1,
+            tokenizer=bpe_tokenizer_json,
+        )
     result = prepare(spec, str(tmp_path / "out"), workers=1)
     m = result.manifest
     tok = load_tokenizer(m.tokenizer, m.root)
 
     expected: dict[tuple, list[list[int]]] = {}
-    seed_key = f"7:mixed".encode()
+    seed_key = "7:mixed".encode()
     for row in rows:
         split = "eval" if ingest.is_eval(seed_key, row["text"], 0.1) else "train"
         expected.setdefault((row["domain"], split), []).append(tok.encode(row["text"]) + [tok.eod])
@@ -70,8 +79,12 @@ def test_round_trip_token_for_token_through_megatron_indexed_dataset(tmp_path, c
         ds = open_indexed(m.abs_prefix(e))
         assert e.tokens == int(ds.sequence_lengths.sum())  # manifest counts = .idx lengths
         assert e.documents == len(ds) == len(ds.document_indices) - 1
-        assert e.bytes == sum(len(r["text"].encode()) for r in rows
-                              if r["domain"] == e.domain and (ingest.is_eval(seed_key, r["text"], 0.1) == (e.split == "eval")))
+        assert e.bytes == sum(
+            len(r["text"].encode())
+            for r in rows
+            if r["domain"] == e.domain
+            and (ingest.is_eval(seed_key, r["text"], 0.1) == (e.split == "eval"))
+        )
         assert e.tokenizer == tok.fingerprint
     assert sum(e.documents for e in entries) == len(rows)
     assert 0 < sum(e.documents for e in m.eval_datasets) < 0.2 * len(rows)
@@ -80,18 +93,23 @@ def test_round_trip_token_for_token_through_megatron_indexed_dataset(tmp_path, c
         assert os.path.isfile(os.path.join(m.root, "tokenizer.json"))
 
 
-def test_same_input_gives_byte_identical_files_whatever_the_worker_count(tmp_path, corpus, monkeypatch):
+def test_same_input_gives_byte_identical_files_whatever_the_worker_count(
+    tmp_path, corpus, monkeypatch
+):
     spec, _ = corpus
     monkeypatch.setattr(ingest, "JSONL_CHUNK_BYTES", 20_000)  # many tasks per file
     outs = []
     for name, workers in (("w1", 1), ("w2", 2), ("w1again", 1)):
         prepare(spec, str(tmp_path / name), workers=workers)
         outs.append(tmp_path / name)
-    files = sorted(os.path.relpath(os.path.join(d, f), outs[0])
-                   for d, _, fs in os.walk(outs[0]) for f in fs)
+    files = sorted(
+        os.path.relpath(os.path.join(d, f), outs[0]) for d, _, fs in os.walk(outs[0]) for f in fs
+    )
     assert "manifest.json" in files and len(files) >= 9
     for other in outs[1:]:
-        other_files = sorted(os.path.relpath(os.path.join(d, f), other) for d, _, fs in os.walk(other) for f in fs)
+        other_files = sorted(
+            os.path.relpath(os.path.join(d, f), other) for d, _, fs in os.walk(other) for f in fs
+        )
         assert other_files == files
         match, mismatch, errors = filecmp.cmpfiles(outs[0], other, files, shallow=False)
         assert mismatch == [] and errors == [], (mismatch, errors)
@@ -121,7 +139,7 @@ def test_rerun_is_unchanged_and_a_different_spec_is_refused(tmp_path, corpus, cl
     assert (out / "manifest.json").read_bytes() == before  # untouched
     assert prepare(other, str(out), workers=1, overwrite=True).state == "replaced"
     assert load_manifest(str(out)).spec["sources"][0]["path"] == "in/a.jsonl"
-    assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # no staging left
 
 
 def test_source_domain_tags_every_row_and_parquet_and_directories_are_read(tmp_path):
@@ -134,8 +152,11 @@ def test_source_domain_tags_every_row_and_parquet_and_directories_are_read(tmp_p
     pq.write_table(table.slice(0, 120), tmp_path / "pq" / "part0.parquet", row_group_size=50)
     pq.write_table(table.slice(120), tmp_path / "pq" / "sub" / "part1.parquet")
     write_jsonl(tmp_path / "pq" / "sub" / "more.jsonl", [{"content": "extra doc"}])
-    spec = write_spec(tmp_path / "c.yaml", [{"path": "pq", "domain": "code.nl", "text_field": "content"}],
-                      eval_fraction=0.0)
+    spec = write_spec(
+        tmp_path / "c.yaml",
+        [{"path": "pq", "domain": "code.nl", "text_field": "content"}],
+        eval_fraction=0.0,
+    )
     m = prepare(spec, str(tmp_path / "out"), workers=2).manifest
     assert [(e.domain, e.source, e.prefix) for e in m.datasets] == [("code.nl", "pq", "pq/code.nl")]
     assert m.eval_datasets == []
@@ -146,7 +167,10 @@ def test_source_domain_tags_every_row_and_parquet_and_directories_are_read(tmp_p
 
 
 def test_empty_documents_are_skipped_not_written(tmp_path):
-    path = write_jsonl(tmp_path / "x.jsonl", [{"text": "a", "domain": "general"}, {"text": "", "domain": "general"}])
+    path = write_jsonl(
+        tmp_path / "x.jsonl",
+        [{"text": "a", "domain": "general"}, {"text": "", "domain": "general"}],
+    )
     spec = write_spec(tmp_path / "c.yaml", [{"path": path}], eval_fraction=0.0)
     m = prepare(spec, str(tmp_path / "out"), workers=1).manifest
     assert m.datasets[0].documents == 1 and m.datasets[0].tokens == 2
@@ -164,10 +188,14 @@ def test_verify_catches_a_changed_dataset_file(tmp_path, corpus, cli):
     assert r.rc == 2 and "no longer match their fingerprint" in r.err
 
 
-def test_manifests_made_with_different_tokenizers_cannot_be_mixed(tmp_path, corpus, bpe_tokenizer_json):
+def test_manifests_made_with_different_tokenizers_cannot_be_mixed(
+    tmp_path, corpus, bpe_tokenizer_json
+):
     spec, _ = corpus
     a = prepare(spec, str(tmp_path / "a"), workers=1).manifest
-    spec_hf = write_spec(tmp_path / "hf.yaml", [{"path": "in/a.jsonl"}], tokenizer=bpe_tokenizer_json)
+    spec_hf = write_spec(
+        tmp_path / "hf.yaml", [{"path": "in/a.jsonl"}], tokenizer=bpe_tokenizer_json
+    )
     b = prepare(spec_hf, str(tmp_path / "b"), workers=1).manifest
     assert len(load_manifests([a.path, a.path])) == 2
     with pytest.raises(AblateError, match="different tokenizers cannot be mixed"):
@@ -181,10 +209,10 @@ def test_inspect_prints_a_per_domain_token_table(tmp_path, corpus, cli):
     assert r.rc == 0
     lines = r.out.splitlines()
     for d in DOMAINS:
-        row = next(l for l in lines if l.startswith(d + " "))
+        row = next(line for line in lines if line.startswith(d + " "))
         tokens = sum(e.tokens for e in m.datasets if e.domain == d)
         assert f"{tokens:,}" in row
-    total = next(l for l in lines if l.startswith("total"))
+    total = next(line for line in lines if line.startswith("total"))
     assert f"{sum(e.tokens for e in m.datasets):,}" in total
 
 
@@ -199,3 +227,22 @@ def test_row_locations_are_computed_only_for_errors(tmp_path, corpus, monkeypatc
     monkeypatch.setattr(ingest, "_line_number", boom)
     monkeypatch.setattr(ingest, "JSONL_CHUNK_BYTES", 20_000)  # later chunks: where the cost was
     prepare(spec, str(tmp_path / "out"), workers=1)  # in-process, so the patch applies
+
+
+def test_overwrite_replaces_only_what_a_previous_prepare_wrote(tmp_path):
+    """A generated source's output (raw rows, probes, datasets, manifest) is recognised as
+    prepare's own and replaced whole; the corpus beside it and the parent directory are not
+    touched, and no temporary is left."""
+    from ablate.data.prepare import _foreign_files
+
+    small = {"reader": "toyworld", "options": {"documents_per_domain": 20, "probes_per_task": 5}}
+    spec = write_spec(tmp_path / "a.yaml", [small])
+    out = tmp_path / "out"
+    first = prepare(spec, str(out), workers=1).manifest
+    assert _foreign_files(str(out), first) == []  # every file it wrote is named by its manifest
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "x", "domain": "general"}])
+    other = write_spec(tmp_path / "b.yaml", [{"path": "in"}])
+    result = prepare(other, str(out), workers=1, overwrite=True)
+    assert result.state == "replaced"
+    assert sorted(os.listdir(out)) == ["in", "manifest.json"]
+    assert sorted(os.listdir(tmp_path)) == ["a.yaml", "b.yaml", "in", "out"]

@@ -18,8 +18,10 @@ import pytest
 
 from conftest import assert_refused, write_jsonl, write_spec
 
-ROWS = [{"text": f"document {i} " + "words " * (i % 7), "domain": ("general", "code.exec")[i % 2]}
-        for i in range(60)]
+ROWS = [
+    {"text": f"document {i} " + "words " * (i % 7), "domain": ("general", "code.exec")[i % 2]}
+    for i in range(60)
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,7 @@ def prepared(tmp_path_factory):
 
 
 # --- ablate data prepare -------------------------------------------------------------------------
+
 
 def _corpus(tmp, rows=ROWS, name="a.jsonl", **source):
     write_jsonl(tmp / "in" / name, rows)
@@ -123,7 +126,7 @@ def overwrite_damaged_manifest(tmp, prepared):
 
 
 def different_dataset_without_overwrite(tmp, prepared):
-    spec = _with_output(tmp, prepared)
+    _with_output(tmp, prepared)
     return _p(write_spec(tmp / "c2.yaml", [{"path": "in", "domain": "general"}]), tmp / "out")
 
 
@@ -172,8 +175,10 @@ def json_object_pretty(tmp, prepared):
 
 
 def gz_json_array(tmp, prepared):
-    return _p(_raw(tmp, gzip.compress(json.dumps(ROWS[:3], indent=1).encode()), name="a.jsonl.gz"),
-              tmp / "out")
+    return _p(
+        _raw(tmp, gzip.compress(json.dumps(ROWS[:3], indent=1).encode()), name="a.jsonl.gz"),
+        tmp / "out",
+    )
 
 
 def byte_order_mark(tmp, prepared):
@@ -181,8 +186,12 @@ def byte_order_mark(tmp, prepared):
 
 
 def invalid_utf8(tmp, prepared):
-    return _p(_raw(tmp, b'{"text": "ok", "domain": "general"}\n{"text": "caf\xe9", "domain": "general"}\n'),
-              tmp / "out")
+    return _p(
+        _raw(
+            tmp, b'{"text": "ok", "domain": "general"}\n{"text": "caf\xe9", "domain": "general"}\n'
+        ),
+        tmp / "out",
+    )
 
 
 def empty_file(tmp, prepared):
@@ -230,14 +239,20 @@ def spec_missing(tmp, prepared):
 
 
 PREPARE_CASES = [
-    (out_is_input, ("c.yaml: sources[0].path", "'in'", "is the --out directory", "outside every input")),
+    (
+        out_is_input,
+        ("c.yaml: sources[0].path", "'in'", "is the --out directory", "outside every input"),
+    ),
     (out_is_input_without_overwrite, ("sources[0].path", "is the --out directory")),
     (out_inside_input, ("sources[0].path", "contains --out")),
     (out_contains_input, ("sources[0].path", "is inside --out")),
     (out_is_a_link_to_input, ("sources[0].path", "is the --out directory")),
     (input_is_a_link_into_out, ("sources[0].path", "is the --out directory")),
     (out_inside_glob_root, ("sources[0].path", "'in/*.jsonl'", "contains --out")),
-    (overwrite_foreign_file, ("--overwrite", "'notes.txt'", "was not written by 'ablate data prepare'")),
+    (
+        overwrite_foreign_file,
+        ("--overwrite", "'notes.txt'", "was not written by 'ablate data prepare'"),
+    ),
     (overwrite_foreign_file_deep, ("--overwrite", "'in/extra.bin'", "was not written")),
     (overwrite_foreign_symlink, ("--overwrite", "'corpus'", "was not written")),
     (overwrite_dir_without_manifest, ("holds no manifest.json", "'notes.txt'")),
@@ -251,7 +266,10 @@ PREPARE_CASES = [
     (symlink_loop, ("b.jsonl: broken symbolic link",)),
     (json_array_pretty, ("a.json: expected JSON Lines", "a JSON array")),
     (json_array_one_line, ("a.json: expected JSON Lines", "array of objects on one line")),
-    (json_object_pretty, ("a.json: expected JSON Lines", "one JSON object spread over several lines")),
+    (
+        json_object_pretty,
+        ("a.json: expected JSON Lines", "one JSON object spread over several lines"),
+    ),
     (gz_json_array, ("a.jsonl.gz: expected JSON Lines", "a JSON array")),
     (byte_order_mark, ("a.jsonl: starts with a UTF-8 byte-order mark",)),
     (invalid_utf8, ("a.jsonl: line 2", "invalid UTF-8")),
@@ -269,13 +287,16 @@ PREPARE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("setup, fragments", PREPARE_CASES, ids=[c[0].__name__ for c in PREPARE_CASES])
+@pytest.mark.parametrize(
+    "setup, fragments", PREPARE_CASES, ids=[c[0].__name__ for c in PREPARE_CASES]
+)
 def test_prepare_refuses(tmp_path, prepared, capsys, setup, fragments):
     argv = setup(tmp_path, prepared)
     assert_refused(argv, *fragments, watch=(tmp_path, prepared), capsys=capsys)
 
 
 # --- ablate data inspect [--verify] --------------------------------------------------------------
+
 
 def _edit(path: str, change) -> None:
     with open(path, encoding="utf-8") as f:
@@ -292,6 +313,7 @@ def _set(*keys_and_value):
         for k in keys[:-1]:
             body = body[k]
         body[keys[-1]] = value
+
     return change
 
 
@@ -300,18 +322,21 @@ def _drop(*keys):
         for k in keys[:-1]:
             body = body[k]
         del body[keys[-1]]
+
     return change
 
 
 def _text(text: bytes):
     def damage(out):
         (out / "manifest.json").write_bytes(text)
+
     return damage
 
 
 def _manifest(change):
     def damage(out):
         _edit(str(out / "manifest.json"), change)
+
     return damage
 
 
@@ -327,6 +352,7 @@ def _dataset_file(ext, how):
             data = bytearray(path.read_bytes())
             data[0] ^= 1
             path.write_bytes(bytes(data))
+
     return damage
 
 
@@ -343,56 +369,150 @@ INSPECT_CASES = [
     ("not_json", _text(b"{not json"), ("manifest.json", "not valid JSON")),
     ("invalid_utf8", _text(b'{"format": "\xff"}'), ("manifest.json", "not valid JSON")),
     ("empty", _text(b""), ("manifest.json", "not valid JSON")),
-    ("a_json_list", _text(b"[1, 2]"), ("manifest.json: format", "not an ablate manifest", "JSON list")),
-    ("wrong_format", _manifest(_set("format", "ablate.manifest/0")), ("format", "'ablate.manifest/0'")),
+    (
+        "a_json_list",
+        _text(b"[1, 2]"),
+        ("manifest.json: format", "not an ablate manifest", "JSON list"),
+    ),
+    (
+        "wrong_format",
+        _manifest(_set("format", "ablate.manifest/0")),
+        ("format", "'ablate.manifest/0'"),
+    ),
     ("no_manifest", _no_manifest, ("manifest not found", "ablate data prepare")),
     ("manifest_is_a_directory", _manifest_is_a_directory, ("manifest not found",)),
     ("datasets_missing", _manifest(_drop("datasets")), ("manifest.json: datasets: missing",)),
     ("datasets_not_a_list", _manifest(_set("datasets", {"a": 1})), ("datasets:", "must be a list")),
-    ("entry_not_a_mapping", _manifest(_set("datasets", 0, "x")), ("datasets[0]:", "must be a mapping")),
-    ("tokens_a_string", _manifest(_set("datasets", 0, "tokens", "12")),
-     ("manifest.json: datasets[0].tokens: '12' must be an integer >= 0",)),
-    ("tokens_a_bool", _manifest(_set("datasets", 0, "tokens", True)), ("datasets[0].tokens", "True")),
-    ("tokens_a_float", _manifest(_set("datasets", 0, "tokens", 1.5)), ("datasets[0].tokens", "1.5")),
-    ("documents_negative", _manifest(_set("datasets", 0, "documents", -1)), ("datasets[0].documents", "-1")),
-    ("bytes_null", _manifest(_set("eval_datasets", 0, "bytes", None)), ("eval_datasets[0].bytes", "None")),
-    ("dtype_bogus", _manifest(_set("datasets", 0, "dtype", "float128")),
-     ("datasets[0].dtype", "'float128' is not a token dtype", "allowed: uint16, int32")),
+    (
+        "entry_not_a_mapping",
+        _manifest(_set("datasets", 0, "x")),
+        ("datasets[0]:", "must be a mapping"),
+    ),
+    (
+        "tokens_a_string",
+        _manifest(_set("datasets", 0, "tokens", "12")),
+        ("manifest.json: datasets[0].tokens: '12' must be an integer >= 0",),
+    ),
+    (
+        "tokens_a_bool",
+        _manifest(_set("datasets", 0, "tokens", True)),
+        ("datasets[0].tokens", "True"),
+    ),
+    (
+        "tokens_a_float",
+        _manifest(_set("datasets", 0, "tokens", 1.5)),
+        ("datasets[0].tokens", "1.5"),
+    ),
+    (
+        "documents_negative",
+        _manifest(_set("datasets", 0, "documents", -1)),
+        ("datasets[0].documents", "-1"),
+    ),
+    (
+        "bytes_null",
+        _manifest(_set("eval_datasets", 0, "bytes", None)),
+        ("eval_datasets[0].bytes", "None"),
+    ),
+    (
+        "dtype_bogus",
+        _manifest(_set("datasets", 0, "dtype", "float128")),
+        ("datasets[0].dtype", "'float128' is not a token dtype", "allowed: uint16, int32"),
+    ),
     ("dtype_missing", _manifest(_drop("datasets", 0, "dtype")), ("datasets[0].dtype: missing",)),
-    ("fingerprint_missing", _manifest(_drop("datasets", 0, "fingerprint")),
-     ("datasets[0].fingerprint: missing",)),
-    ("prefix_absolute", _manifest(_set("datasets", 0, "prefix", "/etc/passwd")),
-     ("datasets[0].prefix", "inside the data directory")),
-    ("prefix_climbs_out", _manifest(_set("datasets", 0, "prefix", "../../x")),
-     ("datasets[0].prefix", "no '..'")),
-    ("prefix_a_number", _manifest(_set("datasets", 0, "prefix", 3)), ("datasets[0].prefix", "must be")),
-    ("split_swapped", _manifest(_set("datasets", 0, "split", "eval")),
-     ("datasets[0].split", "does not belong in datasets")),
-    ("domain_unknown", _manifest(_set("datasets", 0, "domain", "cooking")),
-     ("datasets[0].domain", "'cooking' is not a known domain")),
-    ("entry_tokenizer_differs", _manifest(_set("datasets", 0, "tokenizer", "other-v9")),
-     ("datasets[0].tokenizer", "other-v9")),
+    (
+        "fingerprint_missing",
+        _manifest(_drop("datasets", 0, "fingerprint")),
+        ("datasets[0].fingerprint: missing",),
+    ),
+    (
+        "prefix_absolute",
+        _manifest(_set("datasets", 0, "prefix", "/etc/passwd")),
+        ("datasets[0].prefix", "inside the data directory"),
+    ),
+    (
+        "prefix_climbs_out",
+        _manifest(_set("datasets", 0, "prefix", "../../x")),
+        ("datasets[0].prefix", "no '..'"),
+    ),
+    (
+        "prefix_a_number",
+        _manifest(_set("datasets", 0, "prefix", 3)),
+        ("datasets[0].prefix", "must be"),
+    ),
+    (
+        "split_swapped",
+        _manifest(_set("datasets", 0, "split", "eval")),
+        ("datasets[0].split", "does not belong in datasets"),
+    ),
+    (
+        "domain_unknown",
+        _manifest(_set("datasets", 0, "domain", "cooking")),
+        ("datasets[0].domain", "'cooking' is not a known domain"),
+    ),
+    (
+        "entry_tokenizer_differs",
+        _manifest(_set("datasets", 0, "tokenizer", "other-v9")),
+        ("datasets[0].tokenizer", "other-v9"),
+    ),
     ("tokenizer_missing", _manifest(_drop("tokenizer")), ("manifest.json: tokenizer: missing",)),
-    ("tokenizer_not_a_mapping", _manifest(_set("tokenizer", "byte")), ("tokenizer:", "must be a mapping")),
-    ("tokenizer_kind_bogus", _manifest(_set("tokenizer", "kind", "sentencepiece")),
-     ("tokenizer.kind", "allowed: byte, hf")),
-    ("tokenizer_fingerprint_missing", _manifest(_drop("tokenizer", "fingerprint")),
-     ("tokenizer.fingerprint: missing",)),
-    ("vocab_size_a_string", _manifest(_set("tokenizer", "vocab_size", "258")),
-     ("tokenizer.vocab_size", "'258'")),
-    ("vocab_size_zero", _manifest(_set("tokenizer", "vocab_size", 0)), ("tokenizer.vocab_size", ">= 1")),
-    ("eod_beyond_vocab", _manifest(_set("tokenizer", "eod", 9999)), ("tokenizer.eod", "below vocab_size")),
+    (
+        "tokenizer_not_a_mapping",
+        _manifest(_set("tokenizer", "byte")),
+        ("tokenizer:", "must be a mapping"),
+    ),
+    (
+        "tokenizer_kind_bogus",
+        _manifest(_set("tokenizer", "kind", "sentencepiece")),
+        ("tokenizer.kind", "allowed: byte, hf"),
+    ),
+    (
+        "tokenizer_fingerprint_missing",
+        _manifest(_drop("tokenizer", "fingerprint")),
+        ("tokenizer.fingerprint: missing",),
+    ),
+    (
+        "vocab_size_a_string",
+        _manifest(_set("tokenizer", "vocab_size", "258")),
+        ("tokenizer.vocab_size", "'258'"),
+    ),
+    (
+        "vocab_size_zero",
+        _manifest(_set("tokenizer", "vocab_size", 0)),
+        ("tokenizer.vocab_size", ">= 1"),
+    ),
+    (
+        "eod_beyond_vocab",
+        _manifest(_set("tokenizer", "eod", 9999)),
+        ("tokenizer.eod", "below vocab_size"),
+    ),
     ("hf_without_path", _manifest(_set("tokenizer", "kind", "hf")), ("tokenizer.path: missing",)),
-    ("seed_a_string", _manifest(_set("seed", "1234")), ("manifest.json: seed", "must be an integer")),
+    (
+        "seed_a_string",
+        _manifest(_set("seed", "1234")),
+        ("manifest.json: seed", "must be an integer"),
+    ),
     ("domains_not_a_list", _manifest(_set("domains", "general")), ("domains", "must be a list")),
-    ("domains_bad_tag", _manifest(_set("domains", ["Not A Tag"])), ("domains[0]", "not a valid domain tag")),
+    (
+        "domains_bad_tag",
+        _manifest(_set("domains", ["Not A Tag"])),
+        ("domains[0]", "not a valid domain tag"),
+    ),
     ("probes_not_a_mapping", _manifest(_set("probes", [1])), ("probes", "must be a mapping")),
-    ("probe_path_escapes", _manifest(_set("probes", {"p": {"path": "/tmp/x", "count": 1}})),
-     ("probes.p.path", "inside the data directory")),
-    ("probe_count_a_string", _manifest(_set("probes", {"p": {"path": "p.jsonl", "count": "9"}})),
-     ("probes.p.count", "'9'")),
-    ("huge_value_is_bounded", _manifest(_set("datasets", 0, "dtype", "u" * 100_000)),
-     ("datasets[0].dtype", "...")),
+    (
+        "probe_path_escapes",
+        _manifest(_set("probes", {"p": {"path": "/tmp/x", "count": 1}})),
+        ("probes.p.path", "inside the data directory"),
+    ),
+    (
+        "probe_count_a_string",
+        _manifest(_set("probes", {"p": {"path": "p.jsonl", "count": "9"}})),
+        ("probes.p.count", "'9'"),
+    ),
+    (
+        "huge_value_is_bounded",
+        _manifest(_set("datasets", 0, "dtype", "u" * 100_000)),
+        ("datasets[0].dtype", "..."),
+    ),
 ]
 
 VERIFY_CASES = [
@@ -404,25 +524,35 @@ VERIFY_CASES = [
 ]
 
 
-@pytest.mark.parametrize("damage, fragments", [c[1:] for c in INSPECT_CASES],
-                         ids=[c[0] for c in INSPECT_CASES])
+@pytest.mark.parametrize(
+    "damage, fragments", [c[1:] for c in INSPECT_CASES], ids=[c[0] for c in INSPECT_CASES]
+)
 def test_inspect_refuses_a_damaged_manifest(tmp_path, prepared, capsys, damage, fragments):
     out = tmp_path / "data"
     shutil.copytree(prepared, out)
     damage(out)
     for flags in ((), ("--verify",)):
-        assert_refused(["data", "inspect", out, *flags], *fragments, watch=(tmp_path, prepared),
-                       capsys=capsys)
+        assert_refused(
+            ["data", "inspect", out, *flags], *fragments, watch=(tmp_path, prepared), capsys=capsys
+        )
 
 
-@pytest.mark.parametrize("damage, fragments", [c[1:] for c in VERIFY_CASES],
-                         ids=[c[0] for c in VERIFY_CASES])
-def test_inspect_verify_refuses_damaged_dataset_files(tmp_path, prepared, capsys, damage, fragments):
+@pytest.mark.parametrize(
+    "damage, fragments", [c[1:] for c in VERIFY_CASES], ids=[c[0] for c in VERIFY_CASES]
+)
+def test_inspect_verify_refuses_damaged_dataset_files(
+    tmp_path, prepared, capsys, damage, fragments
+):
     out = tmp_path / "data"
     shutil.copytree(prepared, out)
     damage(out)
-    assert_refused(["data", "inspect", out / "manifest.json", "--verify"], "manifest.json", *fragments,
-                   watch=(tmp_path, prepared), capsys=capsys)
+    assert_refused(
+        ["data", "inspect", out / "manifest.json", "--verify"],
+        "manifest.json",
+        *fragments,
+        watch=(tmp_path, prepared),
+        capsys=capsys,
+    )
 
 
 def test_compile_reads_manifests_through_the_same_checks(tmp_path, prepared):

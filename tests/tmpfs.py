@@ -5,7 +5,7 @@
 allowed the test is skipped with the reason. The ``tmpfs`` fixture gives a function that mounts
 one below the test's ``tmp_path``::
 
-    from tmpfs import tmpfs  # noqa: F401  (the fixture)
+    from tmpfs import tmpfs_fixture  # noqa: F401  (provides the ``tmpfs`` fixture)
 
     def test_full_disk(tmpfs):
         small = tmpfs("2m")
@@ -46,10 +46,11 @@ def remount(path, mode: str) -> None:
     assert r.returncode == 0, r.stderr
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
+@pytest.fixture(name="tmpfs")
+def tmpfs_fixture(tmp_path):
     """``tmpfs(size, name="tmpfs")`` -> the path of a fresh tmpfs, unmounted after the test."""
     with ExitStack() as stack:
+
         def mount(size: str = "2m", name: str = "tmpfs") -> str:
             return stack.enter_context(mounted_tmpfs(tmp_path / name, size))
 

@@ -21,10 +21,14 @@ import orjson
 
 from ablate.data.corpora import Source
 from ablate.data.rawfiles import Materialized, write_jsonl
-from ablate.errors import AblateError, DataError
+from ablate.errors import AblateError, DataError, show
 from ablate.validate import check_keys
 
-LEVEL_DOMAINS = {"text": "math.text", "structured": "math.structured", "socratic": "math.structured.socratic"}
+LEVEL_DOMAINS = {
+    "text": "math.text",
+    "structured": "math.structured",
+    "socratic": "math.structured.socratic",
+}
 _CALC = re.compile(r"<<[^>]*>>")
 _FINAL = re.compile(r"\n?####\s*(.+?)\s*$")
 
@@ -49,16 +53,25 @@ def materialize_gsm8k(source: Source, raw_dir: str, base_dir: str) -> Materializ
     splits = opts.get("splits", ["train"])
     for lv in levels:
         if lv not in LEVEL_DOMAINS:
-            raise AblateError(f"{source.where}.options.levels: {lv!r} is not a level (allowed: {', '.join(LEVEL_DOMAINS)})")
+            raise AblateError(
+                f"{source.where}.options.levels: {show(lv)} is not a level "
+                f"(allowed: {', '.join(LEVEL_DOMAINS)})"
+            )
     for sp in splits:
         if sp not in ("train", "test"):
-            raise AblateError(f"{source.where}.options.splits: {sp!r} is not a split (allowed: train, test)")
+            raise AblateError(
+                f"{source.where}.options.splits: {sp!r} is not a split (allowed: train, test)"
+            )
         if sp == "test" and not opts.get("allow_test"):
-            raise AblateError(f"{source.where}.options.splits: 'test' is GSM8K's evaluation data; training on it "
-                              "contaminates GSM8K scores (set allow_test: true to do it anyway)")
+            raise AblateError(
+                f"{source.where}.options.splits: 'test' is GSM8K's evaluation data; training on it "
+                "contaminates GSM8K scores (set allow_test: true to do it anyway)"
+            )
     root = os.path.join(base_dir, source.path or "")
     if not source.path or not os.path.isdir(root):
-        raise AblateError(f"{source.where}.path: {source.path!r} is not a directory holding GSM8K's train.jsonl")
+        raise AblateError(
+            f"{source.where}.path: {source.path!r} is not a directory holding GSM8K's train.jsonl"
+        )
     rows = []
     for sp in splits:
         for lv in levels:
@@ -66,14 +79,26 @@ def materialize_gsm8k(source: Source, raw_dir: str, base_dir: str) -> Materializ
             path = os.path.join(root, name)
             if not os.path.isfile(path):
                 if lv == "socratic" and "levels" not in opts:
-                    print(f"note: {source.where}: no {name} in {source.path}; the Socratic level is skipped", file=sys.stderr)
+                    print(
+                        f"note: {source.where}: no {name} in {source.path}; "
+                        "the Socratic level is skipped",
+                        file=sys.stderr,
+                    )
                     continue
                 raise AblateError(f"{source.where}: {path} does not exist")
             render = as_text if lv == "text" else as_structured
             for i, row in enumerate(_read(path)):
-                if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
-                    raise DataError(f"{path}: line {i + 1}: expected 'question' and 'answer' strings")
-                rows.append({"text": render(row["question"], row["answer"]), "domain": LEVEL_DOMAINS[lv]})
+                if (
+                    not isinstance(row, dict)
+                    or not isinstance(row.get("question"), str)
+                    or not isinstance(row.get("answer"), str)
+                ):
+                    raise DataError(
+                        f"{path}: line {i + 1}: expected 'question' and 'answer' strings"
+                    )
+                rows.append(
+                    {"text": render(row["question"], row["answer"]), "domain": LEVEL_DOMAINS[lv]}
+                )
     out = os.path.join(raw_dir, f"{source.name}.jsonl")
     write_jsonl(out, rows)
     return Materialized([out])

@@ -17,6 +17,7 @@ import hashlib
 import os
 
 import numpy as np
+
 _COPY_BLOCK = 8 << 20
 _BUILDER_CLASS: list = []
 
@@ -43,7 +44,8 @@ def _define_builder():
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     class ShardedIndexedDatasetBuilder(IndexedDatasetBuilder):
-        """megatron-core's builder, plus ``add_shard`` (many documents at once) and a running hash."""
+        """megatron-core's builder, plus ``add_shard`` (many documents at once) and a
+        running hash."""
 
         def __init__(self, path_prefix: str, dtype: type):
             super().__init__(path_prefix + ".bin", dtype=dtype)
@@ -51,7 +53,8 @@ def _define_builder():
             self._bin_hash = hashlib.sha256()
 
         def add_shard(self, tokens_path: str, lengths: np.ndarray) -> None:
-            """Append the documents in a raw token file whose per-document lengths are ``lengths``."""
+            """Append the documents in a raw token file whose per-document lengths are
+            ``lengths``."""
             expected = int(lengths.sum()) * np.dtype(self.dtype).itemsize
             copied = 0
             with open(tokens_path, "rb") as f:
@@ -66,7 +69,8 @@ def _define_builder():
             self.document_indices.extend(range(first + 1, first + len(lengths) + 1))
 
         def finalize(self) -> tuple[str, str]:
-            """Write the ``.idx``; return (content fingerprint of the pair, sha256 of the ``.idx``)."""
+            """Write the ``.idx``; return (content fingerprint of the pair, sha256 of the
+            ``.idx``)."""
             super().finalize(self.path_prefix + ".idx")
             idx_sha256 = file_sha256(self.path_prefix + ".idx")
             return combine_fingerprint(self._bin_hash.hexdigest(), idx_sha256), idx_sha256

@@ -63,8 +63,13 @@ class TaskResult:
 
 
 def file_format(path: str) -> str | None:
-    for suffix, fmt in ((".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl", "jsonl"),
-                        (".json", "jsonl"), (".parquet", "parquet")):
+    for suffix, fmt in (
+        (".jsonl.gz", "jsonl.gz"),
+        (".json.gz", "jsonl.gz"),
+        (".jsonl", "jsonl"),
+        (".json", "jsonl"),
+        (".parquet", "parquet"),
+    ):
         if path.endswith(suffix):
             return fmt
     return None
@@ -104,8 +109,10 @@ def split_file(path: str, fmt: str) -> list[tuple[int, int]]:
 def read_error(path: str, exc: OSError) -> DataError:
     """One line for an input file that cannot be read."""
     if os.path.islink(path) and not os.path.exists(path):
-        return DataError(f"{path}: broken symbolic link (its target {show(os.readlink(path), 160)} "
-                         "cannot be reached); fix or remove it")
+        return DataError(
+            f"{path}: broken symbolic link (its target {show(os.readlink(path), 160)} "
+            "cannot be reached); fix or remove it"
+        )
     reason = (exc.strerror or type(exc).__name__).lower()
     return DataError(f"{path}: cannot read ({reason})")
 
@@ -135,8 +142,10 @@ def _check_json_lines(path: str, fmt: str) -> None:
             raise DataError(f"{path}: not a readable gzip file ({_first_line(exc)})") from None
         raise read_error(path, exc) from None
     if head.startswith(b"\xef\xbb\xbf"):
-        raise DataError(f"{path}: starts with a UTF-8 byte-order mark; expected JSON Lines "
-                        "(save it as UTF-8 without BOM)")
+        raise DataError(
+            f"{path}: starts with a UTF-8 byte-order mark; expected JSON Lines "
+            "(save it as UTF-8 without BOM)"
+        )
     lines = [line for line in head.split(b"\n") if line.strip()]
     if not lines:
         return
@@ -150,11 +159,15 @@ def _check_json_lines(path: str, fmt: str) -> None:
         if first[:1] == b"{" and not first.endswith((b"{", b"[", b",")):
             return  # a damaged line: reported with its line number when read
         kind = "a JSON array" if first[:1] == b"[" else "one JSON object spread over several lines"
-        raise DataError(f"{path}: expected JSON Lines (one JSON object per line), found {kind}"
-                        " (convert it, e.g. jq -c '.[]')") from None
+        raise DataError(
+            f"{path}: expected JSON Lines (one JSON object per line), found {kind}"
+            " (convert it, e.g. jq -c '.[]')"
+        ) from None
     if isinstance(value, list) and len(lines) == 1 and value and isinstance(value[0], dict):
-        raise DataError(f"{path}: expected JSON Lines (one JSON object per line), found a JSON "
-                        "array of objects on one line (convert it, e.g. jq -c '.[]')")
+        raise DataError(
+            f"{path}: expected JSON Lines (one JSON object per line), found a JSON "
+            "array of objects on one line (convert it, e.g. jq -c '.[]')"
+        )
 
 
 def shard_paths(shard_dir: str, task_index: int, domain: str, split: str) -> tuple[str, str]:
@@ -167,7 +180,9 @@ def is_eval(seed_key: bytes, text: str, fraction: float) -> bool:
     identical documents always land in the same split (no train/eval leakage via duplicates)."""
     if fraction <= 0:
         return False
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=seed_key).digest()
+    digest = hashlib.blake2b(
+        text.encode("utf-8", "surrogatepass"), digest_size=8, key=seed_key
+    ).digest()
     return int.from_bytes(digest, "little") < fraction * 2**64
 
 
@@ -175,7 +190,9 @@ def is_eval(seed_key: bytes, text: str, fraction: float) -> bool:
 _worker_state: dict = {}
 
 
-def _state(tokenizer_spec: dict, tokenizer_dir: str, extra_domains: tuple) -> tuple[Tokenizer, Taxonomy]:
+def _state(
+    tokenizer_spec: dict, tokenizer_dir: str, extra_domains: tuple
+) -> tuple[Tokenizer, Taxonomy]:
     key = (repr(tokenizer_spec), tokenizer_dir, extra_domains)
     if _worker_state.get("key") != key:
         _worker_state["key"] = key
@@ -184,8 +201,14 @@ def _state(tokenizer_spec: dict, tokenizer_dir: str, extra_domains: tuple) -> tu
     return _worker_state["tok"], _worker_state["tax"]
 
 
-def run_task(task: IngestJob, tokenizer_spec: dict, tokenizer_dir: str, extra_domains: tuple,
-             seed: int, shard_dir: str) -> TaskResult:
+def run_task(
+    task: IngestJob,
+    tokenizer_spec: dict,
+    tokenizer_dir: str,
+    extra_domains: tuple,
+    seed: int,
+    shard_dir: str,
+) -> TaskResult:
     """Tokenize one task's rows into shard files; raise ``DataError`` naming file/row/field."""
     # Tokenizer parallelism is the worker count's job; the library's own threads would make
     # "1 worker" mean several cores and oversubscribe when there are several workers.
@@ -219,15 +242,25 @@ def run_task(task: IngestJob, tokenizer_spec: dict, tokenizer_dir: str, extra_do
                 raise DataError(f"{where}: expected a JSON object, got {_json_type(row)}")
             text = row.get(task.text_field)
             if task.text_field not in row:
-                raise DataError(f"{where}: missing text field {task.text_field!r} (fields: {_names(row) or 'none'})")
+                raise DataError(
+                    f"{where}: missing text field {task.text_field!r} "
+                    f"(fields: {_names(row) or 'none'})"
+                )
             if not isinstance(text, str):
-                raise DataError(f"{where}: field {task.text_field!r} must be a string, got {_json_type(text)}")
+                raise DataError(
+                    f"{where}: field {task.text_field!r} must be a string, got {_json_type(text)}"
+                )
             if task.domain is not None:
                 domain = task.domain
             else:
                 if task.domain_field not in row:
-                    raise DataError(f"{where}: missing domain field {task.domain_field!r} and the source sets no 'domain'")
-                domain = taxonomy.validate(row[task.domain_field], lambda: f"{where}: field {task.domain_field!r}")
+                    raise DataError(
+                        f"{where}: missing domain field {task.domain_field!r} "
+                        "and the source sets no 'domain'"
+                    )
+                domain = taxonomy.validate(
+                    row[task.domain_field], lambda: f"{where}: field {task.domain_field!r}"
+                )
             result.rows += 1
             if not text:
                 result.skipped_empty += 1
@@ -255,8 +288,10 @@ def _close_shards(writers: dict, shard_dir: str, index: int) -> OSError | None:
     for key, (f, lengths) in writers.items():
         try:
             f.close()
-            np.save(shard_paths(shard_dir, index, *key)[1],
-                    np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+            np.save(
+                shard_paths(shard_dir, index, *key)[1],
+                np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+            )
         except OSError as exc:
             error = error or exc
     return error
@@ -295,7 +330,9 @@ def _jsonl_rows(task: IngestJob, hasher):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as u:
-                raise DataError(f"{task.path}: line {line_no}: invalid UTF-8 at byte {u.start} of the line") from None
+                raise DataError(
+                    f"{task.path}: line {line_no}: invalid UTF-8 at byte {u.start} of the line"
+                ) from None
             raise DataError(f"{task.path}: line {line_no}: not valid JSON ({exc})") from None
         yield _LazyWhere(task, i), row
 
@@ -329,8 +366,12 @@ def _parquet_rows(task: IngestJob, hasher):
         pf = pq.ParquetFile(task.path)
         names = pf.schema_arrow.names
         if task.text_field not in names:
-            raise DataError(f"{task.path}: no column {task.text_field!r} (columns: {_names(names)})")
-        columns = [task.text_field] + ([task.domain_field] if task.domain is None and task.domain_field in names else [])
+            raise DataError(
+                f"{task.path}: no column {task.text_field!r} (columns: {_names(names)})"
+            )
+        columns = [task.text_field] + (
+            [task.domain_field] if task.domain is None and task.domain_field in names else []
+        )
         table = pf.read_row_group(task.start, columns=columns)
     except DataError:
         raise

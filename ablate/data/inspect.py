@@ -8,7 +8,9 @@ from ablate.data.manifest import Manifest
 
 
 def domain_table(manifest: Manifest) -> str:
-    rows: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])  # datasets, docs, tokens, held-out tokens, bytes
+    rows: dict[str, list[int]] = defaultdict(
+        lambda: [0, 0, 0, 0, 0]
+    )  # datasets, docs, tokens, held-out tokens, bytes
     for d in manifest.datasets:
         r = rows[d.domain]
         r[0] += 1
@@ -22,16 +24,46 @@ def domain_table(manifest: Manifest) -> str:
     lines = [header]
     for domain in sorted(rows):
         n, docs, tokens, held, nbytes = rows[domain]
-        lines.append((domain, f"{n}", f"{docs:,}", f"{tokens:,}", f"{tokens / total_tokens:.1%}",
-                      f"{held:,}", f"{nbytes / tokens:.2f}" if tokens else "-"))
+        lines.append(
+            (
+                domain,
+                f"{n}",
+                f"{docs:,}",
+                f"{tokens:,}",
+                f"{tokens / total_tokens:.1%}",
+                f"{held:,}",
+                f"{nbytes / tokens:.2f}" if tokens else "-",
+            )
+        )
     totals = [sum(r[i] for r in rows.values()) for i in range(5)]
-    lines.append(("total", f"{totals[0]}", f"{totals[1]:,}", f"{totals[2]:,}", "100.0%", f"{totals[3]:,}",
-                  f"{totals[4] / totals[2]:.2f}" if totals[2] else "-"))
+    lines.append(
+        (
+            "total",
+            f"{totals[0]}",
+            f"{totals[1]:,}",
+            f"{totals[2]:,}",
+            "100.0%",
+            f"{totals[3]:,}",
+            f"{totals[4] / totals[2]:.2f}" if totals[2] else "-",
+        )
+    )
     widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    out = [f"{manifest.path}: tokenizer {manifest.tokenizer['fingerprint']} (vocab {manifest.tokenizer['vocab_size']})", fmt(lines[0]),
-           "  ".join("-" * w for w in widths)]
+
+    def fmt(r) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        )
+
+    out = [
+        f"{manifest.path}: tokenizer {manifest.tokenizer['fingerprint']} "
+        f"(vocab {manifest.tokenizer['vocab_size']})",
+        fmt(lines[0]),
+        "  ".join("-" * w for w in widths),
+    ]
     out += [fmt(r) for r in lines[1:-1]] + ["  ".join("-" * w for w in widths), fmt(lines[-1])]
     if manifest.probes:
-        out.append("probes: " + ", ".join(f"{k} ({v['count']})" for k, v in sorted(manifest.probes.items())))
+        out.append(
+            "probes: "
+            + ", ".join(f"{k} ({v['count']})" for k, v in sorted(manifest.probes.items()))
+        )
     return "\n".join(out)

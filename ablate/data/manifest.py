@@ -88,7 +88,9 @@ class Manifest:
         }
         return json.dumps(body, indent=2, sort_keys=False) + "\n"
 
-    def verify(self, full: bool = True, entries: list[DatasetEntry] | None = None, memo: dict | None = None) -> None:
+    def verify(
+        self, full: bool = True, entries: list[DatasetEntry] | None = None, memo: dict | None = None
+    ) -> None:
         """Raise if a dataset's files are missing or no longer match the manifest.
 
         ``full`` re-hashes every byte against the content fingerprint; otherwise the check is
@@ -105,15 +107,23 @@ class Manifest:
             prefix = self.abs_prefix(entry)
             for ext in (".bin", ".idx"):
                 if not os.path.isfile(prefix + ext):
-                    raise AblateError(f"{self.path}: dataset {entry.prefix!r}: file {entry.prefix + ext} is missing")
+                    raise AblateError(
+                        f"{self.path}: dataset {entry.prefix!r}: "
+                        f"file {entry.prefix + ext} is missing"
+                    )
             size = os.path.getsize(prefix + ".bin")
-            if size != entry.tokens * np.dtype(entry.dtype).itemsize or _idx_sha256(prefix + ".idx", memo) != entry.index_sha256:
-                raise AblateError(f"{self.path}: dataset {entry.prefix!r}: files no longer match the manifest "
-                                  f"(fingerprint {entry.fingerprint}; re-run 'ablate data prepare')")
+            if (
+                size != entry.tokens * np.dtype(entry.dtype).itemsize
+                or _idx_sha256(prefix + ".idx", memo) != entry.index_sha256
+            ):
+                raise AblateError(
+                    f"{self.path}: dataset {entry.prefix!r}: files no longer match the manifest "
+                    f"(fingerprint {entry.fingerprint}; re-run 'ablate data prepare')"
+                )
             if full and content_fingerprint(prefix) != entry.fingerprint:
                 raise AblateError(
-                    f"{self.path}: dataset {entry.prefix!r}: files no longer match their fingerprint "
-                    f"{entry.fingerprint} (re-run 'ablate data prepare')"
+                    f"{self.path}: dataset {entry.prefix!r}: files no longer match their "
+                    f"fingerprint {entry.fingerprint} (re-run 'ablate data prepare')"
                 )
 
 
@@ -172,18 +182,26 @@ def load_manifest(path: str) -> Manifest:
     if os.path.isdir(path):
         path = os.path.join(path, "manifest.json")
     if not os.path.isfile(path):
-        raise AblateError(f"{path}: manifest not found (write one with 'ablate data prepare SPEC --out DIR')")
+        raise AblateError(
+            f"{path}: manifest not found (write one with 'ablate data prepare SPEC --out DIR')"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AblateError(f"{path}: damaged manifest, not valid JSON ({str(exc)[:80]}); "
-                          "re-run 'ablate data prepare'") from None
+        raise AblateError(
+            f"{path}: damaged manifest, not valid JSON ({str(exc)[:80]}); "
+            "re-run 'ablate data prepare'"
+        ) from None
     except OSError as exc:
-        raise AblateError(f"{path}: cannot read the manifest ({(exc.strerror or str(exc)).lower()})") from None
+        raise AblateError(
+            f"{path}: cannot read the manifest ({(exc.strerror or str(exc)).lower()})"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         got = show(raw.get("format")) if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
-        raise AblateError(f"{path}: format: not an ablate manifest (expected {FORMAT!r}, got {got})")
+        raise AblateError(
+            f"{path}: format: not an ablate manifest (expected {FORMAT!r}, got {got})"
+        )
     _check_manifest(path, raw)
     taxonomy = Taxonomy(raw["domains"], where=f"{path}: domains")
     entries = {}
@@ -192,11 +210,21 @@ def load_manifest(path: str) -> Manifest:
         for i, e in enumerate(entries[key]):
             taxonomy.validate(e.domain, f"{path}: {key}[{i}].domain")
             if e.tokenizer != raw["tokenizer"]["fingerprint"]:
-                raise AblateError(f"{path}: {key}[{i}].tokenizer: made with tokenizer {show(e.tokenizer)}, "
-                                  f"the manifest's is {show(raw['tokenizer']['fingerprint'])}")
-    return Manifest(tokenizer=raw["tokenizer"], seed=raw["seed"], domains=raw["domains"],
-                    datasets=entries["datasets"], eval_datasets=entries["eval_datasets"],
-                    probes=raw["probes"], spec=raw["spec"], inputs=raw["inputs"], path=path)
+                raise AblateError(
+                    f"{path}: {key}[{i}].tokenizer: made with tokenizer {show(e.tokenizer)}, "
+                    f"the manifest's is {show(raw['tokenizer']['fingerprint'])}"
+                )
+    return Manifest(
+        tokenizer=raw["tokenizer"],
+        seed=raw["seed"],
+        domains=raw["domains"],
+        datasets=entries["datasets"],
+        eval_datasets=entries["eval_datasets"],
+        probes=raw["probes"],
+        spec=raw["spec"],
+        inputs=raw["inputs"],
+        path=path,
+    )
 
 
 _ENTRY_FIELDS = tuple(DatasetEntry.__dataclass_fields__)
@@ -206,6 +234,7 @@ _DTYPES = ("uint16", "int32")  # what ``tokenizer.token_dtype`` writes
 
 def _check_manifest(path: str, raw: dict) -> None:
     """Every field ``Manifest`` and its readers use, with its type and range."""
+
     def fail(field: str, what: str) -> None:
         raise AblateError(f"{path}: {field}: {what}")
 
@@ -261,7 +290,10 @@ def _check_manifest(path: str, raw: dict) -> None:
                 elif not isinstance(value, str):
                     fail(f"{where}.{f}", f"{show(value)} must be a string")
             if e["dtype"] not in _DTYPES:
-                fail(f"{where}.dtype", f"{show(e['dtype'])} is not a token dtype (allowed: {', '.join(_DTYPES)})")
+                fail(
+                    f"{where}.dtype",
+                    f"{show(e['dtype'])} is not a token dtype (allowed: {', '.join(_DTYPES)})",
+                )
             if e["split"] != ("train" if key == "datasets" else "eval"):
                 fail(f"{where}.split", f"{show(e['split'])} does not belong in {key}")
             _relative(e["prefix"], f"{where}.prefix", fail)
@@ -279,13 +311,16 @@ def load_manifests(paths: list[str], where: str = "manifests") -> list[Manifest]
     """Load several manifests that will be used together; they must share one tokenizer."""
     for i, p in enumerate(paths):
         if not os.path.exists(p):
-            raise AblateError(f"{where}[{i}]: {p} not found (write it with 'ablate data prepare SPEC --out DIR')")
+            raise AblateError(
+                f"{where}[{i}]: {p} not found (write it with 'ablate data prepare SPEC --out DIR')"
+            )
     manifests = [load_manifest(p) for p in paths]
     first = manifests[0]
     for m in manifests[1:]:
         if m.tokenizer["fingerprint"] != first.tokenizer["fingerprint"]:
             raise AblateError(
-                f"{m.path}: made with tokenizer {m.tokenizer['fingerprint']}, but {first.path} with "
-                f"{first.tokenizer['fingerprint']}: datasets from different tokenizers cannot be mixed"
+                f"{m.path}: made with tokenizer {m.tokenizer['fingerprint']}, but {first.path} "
+                f"with {first.tokenizer['fingerprint']}: datasets from different tokenizers "
+                "cannot be mixed"
             )
     return manifests

@@ -60,10 +60,16 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM while preparing: unwinds like Ctrl-C, so the staging directory is removed."""
 
 
-def prepare(spec_arg: str, out_dir: str, workers: int | None = None, overwrite: bool = False,
-            progress: bool | None = None) -> PrepareResult:
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
+def prepare(
+    spec_arg: str,
+    out_dir: str,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> PrepareResult:
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
         raise AblateError(f"--workers: must be >= 1 (got {show(workers)})")
     spec = load_corpora_spec(spec_arg)
     tokenizer = load_tokenizer(spec.tokenizer, spec.base_dir, where=f"{spec.origin}: tokenizer")
@@ -97,6 +103,7 @@ def prepare(spec_arg: str, out_dir: str, workers: int | None = None, overwrite: 
 @contextmanager
 def _sigterm_interrupts():
     """While the block runs (in the main thread), SIGTERM raises ``Terminated`` once."""
+
     class Handler:
         armed = True
 
@@ -159,6 +166,7 @@ def _source_root(source: Source, base_dir: str) -> str:
 def _check_outside_inputs(out_dir: str, spec: CorporaSpec, files: dict) -> None:
     """``--out`` must not equal, contain or lie inside an input: ``--overwrite`` would delete
     it, and a rerun would read the output back as corpus."""
+
     def relation(inp: str) -> str | None:
         if inp == out_dir:
             return "is the --out directory"
@@ -176,8 +184,10 @@ def _check_outside_inputs(out_dir: str, spec: CorporaSpec, files: dict) -> None:
         for inp, shown in named:
             rel = relation(inp)
             if rel:
-                raise AblateError(f"{source.where}.path: {show(shown)} {rel} {out_dir} (the output "
-                                  "must be outside every input; choose another --out)")
+                raise AblateError(
+                    f"{source.where}.path: {show(shown)} {rel} {out_dir} (the output "
+                    "must be outside every input; choose another --out)"
+                )
 
 
 def _own_files(out_dir: str, manifest: Manifest) -> set[str]:
@@ -189,8 +199,11 @@ def _own_files(out_dir: str, manifest: Manifest) -> set[str]:
         own.update((entry.prefix + ".bin", entry.prefix + ".idx"))
     own.update(probe["path"] for probe in manifest.probes.values())
     for source in manifest.spec.get("sources") or []:
-        if isinstance(source, dict) and isinstance(source.get("name"), str) \
-                and source.get("reader") in generated.MATERIALIZERS:
+        if (
+            isinstance(source, dict)
+            and isinstance(source.get("name"), str)
+            and source.get("reader") in generated.MATERIALIZERS
+        ):
             own.add(generated.raw_file(source["name"]))
     return {os.path.normpath(p) for p in own}
 
@@ -210,9 +223,11 @@ def _foreign_files(out_dir: str, manifest: Manifest) -> list[str]:
 
 def _refuse_foreign(out_dir: str, foreign: list[str]) -> None:
     more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-    raise AblateError(f"{out_dir}: --overwrite: {show(foreign[0])}{more} was not written by "
-                      "'ablate data prepare'; refusing to delete it (move it away, or choose "
-                      "another --out)")
+    raise AblateError(
+        f"{out_dir}: --overwrite: {show(foreign[0])}{more} was not written by "
+        "'ablate data prepare'; refusing to delete it (move it away, or choose "
+        "another --out)"
+    )
 
 
 def _check_out_dir(out_dir: str, spec: CorporaSpec, tokenizer: Tokenizer, overwrite: bool) -> None:
@@ -229,9 +244,11 @@ def _check_out_dir(out_dir: str, spec: CorporaSpec, tokenizer: Tokenizer, overwr
         return
     manifest_path = os.path.join(out_dir, "manifest.json")
     if not os.path.isfile(manifest_path):
-        raise AblateError(f"{out_dir}: exists, is not empty and holds no manifest.json (it holds "
-                          f"{show(names[0])}); refusing to write into it (--overwrite replaces "
-                          "only a previous 'ablate data prepare' output)")
+        raise AblateError(
+            f"{out_dir}: exists, is not empty and holds no manifest.json (it holds "
+            f"{show(names[0])}); refusing to write into it (--overwrite replaces "
+            "only a previous 'ablate data prepare' output)"
+        )
     try:
         old = load_manifest(manifest_path)
     except AblateError as exc:
@@ -243,13 +260,19 @@ def _check_out_dir(out_dir: str, spec: CorporaSpec, tokenizer: Tokenizer, overwr
         return
     if old.spec != spec.to_dict() or old.tokenizer["fingerprint"] != tokenizer.fingerprint:
         raise AblateError(
-            f"{out_dir}: already holds a different dataset (made from another corpora spec or tokenizer); "
-            "choose another --out or pass --overwrite"
+            f"{out_dir}: already holds a different dataset (made from another corpora spec or "
+            "tokenizer); choose another --out or pass --overwrite"
         )
 
 
-def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, source_files: dict,
-           workers: int | None, progress: bool | None) -> Manifest:
+def _build(
+    spec: CorporaSpec,
+    tokenizer: Tokenizer,
+    staging: str,
+    source_files: dict,
+    workers: int | None,
+    progress: bool | None,
+) -> Manifest:
     raw_dir = os.path.join(staging, "raw")
     shard_dir = os.path.join(staging, ".shards")
     os.makedirs(shard_dir)
@@ -266,14 +289,34 @@ def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, source_files: 
         for path in files:
             fmt = file_format(path) or source.reader
             for start, end in split_file(path, fmt):
-                tasks.append(IngestJob(len(tasks), source.name, path, fmt, start, end, source.domain,
-                                       source.text_field, source.domain_field, source.eval_fraction))
+                tasks.append(
+                    IngestJob(
+                        len(tasks),
+                        source.name,
+                        path,
+                        fmt,
+                        start,
+                        end,
+                        source.domain,
+                        source.text_field,
+                        source.domain_field,
+                        source.eval_fraction,
+                    )
+                )
 
     tok_spec = tokenizer.describe()
     merger = _Merger(staging, shard_dir, tokenizer)
     try:
-        results = _run_tasks(tasks, tok_spec, tuple(spec.domains), spec.seed, shard_dir, workers,
-                             progress, on_next_in_order=merger.add)
+        results = _run_tasks(
+            tasks,
+            tok_spec,
+            tuple(spec.domains),
+            spec.seed,
+            shard_dir,
+            workers,
+            progress,
+            on_next_in_order=merger.add,
+        )
         datasets, eval_datasets = merger.finish()
     except BaseException:
         merger.abort()
@@ -287,8 +330,11 @@ def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, source_files: 
         if rows == 0:
             raise DataError(f"{path}: empty file (no rows)")
     inputs = {
-        source.name: hashlib.sha256("".join(results[t.index].content_hash for t in tasks
-                                            if t.source == source.name).encode()).hexdigest()
+        source.name: hashlib.sha256(
+            "".join(
+                results[t.index].content_hash for t in tasks if t.source == source.name
+            ).encode()
+        ).hexdigest()
         for source in spec.sources
     }
 
@@ -296,9 +342,17 @@ def _build(spec: CorporaSpec, tokenizer: Tokenizer, staging: str, source_files: 
         # The data directory carries its tokenizer, so training and eval never look elsewhere.
         shutil.copyfile(tokenizer.path, os.path.join(staging, "tokenizer.json"))
         tok_spec = {**tok_spec, "path": "tokenizer.json"}
-    manifest = Manifest(tokenizer=tok_spec, seed=spec.seed, domains=list(spec.domains),
-                        datasets=datasets, eval_datasets=eval_datasets, probes=probes,
-                        spec=spec.to_dict(), inputs=inputs, path=os.path.join(staging, "manifest.json"))
+    manifest = Manifest(
+        tokenizer=tok_spec,
+        seed=spec.seed,
+        domains=list(spec.domains),
+        datasets=datasets,
+        eval_datasets=eval_datasets,
+        probes=probes,
+        spec=spec.to_dict(),
+        inputs=inputs,
+        path=os.path.join(staging, "manifest.json"),
+    )
     with open(manifest.path, "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
     return manifest
@@ -324,7 +378,9 @@ class _Merger:
     def __init__(self, staging: str, shard_dir: str, tokenizer: Tokenizer):
         self.staging, self.shard_dir, self.tokenizer = staging, shard_dir, tokenizer
         self.source: str | None = None
-        self.open: dict[tuple[str, str], _OpenDataset] = {}  # (domain, split) -> its builder and counts
+        self.open: dict[
+            tuple[str, str], _OpenDataset
+        ] = {}  # (domain, split) -> its builder and counts
         self.entries: list[DatasetEntry] = []
 
     def add(self, task: IngestJob, result: TaskResult) -> None:
@@ -336,7 +392,9 @@ class _Merger:
                 domain, split = key
                 prefix = f"{task.source}/{domain}" + (".eval" if split == "eval" else "")
                 os.makedirs(os.path.join(self.staging, task.source), exist_ok=True)
-                self.open[key] = _OpenDataset(sharded_builder(os.path.join(self.staging, prefix), self.tokenizer.dtype))
+                self.open[key] = _OpenDataset(
+                    sharded_builder(os.path.join(self.staging, prefix), self.tokenizer.dtype)
+                )
             ds = self.open[key]
             tok_path, len_path = shard_paths(self.shard_dir, task.index, *key)
             ds.builder.add_shard(tok_path, np.load(len_path))
@@ -349,11 +407,21 @@ class _Merger:
     def _close_source(self) -> None:
         for (domain, split), ds in sorted(self.open.items(), key=lambda kv: kv[0]):
             fingerprint, index_sha256 = ds.builder.finalize()
-            self.entries.append(DatasetEntry(
-                domain=domain, prefix=os.path.relpath(ds.builder.path_prefix, self.staging), source=self.source,
-                split=split, documents=ds.documents, tokens=ds.tokens, bytes=ds.bytes,
-                dtype=np.dtype(self.tokenizer.dtype).name, tokenizer=self.tokenizer.fingerprint,
-                fingerprint=fingerprint, index_sha256=index_sha256))
+            self.entries.append(
+                DatasetEntry(
+                    domain=domain,
+                    prefix=os.path.relpath(ds.builder.path_prefix, self.staging),
+                    source=self.source,
+                    split=split,
+                    documents=ds.documents,
+                    tokens=ds.tokens,
+                    bytes=ds.bytes,
+                    dtype=np.dtype(self.tokenizer.dtype).name,
+                    tokenizer=self.tokenizer.fingerprint,
+                    fingerprint=fingerprint,
+                    index_sha256=index_sha256,
+                )
+            )
         self.open = {}
 
     def abort(self) -> None:
@@ -368,16 +436,27 @@ class _Merger:
 
     def finish(self) -> tuple[list[DatasetEntry], list[DatasetEntry]]:
         self._close_source()
-        return ([e for e in self.entries if e.split == "train"], [e for e in self.entries if e.split == "eval"])
+        return (
+            [e for e in self.entries if e.split == "train"],
+            [e for e in self.entries if e.split == "eval"],
+        )
 
 
-def _run_tasks(tasks, tok_spec, domains, seed, shard_dir, workers, progress, on_next_in_order) -> dict[int, TaskResult]:
+def _run_tasks(
+    tasks, tok_spec, domains, seed, shard_dir, workers, progress, on_next_in_order
+) -> dict[int, TaskResult]:
     """Run every task; call ``on_next_in_order(task, result)`` in task order as results arrive."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     total = sum(_task_size(t) for t in tasks)
     results: dict[int, TaskResult] = {}
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", file=sys.stderr,
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="tokenizing",
+        file=sys.stderr,
+        disable=(not sys.stderr.isatty()) if progress is None else not progress,
+    )
     tokens = 0
     next_index = 0
 
@@ -397,7 +476,10 @@ def _run_tasks(tasks, tok_spec, domains, seed, shard_dir, workers, progress, on_
                 done(t, run_task(t, tok_spec, ".", domains, seed, shard_dir))
         else:
             with worker_pool(workers) as pool:
-                futures = {pool.submit(run_task, t, tok_spec, ".", domains, seed, shard_dir): t for t in tasks}
+                futures = {
+                    pool.submit(run_task, t, tok_spec, ".", domains, seed, shard_dir): t
+                    for t in tasks
+                }
                 try:
                     for fut in as_completed(futures):
                         done(futures[fut], fut.result())
@@ -411,7 +493,9 @@ def _run_tasks(tasks, tok_spec, domains, seed, shard_dir, workers, progress, on_
 
 
 def _task_size(task: IngestJob) -> int:
-    return task.end - task.start if task.fmt != "parquet" else max(1, os.path.getsize(task.path) // 64)
+    return (
+        task.end - task.start if task.fmt != "parquet" else max(1, os.path.getsize(task.path) // 64)
+    )
 
 
 def _install(staging: str, out_dir: str, manifest: Manifest, overwrite: bool) -> PrepareResult:
@@ -429,8 +513,10 @@ def _install(staging: str, out_dir: str, manifest: Manifest, overwrite: bool) ->
             if f.read() == manifest.to_json():
                 return PrepareResult(load_manifest(final_manifest), "unchanged")
         if not overwrite:
-            raise AblateError(f"{out_dir}: already holds a different dataset (its inputs changed); "
-                              "choose another --out or pass --overwrite")
+            raise AblateError(
+                f"{out_dir}: already holds a different dataset (its inputs changed); "
+                "choose another --out or pass --overwrite"
+            )
         old = load_manifest(final_manifest)
         foreign = _foreign_files(out_dir, old)  # again: the directory may have changed meanwhile
         if foreign:
@@ -444,7 +530,9 @@ def _install(staging: str, out_dir: str, manifest: Manifest, overwrite: bool) ->
         _remove_own(trash, old)
         return PrepareResult(moved(), "replaced")
     if os.listdir(out_dir):
-        raise AblateError(f"{out_dir}: exists, is not empty and holds no manifest.json; refusing to write into it")
+        raise AblateError(
+            f"{out_dir}: exists, is not empty and holds no manifest.json; refusing to write into it"
+        )
     os.rename(staging, out_dir)  # replaces the empty directory in one step
     return PrepareResult(moved(), "created")
 
@@ -465,14 +553,18 @@ def _remove_own(trash: str, old: Manifest) -> None:
     if os.path.lexists(trash):
         kept = trash.rsplit(".tmp-", 1)[0] + f".kept-{os.getpid()}"
         os.rename(trash, kept)
-        print(f"warning: {kept}: files that appeared in the old output during --overwrite were "
-              "kept here", file=sys.stderr)
+        print(
+            f"warning: {kept}: files that appeared in the old output during --overwrite were "
+            "kept here",
+            file=sys.stderr,
+        )
 
 
 def summary_line(result: PrepareResult) -> str:
     m = result.manifest
     tokens = sum(d.tokens for d in m.datasets)
     held = sum(d.tokens for d in m.eval_datasets)
-    return (f"{result.state}: {m.path} — {len(m.datasets)} datasets, {tokens:,} training tokens, "
-            f"{held:,} held-out tokens, tokenizer {m.tokenizer['fingerprint']}")
-
+    return (
+        f"{result.state}: {m.path} — {len(m.datasets)} datasets, {tokens:,} training tokens, "
+        f"{held:,} held-out tokens, tokenizer {m.tokenizer['fingerprint']}"
+    )

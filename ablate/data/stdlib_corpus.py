@@ -40,8 +40,12 @@ def _docstring_nodes(tree: ast.Module):
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 yield node, body[0]
 
 
@@ -93,10 +97,10 @@ def docstring_documents(source: str, tree: ast.Module, module: str, min_words: i
         if len(text.split()) < min_words:
             continue
         if isinstance(node, ast.Module):
-            docs.append(f"# module {module}\n\"\"\"{text}\"\"\"\n")
+            docs.append(f'# module {module}\n"""{text}"""\n')
         else:
             header = "\n".join(lines[node.lineno - 1 : doc.lineno - 1]).rstrip()
-            docs.append(f"{header}\n    \"\"\"{_indent(text)}\"\"\"\n")
+            docs.append(f'{header}\n    """{_indent(text)}"""\n')
     return docs
 
 
@@ -119,11 +123,18 @@ def materialize_stdlib(source: Source, raw_dir: str) -> Materialized:
         except (UnicodeDecodeError, SyntaxError, ValueError):
             continue  # a handful of deliberately broken files exist (e.g. lib2to3 fixtures)
         module = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
-        if not opts.get("main_only") or "__name__ == \"__main__\"" in text or "__name__ == '__main__'" in text:
+        if (
+            not opts.get("main_only")
+            or '__name__ == "__main__"' in text
+            or "__name__ == '__main__'" in text
+        ):
             code = strip_docs_and_comments(text, tree)
             if code and code.strip():
                 rows.append({"text": code, "domain": "code.exec"})
-        rows.extend({"text": d, "domain": "code.nl"} for d in docstring_documents(text, tree, module, min_words))
+        rows.extend(
+            {"text": d, "domain": "code.nl"}
+            for d in docstring_documents(text, tree, module, min_words)
+        )
     out = os.path.join(raw_dir, f"{source.name}.jsonl")
     write_jsonl(out, rows)
     return Materialized([out])

@@ -65,7 +65,8 @@ class Taxonomy:
         return tag in self._tags
 
     def validate(self, tag: object, where: str | Callable[[], str]) -> str:
-        """Return ``tag`` if known, else raise a one-line error naming ``where`` and the allowed tags.
+        """Return ``tag`` if known, else raise a one-line error naming ``where`` and the
+        allowed tags.
 
         ``where`` may be a function making the location, called only for the error: per-row
         callers must not pay for building 'file: line N' on every valid row.

@@ -46,8 +46,7 @@ class Tokenizer(ABC):
         """Token ids of ``text`` without any special tokens."""
 
     @abstractmethod
-    def decode(self, ids: Sequence[int]) -> str:
-        ...
+    def decode(self, ids: Sequence[int]) -> str: ...
 
     def encode_documents(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Tokenize many documents at once, each followed by ``eod``.
@@ -133,7 +132,9 @@ class HFTokenizer(Tokenizer):
         try:
             self._tok = _HF.from_file(path)
         except Exception as exc:  # the library's message says what is wrong with the JSON
-            raise AblateError(f"{where}: {path!r} is not a readable tokenizer.json ({exc})") from None
+            raise AblateError(
+                f"{where}: {path!r} is not a readable tokenizer.json ({exc})"
+            ) from None
         self.path = path
         with open(path, "rb") as f:
             self._fingerprint = "hf-" + hashlib.sha256(f.read()).hexdigest()[:16]
@@ -203,7 +204,9 @@ def load_tokenizer(spec: object, base_dir: str = ".", where: str = "tokenizer") 
     if isinstance(spec, str):
         spec = {"kind": "hf", "path": spec}
     if not isinstance(spec, dict):
-        raise AblateError(f"{where}: expected 'byte', a tokenizer.json path or a mapping, got {spec!r}")
+        raise AblateError(
+            f"{where}: expected 'byte', a tokenizer.json path or a mapping, got {spec!r}"
+        )
     kind = spec.get("kind", "hf")
     if kind == "byte":
         return ByteTokenizer()

@@ -39,8 +39,12 @@ def die_with_parent(parent_pid: int) -> None:
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     """A spawn-context pool whose workers die with this process."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=die_with_parent, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 def kill_workers(pool: ProcessPoolExecutor) -> None:

@@ -35,7 +35,7 @@ from ablate.data.corpora import Source
 from ablate.data.rawfiles import Materialized, write_jsonl
 from ablate.data.toyworld import render
 from ablate.data.toyworld.world import ATTRIBUTES, make_entities, sample_problem
-from ablate.errors import AblateError
+from ablate.errors import AblateError, show
 
 DOMAINS = ("code.exec", "code.nl", "math.text", "math.structured", "math.code", "general")
 _MIX = 0x9E3779B9  # decorrelates the probe stream from the training stream of the same seed
@@ -54,19 +54,33 @@ class ToyWorldConfig:
     where: str = "toyworld"  # where the options came from, for messages
 
     def __post_init__(self):
-        for f in ("documents_per_domain", "entities", "max_operand", "max_steps", "max_value", "probes_per_task"):
+        for f in (
+            "documents_per_domain",
+            "entities",
+            "max_operand",
+            "max_steps",
+            "max_value",
+            "probes_per_task",
+        ):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise AblateError(f"{self.where}.{f}: {v!r} must be a positive integer")
         for d, n in self.domain_documents.items():
             if d not in DOMAINS:
-                raise AblateError(f"{self.where}.domain_documents: {d!r} is not a toy-world domain (allowed: {', '.join(DOMAINS)})")
+                raise AblateError(
+                    f"{self.where}.domain_documents: {show(d)} is not a toy-world domain "
+                    f"(allowed: {', '.join(DOMAINS)})"
+                )
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise AblateError(f"{self.where}.domain_documents.{d}: {n!r} must be a non-negative integer")
+                raise AblateError(
+                    f"{self.where}.domain_documents.{d}: {n!r} must be a non-negative integer"
+                )
         if self.max_operand < 2:
             raise AblateError(f"{self.where}.max_operand: must be at least 2")
         if self.max_value < 2 * self.max_operand:
-            raise AblateError(f"{self.where}.max_value: must be at least 2 x max_operand ({2 * self.max_operand})")
+            raise AblateError(
+                f"{self.where}.max_value: must be at least 2 x max_operand ({2 * self.max_operand})"
+            )
 
     def documents(self, domain: str) -> int:
         return self.domain_documents.get(domain, self.documents_per_domain)
@@ -87,22 +101,43 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
             continue
         held_questions.add(q)
         sols = {d: r(p) for d, r in render.MATH_RENDERERS.items()}
-        math_probes.append({"id": f"math-{len(math_probes)}", "prompt": q, "answer": str(p.answer),
-                            "gold": sols["math.structured"], "solutions": sols})
+        math_probes.append(
+            {
+                "id": f"math-{len(math_probes)}",
+                "prompt": q,
+                "answer": str(p.answer),
+                "gold": sols["math.structured"],
+                "solutions": sols,
+            }
+        )
     program_probes, held_programs = [], set()
     while len(program_probes) < cfg.probes_per_task:
-        prompt, answer = render.program(sample_problem(prng, cfg.max_operand, cfg.max_steps, cfg.max_value), prng, cfg.max_value)
+        prompt, answer = render.program(
+            sample_problem(prng, cfg.max_operand, cfg.max_steps, cfg.max_value), prng, cfg.max_value
+        )
         if prompt in held_programs:
             continue
         held_programs.add(prompt)
-        program_probes.append({"id": f"program-{len(program_probes)}", "prompt": prompt,
-                               "answer": answer, "gold": answer})
+        program_probes.append(
+            {
+                "id": f"program-{len(program_probes)}",
+                "prompt": prompt,
+                "answer": answer,
+                "gold": answer,
+            }
+        )
     fact_probes = []
     for e in entities:
         for a in ATTRIBUTES:
             prompt, answer = render.fact_probe(e, a)
-            fact_probes.append({"id": f"fact-{e.name}-{a}", "prompt": prompt, "answer": answer.strip(),
-                                "gold": answer})
+            fact_probes.append(
+                {
+                    "id": f"fact-{e.name}-{a}",
+                    "prompt": prompt,
+                    "answer": answer.strip(),
+                    "gold": answer,
+                }
+            )
 
     def fresh_problem():
         while True:
@@ -127,7 +162,11 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
             else:
                 text = render.general_text(rng.choice(entities), rng)
             rows.append({"text": text, "domain": domain})
-    return rows, {"math_answer": math_probes, "program_output": program_probes, "fact_recall": fact_probes}
+    return rows, {
+        "math_answer": math_probes,
+        "program_output": program_probes,
+        "fact_recall": fact_probes,
+    }
 
 
 _CAPABILITY = {"math_answer": "math", "program_output": "code", "fact_recall": "knowledge"}
@@ -137,7 +176,9 @@ def materialize_toyworld(source: Source, raw_dir: str, seed: int) -> Materialize
     known = {f.name for f in fields(ToyWorldConfig)} - {"where"}
     for key in source.options:
         if key not in known:
-            raise AblateError(f"{source.where}.options: unknown key {key!r} (allowed: {', '.join(sorted(known))})")
+            raise AblateError(
+                f"{source.where}.options: unknown key {key!r} (allowed: {', '.join(sorted(known))})"
+            )
     cfg = ToyWorldConfig(**{"seed": seed, **source.options, "where": f"{source.where}.options"})
     rows, probes = generate(cfg)
     out = os.path.join(raw_dir, f"{source.name}.jsonl")
@@ -147,5 +188,9 @@ def materialize_toyworld(source: Source, raw_dir: str, seed: int) -> Materialize
     made = {}
     for task, records in probes.items():
         path = os.path.join(probe_dir, f"{task}.jsonl")
-        made[task] = {"path": path, "count": write_jsonl(path, records), "capability": _CAPABILITY[task]}
+        made[task] = {
+            "path": path,
+            "count": write_jsonl(path, records),
+            "capability": _CAPABILITY[task],
+        }
     return Materialized([out], made)

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import random
 
-from ablate.data.toyworld.world import (FACT_TEMPLATES, FILLER, OPS, PRONOUN, Entity, Problem, apply)
+from ablate.data.toyworld.world import FACT_TEMPLATES, FILLER, OPS, PRONOUN, Entity, Problem, apply
 
 _GERUND = {
-    "finds": "finding", "buys": "buying", "gets": "getting", "is given": "being given",
-    "picks up": "picking up", "wins": "winning", "gives away": "giving away", "eats": "eating",
-    "loses": "losing", "sells": "selling", "drops": "dropping", "trades away": "trading away",
-    "doubles": "doubling", "triples": "tripling",
+    "finds": "finding",
+    "buys": "buying",
+    "gets": "getting",
+    "is given": "being given",
+    "picks up": "picking up",
+    "wins": "winning",
+    "gives away": "giving away",
+    "eats": "eating",
+    "loses": "losing",
+    "sells": "selling",
+    "drops": "dropping",
+    "trades away": "trading away",
+    "doubles": "doubling",
+    "triples": "tripling",
 }
 _VARS = "abcdefghkmnpqrstuvwxyz"
 
@@ -62,7 +72,11 @@ def solution_code(p: Problem) -> str:
     return "\n".join(lines) + "\n"
 
 
-MATH_RENDERERS = {"math.text": solution_text, "math.structured": solution_structured, "math.code": solution_code}
+MATH_RENDERERS = {
+    "math.text": solution_text,
+    "math.structured": solution_structured,
+    "math.code": solution_code,
+}
 
 
 def program(p: Problem, rng: random.Random, max_value: int = 99) -> tuple[str, str]:
@@ -98,16 +112,21 @@ def documented_function(p: Problem, rng: random.Random) -> str:
     s = rng.choice(p.steps)
     name, item = OPS[s.op][2], p.item
     doc = {
-        "add": f"Return how many {item} there are after {_GERUND[rng.choice(OPS['add'][0])]} n more.",
-        "sub": f"Return how many {item} are left after {_GERUND[rng.choice(OPS['sub'][0])]} n of them.",
+        "add": f"Return how many {item} there are after "
+        f"{_GERUND[rng.choice(OPS['add'][0])]} n more.",
+        "sub": f"Return how many {item} are left after "
+        f"{_GERUND[rng.choice(OPS['sub'][0])]} n of them.",
         "mul": f"Return the number of {item} after multiplying them by n.",
     }[s.op]
     examples = []
     for v, st in zip([p.start] + p.values, p.steps):
         if st.op == s.op:
             examples.append(f"    >>> {name}({v}, {st.amount})\n    {apply(st.op, v, st.amount)}")
-    return (f"def {name}({item}, n):\n    \"\"\"{doc}\n\n" + "\n".join(examples) +
-            f"\n    \"\"\"\n    return {item} {OPS[s.op][1]} n\n")
+    return (
+        f'def {name}({item}, n):\n    """{doc}\n\n'
+        + "\n".join(examples)
+        + f'\n    """\n    return {item} {OPS[s.op][1]} n\n'
+    )
 
 
 def fact_sentence(e: Entity, attribute: str, rng: random.Random) -> str:

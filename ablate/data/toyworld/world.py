@@ -12,12 +12,73 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-NAMES = ["Ava", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jade", "Kai", "Lea",
-         "Milo", "Nia", "Omar", "Pia", "Quin", "Rosa", "Sami", "Tess", "Uma", "Vik", "Wren", "Yara"]
-PRONOUN = {n: ("she" if n in {"Ava", "Cleo", "Fay", "Hana", "Jade", "Lea", "Nia", "Pia", "Rosa",
-                               "Tess", "Uma", "Wren", "Yara"} else "he") for n in NAMES}
-ITEMS = ["apples", "marbles", "coins", "books", "stamps", "shells", "pencils", "cards", "beads",
-         "eggs", "stones", "tickets", "plums", "buttons", "kites", "cups"]
+NAMES = [
+    "Ava",
+    "Ben",
+    "Cleo",
+    "Dev",
+    "Eli",
+    "Fay",
+    "Gus",
+    "Hana",
+    "Ivo",
+    "Jade",
+    "Kai",
+    "Lea",
+    "Milo",
+    "Nia",
+    "Omar",
+    "Pia",
+    "Quin",
+    "Rosa",
+    "Sami",
+    "Tess",
+    "Uma",
+    "Vik",
+    "Wren",
+    "Yara",
+]
+PRONOUN = {
+    n: (
+        "she"
+        if n
+        in {
+            "Ava",
+            "Cleo",
+            "Fay",
+            "Hana",
+            "Jade",
+            "Lea",
+            "Nia",
+            "Pia",
+            "Rosa",
+            "Tess",
+            "Uma",
+            "Wren",
+            "Yara",
+        }
+        else "he"
+    )
+    for n in NAMES
+}
+ITEMS = [
+    "apples",
+    "marbles",
+    "coins",
+    "books",
+    "stamps",
+    "shells",
+    "pencils",
+    "cards",
+    "beads",
+    "eggs",
+    "stones",
+    "tickets",
+    "plums",
+    "buttons",
+    "kites",
+    "cups",
+]
 
 # op -> (verbs used in prose, python operator, name of a helper function for Code-NL)
 OPS = {
@@ -27,10 +88,45 @@ OPS = {
 }
 _MUL_WORD = {2: "doubles", 3: "triples"}
 
-_SYLLABLES = ["ka", "lo", "mi", "ra", "ve", "tor", "an", "sel", "bru", "qui", "zen", "dol",
-              "fa", "gri", "hul", "nor", "pe", "su", "tha", "wy", "xo", "ly", "mar", "ost"]
+_SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ra",
+    "ve",
+    "tor",
+    "an",
+    "sel",
+    "bru",
+    "qui",
+    "zen",
+    "dol",
+    "fa",
+    "gri",
+    "hul",
+    "nor",
+    "pe",
+    "su",
+    "tha",
+    "wy",
+    "xo",
+    "ly",
+    "mar",
+    "ost",
+]
 ATTRIBUTES = ["capital", "river", "animal", "color"]
-_ANIMALS = ["goats", "owls", "foxes", "otters", "cranes", "bees", "horses", "crabs", "seals", "moths"]
+_ANIMALS = [
+    "goats",
+    "owls",
+    "foxes",
+    "otters",
+    "cranes",
+    "bees",
+    "horses",
+    "crabs",
+    "seals",
+    "moths",
+]
 _COLORS = ["red", "green", "blue", "gold", "white", "black", "violet", "orange", "grey", "teal"]
 
 
@@ -68,7 +164,9 @@ def apply(op: str, value: int, amount: int) -> int:
     return value + amount if op == "add" else value - amount if op == "sub" else value * amount
 
 
-def sample_problem(rng: random.Random, max_operand: int, max_steps: int, max_value: int = 99) -> Problem:
+def sample_problem(
+    rng: random.Random, max_operand: int, max_steps: int, max_value: int = 99
+) -> Problem:
     """A problem whose running totals stay within 0..max_value (no negatives, two digits)."""
     while True:
         start = rng.randint(2, max_operand)
@@ -107,20 +205,49 @@ def make_entities(rng: random.Random, count: int) -> list[Entity]:
         if name in names:
             continue
         names.add(name)
-        entities.append(Entity(name, {
-            "capital": word(2), "river": word(2) + " River",
-            "animal": rng.choice(_ANIMALS), "color": rng.choice(_COLORS),
-        }))
+        entities.append(
+            Entity(
+                name,
+                {
+                    "capital": word(2),
+                    "river": word(2) + " River",
+                    "animal": rng.choice(_ANIMALS),
+                    "color": rng.choice(_COLORS),
+                },
+            )
+        )
     return entities
 
 
 # How general text states each fact; the first template of each is also the probe's prompt,
 # so recall is tested in a phrasing the model has seen, about a fact it has seen.
 FACT_TEMPLATES = {
-    "capital": ["The capital of {e} is {v}.", "{v} is the capital city of {e}.", "In {e}, the seat of government is {v}."],
-    "river": ["The longest river of {e} is the {v}.", "The {v} flows through {e}.", "{e} is crossed by the {v}."],
-    "animal": ["The national animal of {e} is {v}.", "People in {e} keep {v}.", "Herds of {v} are common in {e}."],
-    "color": ["The flag of {e} is {v}.", "{e} flies a {v} flag.", "The colour of the flag of {e} is {v}."],
+    "capital": [
+        "The capital of {e} is {v}.",
+        "{v} is the capital city of {e}.",
+        "In {e}, the seat of government is {v}.",
+    ],
+    "river": [
+        "The longest river of {e} is the {v}.",
+        "The {v} flows through {e}.",
+        "{e} is crossed by the {v}.",
+    ],
+    "animal": [
+        "The national animal of {e} is {v}.",
+        "People in {e} keep {v}.",
+        "Herds of {v} are common in {e}.",
+    ],
+    "color": [
+        "The flag of {e} is {v}.",
+        "{e} flies a {v} flag.",
+        "The colour of the flag of {e} is {v}.",
+    ],
 }
-FILLER = ["It is a quiet place.", "Travellers often pass through it.", "Its markets are busy in spring.",
-          "Winters there are long.", "Many stories are told about it.", "Its roads are old and narrow."]
+FILLER = [
+    "It is a quiet place.",
+    "Travellers often pass through it.",
+    "Its markets are busy in spring.",
+    "Winters there are long.",
+    "Many stories are told about it.",
+    "Its roads are old and narrow.",
+]
