@@ -18,7 +18,7 @@ def run_bad(cli, tmp_path, spec, *fragments, workers="2"):
     r = cli("data", "prepare", spec, "--out", out, "--workers", workers)
     assert_one_line_error(r, *fragments)
     assert not out.exists(), "a failed prepare must not leave an output directory"
-    assert not [p for p in os.listdir(tmp_path) if ".partial-" in p], "staging left behind"
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p], "staging left behind"
     return r
 
 
