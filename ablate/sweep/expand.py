@@ -145,9 +145,12 @@ def _naming(spec: SweepSpec, point: Point):
     try:
         yield
     except AblateError as exc:
+        prefix = f"{spec._path or spec.name}: point {point.name}: "
         msg = str(exc)
+        if msg.startswith(prefix):  # the plan names the point already (the recipe's source)
+            raise
         msg = msg[len(point.name) + 2:] if msg.startswith(f"{point.name}: ") else msg
-        raise AblateError(f"{spec._path or spec.name}: point {point.name}: {msg}") from None
+        raise AblateError(f"{prefix}{msg}") from None
 
 
 def write_points(spec: SweepSpec, points: list[Point]) -> None:
