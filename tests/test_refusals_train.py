@@ -152,6 +152,20 @@ def init_dir_exists(case):
     return write_recipe()
 
 
+def damaged_checkpoints(*steps, status="completed"):
+    """Checkpoints whose train_state.json is damaged, in a run whose status is ``status``."""
+    def setup(case):
+        for step in steps:
+            d = f"{RUN}/checkpoints/step_{step:08d}"
+            os.makedirs(f"{d}/weights")
+            with open(f"{d}/train_state.json", "w") as f:
+                f.write('{"step": ' + str(step) + ', "fil')
+        with open(f"{RUN}/status.json", "w") as f:
+            json.dump({"state": status, "step": max(steps)}, f)
+        return write_recipe()
+    return setup
+
+
 def checkpoint_without_state(case):
     os.makedirs(f"{RUN}/checkpoints/step_00000002/weights")
     return write_recipe()
@@ -208,6 +222,12 @@ CASES = [
      ("--reset-optimizer", "no checkpoint")),
     ("train-reset-optimizer-resume-never", recipe_with(), ["train", "--reset-optimizer", "--resume", "never"],
      ("--reset-optimizer", "--resume never")),
+    ("train-every-checkpoint-damaged", damaged_checkpoints(2, 4), ["train"],
+     ("no complete checkpoint left", "step_00000004", "train_state.json is damaged", "--resume never")),
+    ("train-resume-auto-completed-run-damaged", damaged_checkpoints(8), ["train", "--resume", "auto"],
+     ("no complete checkpoint left",)),  # the tree is unchanged: status.json stays completed
+    ("train-reset-optimizer-damaged", damaged_checkpoints(2, status="failed"), ["train", "--reset-optimizer"],
+     ("no complete checkpoint left",)),
     ("train-layout-ep", recipe_with(parallelism={"ep": 3}), ["train"], ("parallelism.ep",)),
     ("train-save-init-existing-dir", init_dir_exists, ["train", "--save-init", "init/keep"],
      ("--save-init", "init/keep already exists")),

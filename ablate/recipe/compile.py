@@ -26,7 +26,8 @@ from ablate.data.tokenizer import TokenizerInfo
 from contextlib import contextmanager
 
 from ablate.errors import AblateError
-from ablate.io import exclusive_lock, os_error_line, os_errors, remove_path, tmp_name, write_text_atomic
+from ablate.io import (exclusive_lock, os_error_line, os_errors, remove_path, remove_stale_temporaries, tmp_name,
+                       write_text_atomic)
 from ablate.recipe.budget import format_tokens
 from ablate.recipe.plan import Plan, make_plan
 from ablate.recipe.schema import Recipe
@@ -67,6 +68,7 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = No
     with os_errors(run_dir):
         os.makedirs(run_dir, exist_ok=True)
     with exclusive_lock(*run_lock(run_dir)), os_errors(run_dir):
+        remove_stale_temporaries(run_dir)
         write_text_atomic(layout.recipe, text)
         write_text_atomic(layout.plan, plan.to_json())
     return plan, layout.plan
@@ -98,6 +100,8 @@ def prepare_cache_dir(cache_dir: str, where: str) -> None:
                 f.write("ablate")
         finally:
             remove_path(probe)
+    for sub in ("", "indices", "blends"):  # what killed writers left (the entries' own are also
+        remove_stale_temporaries(os.path.join(cache_dir, sub))  # removed when an entry is rebuilt)
 
 
 @contextmanager

@@ -35,7 +35,9 @@ gets its own copy).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import random
 import shutil
@@ -255,6 +257,8 @@ def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     weights = os.path.join(path, WEIGHTS)
+    # its writer logs a failed write before raising it: the raise is reported, in one line
+    logging.getLogger("megatron.core.dist_checkpointing.strategies.filesystem_async").setLevel(logging.CRITICAL)
     if rank == 0:
         if os.path.isdir(path):  # an incomplete one of a killed run: never reused
             shutil.rmtree(path)
@@ -283,12 +287,30 @@ def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None
         dist_checkpointing.save(state, weights, content_metadata=OPTIMIZER_METADATA)
         _barrier()
         mark_complete()
-    except BaseException:
+    except BaseException as exc:
+        full = not isinstance(exc, (KeyboardInterrupt, SystemExit)) and disk_full(path)  # before the cleanup
         if rank == 0 and not os.path.isfile(os.path.join(path, TRAIN_STATE)):
             shutil.rmtree(path, ignore_errors=True)  # ours, half-written: free the space it held
+        if full:
+            # torch's zip writer reports a full disk as "unexpected pos": name the cause
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from exc
         raise
     _barrier()
     return path
+
+
+FULL_BELOW = 64 << 20  # a failed save with less free space than this was a full disk
+
+
+def disk_full(path: str) -> bool:
+    """Whether the file system holding ``path`` (or its nearest existing parent) is (nearly) full."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_BELOW
 
 
 def read_train_state(path: str) -> dict:

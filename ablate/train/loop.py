@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from ablate.errors import AblateError
 from ablate.faults import Terminated, terminated_as_exception, user_os_error
-from ablate.io import exclusive_lock, os_error_line, os_errors, read_json, utc_timestamp
+from ablate.io import exclusive_lock, os_error_line, os_errors, read_json, remove_stale_temporaries, utc_timestamp
 from ablate.recipe.schema import Recipe, load_recipe
 from ablate.run_layout import RunLayout, refuse_non_directory, run_lock
 from ablate.train import backend as backends
@@ -57,6 +57,9 @@ def train(recipe_path: str, resume: str = "auto", reset_optimizer: bool = False,
             with os_errors(run_dir):
                 os.makedirs(run_dir, exist_ok=True)
             held.enter_context(exclusive_lock(*run_lock(run_dir)))
+            run = RunLayout(run_dir)
+            for d in (run.root, run.checkpoints, run.routing_dir):  # what a killed run left
+                remove_stale_temporaries(d)
         held.enter_context(terminated_as_exception())  # until the trainer's preemption handler
         layout = None
         try:
@@ -98,8 +101,21 @@ def preflight(recipe: Recipe, resume: str, reset_optimizer: bool):
     if reset_optimizer and (resume == "never" or not ckpt.complete_checkpoints(run.root)):
         raise AblateError(f"--reset-optimizer: no checkpoint to resume from in {run.checkpoints}"
                           + (" (--resume never)" if resume == "never" else ""))
+    if resume != "never":
+        _resume_point(run)  # every checkpoint damaged: refused here, the run's status untouched
     prepare_cache_dir(plan.cache_dir, f"{where}: data.cache_dir")
     return plan
+
+
+def _resume_point(run: RunLayout) -> tuple[str | None, list[tuple[str, str]]]:
+    """``checkpoint.latest_complete_checkpoint``, refused in one line when checkpoints exist but
+    every one is damaged (starting over would silently discard the run)."""
+    latest, skipped = ckpt.latest_complete_checkpoint(run.root)
+    if skipped and latest is None:
+        raise AblateError(f"{run.checkpoints}: no complete checkpoint left to resume from (the newest, "
+                          f"{os.path.basename(skipped[0][0])}, is damaged: {skipped[0][1]}); move them aside, or "
+                          "use --resume never to start over")
+    return latest, skipped
 
 
 def _failed(run_dir: str, exc: BaseException, rank0: bool):
@@ -107,7 +123,8 @@ def _failed(run_dir: str, exc: BaseException, rank0: bool):
     read-only disk as one line naming the file; SIGTERM as exit 143. A run that had completed
     stays completed (a later attempt that failed is recorded beside it)."""
     cause = None if isinstance(exc, AblateError) else user_os_error(exc)
-    reason = f"{type(exc).__name__}: {exc}"[:500]
+    reason = (os_error_line(run_dir, cause) if cause is not None
+              else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")[:500]
     note = ""
     if rank0 and os.path.isdir(run_dir):
         try:
@@ -229,13 +246,10 @@ class Trainer:
         if self.rank0:
             ckpt.remove_incomplete(self.run.root)  # left by a killed run; never usable
         _barrier()
-        latest, skipped = ckpt.latest_complete_checkpoint(self.run.root) if resume != "never" else (None, [])
+        latest, skipped = _resume_point(self.run) if resume != "never" else (None, [])
         if self.rank0:
             for path, reason in skipped:
                 print(ckpt.skipped_warning(path, reason, latest), file=sys.stderr, flush=True)
-        if skipped and latest is None:
-            raise AblateError(f"{self.run.checkpoints}: no complete checkpoint left to resume from (the newest, "
-                              f"{skipped[0][0]}, is damaged: {skipped[0][1]}); use --resume never to start over")
         if latest:
             ckpt.check_compatible(latest, self.plan.fingerprint)
             state = ckpt.load(latest, self.engine, self.layout.describe(), reset_optimizer=reset_optimizer)
