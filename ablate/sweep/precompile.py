@@ -5,7 +5,9 @@ length, seed), and any recipe takes a prefix of them (``ablate.recipe.indices``)
 index that is too short for a later recipe is rebuilt longer, so the sweep first builds each
 dataset's index once at the longest length any point needs, then compiles the points: each
 compile then only plans, blends and writes plan.json. Jobs find everything cached and never
-build indices on the cluster's time.
+build indices on the cluster's time. A full disk, read-only file system or missing permission
+met while building is one line naming the cache (``compile.cache_errors``). ``sweep submit
+--dry-run`` never gets here: it compiles nothing.
 """
 
 from __future__ import annotations
@@ -44,10 +46,16 @@ def warm_indices(need: dict[tuple, int]) -> None:
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+    from ablate.recipe.compile import cache_errors
     from ablate.recipe.indices import IndexCache
 
-    extra = next(f.default for f in dataclasses.fields(GPTDatasetConfig) if f.name == "add_extra_token_to_sequence")
+    extra = next(
+        f.default
+        for f in dataclasses.fields(GPTDatasetConfig)
+        if f.name == "add_extra_token_to_sequence"
+    )
     for (cache_dir, path, fingerprint, seq, seed), samples in sorted(need.items()):
-        dataset = IndexedDataset(path, mmap=True)
-        documents = np.arange(dataset.sequence_lengths.shape[0], dtype=np.int32)
-        IndexCache(cache_dir, dataset, documents, fingerprint, seq, seed, extra).get(samples)
+        with cache_errors(cache_dir):  # a full disk or read-only cache: one line naming it
+            dataset = IndexedDataset(path, mmap=True)
+            documents = np.arange(dataset.sequence_lengths.shape[0], dtype=np.int32)
+            IndexCache(cache_dir, dataset, documents, fingerprint, seq, seed, extra).get(samples)
