@@ -88,8 +88,13 @@ def test_a_point_killed_by_sigkill_makes_submit_exit_1_naming_it(here, cli, caps
 
 @pytest.mark.parametrize("executor", ["local", "slurm"])
 def test_a_dry_run_writes_nothing(here, cli, executor):
-    path = write_sweep(here, "dry", point_name="p{math.structured}", zip={DENSITY: [0.25, 0.75], TEXT: [0.75, 0.25]},
-                       eval={"tasks": ["bpb"]})
+    path = write_sweep(
+        here,
+        "dry",
+        point_name="p{math.structured}",
+        zip={DENSITY: [0.25, 0.75], TEXT: [0.75, 0.25]},
+        eval={"tasks": ["bpb"]},
+    )
     real_data = os.path.realpath(here / "data" / "toyworld")
     before = tree_state(here, real_data)
     r = cli("sweep", "submit", path, "--dry-run", "--executor", executor)
@@ -102,7 +107,9 @@ def test_a_dry_run_writes_nothing(here, cli, executor):
         assert r.out.count("#### sbatch script") == 4 and "#SBATCH --requeue" in r.out
 
 
-def test_report_writes_input_caches_only_after_the_page_and_survives_unwritable_runs(tmp_path, cli, monkeypatch):
+def test_report_writes_input_caches_only_after_the_page_and_survives_unwritable_runs(
+    tmp_path, cli, monkeypatch
+):
     from ablate.analysis import routing_store as rs
 
     a = write_run(tmp_path / "runs", "a", seed=1, scores={"bpb": {"bpb/general": 1.0}})
@@ -122,7 +129,11 @@ def test_report_writes_input_caches_only_after_the_page_and_survives_unwritable_
     r = cli("report", a, b, "--control", "a", "-o", out)
     assert r.rc == 0, r.err
     lines = [line for line in r.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("warning: ") and "permission denied" in lines[0], r.err
+    assert (
+        len(lines) == 1 and lines[0].startswith("warning: ") and "permission denied" in lines[0]
+    ), r.err
     assert sorted(d for _, d, _ in order) == [a, b] and all(page for _, _, page in order)
-    assert not os.path.exists(os.path.join(a, rs.COLUMNAR)) and os.path.exists(os.path.join(b, rs.COLUMNAR))
+    assert not os.path.exists(os.path.join(a, rs.COLUMNAR)) and os.path.exists(
+        os.path.join(b, rs.COLUMNAR)
+    )
     assert not [n for n in os.listdir(a) if ".tmp-" in n]

@@ -23,7 +23,8 @@ import numpy as np
 from ablate.errors import AblateError
 
 _LOWER = re.compile(r"(bpb|bits|loss|nll|perplexity|ppl|error)", re.I)
-# entries of eval/step_N.json that are bookkeeping, not capabilities (the routing capture's token counts)
+# entries of eval/step_N.json that are bookkeeping, not capabilities
+# (the routing capture's token counts)
 NOT_SCORE_TASKS = ("routing",)
 _NOT_SCORE_METRIC = re.compile(r"^(tokens|samples|elapsed)(/|$)")
 
@@ -60,15 +61,46 @@ def scores_frame(runs, frame=None, step: int | None = None):
         body = r.eval_results(step)
         for task, t in body["tasks"].items():
             for metric, value in t["metrics"].items():
-                if not is_score(task, metric) or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                if (
+                    not is_score(task, metric)
+                    or value is None
+                    or isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                ):
                     continue
-                rows.append({"run": r.name, "condition": cond.get(r.name, r.name), "seed": r.seed,
-                             "step": int(body.get("step", -1)), "task": task, "metric": metric,
-                             "score": score_label(task, metric), "value": float(value), "version": t.get("version"),
-                             "fingerprint": t.get("fingerprint"), "samples": t.get("samples"),
-                             "lower_is_better": lower_is_better(metric)})
-    out = pd.DataFrame(rows, columns=["run", "condition", "seed", "step", "task", "metric", "score", "value", "version",
-                                      "fingerprint", "samples", "lower_is_better"])
+                rows.append(
+                    {
+                        "run": r.name,
+                        "condition": cond.get(r.name, r.name),
+                        "seed": r.seed,
+                        "step": int(body.get("step", -1)),
+                        "task": task,
+                        "metric": metric,
+                        "score": score_label(task, metric),
+                        "value": float(value),
+                        "version": t.get("version"),
+                        "fingerprint": t.get("fingerprint"),
+                        "samples": t.get("samples"),
+                        "lower_is_better": lower_is_better(metric),
+                    }
+                )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "run",
+            "condition",
+            "seed",
+            "step",
+            "task",
+            "metric",
+            "score",
+            "value",
+            "version",
+            "fingerprint",
+            "samples",
+            "lower_is_better",
+        ],
+    )
     out.attrs["missing"] = missing
     return out
 
@@ -92,7 +124,9 @@ def bootstrap_ci(values, control, *, paired: bool, n_boot: int = 2000, ci: float
     else:
         if len(a) + len(b) < 3 or len(a) == 0 or len(b) == 0:
             return np.nan, np.nan
-        boot = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(1) - b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(1)
+        boot = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(1) - b[
+            rng.integers(0, len(b), size=(n_boot, len(b)))
+        ].mean(1)
     lo, hi = np.percentile(boot, [lo_q, hi_q])
     return float(lo), float(hi)
 
@@ -112,7 +146,7 @@ def t_ci(values, control, *, paired: bool, ci: float = 0.95):
             return np.nan, np.nan
         va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
         se = np.sqrt(va + vb)
-        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else 1
+        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else 1
         center = a.mean() - b.mean()
     if se == 0:
         return float(center), float(center)
@@ -120,7 +154,15 @@ def t_ci(values, control, *, paired: bool, ci: float = 0.95):
     return float(center - q * se), float(center + q * se)
 
 
-def compare(scores, control: str, *, method: str = "bootstrap", n_boot: int = 2000, ci: float = 0.95, seed: int = 0):
+def compare(
+    scores,
+    control: str,
+    *,
+    method: str = "bootstrap",
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+):
     """Delta of every score of every condition against the ``control`` condition.
 
     One row per (condition, score): ``control_mean, mean, delta, lo, hi, n, n_control, paired,
@@ -135,8 +177,10 @@ def compare(scores, control: str, *, method: str = "bootstrap", n_boot: int = 20
         raise AblateError(f"method: {method!r} is not one of bootstrap, t")
     if control not in set(scores["condition"]):
         if len(scores):
-            raise AblateError(f"control {control!r} has no eval scores (conditions with scores: "
-                              f"{', '.join(dict.fromkeys(map(str, scores['condition'])))})")
+            raise AblateError(
+                f"control {control!r} has no eval scores (conditions with scores: "
+                f"{', '.join(dict.fromkeys(map(str, scores['condition'])))})"
+            )
         raise AblateError(f"control {control!r}: no run has eval scores")
     rng = np.random.default_rng(seed)
     rows, excluded = [], []
@@ -153,8 +197,11 @@ def compare(scores, control: str, *, method: str = "bootstrap", n_boot: int = 20
                 continue
             bad = cdf[(cdf["version"] != ident[0]) | (cdf["fingerprint"] != ident[1])]
             for _, r in bad.iterrows():
-                excluded.append(f"{r['run']} {score}: task version/fingerprint {r['version']}/{r['fingerprint']} "
-                                f"differ from the control's {ident[0]}/{ident[1]}")
+                excluded.append(
+                    f"{r['run']} {score}: task version/fingerprint "
+                    f"{r['version']}/{r['fingerprint']} "
+                    f"differ from the control's {ident[0]}/{ident[1]}"
+                )
             cdf = cdf.drop(bad.index)
             if cdf.empty:
                 continue
@@ -174,15 +221,56 @@ def compare(scores, control: str, *, method: str = "bootstrap", n_boot: int = 20
             delta = float(by_seed.mean() - ctrl_by_seed.mean())
             sign = -1.0 if lower else 1.0
             noise = None if np.isnan(lo) else bool(lo <= 0 <= hi)
-            verdict = "1 seed" if noise is None else "noise" if noise else ("better" if sign * delta > 0 else "worse")
-            rows.append({"condition": cond, "score": score, "task": cdf["task"].iloc[0], "metric": cdf["metric"].iloc[0],
-                         "control_mean": float(ctrl_by_seed.mean()), "mean": float(by_seed.mean()), "delta": delta,
-                         "lo": lo, "hi": hi, "n": len(by_seed), "n_control": len(ctrl_by_seed), "paired": paired,
-                         "per_seed": per_seed, "within_noise": noise, "benefit": sign * delta,
-                         "lower_is_better": lower, "verdict": verdict})
-    out = pd.DataFrame(rows, columns=["condition", "score", "task", "metric", "control_mean", "mean", "delta", "lo", "hi",
-                                      "n", "n_control", "paired", "per_seed", "within_noise", "benefit",
-                                      "lower_is_better", "verdict"])
+            verdict = (
+                "1 seed"
+                if noise is None
+                else "noise"
+                if noise
+                else ("better" if sign * delta > 0 else "worse")
+            )
+            rows.append(
+                {
+                    "condition": cond,
+                    "score": score,
+                    "task": cdf["task"].iloc[0],
+                    "metric": cdf["metric"].iloc[0],
+                    "control_mean": float(ctrl_by_seed.mean()),
+                    "mean": float(by_seed.mean()),
+                    "delta": delta,
+                    "lo": lo,
+                    "hi": hi,
+                    "n": len(by_seed),
+                    "n_control": len(ctrl_by_seed),
+                    "paired": paired,
+                    "per_seed": per_seed,
+                    "within_noise": noise,
+                    "benefit": sign * delta,
+                    "lower_is_better": lower,
+                    "verdict": verdict,
+                }
+            )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "condition",
+            "score",
+            "task",
+            "metric",
+            "control_mean",
+            "mean",
+            "delta",
+            "lo",
+            "hi",
+            "n",
+            "n_control",
+            "paired",
+            "per_seed",
+            "within_noise",
+            "benefit",
+            "lower_is_better",
+            "verdict",
+        ],
+    )
     out.attrs.update(control=control, method=method, ci=ci, excluded=excluded)
     return out
 
@@ -195,7 +283,9 @@ def capability_table(comparison, value: str = "delta"):
 
         return pd.DataFrame()
     return comparison.pivot(index="score", columns="condition", values=value).reindex(
-        index=list(dict.fromkeys(comparison["score"])), columns=list(dict.fromkeys(comparison["condition"])))
+        index=list(dict.fromkeys(comparison["score"])),
+        columns=list(dict.fromkeys(comparison["condition"])),
+    )
 
 
 def data_changes(runs, frame, control: str) -> dict:
@@ -208,12 +298,19 @@ def data_changes(runs, frame, control: str) -> dict:
     totals: dict = {}
     for r in runs:
         totals.setdefault(cond[r.name], []).append(r.domain_tokens())
-    mean = {c: {d: float(np.mean([t.get(d, 0) for t in ts])) for d in set().union(*ts)} for c, ts in totals.items()}
+    mean = {
+        c: {d: float(np.mean([t.get(d, 0) for t in ts])) for d in set().union(*ts)}
+        for c, ts in totals.items()
+    }
     base = mean[control]
     out = {}
     for c, m in mean.items():
         doms = sorted(set(m) | set(base))
-        out[c] = {d: m.get(d, 0.0) - base.get(d, 0.0) for d in doms if abs(m.get(d, 0.0) - base.get(d, 0.0)) > 0.5}
+        out[c] = {
+            d: m.get(d, 0.0) - base.get(d, 0.0)
+            for d in doms
+            if abs(m.get(d, 0.0) - base.get(d, 0.0)) > 0.5
+        }
     return out
 
 
@@ -242,8 +339,15 @@ def interaction_table(comparison, changes: dict):
     c["change"] = [change_label(changes.get(cond, {})) for cond in c["condition"]]
     scores = list(dict.fromkeys(c["score"]))
     rows = list(dict.fromkeys(c["change"]))
-    benefit = c.groupby(["change", "score"])["benefit"].mean().unstack().reindex(index=rows, columns=scores)
-    verdict = c.groupby(["change", "score"])["verdict"].agg(lambda v: v.iloc[0] if v.nunique() == 1 else "mixed")
+    benefit = (
+        c.groupby(["change", "score"])["benefit"]
+        .mean()
+        .unstack()
+        .reindex(index=rows, columns=scores)
+    )
+    verdict = c.groupby(["change", "score"])["verdict"].agg(
+        lambda v: v.iloc[0] if v.nunique() == 1 else "mixed"
+    )
     verdict = verdict.unstack().reindex(index=rows, columns=scores)
     benefit.index.name = verdict.index.name = "data change"
     return benefit, verdict

@@ -11,10 +11,16 @@ from ablate.errors import AblateError
 
 def same_tokens(a, b) -> None:
     """Saturation compares one token's routing at two checkpoints: the probe text must match."""
-    if a.topk_TKL.shape != b.topk_TKL.shape or not np.array_equal(a.token_ids_T, b.token_ids_T) \
-            or not np.array_equal(a.domain_T, b.domain_T) or list(a.domains) != list(b.domains):
-        raise AblateError(f"{a.path} and {b.path} routed different probe tokens ({a.topk_TKL.shape[0]} vs "
-                          f"{b.topk_TKL.shape[0]} tokens, or other ids/domains): saturation needs the same text")
+    if (
+        a.topk_TKL.shape != b.topk_TKL.shape
+        or not np.array_equal(a.token_ids_T, b.token_ids_T)
+        or not np.array_equal(a.domain_T, b.domain_T)
+        or list(a.domains) != list(b.domains)
+    ):
+        raise AblateError(
+            f"{a.path} and {b.path} routed different probe tokens ({a.topk_TKL.shape[0]} vs "
+            f"{b.topk_TKL.shape[0]} tokens, or other ids/domains): saturation needs the same text"
+        )
 
 
 def saturation_frame(run, domain_split: bool = True):
@@ -38,7 +44,10 @@ def saturation_frame(run, domain_split: bool = True):
             if not mask.any():
                 continue
             sat_L = per_tok_TL[mask].mean(0)
-            rows += [{"step": step, "layer": layer, "domain": name, "saturation": float(v)} for layer, v in enumerate(sat_L)]
+            rows += [
+                {"step": step, "layer": layer, "domain": name, "saturation": float(v)}
+                for layer, v in enumerate(sat_L)
+            ]
     return pd.DataFrame(rows)
 
 
@@ -50,8 +59,14 @@ def vocab_frame(ev, num_experts: int, min_count: int = 5):
     vocab_V, n_V, share_LV = rm.vocab_specialization(ev.topk_TKL, ev.token_ids_T, num_experts)
     keep = n_V >= min_count
     L = share_LV.shape[0]
-    return pd.DataFrame({"layer": np.repeat(np.arange(L), keep.sum()), "token_id": np.tile(vocab_V[keep], L),
-                         "count": np.tile(n_V[keep], L), "share": share_LV[:, keep].ravel()})
+    return pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(L), keep.sum()),
+            "token_id": np.tile(vocab_V[keep], L),
+            "count": np.tile(n_V[keep], L),
+            "share": share_LV[:, keep].ravel(),
+        }
+    )
 
 
 def vocab_summary(ev, num_experts: int, min_count: int = 5):
@@ -62,6 +77,14 @@ def vocab_summary(ev, num_experts: int, min_count: int = 5):
     f = vocab_frame(ev, num_experts, min_count)
     rows = []
     for layer, g in f.groupby("layer"):
-        rows.append({"layer": layer, "tokens": len(g), "mean_share": float(np.average(g["share"], weights=g["count"]))
-                     if len(g) else float("nan"), "uniform": ev.k / num_experts})
+        rows.append(
+            {
+                "layer": layer,
+                "tokens": len(g),
+                "mean_share": float(np.average(g["share"], weights=g["count"]))
+                if len(g)
+                else float("nan"),
+                "uniform": ev.k / num_experts,
+            }
+        )
     return pd.DataFrame(rows)

@@ -9,7 +9,13 @@ from matplotlib.ticker import MaxNLocator
 
 from ablate.run_layout import domain_of_tokens_key
 
-_VERDICT_COLOR = {"better": "#2a9d5c", "worse": "#c8553d", "noise": "#9aa0a6", "1 seed": "#6c8ebf", "mixed": "#d4a017"}
+_VERDICT_COLOR = {
+    "better": "#2a9d5c",
+    "worse": "#c8553d",
+    "noise": "#9aa0a6",
+    "1 seed": "#6c8ebf",
+    "mixed": "#d4a017",
+}
 
 
 def domain_colors(domains) -> dict:
@@ -39,8 +45,16 @@ def _shade_stages(ax, spans, label=True):
         if i:
             ax.axvline(a - 0.5, color="0.6", lw=0.8, ls="--")
         if label:
-            ax.text((a + b) / 2, 0.98, stage, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8,
-                    color="0.35")
+            ax.text(
+                (a + b) / 2,
+                0.98,
+                stage,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=8,
+                color="0.35",
+            )
 
 
 def plot_training_curves(metrics, title: str = "") -> Figure:
@@ -83,8 +97,16 @@ def plot_loss_overlay(metrics_all, title: str = "training loss, all runs") -> Fi
     for run, g in metrics_all.groupby("run", sort=False):
         cond = g["condition"].iloc[0]
         i = conditions.index(cond)
-        ax.plot(g["step"], g["loss"], color=cmap(i % 10), lw=1.2, alpha=0.9,
-                label=cond if run == metrics_all.loc[metrics_all["condition"] == cond, "run"].iloc[0] else None)
+        ax.plot(
+            g["step"],
+            g["loss"],
+            color=cmap(i % 10),
+            lw=1.2,
+            alpha=0.9,
+            label=cond
+            if run == metrics_all.loc[metrics_all["condition"] == cond, "run"].iloc[0]
+            else None,
+        )
     ax.set(xlabel="step", ylabel="loss", title=title)
     ax.legend(fontsize=8)
     return fig
@@ -106,13 +128,21 @@ def plot_capability_bars(comparison, max_scores: int = 24) -> Figure:
         lo, hi = s["lo"].to_numpy(float), s["hi"].to_numpy(float)
         ok = ~np.isnan(lo)
         d = s["delta"].to_numpy(float)
-        ax.errorbar(x[ok], d[ok], yerr=[np.maximum(d[ok] - lo[ok], 0), np.maximum(hi[ok] - d[ok], 0)], fmt="none", ecolor="black", capsize=3, lw=1)
+        ax.errorbar(
+            x[ok],
+            d[ok],
+            yerr=[np.maximum(d[ok] - lo[ok], 0), np.maximum(hi[ok] - d[ok], 0)],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            lw=1,
+        )
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(x, s["condition"], rotation=30, ha="right", fontsize=7)
         arrow = "↓ better" if s["lower_is_better"].iloc[0] else "↑ better"
         ax.set_title(f"{score}\nΔ vs control ({arrow})", fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
-    for ax in axes[len(scores):]:
+    for ax in axes[len(scores) :]:
         ax.set_axis_off()
     return fig
 
@@ -123,8 +153,14 @@ def _layers_to_show(L: int, max_layers: int) -> list[int]:
     return sorted(set(np.linspace(0, L - 1, max_layers).round().astype(int).tolist()))
 
 
-def plot_expert_heatmaps(S_LDE, domains, title: str = "", k: int | None = None, max_layers: int = 8,
-                         value: str = "specialization") -> Figure:
+def plot_expert_heatmaps(
+    S_LDE,
+    domains,
+    title: str = "",
+    k: int | None = None,
+    max_layers: int = 8,
+    value: str = "specialization",
+) -> Figure:
     """Domain x expert heatmap per layer (``value`` names the colour scale; specialization S by
     default, uniform routing = k/E)."""
     S = np.asarray(S_LDE, float)
@@ -132,18 +168,22 @@ def plot_expert_heatmaps(S_LDE, domains, title: str = "", k: int | None = None, 
     layers = _layers_to_show(L, max_layers)
     cols = min(4, len(layers))
     rows = (len(layers) + cols - 1) // cols
-    fig = Figure(figsize=(min(3.4 * cols, 14) + 0.8, (0.28 * D + 1.0) * rows + 0.6), layout="constrained")
+    fig = Figure(
+        figsize=(min(3.4 * cols, 14) + 0.8, (0.28 * D + 1.0) * rows + 0.6), layout="constrained"
+    )
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     vmax = np.nanmax(S) if np.isfinite(S).any() else 1.0
     im = None
     for ax, layer in zip(axes, layers):
-        im = ax.imshow(S[layer], aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(
+            S[layer], aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest"
+        )
         ax.set_title(f"layer {layer}", fontsize=8)
         ax.set_yticks(range(D), domains if ax in axes[::cols] else [], fontsize=7)
         ax.set_xlabel("expert", fontsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
         ax.tick_params(axis="x", labelsize=6)
-    for ax in axes[len(layers):]:
+    for ax in axes[len(layers) :]:
         ax.set_axis_off()
     if im is not None:
         cb = fig.colorbar(im, ax=axes[: len(layers)].tolist(), shrink=0.8)
@@ -161,7 +201,11 @@ def plot_js_pair(js_a_LDD, js_b_LDD, domains, names=("a", "b"), layer: int | Non
     B2 = np.nanmean(B, axis=0) if layer is None else B[layer]
     fig = Figure(figsize=(12, 3.9), layout="constrained")
     axes = fig.subplots(1, 3)
-    vmax = max(np.nanmax(A2) if np.isfinite(A2).any() else 0, np.nanmax(B2) if np.isfinite(B2).any() else 0, 1e-6)
+    vmax = max(
+        np.nanmax(A2) if np.isfinite(A2).any() else 0,
+        np.nanmax(B2) if np.isfinite(B2).any() else 0,
+        1e-6,
+    )
     where = "mean over layers" if layer is None else f"layer {layer}"
     for ax, M, name in ((axes[0], A2, names[0]), (axes[1], B2, names[1])):
         im = ax.imshow(M, cmap="magma", vmin=0, vmax=vmax)
@@ -203,7 +247,9 @@ def plot_specialization_over_training(m, title: str = "") -> Figure:
     ax1.axhline(m.k / E, color="0.4", ls="--", lw=0.8)
     ax2.axhline(1.0, color="0.4", ls="--", lw=0.8)
     kind = "running total" if m.cumulative else "per flush window"
-    ax1.set(xlabel="step", ylabel="max_e S(l, d, e), mean over layers", title=f"specialization ({kind})")
+    ax1.set(
+        xlabel="step", ylabel="max_e S(l, d, e), mean over layers", title=f"specialization ({kind})"
+    )
     ax2.set(xlabel="step", ylabel="normalised entropy", title=f"routing entropy ({kind})")
     ax1.legend(fontsize=7, ncol=2)
     if title:

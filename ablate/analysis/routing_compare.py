@@ -27,23 +27,38 @@ def comparable_domains(a, b, domains=None) -> list[str]:
     have; otherwise an ``AblateError`` that says what differs.
     """
     la, lb = a.num_layers, b.num_layers
-    name_a, name_b = getattr(a, "run", getattr(a, "path", "a")), getattr(b, "run", getattr(b, "path", "b"))
+    name_a, name_b = (
+        getattr(a, "run", getattr(a, "path", "a")),
+        getattr(b, "run", getattr(b, "path", "b")),
+    )
     if la != lb:
-        raise AblateError(f"{name_a} has {la} MoE layers and {name_b} has {lb}: layers cannot be compared one to one")
+        raise AblateError(
+            f"{name_a} has {la} MoE layers and {name_b} has {lb}: layers cannot be compared one to "
+            "one"
+        )
     if domains is not None:
         for log, name in ((a, name_a), (b, name_b)):
             missing = [d for d in domains if d not in log.domains]
             if missing:
-                raise AblateError(f"{name} routed no {', '.join(missing)} (it has {', '.join(log.domains)})")
+                raise AblateError(
+                    f"{name} routed no {', '.join(missing)} (it has {', '.join(log.domains)})"
+                )
         return list(domains)
     if set(a.domains) != set(b.domains):
         only_a = sorted(set(a.domains) - set(b.domains))
         only_b = sorted(set(b.domains) - set(a.domains))
         common = [d for d in a.domains if d in b.domains]
-        raise AblateError(f"{name_a} and {name_b} routed different domains (only {name_a}: {', '.join(only_a) or '-'}; "
-                          f"only {name_b}: {', '.join(only_b) or '-'}): different taxonomies cannot be compared "
-                          f"domain by domain" + (f"; pass domains= to compare the common ones ({', '.join(common)})"
-                                                 if common else ""))
+        raise AblateError(
+            f"{name_a} and {name_b} routed different domains (only {name_a}: "
+            f"{', '.join(only_a) or '-'}; "
+            f"only {name_b}: {', '.join(only_b) or '-'}): different taxonomies cannot be compared "
+            f"domain by domain"
+            + (
+                f"; pass domains= to compare the common ones ({', '.join(common)})"
+                if common
+                else ""
+            )
+        )
     return list(a.domains)
 
 
@@ -53,9 +68,14 @@ def invariant_profile(count_LDE, ntok_LD, k: int) -> dict:
     ``js_LDD``, ``cv_L``, ``maxvio_L``."""
     p = rm.routing_distribution(count_LDE, ntok_LD, k)
     load = rm.expert_load(count_LDE)
-    return {"entropy_LD": rm.normalized_entropy(p), "cover50_LD": rm.experts_to_cover(p, 0.5),
-            "sorted_S_LDE": rm.sorted_profile(rm.specialization(count_LDE, ntok_LD)), "js_LDD": rm.js_matrix(p),
-            "cv_L": rm.load_cv(load), "maxvio_L": rm.max_violation(load)}
+    return {
+        "entropy_LD": rm.normalized_entropy(p),
+        "cover50_LD": rm.experts_to_cover(p, 0.5),
+        "sorted_S_LDE": rm.sorted_profile(rm.specialization(count_LDE, ntok_LD)),
+        "js_LDD": rm.js_matrix(p),
+        "cv_L": rm.load_cv(load),
+        "maxvio_L": rm.max_violation(load),
+    }
 
 
 def _totals(log, domains):
@@ -75,7 +95,10 @@ def compare_routing(a, b, domains=None):
 
     domains = comparable_domains(a, b, domains)
     if a.k != b.k:
-        raise AblateError(f"{a.run} routes top-{a.k} and {b.run} top-{b.k}: distributions are comparable, specializations not")
+        raise AblateError(
+            f"{a.run} routes top-{a.k} and {b.run} top-{b.k}: distributions are comparable, "
+            "specializations not"
+        )
     pa = invariant_profile(*_totals(a, domains), a.k)
     pb = invariant_profile(*_totals(b, domains), b.k)
     iu = np.triu_indices(len(domains), 1)
@@ -83,20 +106,33 @@ def compare_routing(a, b, domains=None):
     rows = []
     for layer in range(a.num_layers):
         js_a, js_b = pa["js_LDD"][layer][iu], pb["js_LDD"][layer][iu]
-        prof = np.abs(pa["sorted_S_LDE"][layer, :, :E] - pb["sorted_S_LDE"][layer, :, :E]).sum(-1) / a.k
-        rows.append({"layer": layer, "js_distance": float(np.nanmean(np.abs(js_a - js_b))) if len(js_a) else 0.0,
-                     "profile_l1": float(np.nanmean(prof)),
-                     "entropy_a": float(np.nanmean(pa["entropy_LD"][layer])), "entropy_b": float(np.nanmean(pb["entropy_LD"][layer])),
-                     "cv_a": float(pa["cv_L"][layer]), "cv_b": float(pb["cv_L"][layer]),
-                     "maxvio_a": float(pa["maxvio_L"][layer]), "maxvio_b": float(pb["maxvio_L"][layer]),
-                     "cover50_a": float(np.nanmean(pa["cover50_LD"][layer])),
-                     "cover50_b": float(np.nanmean(pb["cover50_LD"][layer]))})
+        prof = (
+            np.abs(pa["sorted_S_LDE"][layer, :, :E] - pb["sorted_S_LDE"][layer, :, :E]).sum(-1)
+            / a.k
+        )
+        rows.append(
+            {
+                "layer": layer,
+                "js_distance": float(np.nanmean(np.abs(js_a - js_b))) if len(js_a) else 0.0,
+                "profile_l1": float(np.nanmean(prof)),
+                "entropy_a": float(np.nanmean(pa["entropy_LD"][layer])),
+                "entropy_b": float(np.nanmean(pb["entropy_LD"][layer])),
+                "cv_a": float(pa["cv_L"][layer]),
+                "cv_b": float(pb["cv_L"][layer]),
+                "maxvio_a": float(pa["maxvio_L"][layer]),
+                "maxvio_b": float(pb["maxvio_L"][layer]),
+                "cover50_a": float(np.nanmean(pa["cover50_LD"][layer])),
+                "cover50_b": float(np.nanmean(pb["cover50_LD"][layer])),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def same_initialization(run_a, run_b) -> bool:
     """Runs whose experts started identical: the same seed and the same model."""
-    return run_a.recipe.get("seed") == run_b.recipe.get("seed") and run_a.recipe.get("model") == run_b.recipe.get("model")
+    return run_a.recipe.get("seed") == run_b.recipe.get("seed") and run_a.recipe.get(
+        "model"
+    ) == run_b.recipe.get("model")
 
 
 def align_experts(S_a_LDE, S_b_LDE):
@@ -110,8 +146,11 @@ def align_experts(S_a_LDE, S_b_LDE):
 
     A, B = np.nan_to_num(np.asarray(S_a_LDE, float)), np.nan_to_num(np.asarray(S_b_LDE, float))
     if A.shape != B.shape:
-        raise AblateError(f"expert profiles of shape {A.shape} and {B.shape} cannot be aligned (same layers, domains "
-                          f"and experts needed)")
+        raise AblateError(
+            f"expert profiles of shape {A.shape} and {B.shape} cannot be aligned (same layers, "
+            "domains "
+            f"and experts needed)"
+        )
     L, D, E = A.shape
     perm = np.empty((L, E), dtype=np.int64)
     for layer in range(L):
@@ -124,7 +163,9 @@ def align_experts(S_a_LDE, S_b_LDE):
 def permute_experts(x_LDE, perm_LE):
     """``x[l, :, perm[l]]``: a run's per-expert array in another run's numbering."""
     x = np.asarray(x_LDE)
-    return np.take_along_axis(x, np.broadcast_to(perm_LE[:, None, :], x.shape[:-1] + (perm_LE.shape[-1],)), axis=-1)
+    return np.take_along_axis(
+        x, np.broadcast_to(perm_LE[:, None, :], x.shape[:-1] + (perm_LE.shape[-1],)), axis=-1
+    )
 
 
 def aligned_comparison(a, b, domains=None):
@@ -138,7 +179,10 @@ def aligned_comparison(a, b, domains=None):
 
     domains = comparable_domains(a, b, domains)
     if a.num_experts != b.num_experts:
-        raise AblateError(f"{a.run} has {a.num_experts} experts and {b.run} {b.num_experts}: experts cannot be aligned")
+        raise AblateError(
+            f"{a.run} has {a.num_experts} experts and {b.run} {b.num_experts}: experts cannot be "
+            "aligned"
+        )
     Sa = rm.specialization(*_totals(a, domains))
     Sb = rm.specialization(*_totals(b, domains))
     perm = align_experts(Sa, Sb)
@@ -146,10 +190,14 @@ def aligned_comparison(a, b, domains=None):
     k = a.k or 1
     rows = []
     for layer in range(a.num_layers):
-        rows.append({"layer": layer,
-                     "l1_aligned": float(np.nanmean(np.abs(Sa[layer] - Sb_aligned[layer]).sum(0)) / k),
-                     "l1_identity": float(np.nanmean(np.abs(Sa[layer] - Sb[layer]).sum(0)) / k),
-                     "kept": float((perm[layer] == np.arange(perm.shape[1])).mean())})
+        rows.append(
+            {
+                "layer": layer,
+                "l1_aligned": float(np.nanmean(np.abs(Sa[layer] - Sb_aligned[layer]).sum(0)) / k),
+                "l1_identity": float(np.nanmean(np.abs(Sa[layer] - Sb[layer]).sum(0)) / k),
+                "kept": float((perm[layer] == np.arange(perm.shape[1])).mean()),
+            }
+        )
     out = pd.DataFrame(rows)
     out.attrs["perm_LE"] = perm
     return out
@@ -164,9 +212,20 @@ def shared_exclusive_frame(count_LDE, ntok_LD, k: int, domains, threshold: float
     pairs = pairs or [(i, j) for i in range(D) for j in range(i + 1, D)]
     rows = []
     for i, j in pairs:
-        i, j = (domains.index(i) if isinstance(i, str) else i), (domains.index(j) if isinstance(j, str) else j)
+        i, j = (
+            (domains.index(i) if isinstance(i, str) else i),
+            (domains.index(j) if isinstance(j, str) else j),
+        )
         se = rm.shared_exclusive(lift, i, j, threshold)
         for layer in range(lift.shape[0]):
-            rows.append({"a": domains[i], "b": domains[j], "layer": layer, "shared": int(se["shared"][layer].sum()),
-                         "only_a": int(se["only_a"][layer].sum()), "only_b": int(se["only_b"][layer].sum())})
+            rows.append(
+                {
+                    "a": domains[i],
+                    "b": domains[j],
+                    "layer": layer,
+                    "shared": int(se["shared"][layer].sum()),
+                    "only_a": int(se["only_a"][layer].sum()),
+                    "only_b": int(se["only_b"][layer].sum()),
+                }
+            )
     return pd.DataFrame(rows)

@@ -15,6 +15,9 @@ Conventions. ``k`` is the router's top-k, ``E`` the number of experts. A domain 
 in a window (``ntok == 0``) has no routing there: its specialization, distribution, entropy and
 every JS entry involving it are NaN, not zero. Entropies use natural logs normalised by
 ``log E``; Jensen-Shannon divergences are in bits (log base 2), so they lie in ``[0, 1]``.
+
+(Over 400 lines: the reference functions and the bulk kernel that must agree with them are kept
+side by side.)
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ def _xlogx(x):
     """x log x with 0 log 0 = 0 (NaN stays NaN)."""
     x = np.asarray(x, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), np.where(np.isnan(x), np.nan, 0.0))
+        return np.where(
+            x > 0, x * np.log(np.where(x > 0, x, 1.0)), np.where(np.isnan(x), np.nan, 0.0)
+        )
 
 
 def specialization(count_LDE, ntok_LD):
@@ -51,12 +56,18 @@ def routing_distribution(count_LDE, ntok_LD, k: int):
 
 def pooled_distribution(count_LDE, ntok_LD, k: int):
     """p(l, all, .): the routing distribution of all domains' tokens together, ``[..., L, E]``."""
-    return _div(np.asarray(count_LDE, np.float64).sum(-2), k * np.asarray(ntok_LD, np.float64).sum(-1)[..., None])
+    return _div(
+        np.asarray(count_LDE, np.float64).sum(-2),
+        k * np.asarray(ntok_LD, np.float64).sum(-1)[..., None],
+    )
 
 
 def lift(count_LDE, ntok_LD, k: int):
     """lift(l, d, e) = p(l, d, e) / p(l, all, e): > 1 where domain d over-uses expert e."""
-    return _div(routing_distribution(count_LDE, ntok_LD, k), pooled_distribution(count_LDE, ntok_LD, k)[..., None, :])
+    return _div(
+        routing_distribution(count_LDE, ntok_LD, k),
+        pooled_distribution(count_LDE, ntok_LD, k)[..., None, :],
+    )
 
 
 def normalized_entropy(p_LDE):
@@ -73,7 +84,9 @@ def js_divergence(p_XE, q_XE):
 
     def kl(a):
         with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0) / np.where(m > 0, m, 1.0)), 0.0)
+            terms = np.where(
+                a > 0, a * np.log(np.where(a > 0, a, 1.0) / np.where(m > 0, m, 1.0)), 0.0
+            )
         return terms.sum(-1)
 
     js = np.clip((kl(p) + kl(q)) / (2 * np.log(2)), 0.0, 1.0)
@@ -190,7 +203,9 @@ def vocab_specialization(topk_TKL, token_ids_T, num_experts: int):
     token always goes to one expert; a token routed at random has about k/E).
     """
     topk = np.asarray(topk_TKL).astype(np.int64)
-    vocab_V, inverse_T, n_V = np.unique(np.asarray(token_ids_T), return_inverse=True, return_counts=True)
+    vocab_V, inverse_T, n_V = np.unique(
+        np.asarray(token_ids_T), return_inverse=True, return_counts=True
+    )
     T, K, L = topk.shape
     V, E = len(vocab_V), num_experts
     share_LV = np.zeros((L, V))
@@ -241,12 +256,16 @@ class RoutingMetrics:
     count_FLDE: np.ndarray = field(repr=False, default=None)  # the input, for the per-expert arrays
     ntok_FLD: np.ndarray = field(repr=False, default=None)
     kept: dict = field(repr=False, default_factory=dict)
-    total_count_LDE: np.ndarray = field(repr=False, default=None)  # the whole run, summed over flushes
+    total_count_LDE: np.ndarray = field(
+        repr=False, default=None
+    )  # the whole run, summed over flushes
     total_ntok_LD: np.ndarray = field(repr=False, default=None)
 
     def _counts(self):
         if self.cumulative:
-            return np.cumsum(self.count_FLDE, axis=0, dtype=np.int64), np.cumsum(self.ntok_FLD, axis=0, dtype=np.int64)
+            return np.cumsum(self.count_FLDE, axis=0, dtype=np.int64), np.cumsum(
+                self.ntok_FLD, axis=0, dtype=np.int64
+            )
         return self.count_FLDE, self.ntok_FLD
 
     @property
@@ -264,7 +283,10 @@ class RoutingMetrics:
     def lift_FLDE(self):
         if "lift_FLDE" not in self.kept:
             count, ntok = self._counts()
-            S_all = _div(np.asarray(count, np.float32).sum(-2), np.asarray(ntok, np.float32).sum(-1)[..., None])
+            S_all = _div(
+                np.asarray(count, np.float32).sum(-2),
+                np.asarray(ntok, np.float32).sum(-1)[..., None],
+            )
             return _div(self.S_FLDE, S_all[..., None, :])
         return self.kept["lift_FLDE"]
 
@@ -278,8 +300,18 @@ class RoutingMetrics:
         return np.max(self.S_FLDE, axis=-1)
 
 
-def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None, threshold: float = 1.5,
-                    cumulative: bool = False, keep_per_expert: bool = False, chunk: int = 8) -> RoutingMetrics:
+def routing_metrics(
+    count_FLDE,
+    ntok_FLD,
+    k: int,
+    *,
+    steps_F=None,
+    domains=None,
+    threshold: float = 1.5,
+    cumulative: bool = False,
+    keep_per_expert: bool = False,
+    chunk: int = 8,
+) -> RoutingMetrics:
     """Every training-time routing metric for every flush window (or, ``cumulative``, for the
     running totals up to each flush), in float32.
 
@@ -299,7 +331,11 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
     LOAD = np.empty((F, L, E), f32)
     CV, MV = np.empty((F, L), f32), np.empty((F, L), f32)
     SHARED = np.empty((F, L, D, D), np.int16)
-    kept = {"S_FLDE": np.empty((F, L, D, E), f32), "lift_FLDE": np.empty((F, L, D, E), f32)} if keep_per_expert else {}
+    kept = (
+        {"S_FLDE": np.empty((F, L, D, E), f32), "lift_FLDE": np.empty((F, L, D, E), f32)}
+        if keep_per_expert
+        else {}
+    )
     # chunk buffers, reused, domain-major [D, f, L, E]
     cbuf = np.empty((D, chunk, L, E), f32)
     TOTAL, NTOT = np.zeros((D, L, E)), np.zeros((D, L))  # whole-run totals, float64
@@ -312,7 +348,14 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
     for a in range(0, F, chunk):
         b = min(F, a + chunk)
         n = b - a
-        c, pc, lpc, pr, lpr, hb = cbuf[:, :n], pbuf[:, :n], xbuf[:, :n], pair[:, :n], lpair[:, :n], bits[:, :n]
+        c, pc, lpc, pr, lpr, hb = (
+            cbuf[:, :n],
+            pbuf[:, :n],
+            xbuf[:, :n],
+            pair[:, :n],
+            lpair[:, :n],
+            bits[:, :n],
+        )
         if cumulative:
             block = np.cumsum(count[a:b], axis=0, dtype=np.int64) + running_LDE
             nblock = np.cumsum(ntok_FLD[a:b], axis=0, dtype=np.int64) + running_LD
@@ -320,7 +363,9 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
             TOTAL[:], NTOT[:] = running_LDE.transpose(1, 0, 2), running_LD.T
         else:
             block, nblock = count[a:b], ntok_FLD[a:b]
-        np.copyto(c, np.asarray(block).transpose(2, 0, 1, 3), casting="unsafe")  # domain-major, float32
+        np.copyto(
+            c, np.asarray(block).transpose(2, 0, 1, 3), casting="unsafe"
+        )  # domain-major, float32
         nt = np.asarray(nblock, dtype=f32).transpose(2, 0, 1)[..., None]  # [D, n, L, 1]
         if not cumulative:
             # exact: window counts come from float32 accumulators (< 2**24), summed here in float64
@@ -335,8 +380,11 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
             if keep_per_expert:
                 kept["S_FLDE"][a:b] = (pc * f32(k)).transpose(1, 2, 0, 3)
                 kept["lift_FLDE"][a:b] = (pc / p_all).transpose(1, 2, 0, 3)
-            # high lift: p / p_all > t, i.e. p > t p_all (an unused expert, p_all = 0, is never high)
-            hb[..., :nbytes] = np.packbits(np.greater(pc, f32(threshold + TIE) * p_all, out=pbool[:, :n]), axis=-1)
+            # high lift: p / p_all > t, i.e. p > t p_all
+            # (an unused expert, p_all = 0, is never high)
+            hb[..., :nbytes] = np.packbits(
+                np.greater(pc, f32(threshold + TIE) * p_all, out=pbool[:, :n]), axis=-1
+            )
             np.maximum(pc, _TINY, out=pc)  # so 0 log 0 = 0; NaN stays NaN
             np.log(pc, out=lpc)
             lpc *= pc
@@ -344,13 +392,15 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
             H[a:b] = (h * -inv_logE).transpose(1, 2, 0)
             off = 0
             for i in range(D - 1):  # p_i + p_j for every pair i < j, in np.triu_indices order
-                np.add(pc[i + 1:], pc[i], out=pr[off:off + D - 1 - i])
+                np.add(pc[i + 1 :], pc[i], out=pr[off : off + D - 1 - i])
                 off += D - 1 - i
             np.log(pr, out=lpr)
             lpr *= pr
             s2 = (lpr.reshape(-1, E) @ ones_E).reshape(P, n, L)  # sum_e (p+q) log(p+q)
             # m = (p+q)/2 sums to 1, so H(M) = -s2/2 + ln 2; JS = H(M) - (H(P) + H(Q)) / 2
-            JSP[a:b] = ((f32(-0.5) * s2 + ln2 + f32(0.5) * (h[iu] + h[ju])) * inv_ln2).transpose(1, 2, 0)
+            JSP[a:b] = ((f32(-0.5) * s2 + ln2 + f32(0.5) * (h[iu] + h[ju])) * inv_ln2).transpose(
+                1, 2, 0
+            )
             flat = load.reshape(-1, E)  # load balance over experts
             mean = flat @ ones_mean
             dev = flat - mean[:, None]
@@ -358,17 +408,34 @@ def routing_metrics(count_FLDE, ntok_FLD, k: int, *, steps_F=None, domains=None,
             MV[a:b] = (flat.max(-1) / mean - 1).reshape(n, L)
         w = hb.view(np.uint64)  # [D, n, L, words]: the high-lift experts of each domain as bit sets
         SHARED[a:b] = _popcount(w[:, None] & w[None, :]).sum(-1).transpose(2, 3, 0, 1)
-    np.clip(JSP, 0, 1, out=JSP)  # float32 rounding of an entropy difference can leave [0, 1] by a hair
+    np.clip(
+        JSP, 0, 1, out=JSP
+    )  # float32 rounding of an entropy difference can leave [0, 1] by a hair
     JS = np.empty((F, L, D, D), f32)
     JS[:, :, iu, ju] = JSP
     JS[:, :, ju, iu] = JSP
     d = np.arange(D)
-    JS[:, :, d, d] = np.where(np.isnan(H), np.nan, 0)  # a domain against itself: 0, or NaN without tokens
+    JS[:, :, d, d] = np.where(
+        np.isnan(H), np.nan, 0
+    )  # a domain against itself: 0, or NaN without tokens
     return RoutingMetrics(
-        steps_F=np.asarray(steps_F if steps_F is not None else np.arange(F)), domains=list(domains or range(D)), k=k,
-        threshold=threshold, cumulative=cumulative, H_FLD=H, js_FLDD=JS, load_FLE=LOAD, cv_FL=CV, maxvio_FL=MV,
-        shared_FLDD=SHARED, count_FLDE=count_FLDE, ntok_FLD=ntok_FLD, kept=kept,
-        total_count_LDE=TOTAL.transpose(1, 0, 2).round().astype(np.int64), total_ntok_LD=NTOT.T.round().astype(np.int64))
+        steps_F=np.asarray(steps_F if steps_F is not None else np.arange(F)),
+        domains=list(domains or range(D)),
+        k=k,
+        threshold=threshold,
+        cumulative=cumulative,
+        H_FLD=H,
+        js_FLDD=JS,
+        load_FLE=LOAD,
+        cv_FL=CV,
+        maxvio_FL=MV,
+        shared_FLDD=SHARED,
+        count_FLDE=count_FLDE,
+        ntok_FLD=ntok_FLD,
+        kept=kept,
+        total_count_LDE=TOTAL.transpose(1, 0, 2).round().astype(np.int64),
+        total_ntok_LD=NTOT.T.round().astype(np.int64),
+    )
 
 
 # ------------------------------------------------------------------ tidy views
@@ -387,13 +454,30 @@ def timeseries_frame(m: RoutingMetrics, peak: bool = True):
     parts = []
 
     def add(name, values_FLD):
-        parts.append(pd.DataFrame({"step": np.repeat(steps, L * D), "layer": np.tile(np.repeat(np.arange(L), D), F),
-                                   "domain": np.tile(np.asarray(m.domains, dtype=object), F * L), "metric": name,
-                                   "value": np.asarray(values_FLD, np.float64).ravel()}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "step": np.repeat(steps, L * D),
+                    "layer": np.tile(np.repeat(np.arange(L), D), F),
+                    "domain": np.tile(np.asarray(m.domains, dtype=object), F * L),
+                    "metric": name,
+                    "value": np.asarray(values_FLD, np.float64).ravel(),
+                }
+            )
+        )
 
     def add_layer(name, values_FL):
-        parts.append(pd.DataFrame({"step": np.repeat(steps, L), "layer": np.tile(np.arange(L), F), "domain": "all",
-                                   "metric": name, "value": np.asarray(values_FL, np.float64).ravel()}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "step": np.repeat(steps, L),
+                    "layer": np.tile(np.arange(L), F),
+                    "domain": "all",
+                    "metric": name,
+                    "value": np.asarray(values_FL, np.float64).ravel(),
+                }
+            )
+        )
 
     add("entropy", m.H_FLD)
     if peak:
@@ -402,5 +486,7 @@ def timeseries_frame(m: RoutingMetrics, peak: bool = True):
     add_layer("maxvio", m.maxvio_FL)
     if D > 1:
         iu = np.triu_indices(D, 1)
-        add_layer("mean_js", np.nanmean(m.js_FLDD[:, :, iu[0], iu[1]], axis=-1) if F else np.zeros((0, L)))
+        add_layer(
+            "mean_js", np.nanmean(m.js_FLDD[:, :, iu[0], iu[1]], axis=-1) if F else np.zeros((0, L))
+        )
     return pd.concat(parts, ignore_index=True)

@@ -21,6 +21,9 @@ report`` wraps itself in it: a report that fails leaves its input run directorie
 
 Eval-time routing (``eval/routing_step_<N>.npz``, written by ``ablate eval``) is small and read
 as is (``load_eval_routing``).
+
+(Over 400 lines: the store's reader, writer, freshness rules and memory-mapping are one file
+format and change together.)
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ from ablate.errors import AblateError
 from ablate.io import os_error_line, remove_stale_temporaries
 
 COLUMNAR = "routing_columnar.npz"  # in the run directory, beside routing/
-HINT = "routing_columnar.json"  # when the store was last found up to date (a hint: ignored if inconsistent)
-_SETTLE_NS = 2_000_000_000  # a directory mtime this much older than our check cannot hide a later write
+# when the store was last found up to date (a hint: ignored if inconsistent)
+HINT = "routing_columnar.json"
+_SETTLE_NS = (
+    2_000_000_000  # a directory mtime this much older than our check cannot hide a later write
+)
 FORMAT = "ablate.routing-columnar/1"
 _STEP = re.compile(r"step_(\d+)\.npz$")
 
@@ -82,21 +88,41 @@ class RoutingLog:
         """Every training-time metric per flush (``routing_metrics.routing_metrics``)."""
         from ablate.analysis.routing_metrics import routing_metrics
 
-        return routing_metrics(self.count_FLDE, self.ntok_FLD, self._k(), steps_F=self.steps_F, domains=self.domains,
-                               cumulative=cumulative, **kwargs)
+        return routing_metrics(
+            self.count_FLDE,
+            self.ntok_FLD,
+            self._k(),
+            steps_F=self.steps_F,
+            domains=self.domains,
+            cumulative=cumulative,
+            **kwargs,
+        )
 
     def select_domains(self, domains) -> "RoutingLog":
         """The same log restricted to (and ordered as) ``domains``."""
         missing = [d for d in domains if d not in self.domains]
         if missing:
-            raise AblateError(f"{self.run}: routing has no domain {', '.join(missing)} (it has {', '.join(self.domains)})")
+            raise AblateError(
+                f"{self.run}: routing has no domain {', '.join(missing)} (it has "
+                f"{', '.join(self.domains)})"
+            )
         idx = [self.domains.index(d) for d in domains]
-        return RoutingLog(self.run, self.steps_F, list(domains), self.count_FLDE[:, :, idx], self.ntok_FLD[:, :, idx],
-                          self.gate_FLDE[:, :, idx], self.expert_bias_FLE, self.k)
+        return RoutingLog(
+            self.run,
+            self.steps_F,
+            list(domains),
+            self.count_FLDE[:, :, idx],
+            self.ntok_FLD[:, :, idx],
+            self.gate_FLDE[:, :, idx],
+            self.expert_bias_FLE,
+            self.k,
+        )
 
     def _k(self) -> int:
         if not self.k:
-            raise AblateError(f"{self.run}: the router's top-k is unknown (load the log through its run)")
+            raise AblateError(
+                f"{self.run}: the router's top-k is unknown (load the log through its run)"
+            )
         return self.k
 
 
@@ -121,7 +147,9 @@ def _signature(files) -> list:
     return sig
 
 
-def load_routing(run_dir: str, k: int | None = None, cache: bool = True, refresh: bool = True) -> RoutingLog:
+def load_routing(
+    run_dir: str, k: int | None = None, cache: bool = True, refresh: bool = True
+) -> RoutingLog:
     """A run's training routing, from ``<run>/routing_columnar.npz`` (built or refreshed first).
 
     Freshness: flush files are written by rename, which changes the mtime of ``routing/``; when
@@ -144,8 +172,11 @@ def load_routing(run_dir: str, k: int | None = None, cache: bool = True, refresh
             return _log(name, stored, k)
     files = flush_files(run_dir)
     if not files:
-        raise AblateError(f"{name}: no routing/step_*.npz (training writes one every cadence.routing_flush_every steps; "
-                          f"a dense model has none)")
+        raise AblateError(
+            f"{name}: no routing/step_*.npz (training writes one every cadence.routing_flush_every "
+            "steps; "
+            f"a dense model has none)"
+        )
     sig = _signature(files)
     cached = _read_columnar(path) if os.path.exists(path) else None
     if cached is not None and cached["files"] == sig:
@@ -159,10 +190,16 @@ def load_routing(run_dir: str, k: int | None = None, cache: bool = True, refresh
         new = _stack(name, files[start:], k)
         if start:
             _check_same_layout(name, cached, new, files[start][1])
-            arrays = {key: np.concatenate([cached[key], new[key]]) for key in ("steps_F", "count_FLDE", "ntok_FLD", "gate_FLDE")}
+            arrays = {
+                key: np.concatenate([cached[key], new[key]])
+                for key in ("steps_F", "count_FLDE", "ntok_FLD", "gate_FLDE")
+            }
             arrays["domains"] = cached["domains"]
-            arrays["expert_bias_FLE"] = (np.concatenate([cached["expert_bias_FLE"], new["expert_bias_FLE"]])
-                                         if cached["expert_bias_FLE"] is not None and new["expert_bias_FLE"] is not None else None)
+            arrays["expert_bias_FLE"] = (
+                np.concatenate([cached["expert_bias_FLE"], new["expert_bias_FLE"]])
+                if cached["expert_bias_FLE"] is not None and new["expert_bias_FLE"] is not None
+                else None
+            )
         else:
             arrays = new
         arrays["count_FLDE"] = _narrow(arrays["count_FLDE"])
@@ -198,6 +235,7 @@ def cache_writes_after_success() -> Iterator[None]:
 def _save(run_dir: str, path: str, dir_mtime, arrays: dict | None) -> bool:
     """Write the store (``arrays``; None: only the freshness hint) now, or once the enclosing
     ``cache_writes_after_success`` block has succeeded; whether it was written now."""
+
     def write() -> bool:
         try:
             if arrays is not None:
@@ -223,17 +261,28 @@ def _warn_once(line: str) -> None:
 
 
 def _log(name, arrays, k) -> RoutingLog:
-    return RoutingLog(name, arrays["steps_F"], list(arrays["domains"]), arrays["count_FLDE"], arrays["ntok_FLD"],
-                      arrays["gate_FLDE"], arrays["expert_bias_FLE"], k)
+    return RoutingLog(
+        name,
+        arrays["steps_F"],
+        list(arrays["domains"]),
+        arrays["count_FLDE"],
+        arrays["ntok_FLD"],
+        arrays["gate_FLDE"],
+        arrays["expert_bias_FLE"],
+        k,
+    )
 
 
 def _hint_says_fresh(run_dir: str, path: str, dir_mtime) -> bool:
     try:
         with open(os.path.join(run_dir, HINT)) as f:
             hint = json.load(f)
-        return (dir_mtime is not None and hint["dir_mtime_ns"] == dir_mtime
-                and hint["store_mtime_ns"] == os.stat(path).st_mtime_ns
-                and hint["checked_ns"] - dir_mtime > _SETTLE_NS)
+        return (
+            dir_mtime is not None
+            and hint["dir_mtime_ns"] == dir_mtime
+            and hint["store_mtime_ns"] == os.stat(path).st_mtime_ns
+            and hint["checked_ns"] - dir_mtime > _SETTLE_NS
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -245,8 +294,14 @@ def _write_hint(run_dir: str, path: str, dir_mtime) -> None:
 
     if dir_mtime is None:
         return
-    write_json_atomic(os.path.join(run_dir, HINT), {"dir_mtime_ns": dir_mtime, "checked_ns": time.time_ns(),
-                                                    "store_mtime_ns": os.stat(path).st_mtime_ns})
+    write_json_atomic(
+        os.path.join(run_dir, HINT),
+        {
+            "dir_mtime_ns": dir_mtime,
+            "checked_ns": time.time_ns(),
+            "store_mtime_ns": os.stat(path).st_mtime_ns,
+        },
+    )
 
 
 def _narrow(a: np.ndarray) -> np.ndarray:
@@ -260,23 +315,44 @@ def _stack(name: str, files, k: int | None) -> dict:
     for step, path in files:
         try:
             with np.load(path, allow_pickle=False) as z:
-                missing = [key for key in ("count", "gate", "ntok", "domains") if key not in z.files]
+                missing = [
+                    key for key in ("count", "gate", "ntok", "domains") if key not in z.files
+                ]
                 if missing:
                     raise AblateError(f"{path}: not a routing flush (missing {', '.join(missing)})")
-                count, gate, ntok, doms = z["count"], z["gate"], z["ntok"], [str(d) for d in z["domains"]]
+                count, gate, ntok, doms = (
+                    z["count"],
+                    z["gate"],
+                    z["ntok"],
+                    [str(d) for d in z["domains"]],
+                )
                 bias = z["expert_bias"] if "expert_bias" in z.files else None
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise AblateError(f"{path}: unreadable routing flush ({exc})") from None
-        if count.ndim != 3 or gate.shape != count.shape or ntok.shape != count.shape[:2] or len(doms) != count.shape[1]:
-            raise AblateError(f"{path}: inconsistent shapes: count {count.shape}, gate {gate.shape}, ntok {ntok.shape}, "
-                              f"{len(doms)} domains (expected [L, D, E], [L, D, E], [L, D], D)")
+        if (
+            count.ndim != 3
+            or gate.shape != count.shape
+            or ntok.shape != count.shape[:2]
+            or len(doms) != count.shape[1]
+        ):
+            raise AblateError(
+                f"{path}: inconsistent shapes: count {count.shape}, gate {gate.shape}, ntok "
+                f"{ntok.shape}, "
+                f"{len(doms)} domains (expected [L, D, E], [L, D, E], [L, D], D)"
+            )
         if domains is None:
             domains, shape = doms, count.shape
         elif doms != domains or count.shape != shape:
-            raise AblateError(f"{path}: domains {doms} / shape {count.shape} differ from the run's earlier flushes "
-                              f"({domains} / {shape})")
+            raise AblateError(
+                f"{path}: domains {doms} / shape {count.shape} differ from the run's earlier "
+                "flushes "
+                f"({domains} / {shape})"
+            )
         if k and not np.array_equal(count.sum(-1), k * ntok):
-            raise AblateError(f"{path}: counts do not sum to top-k ({k}) x tokens; is model.moe_router_topk right?")
+            raise AblateError(
+                f"{path}: counts do not sum to top-k ({k}) x tokens; is model.moe_router_topk "
+                "right?"
+            )
         steps.append(step)
         counts.append(count)
         ntoks.append(ntok)
@@ -284,16 +360,21 @@ def _stack(name: str, files, k: int | None) -> dict:
         biases.append(bias)
     L, D, E = shape if domains is not None else (0, 0, 0)
     have_bias = bool(biases) and all(b is not None for b in biases)
-    return {"steps_F": np.array(steps, np.int64),
-            "count_FLDE": np.stack(counts) if counts else np.zeros((0, L, D, E), np.int64),
-            "ntok_FLD": np.stack(ntoks) if ntoks else np.zeros((0, L, D), np.int64),
-            "gate_FLDE": np.stack(gates) if gates else np.zeros((0, L, D, E), np.float32),
-            "expert_bias_FLE": np.stack(biases).astype(np.float32) if have_bias else None,
-            "domains": domains or []}
+    return {
+        "steps_F": np.array(steps, np.int64),
+        "count_FLDE": np.stack(counts) if counts else np.zeros((0, L, D, E), np.int64),
+        "ntok_FLD": np.stack(ntoks) if ntoks else np.zeros((0, L, D), np.int64),
+        "gate_FLDE": np.stack(gates) if gates else np.zeros((0, L, D, E), np.float32),
+        "expert_bias_FLE": np.stack(biases).astype(np.float32) if have_bias else None,
+        "domains": domains or [],
+    }
 
 
 def _check_same_layout(name, cached, new, first_new):
-    if list(new["domains"]) != list(cached["domains"]) or new["count_FLDE"].shape[1:] != cached["count_FLDE"].shape[1:]:
+    if (
+        list(new["domains"]) != list(cached["domains"])
+        or new["count_FLDE"].shape[1:] != cached["count_FLDE"].shape[1:]
+    ):
         raise AblateError(f"{first_new}: domains or shape differ from the run's earlier flushes")
 
 
@@ -317,10 +398,15 @@ def _read_columnar(path: str) -> dict | None:
         members = _npz_members(path)
         if str(members["format"][()]) != FORMAT:
             return None
-        return {"steps_F": np.asarray(members["steps_F"]), "count_FLDE": members["count_FLDE"],
-                "ntok_FLD": np.asarray(members["ntok_FLD"]), "gate_FLDE": members["gate_FLDE"],
-                "expert_bias_FLE": members.get("expert_bias_FLE"),
-                "domains": [str(d) for d in members["domains"]], "files": json.loads(str(members["files"][()]))}
+        return {
+            "steps_F": np.asarray(members["steps_F"]),
+            "count_FLDE": members["count_FLDE"],
+            "ntok_FLD": np.asarray(members["ntok_FLD"]),
+            "gate_FLDE": members["gate_FLDE"],
+            "expert_bias_FLE": members.get("expert_bias_FLE"),
+            "domains": [str(d) for d in members["domains"]],
+            "files": json.loads(str(members["files"][()])),
+        }
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, struct.error, json.JSONDecodeError):
         return None
 
@@ -341,7 +427,11 @@ def _npz_members(path: str) -> dict:
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             f.seek(info.header_offset + 30 + name_len + extra_len)
             version = np.lib.format.read_magic(f)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            reader = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = reader(f)
             if dtype.hasobject:
                 raise ValueError("object arrays are not expected")
@@ -351,7 +441,14 @@ def _npz_members(path: str) -> dict:
                 a = np.frombuffer(f.read(int(np.prod(shape)) * dtype.itemsize), dtype=dtype)
                 out[key] = a.reshape(shape, order="F" if fortran else "C")
             else:
-                out[key] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+                out[key] = np.memmap(
+                    path,
+                    dtype=dtype,
+                    mode="r",
+                    offset=offset,
+                    shape=shape,
+                    order="F" if fortran else "C",
+                )
     return out
 
 
@@ -381,39 +478,72 @@ class EvalRouting:
         if domain is None:
             return self
         if domain not in self.domains:
-            raise AblateError(f"{self.path}: no eval routing for domain {domain!r} (it has {', '.join(self.domains)})")
+            raise AblateError(
+                f"{self.path}: no eval routing for domain {domain!r} (it has "
+                f"{', '.join(self.domains)})"
+            )
         keep = self.domain_T == self.domains.index(domain)
-        return EvalRouting(self.path, self.step, self.domains, self.topk_TKL[keep], self.token_ids_T[keep], self.domain_T[keep])
+        return EvalRouting(
+            self.path,
+            self.step,
+            self.domains,
+            self.topk_TKL[keep],
+            self.token_ids_T[keep],
+            self.domain_T[keep],
+        )
 
 
 _EVAL_ROUTING = re.compile(r"routing_step_(\d+)\.npz$")
 
 
 def eval_routing_steps(run_dir: str) -> list[int]:
-    return sorted(int(m.group(1)) for p in glob.glob(os.path.join(run_dir, "eval", "routing_step_*.npz"))
-                  if (m := _EVAL_ROUTING.search(os.path.basename(p))))
+    return sorted(
+        int(m.group(1))
+        for p in glob.glob(os.path.join(run_dir, "eval", "routing_step_*.npz"))
+        if (m := _EVAL_ROUTING.search(os.path.basename(p)))
+    )
 
 
-def load_eval_routing(run_dir: str, step: int | None = None, num_experts: int | None = None) -> EvalRouting:
+def load_eval_routing(
+    run_dir: str, step: int | None = None, num_experts: int | None = None
+) -> EvalRouting:
     """``eval/routing_step_<N>.npz`` (the latest step by default)."""
     steps = eval_routing_steps(run_dir)
     if not steps:
-        raise AblateError(f"{run_dir.rstrip('/')}: no eval/routing_step_*.npz (run 'ablate eval' on it)")
+        raise AblateError(
+            f"{run_dir.rstrip('/')}: no eval/routing_step_*.npz (run 'ablate eval' on it)"
+        )
     step = steps[-1] if step is None else step
     path = os.path.join(run_dir, "eval", f"routing_step_{step}.npz")
     if not os.path.exists(path):
-        raise AblateError(f"{path}: no eval routing at step {step} (steps: {', '.join(map(str, steps))})")
+        raise AblateError(
+            f"{path}: no eval routing at step {step} (steps: {', '.join(map(str, steps))})"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [key for key in ("topk_TKL", "token_ids_T", "domain_T", "domains") if key not in z.files]
+            missing = [
+                key
+                for key in ("topk_TKL", "token_ids_T", "domain_T", "domains")
+                if key not in z.files
+            ]
             if missing:
-                raise AblateError(f"{path}: not an eval routing file (missing {', '.join(missing)})")
-            topk, ids, dom, doms = z["topk_TKL"], z["token_ids_T"], z["domain_T"], [str(d) for d in z["domains"]]
+                raise AblateError(
+                    f"{path}: not an eval routing file (missing {', '.join(missing)})"
+                )
+            topk, ids, dom, doms = (
+                z["topk_TKL"],
+                z["token_ids_T"],
+                z["domain_T"],
+                [str(d) for d in z["domains"]],
+            )
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise AblateError(f"{path}: unreadable eval routing ({exc})") from None
     T = topk.shape[0] if topk.ndim == 3 else -1
     if topk.ndim != 3 or ids.shape != (T,) or dom.shape != (T,):
-        raise AblateError(f"{path}: inconsistent shapes: topk_TKL {topk.shape}, token_ids_T {ids.shape}, domain_T {dom.shape}")
+        raise AblateError(
+            f"{path}: inconsistent shapes: topk_TKL {topk.shape}, token_ids_T {ids.shape}, "
+            f"domain_T {dom.shape}"
+        )
     if T and (dom.min() < 0 or dom.max() >= len(doms)):
         raise AblateError(f"{path}: domain_T has ids outside the {len(doms)} domains")
     if T and num_experts and (topk.min() < 0 or topk.max() >= num_experts):

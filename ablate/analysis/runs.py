@@ -12,6 +12,8 @@ seeds of one condition. Its label is the runs' common name without a seed suffix
 Reading is checking: every file a run is read from (``recipe.yaml``, ``status.json``,
 ``plan.json``, ``metrics.jsonl``, ``eval/step_<N>.json``) is checked for the shape this module
 relies on, and a damaged one is one line naming the file (and line). Nothing here writes.
+(Over 400 lines as ruff lays it out: the registry and the frames built from it are read
+together.)
 """
 
 from __future__ import annotations
@@ -28,8 +30,16 @@ from ablate.io import read_json
 from ablate.run_layout import RunLayout
 
 # recipe fields that do not define an experimental condition
-NOT_CONDITION = ("name", "seed", "run_dir", "cadence.*", "data.cache_dir", "parallelism.*",
-                 "training.backend", "training.micro_batch_size")
+NOT_CONDITION = (
+    "name",
+    "seed",
+    "run_dir",
+    "cadence.*",
+    "data.cache_dir",
+    "parallelism.*",
+    "training.backend",
+    "training.micro_batch_size",
+)
 _SEED_SUFFIX = re.compile(r"([-_.]?(seed|s|rep|r)?[-_]?\d+)$", re.I)
 
 
@@ -67,8 +77,11 @@ class Run:
         """Raise a one-line error naming the first of ``names`` missing from the run directory."""
         for n in names:
             if not os.path.exists(self.file(n)):
-                hint = {RunLayout.METRICS: f"has it started training? state: {self.state}",
-                        RunLayout.PLAN: "compile or train it first", RunLayout.EVAL: "run 'ablate eval' on it"}.get(n, "")
+                hint = {
+                    RunLayout.METRICS: f"has it started training? state: {self.state}",
+                    RunLayout.PLAN: "compile or train it first",
+                    RunLayout.EVAL: "run 'ablate eval' on it",
+                }.get(n, "")
                 raise AblateError(f"{self.file(n)}: missing" + (f" ({hint})" if hint else ""))
 
     # ---- files read on demand (cached)
@@ -80,9 +93,12 @@ class Run:
             plan = read_object(path, "plan")
             domains = plan.get("domains", {})
             if not isinstance(domains, dict) or not all(
-                    isinstance(v, dict) and _is_int(v.get("tokens_realized")) for v in domains.values()):
-                raise AblateError(f"{path}: domains: expected a mapping of domain -> "
-                                  "{tokens_realized: integer, ...} (damaged plan)")
+                isinstance(v, dict) and _is_int(v.get("tokens_realized")) for v in domains.values()
+            ):
+                raise AblateError(
+                    f"{path}: domains: expected a mapping of domain -> "
+                    "{tokens_realized: integer, ...} (damaged plan)"
+                )
             self._cache["plan"] = plan
         return self._cache["plan"]
 
@@ -135,16 +151,27 @@ class Run:
         if key not in self._cache:
             path = self.file("eval", f"step_{step}.json")
             if not os.path.exists(path):
-                raise AblateError(f"{path}: missing (evaluated steps: {', '.join(map(str, steps))})")
+                raise AblateError(
+                    f"{path}: missing (evaluated steps: {', '.join(map(str, steps))})"
+                )
             body = read_json(path, "eval result")
-            if not isinstance(body, dict) or not str(body.get("format", "")).startswith("ablate.eval/") \
-                    or not isinstance(body.get("tasks"), dict):
-                raise AblateError(f"{path}: not an eval result (expected format 'ablate.eval/1' with 'tasks')")
+            if (
+                not isinstance(body, dict)
+                or not str(body.get("format", "")).startswith("ablate.eval/")
+                or not isinstance(body.get("tasks"), dict)
+            ):
+                raise AblateError(
+                    f"{path}: not an eval result (expected format 'ablate.eval/1' with 'tasks')"
+                )
             if "step" in body and not _is_int(body["step"]):
-                raise AblateError(f"{path}: step: {show(body['step'])} is not an integer (damaged eval result)")
+                raise AblateError(
+                    f"{path}: step: {show(body['step'])} is not an integer (damaged eval result)"
+                )
             for task, t in body["tasks"].items():
                 if not isinstance(t, dict) or not isinstance(t.get("metrics"), dict):
-                    raise AblateError(f"{path}: tasks.{show(task)}: expected a mapping with 'metrics'")
+                    raise AblateError(
+                        f"{path}: tasks.{show(task)}: expected a mapping with 'metrics'"
+                    )
             self._cache[key] = body
         return self._cache[key]
 
@@ -167,7 +194,9 @@ def read_object(path: str, what: str) -> dict:
     """A JSON object file ablate wrote; missing, damaged or not an object: one line."""
     body = read_json(path, what)
     if not isinstance(body, dict):
-        raise AblateError(f"{path}: damaged {what}, expected a JSON object (got {type(body).__name__})")
+        raise AblateError(
+            f"{path}: damaged {what}, expected a JSON object (got {type(body).__name__})"
+        )
     return body
 
 
@@ -194,9 +223,13 @@ def read_metrics(path: str) -> list[dict]:
                 break
             raise AblateError(f"{path}:{i}: not a JSON object ({exc.msg})") from None
         if not isinstance(row, dict):
-            raise AblateError(f"{path}:{i}: not a JSON object (a {type(row).__name__}; expected JSON Lines)")
+            raise AblateError(
+                f"{path}:{i}: not a JSON object (a {type(row).__name__}; expected JSON Lines)"
+            )
         if not _is_int(row.get("step")):
-            raise AblateError(f"{path}:{i}: step: {show(row.get('step'))} is not an integer (rows have a 'step')")
+            raise AblateError(
+                f"{path}:{i}: step: {show(row.get('step'))} is not an integer (rows have a 'step')"
+            )
         rows.append(row)
     return rows
 
@@ -211,7 +244,11 @@ def load_run(path: str) -> Run:
         raise AblateError(f"{path}: not a run directory (no recipe.yaml)")
     recipe = _resolved_recipe(recipe_path)
     status_path = RunLayout(path).status
-    status = read_object(status_path, "status file") if os.path.exists(status_path) else {"state": "pending"}
+    status = (
+        read_object(status_path, "status file")
+        if os.path.exists(status_path)
+        else {"state": "pending"}
+    )
     return Run(path=path, name=recipe["name"], recipe=recipe, status=status)
 
 
@@ -227,7 +264,10 @@ def _resolved_recipe(path: str) -> dict:
         raise AblateError(f"{path}: not a resolved recipe (a mapping with a 'name')")
     model = raw.get("model")
     if isinstance(model, dict) and model.get("preset", "") is None:
-        raw = {**raw, "model": {k: v for k, v in model.items() if k != "preset"}}  # to_dict writes 'preset: null'
+        raw = {
+            **raw,
+            "model": {k: v for k, v in model.items() if k != "preset"},
+        }  # to_dict writes 'preset: null'
     try:
         return parse_recipe(raw, path).to_dict()
     except AblateError:
@@ -245,7 +285,11 @@ def load_runs(patterns) -> list[Run]:
     paths, explicit = [], set()
     for pattern in patterns:
         if glob.has_magic(pattern):
-            matched = sorted(p for p in glob.glob(pattern) if os.path.isdir(p) and os.path.exists(RunLayout(p).recipe))
+            matched = sorted(
+                p
+                for p in glob.glob(pattern)
+                if os.path.isdir(p) and os.path.exists(RunLayout(p).recipe)
+            )
             if not matched:
                 raise AblateError(f"{pattern}: matches no run directory")
             paths += matched
@@ -306,11 +350,14 @@ def condition_columns(frame, exclude=NOT_CONDITION) -> list[str]:
 
 def varying_columns(frame, exclude=NOT_CONDITION) -> list[str]:
     """Recipe columns whose values differ between runs (what the comparison is about)."""
-    return [c for c in condition_columns(frame, exclude) if frame[c].map(_key).nunique(dropna=False) > 1]
+    return [
+        c for c in condition_columns(frame, exclude) if frame[c].map(_key).nunique(dropna=False) > 1
+    ]
 
 
 def _norm(v):
-    """numpy scalars -> Python; 2.0 -> 2 (a column with gaps turns ints into floats); NaN -> None."""
+    """numpy scalars -> Python; 2.0 -> 2 (a column with gaps turns ints into floats);
+    NaN -> None."""
     if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
         try:
             v = v.item()
@@ -331,7 +378,11 @@ def _key(v):
 def condition_labels(frame, exclude=NOT_CONDITION) -> list[str]:
     """A label per row: rows equal on every condition field share one."""
     cols = condition_columns(frame, exclude)
-    keys = [tuple(_key(row[c]) for c in cols) for _, row in frame[cols].iterrows()] if cols else [()] * len(frame)
+    keys = (
+        [tuple(_key(row[c]) for c in cols) for _, row in frame[cols].iterrows()]
+        if cols
+        else [()] * len(frame)
+    )
     groups: dict = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
@@ -365,8 +416,10 @@ def resolve_control(frame, control: str) -> str:
     hit = frame.loc[frame["run"] == control, "condition"]
     if len(hit):
         return hit.iloc[0]
-    raise AblateError(f"control {control!r} is not among the runs (runs: {', '.join(map(str, frame['run']))}; "
-                      f"conditions: {', '.join(dict.fromkeys(map(str, frame['condition'])))})")
+    raise AblateError(
+        f"control {control!r} is not among the runs (runs: {', '.join(map(str, frame['run']))}; "
+        f"conditions: {', '.join(dict.fromkeys(map(str, frame['condition'])))})"
+    )
 
 
 def differences(frame, control: str, exclude=NOT_CONDITION) -> dict:
@@ -377,7 +430,9 @@ def differences(frame, control: str, exclude=NOT_CONDITION) -> dict:
     base = first.loc[cond]
     out = {}
     for label, row in first.iterrows():
-        out[label] = {c: (_plain(base[c]), _plain(row[c])) for c in cols if _key(base[c]) != _key(row[c])}
+        out[label] = {
+            c: (_plain(base[c]), _plain(row[c])) for c in cols if _key(base[c]) != _key(row[c])
+        }
     return out
 
 

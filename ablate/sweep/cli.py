@@ -1,4 +1,5 @@
-"""``ablate sweep expand|submit|status|cancel SWEEP.yaml [--executor local|slurm]`` (registered by ``ablate.cli``).
+"""``ablate sweep expand|submit|status|cancel SWEEP.yaml [--executor local|slurm]``
+(registered by ``ablate.cli``).
 
 Exit status of ``submit``: 0 when every point was submitted (Slurm), rendered (``--dry-run``)
 or, with the local executor, completed or stopped on request; 1 when the local executor ran a
@@ -12,30 +13,52 @@ from __future__ import annotations
 
 def add_commands(sub) -> None:
     """Add this subsystem's parsers to ``ablate``'s subparsers."""
-    sweep = sub.add_parser("sweep", help="many runs from one sweep file: expand, submit (local or Slurm), status, cancel")
+    sweep = sub.add_parser(
+        "sweep",
+        help="many runs from one sweep file: expand, submit (local or Slurm), status, cancel",
+    )
     verbs = sweep.add_subparsers(dest="sweep_command", required=True)
 
     def verb(name: str, help: str, func):
         p = verbs.add_parser(name, help=help)
         p.add_argument("sweep", help="a sweep YAML (recipes/sweeps/)")
-        p.add_argument("--executor", choices=("local", "slurm"), default=None,
-                       help="what runs the points (default: the sweep file's 'executor', else local)")
+        p.add_argument(
+            "--executor",
+            choices=("local", "slurm"),
+            default=None,
+            help="what runs the points (default: the sweep file's 'executor', else local)",
+        )
         p.set_defaults(func=func)
         return p
 
-    p = verb("expand", "write one resolved recipe per point into its run directory, pre-compile every blend, "
-                       "print the points", _expand)
+    p = verb(
+        "expand",
+        "write one resolved recipe per point into its run directory, pre-compile every blend, "
+        "print the points",
+        _expand,
+    )
     p.add_argument("--no-compile", action="store_true", help="write the recipes only")
-    p = verb("submit", "expand, then start every point not yet completed, queued or running", _submit)
-    p.add_argument("--retry", action="store_true", help="also resubmit failed, preempted, interrupted, cancelled points")
-    p.add_argument("--dry-run", action="store_true", help="render the job scripts / commands; start nothing")
+    p = verb(
+        "submit", "expand, then start every point not yet completed, queued or running", _submit
+    )
+    p.add_argument(
+        "--retry",
+        action="store_true",
+        help="also resubmit failed, preempted, interrupted, cancelled points",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="render the job scripts / commands; start nothing"
+    )
     p = verb("status", "a table: point, state, job, step, loss, tokens per domain", _status)
-    p.add_argument("--json", action="store_true", help="one JSON object per point instead of the table")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per point instead of the table"
+    )
     verb("cancel", "stop the sweep's queued and running jobs (training checkpoints first)", _cancel)
 
 
 def _log(msg: str) -> None:
-    """Progress (what was compiled, submitted, skipped) goes to stdout; stderr is for the one-line error."""
+    """Progress (what was compiled, submitted, skipped) goes to stdout; stderr is for the
+    one-line error."""
     print(msg, flush=True)
 
 
@@ -59,12 +82,17 @@ def _submit(args) -> None:
     from ablate.sweep.commands import submit
 
     spec = _spec(args)
-    outcomes = submit(spec, args.executor or spec.executor, _log, retry=args.retry, dry_run=args.dry_run)
+    outcomes = submit(
+        spec, args.executor or spec.executor, _log, retry=args.retry, dry_run=args.dry_run
+    )
     print(submit_summary(outcomes, args.dry_run))
     failed = [o for o in outcomes if o.failed]
     for o in failed:
-        print(f"error: {spec._path or spec.name}: point {o.point}: {o.detail}" + (f" (log: {o.log})" if o.log else ""),
-              file=sys.stderr)
+        print(
+            f"error: {spec._path or spec.name}: point {o.point}: {o.detail}"
+            + (f" (log: {o.log})" if o.log else ""),
+            file=sys.stderr,
+        )
     if failed:
         raise SystemExit(1)
 
@@ -78,7 +106,9 @@ def submit_summary(outcomes: list, dry_run: bool) -> str:
         counts[o.state] = counts.get(o.state, 0) + 1
     if set(counts) <= {"submitted"}:
         return f"submitted {len(outcomes)} point(s)"
-    return f"ran {len(outcomes)} point(s): " + ", ".join(f"{n} {state}" for state, n in counts.items())
+    return f"ran {len(outcomes)} point(s): " + ", ".join(
+        f"{n} {state}" for state, n in counts.items()
+    )
 
 
 def _status(args) -> None:

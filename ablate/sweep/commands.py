@@ -23,7 +23,15 @@ from typing import Callable, Iterator
 from ablate.errors import AblateError
 from ablate.io import exclusive_lock, os_errors
 from ablate.sweep.executor import Outcome
-from ablate.sweep.expand import Point, build_points, plan_points, points_table, started, verify_points, write_points
+from ablate.sweep.expand import (
+    Point,
+    build_points,
+    plan_points,
+    points_table,
+    started,
+    verify_points,
+    write_points,
+)
 from ablate.sweep.spec import SweepSpec
 from ablate.sweep.state import RETRYABLE, PointState, job_record, point_state, read_status
 
@@ -65,14 +73,18 @@ def expand(spec: SweepSpec, log: Callable[[str], None], compile: bool = True) ->
 
 
 def expand_table(spec: SweepSpec, points: list[Point]) -> str:
-    return (f"sweep {spec.name}: {len(points)} point(s) in {spec.resolved_root}\n" + points_table(points))
+    return f"sweep {spec.name}: {len(points)} point(s) in {spec.resolved_root}\n" + points_table(
+        points
+    )
 
 
 def states(spec: SweepSpec, points: list[Point], also: str | None = None) -> list[PointState]:
     """Each point's state; asks every executor that any point was submitted with (and ``also``)."""
     from ablate.sweep.executor import get_executor
 
-    used = {r["executor"] for r in (job_record(p.run_dir) for p in points) if r and r.get("executor")}
+    used = {
+        r["executor"] for r in (job_record(p.run_dir) for p in points) if r and r.get("executor")
+    }
     if also:
         used.add(also)
     jobs: dict[str, list] = {}
@@ -82,8 +94,13 @@ def states(spec: SweepSpec, points: list[Point], also: str | None = None) -> lis
     return [point_state(p.name, p.run_dir, jobs.get(p.name, [])) for p in points]
 
 
-def submit(spec: SweepSpec, executor: str, log: Callable[[str], None], retry: bool = False,
-           dry_run: bool = False) -> list[Outcome]:
+def submit(
+    spec: SweepSpec,
+    executor: str,
+    log: Callable[[str], None],
+    retry: bool = False,
+    dry_run: bool = False,
+) -> list[Outcome]:
     """Start the points whose state calls for it; one ``Outcome`` per point started (or, with
     ``dry_run``, that would be)."""
     from ablate.sweep.executor import get_executor
@@ -128,9 +145,12 @@ def _refuse_changed_started_points(spec: SweepSpec, points: list[Point]) -> None
         if os.path.isfile(p.recipe_path) and started(p.run_dir):
             with open(p.recipe_path, encoding="utf-8") as f:
                 if f.read() != p.text:
-                    raise AblateError(f"{spec._path or spec.name}: point {p.name}: {p.run_dir} holds a started run "
-                                      "of a different recipe; give the sweep another root (or name), or remove "
-                                      "that run directory")
+                    raise AblateError(
+                        f"{spec._path or spec.name}: point {p.name}: {p.run_dir} holds a started "
+                        "run "
+                        "of a different recipe; give the sweep another root (or name), or remove "
+                        "that run directory"
+                    )
 
 
 def status(spec: SweepSpec, executor: str | None = None) -> list[PointState]:

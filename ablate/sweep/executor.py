@@ -48,7 +48,9 @@ class Executor:
         """Jobs the scheduler still holds, per point name (points without any may be absent)."""
         raise NotImplementedError
 
-    def submit(self, points: list, log: Callable[[str], None], dry_run: bool = False) -> list[Outcome]:
+    def submit(
+        self, points: list, log: Callable[[str], None], dry_run: bool = False
+    ) -> list[Outcome]:
         """Start ``points`` (each expanded and compiled); record each job in its run directory.
         With ``dry_run``, say what would run (compiled or not) and write nothing."""
         raise NotImplementedError
@@ -70,8 +72,13 @@ class Executor:
         old = self.read_record(run_dir)
         history = old.get("history", [])
         if old.get("job_id"):
-            history = history + [{k: old.get(k) for k in ("job_id", "eval_job_id", "submitted", "cancelled")
-                                  if old.get(k) is not None}]
+            history = history + [
+                {
+                    k: old.get(k)
+                    for k in ("job_id", "eval_job_id", "submitted", "cancelled")
+                    if old.get(k) is not None
+                }
+            ]
         body = {"executor": self.name, **fields, "submitted": utc_timestamp(), "history": history}
         write_json_atomic(self.record_path(run_dir), body)
         return body

@@ -38,7 +38,14 @@ class LocalExecutor(Executor):
         train = ["-m", "ablate.cli", "train", point.recipe_path, "--resume", "auto"]
         if n == 1:
             return [sys.executable, *train]
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *train]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={n}",
+            *train,
+        ]
 
     def jobs(self, points: list) -> dict[str, list[Job]]:
         out = {}
@@ -48,7 +55,9 @@ class LocalExecutor(Executor):
                 out[p.name] = [Job(record["job_id"], "RUNNING")]
         return out
 
-    def submit(self, points: list, log: Callable[[str], None], dry_run: bool = False) -> list[Outcome]:
+    def submit(
+        self, points: list, log: Callable[[str], None], dry_run: bool = False
+    ) -> list[Outcome]:
         if dry_run:
             for p in points:
                 log(f"{p.name}: would run {shlex.join(self.train_command(p))}")
@@ -60,8 +69,14 @@ class LocalExecutor(Executor):
             if stop["child"] is not None:  # the trainer checkpoints on SIGTERM and exits
                 _signal_group(stop["child"].pid, signal.SIGTERM)
 
-        main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        main = (
+            threading.current_thread() is threading.main_thread()
+        )  # signal handlers live there only
+        previous = (
+            {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+            if main
+            else {}
+        )
         outcomes = []
         try:
             for i, p in enumerate(points):
@@ -73,13 +88,23 @@ class LocalExecutor(Executor):
                 log(f"{p.name}: training {exit_words(rc)} ({i + 1}/{len(points)})")
                 outcome = self._training_outcome(p, rc, stop)
                 if outcome.state == "completed" and self.spec.eval and stop["signal"] is None:
-                    rc = self._run(p, [sys.executable, *eval_command(self.spec, p.run_dir)], "eval.log", stop, log)
+                    rc = self._run(
+                        p,
+                        [sys.executable, *eval_command(self.spec, p.run_dir)],
+                        "eval.log",
+                        stop,
+                        log,
+                    )
                     self.update_record(p.run_dir, eval_returncode=rc)
                     eval_log = os.path.join(p.run_dir, "eval.log")
                     log(f"{p.name}: eval {exit_words(rc)} (log: {eval_log})")
                     if rc != 0:
-                        outcome = Outcome(p.name, "stopped" if self._asked_to_stop(p, stop) else "failed",
-                                          f"eval {exit_words(rc)}", eval_log)
+                        outcome = Outcome(
+                            p.name,
+                            "stopped" if self._asked_to_stop(p, stop) else "failed",
+                            f"eval {exit_words(rc)}",
+                            eval_log,
+                        )
                 outcomes.append(outcome)
         finally:
             for s, handler in previous.items():
@@ -101,7 +126,9 @@ class LocalExecutor(Executor):
         log = os.path.join(point.run_dir, "train.log")
         asked = self._asked_to_stop(point, stop)
         if rc != 0:
-            return Outcome(point.name, "stopped" if asked else "failed", f"training {exit_words(rc)}", log)
+            return Outcome(
+                point.name, "stopped" if asked else "failed", f"training {exit_words(rc)}", log
+            )
         try:
             status = read_status(point.run_dir)
         except AblateError as exc:
@@ -111,18 +138,37 @@ class LocalExecutor(Executor):
             return Outcome(point.name, "completed", log=log)
         if state == "preempted" and asked:
             return Outcome(point.name, "stopped", f"checkpointed at step {status.get('step')}", log)
-        return Outcome(point.name, "failed", f"training exited 0 with status {state or 'missing'}"
-                       + (" (stopped by a signal this sweep did not send; --retry resumes)"
-                          if state == "preempted" else ""), log)
+        return Outcome(
+            point.name,
+            "failed",
+            f"training exited 0 with status {state or 'missing'}"
+            + (
+                " (stopped by a signal this sweep did not send; --retry resumes)"
+                if state == "preempted"
+                else ""
+            ),
+            log,
+        )
 
-    def _run(self, point, cmd: list[str], logname: str, stop: dict, log, record: bool = False) -> int:
+    def _run(
+        self, point, cmd: list[str], logname: str, stop: dict, log, record: bool = False
+    ) -> int:
         path = os.path.join(point.run_dir, logname)
         with open(path, "a", encoding="utf-8") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         stop["child"] = proc
         if record:
-            self.write_record(point.run_dir, job_id=f"local:{proc.pid}", pid=proc.pid, host=socket.gethostname(),
-                              runner_pid=os.getpid(), log=path, command=cmd)
+            self.write_record(
+                point.run_dir,
+                job_id=f"local:{proc.pid}",
+                pid=proc.pid,
+                host=socket.gethostname(),
+                runner_pid=os.getpid(),
+                log=path,
+                command=cmd,
+            )
         log(f"{point.name}: running ({logname}: {path})")
         rc = proc.wait()
         stop["child"] = None
@@ -138,7 +184,9 @@ class LocalExecutor(Executor):
             mark_cancelled(p.run_dir)
             runner = record.get("runner_pid")
             if runner and runner != os.getpid() and _alive(runner, record.get("host"), "sweep"):
-                os.kill(runner, signal.SIGTERM)  # stops the loop; it passes SIGTERM on to the trainer
+                os.kill(
+                    runner, signal.SIGTERM
+                )  # stops the loop; it passes SIGTERM on to the trainer
             _signal_group(record["pid"], signal.SIGTERM)
             log(f"{p.name}: sent SIGTERM to process {record['pid']} (it checkpoints and stops)")
 

@@ -31,8 +31,19 @@ from ablate.sweep.state import Job
 RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING")
 # a dry run prints each script after a line "<mark> <path it would have> (not written)"
 DRY_RUN_MARK = "#### sbatch script"
-ENDED_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED")
+ENDED_STATES = (
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+    "SPECIAL_EXIT",
+    "REVOKED",
+)
 
 
 # a busy controller answers queries with these now and then; asking again a moment later works
@@ -45,21 +56,33 @@ def slurm(*args: str, timeout: float = 120, attempts: int | None = None) -> str:
     Queries (squeue, sinfo, sacct) are retried on transient controller errors; commands that
     change state (sbatch, scancel, scontrol) run once, so a job is never submitted twice."""
     if shutil.which(args[0]) is None:
-        raise AblateError(f"slurm: {args[0]} not found on PATH (is this a Slurm login node? "
-                          "run the sweep with --executor local otherwise)")
+        raise AblateError(
+            f"slurm: {args[0]} not found on PATH (is this a Slurm login node? "
+            "run the sweep with --executor local otherwise)"
+        )
     attempts = attempts or (4 if args[0] in ("squeue", "sinfo", "sacct") else 1)
     for attempt in range(attempts):
         try:
             r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AblateError(f"slurm: `{shlex.join(args)}` did not answer in {timeout:g} s") from None
+            raise AblateError(
+                f"slurm: `{shlex.join(args)}` did not answer in {timeout:g} s"
+            ) from None
         said_lower = (r.stderr + r.stdout).lower()
-        if r.returncode == 0 or attempt == attempts - 1 or not any(t in said_lower for t in _TRANSIENT):
+        if (
+            r.returncode == 0
+            or attempt == attempts - 1
+            or not any(t in said_lower for t in _TRANSIENT)
+        ):
             break
-        time.sleep(2 ** attempt)
+        time.sleep(2**attempt)
     if r.returncode != 0:
-        said = " | ".join(line.strip() for line in (r.stderr + r.stdout).splitlines() if line.strip())
-        raise AblateError(f"slurm: `{shlex.join(args)}` failed (exit {r.returncode}): {said[:800] or 'no output'}")
+        said = " | ".join(
+            line.strip() for line in (r.stderr + r.stdout).splitlines() if line.strip()
+        )
+        raise AblateError(
+            f"slurm: `{shlex.join(args)}` failed (exit {r.returncode}): {said[:800] or 'no output'}"
+        )
     return r.stdout
 
 
@@ -80,17 +103,31 @@ class SlurmExecutor(Executor):
             if len(parts) != 3 or parts[2] not in names or parts[1] in ENDED_STATES:
                 continue
             point, kind = names[parts[2]]
-            out.setdefault(point, []).append(Job(parts[0], parts[1], kind, pending=parts[1] not in RUNNING_STATES))
+            out.setdefault(point, []).append(
+                Job(parts[0], parts[1], kind, pending=parts[1] not in RUNNING_STATES)
+            )
         return out
 
-    def submit(self, points: list, log: Callable[[str], None], dry_run: bool = False) -> list[Outcome]:
+    def submit(
+        self, points: list, log: Callable[[str], None], dry_run: bool = False
+    ) -> list[Outcome]:
         cwd = os.getcwd()
         outcomes = []
         for p in points:
             folder = os.path.join(p.run_dir, "slurm")
-            scripts = [(os.path.join(folder, "train.sbatch"), train_script(self.spec, p.run_dir, p.name, cwd))]
+            scripts = [
+                (
+                    os.path.join(folder, "train.sbatch"),
+                    train_script(self.spec, p.run_dir, p.name, cwd),
+                )
+            ]
             if self.spec.eval:
-                scripts.append((os.path.join(folder, "eval.sbatch"), eval_script(self.spec, p.run_dir, p.name, cwd)))
+                scripts.append(
+                    (
+                        os.path.join(folder, "eval.sbatch"),
+                        eval_script(self.spec, p.run_dir, p.name, cwd),
+                    )
+                )
             if dry_run:  # the scripts go to stdout: a dry run writes nothing
                 for path, text in scripts:
                     log(f"{DRY_RUN_MARK} {path} (not written)\n{text.rstrip()}")
@@ -103,12 +140,26 @@ class SlurmExecutor(Executor):
             eval_path = scripts[1][0] if len(scripts) > 1 else None
             job_id = slurm("sbatch", "--parsable", script).strip().split(";")[0]
             # the id is on record before anything else can fail
-            self.write_record(p.run_dir, job_id=job_id, job_name=job_name(p.run_dir, p.name), script=script,
-                              log=os.path.join(folder, f"train-{job_id}.out"))
+            self.write_record(
+                p.run_dir,
+                job_id=job_id,
+                job_name=job_name(p.run_dir, p.name),
+                script=script,
+                log=os.path.join(folder, f"train-{job_id}.out"),
+            )
             msg = f"{p.name}: submitted job {job_id}"
             if eval_path:
-                eval_id = slurm("sbatch", "--parsable", f"--dependency=afterok:{job_id}", "--kill-on-invalid-dep=yes",
-                                eval_path).strip().split(";")[0]
+                eval_id = (
+                    slurm(
+                        "sbatch",
+                        "--parsable",
+                        f"--dependency=afterok:{job_id}",
+                        "--kill-on-invalid-dep=yes",
+                        eval_path,
+                    )
+                    .strip()
+                    .split(";")[0]
+                )
                 self.update_record(p.run_dir, eval_job_id=eval_id, eval_script=eval_path)
                 msg += f", eval job {eval_id} after it"
             log(msg)

@@ -35,14 +35,21 @@ def job_name(run_dir: str, point: str) -> str:
     return f"{point}.{hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:8]}"
 
 
-def _header(cfg: SlurmConfig, name: str, log: str, cwd: str, tasks_per_node: bool = True) -> list[str]:
+def _header(
+    cfg: SlurmConfig, name: str, log: str, cwd: str, tasks_per_node: bool = True
+) -> list[str]:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --nodes={cfg.nodes}"]
     if tasks_per_node:
         lines.append("#SBATCH --ntasks-per-node=1")
     if cfg.gpus_per_node:
         lines.append(f"#SBATCH --gpus-per-node={cfg.gpus_per_node}")
-    for opt, value in (("cpus-per-task", cfg.cpus_per_task), ("mem", cfg.mem), ("partition", cfg.partition),
-                       ("account", cfg.account), ("time", cfg.time)):
+    for opt, value in (
+        ("cpus-per-task", cfg.cpus_per_task),
+        ("mem", cfg.mem),
+        ("partition", cfg.partition),
+        ("account", cfg.account),
+        ("time", cfg.time),
+    ):
         if value is not None:
             lines.append(f"#SBATCH --{opt}={value}")
     lines += [f"#SBATCH --output={log}", "#SBATCH --open-mode=append", f"#SBATCH --chdir={cwd}"]
@@ -52,7 +59,11 @@ def _header(cfg: SlurmConfig, name: str, log: str, cwd: str, tasks_per_node: boo
 def _environment(cfg: SlurmConfig, python: str, run_dir: str) -> list[str]:
     lines = [""] + [f"export {k}={shlex.quote(str(v))}" for k, v in cfg.env.items()]
     lines += list(cfg.setup)  # before `set -u`: environment scripts often read unset variables
-    lines += ["set -uo pipefail", f"PYTHON={shlex.quote(python)}", f"RUN_DIR={shlex.quote(run_dir)}"]
+    lines += [
+        "set -uo pipefail",
+        f"PYTHON={shlex.quote(python)}",
+        f"RUN_DIR={shlex.quote(run_dir)}",
+    ]
     return lines
 
 
@@ -60,11 +71,16 @@ def train_script(spec: SweepSpec, run_dir: str, point: str, cwd: str | None = No
     cfg = spec.slurm
     python = cfg.python or sys.executable
     cwd = cwd or os.getcwd()
-    lines = _header(cfg, job_name(run_dir, point), os.path.join(run_dir, "slurm", "train-%j.out"), cwd)
+    lines = _header(
+        cfg, job_name(run_dir, point), os.path.join(run_dir, "slurm", "train-%j.out"), cwd
+    )
     lines += [f"#SBATCH --signal=USR1@{cfg.signal_seconds}", "#SBATCH --requeue"]
     lines += [f"#SBATCH {sbatch_option(x)}" for x in cfg.extra]
-    lines.insert(1, f"# ablate sweep {spec.name}, point {point}: {cfg.nodes} node(s) x {cfg.procs_per_node} "
-                    "training process(es). Rendered by `ablate sweep submit`.")
+    lines.insert(
+        1,
+        f"# ablate sweep {spec.name}, point {point}: {cfg.nodes} node(s) x {cfg.procs_per_node} "
+        "training process(es). Rendered by `ablate sweep submit`.",
+    )
     lines += _environment(cfg, python, run_dir)
     port = str(cfg.port) if cfg.port else "$((20000 + SLURM_JOB_ID % 20000))"
     lines += [
@@ -72,20 +88,26 @@ def train_script(spec: SweepSpec, run_dir: str, point: str, cwd: str | None = No
         "# the first node of the allocation hosts the c10d rendezvous",
         'export RDZV_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         f"export RDZV_PORT={port}",
-        'export PYTHON RUN_DIR',
-        'echo "ablate: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST,'
+        "export PYTHON RUN_DIR",
+        'echo "ablate: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on '
+        "$SLURM_JOB_NODELIST,"
         ' rendezvous $RDZV_HOST:$RDZV_PORT, $(date -u +%FT%TZ)"',
         "",
         "# one task per node, each running torchrun; it ignores USR1 so that only the training",
         "# processes (which handle it: checkpoint, exit 'preempted') act on Slurm's --signal",
-        'srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \'trap "" USR1; exec "$PYTHON" -m torch.distributed.run \\',
-        '    --nnodes="$SLURM_NNODES" --node-rank="$SLURM_NODEID" --nproc-per-node=' + str(cfg.procs_per_node) + ' \\',
-        '    --rdzv-backend=c10d --rdzv-endpoint="$RDZV_HOST:$RDZV_PORT" --rdzv-id="$SLURM_JOB_ID" \\',
+        'srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \'trap "" '
+        'USR1; exec "$PYTHON" -m torch.distributed.run \\',
+        '    --nnodes="$SLURM_NNODES" --node-rank="$SLURM_NODEID" --nproc-per-node='
+        + str(cfg.procs_per_node)
+        + " \\",
+        '    --rdzv-backend=c10d --rdzv-endpoint="$RDZV_HOST:$RDZV_PORT" --rdzv-id="$SLURM_JOB_ID" '
+        "\\",
         '    -m ablate.cli train "$RUN_DIR/recipe.yaml" --resume auto\'',
         "rc=$?",
-        'state=$("$PYTHON" -c \'import json, sys; print(json.load(open(sys.argv[1])).get("state", ""))\' '
+        'state=$("$PYTHON" -c \'import json, sys; print(json.load(open(sys.argv[1])).get("state", '
+        '""))\' '
         '"$RUN_DIR/status.json" 2>/dev/null)',
-        'echo "ablate: training exited $rc, status \'$state\', $(date -u +%FT%TZ)"',
+        "echo \"ablate: training exited $rc, status '$state', $(date -u +%FT%TZ)\"",
         'if [ "$state" = preempted ]; then',
         "  # checkpointed on USR1 (time limit near, or asked): back in the queue; resumes from it",
         '  scontrol requeue "$SLURM_JOB_ID"',
@@ -109,10 +131,15 @@ def eval_script(spec: SweepSpec, run_dir: str, point: str, cwd: str | None = Non
     cfg = spec.slurm_for_eval()
     python = cfg.python or sys.executable
     cwd = cwd or os.getcwd()
-    lines = _header(cfg, job_name(run_dir, point) + ".eval", os.path.join(run_dir, "slurm", "eval-%j.out"), cwd)
+    lines = _header(
+        cfg, job_name(run_dir, point) + ".eval", os.path.join(run_dir, "slurm", "eval-%j.out"), cwd
+    )
     lines += [f"#SBATCH {sbatch_option(x)}" for x in cfg.extra]
-    lines.insert(1, f"# ablate sweep {spec.name}, point {point}: eval after training "
-                    "(submitted with --dependency=afterok:<training job>).")
+    lines.insert(
+        1,
+        f"# ablate sweep {spec.name}, point {point}: eval after training "
+        "(submitted with --dependency=afterok:<training job>).",
+    )
     lines += _environment(cfg, python, run_dir)
     args = " ".join(shlex.quote(a) for a in eval_command(spec, run_dir)[1:])
     lines += ["", f'srun --nodes=1 --ntasks=1 "$PYTHON" -m {args}', ""]

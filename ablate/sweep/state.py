@@ -37,7 +37,13 @@ from ablate.run_layout import RunLayout, domain_of_tokens_key
 
 RETRYABLE = ("failed", "preempted", "interrupted", "cancelled")
 ACTIVE = ("queued", "running")
-TRAINING_STATES = ("pending", "running", "completed", "failed", "preempted")  # what status.json holds
+TRAINING_STATES = (
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "preempted",
+)  # what status.json holds
 EXECUTORS = ("local", "slurm")
 
 
@@ -77,7 +83,9 @@ def read_record(path: str, what: str) -> Optional[dict]:
         return None
     body = read_json(path, what)
     if not isinstance(body, dict):
-        raise AblateError(f"{path}: damaged {what}, expected a JSON object (got {type(body).__name__})")
+        raise AblateError(
+            f"{path}: damaged {what}, expected a JSON object (got {type(body).__name__})"
+        )
     return body
 
 
@@ -87,8 +95,10 @@ def read_status(run_dir: str) -> dict:
     status = read_record(path, "status file") or {}
     state = status.get("state")
     if state is not None and state not in TRAINING_STATES:
-        raise AblateError(f"{path}: state: {show(state)} is not a training state "
-                          f"(allowed: {', '.join(TRAINING_STATES)})")
+        raise AblateError(
+            f"{path}: state: {show(state)} is not a training state "
+            f"(allowed: {', '.join(TRAINING_STATES)})"
+        )
     return status
 
 
@@ -102,11 +112,15 @@ def job_record(run_dir: str) -> Optional[dict]:
             continue
         for key, kind in (("executor", str), ("submitted", str), ("job_id", str)):
             if key in record and not isinstance(record[key], kind):
-                raise AblateError(f"{path}: {key}: {show(record[key])} is not a {kind.__name__} "
-                                  "(damaged job record)")
+                raise AblateError(
+                    f"{path}: {key}: {show(record[key])} is not a {kind.__name__} "
+                    "(damaged job record)"
+                )
         if record.get("executor") not in (None, name):
-            raise AblateError(f"{path}: executor: {show(record['executor'])} in the {name} record "
-                              "(damaged job record)")
+            raise AblateError(
+                f"{path}: executor: {show(record['executor'])} in the {name} record "
+                "(damaged job record)"
+            )
         records.append({**record, "executor": name})
     return max(records, key=lambda r: r.get("submitted", "")) if records else None
 
@@ -140,7 +154,7 @@ def point_state(name: str, run_dir: str, jobs: list[Job]) -> PointState:
     cancelled = bool(record.get("cancelled"))
     reason = status.get("exit_reason")
     if isinstance(reason, str) and reason.startswith("AblateError: "):  # training's own one line
-        reason = reason[len("AblateError: "):]
+        reason = reason[len("AblateError: ") :]
     if trained == "completed":
         state = "completed"
     elif train_jobs:
@@ -154,19 +168,26 @@ def point_state(name: str, run_dir: str, jobs: list[Job]) -> PointState:
     elif record.get("job_id"):
         state = "failed"
         reason = f"job {record['job_id']} ended before training started" + (
-            f" (see {record['log']})" if record.get("log") else "")
+            f" (see {record['log']})" if record.get("log") else ""
+        )
     else:
         state = "pending"
     metrics = last_metrics(run_dir) or {}
     job = train_jobs[0] if train_jobs else None
     return PointState(
-        name=name, run_dir=run_dir, state=state, executor=record.get("executor"),
-        job_id=job.id if job else record.get("job_id"), job_state=job.state if job else None,
+        name=name,
+        run_dir=run_dir,
+        state=state,
+        executor=record.get("executor"),
+        job_id=job.id if job else record.get("job_id"),
+        job_state=job.state if job else None,
         eval_job_id=record.get("eval_job_id"),
-        step=_int(metrics.get("step", status.get("step"))), total_steps=_int(status.get("total_steps")),
+        step=_int(metrics.get("step", status.get("step"))),
+        total_steps=_int(status.get("total_steps")),
         loss=metrics["loss"] if isinstance(metrics.get("loss"), (int, float)) else None,
         tokens={domain_of_tokens_key(k): v for k, v in metrics.items() if domain_of_tokens_key(k)},
-        reason=reason)
+        reason=reason,
+    )
 
 
 def _int(value) -> Optional[int]:
@@ -178,21 +199,48 @@ def status_table(states: list[PointState]) -> str:
 
     domains = sorted({d for s in states for d in s.tokens})
     notes = any(s.reason and s.state in ("failed", "interrupted") for s in states)
-    head = ["point", "state", "job", "step", "loss", *(f"tokens/{d}" for d in domains), *(["note"] if notes else [])]
+    head = [
+        "point",
+        "state",
+        "job",
+        "step",
+        "loss",
+        *(f"tokens/{d}" for d in domains),
+        *(["note"] if notes else []),
+    ]
     rows = [head]
     for s in states:
         job = s.job_id or ""
         if s.job_state and s.job_state not in ("RUNNING",):
             job += f" ({s.job_state.lower()})"
-        step = "" if s.step is None else (f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step))
+        step = (
+            ""
+            if s.step is None
+            else (f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step))
+        )
         loss = "" if s.loss is None else f"{s.loss:.4f}"
-        note = [(s.reason or "")[:80] if s.state in ("failed", "interrupted") else ""] if notes else []
-        rows.append([s.name, s.state, job, step, loss,
-                     *(format_tokens(s.tokens[d]) if d in s.tokens else "" for d in domains), *note])
+        note = (
+            [(s.reason or "")[:80] if s.state in ("failed", "interrupted") else ""] if notes else []
+        )
+        rows.append(
+            [
+                s.name,
+                s.state,
+                job,
+                step,
+                loss,
+                *(format_tokens(s.tokens[d]) if d in s.tokens else "" for d in domains),
+                *note,
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     left = {0, 1, 2, len(head) - 1} if notes else {0, 1, 2}
-    lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-             for r in rows]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ).rstrip()
+        for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     counts: dict[str, int] = {}
     for s in states:
