@@ -42,6 +42,15 @@ def _rows(seed: int, n: int) -> list[dict]:
     ]
 
 
+@pytest.fixture(autouse=True)
+def private_tempdir(tmp_path_factory, monkeypatch):
+    """``assert_refused`` checks the temp dir for ``ablate-*`` names this run left behind; a
+    private one keeps other test runs on the same machine out of that check."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempdir")))
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """8 files (~4.5 MB): 8 tasks for 2 workers. Returns (root, spec, a clean run's output)."""

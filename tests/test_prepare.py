@@ -233,13 +233,13 @@ def test_overwrite_replaces_only_what_a_previous_prepare_wrote(tmp_path):
     """A generated source's output (raw rows, probes, datasets, manifest) is recognised as
     prepare's own and replaced whole; the corpus beside it and the parent directory are not
     touched, and no temporary is left."""
-    from ablate.data.prepare import _foreign_files
+    from ablate.data.outdir import foreign_files
 
     small = {"reader": "toyworld", "options": {"documents_per_domain": 20, "probes_per_task": 5}}
     spec = write_spec(tmp_path / "a.yaml", [small])
     out = tmp_path / "out"
     first = prepare(spec, str(out), workers=1).manifest
-    assert _foreign_files(str(out), first) == []  # every file it wrote is named by its manifest
+    assert foreign_files(str(out), first) == []  # every file it wrote is named by its manifest
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "x", "domain": "general"}])
     other = write_spec(tmp_path / "b.yaml", [{"path": "in"}])
     result = prepare(other, str(out), workers=1, overwrite=True)

@@ -24,6 +24,15 @@ ROWS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def private_tempdir(tmp_path_factory, monkeypatch):
+    """``assert_refused`` checks the temp dir for ``ablate-*`` names this run left behind; a
+    private one keeps other test runs on the same machine out of that check."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempdir")))
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A small prepared data directory (shared: cases copy it before damaging it)."""

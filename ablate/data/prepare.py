@@ -10,8 +10,8 @@
 
 What it promises (nothing lost, nothing left behind):
 
-- ``--out`` is refused when it equals, contains or lies inside an input (symlinks resolved), so
-  no run can write over, or later read back, its own corpus.
+- ``--out`` (rules in ``outdir``) is refused when it equals, contains or lies inside an input
+  (symlinks resolved), so no run can write over, or later read back, its own corpus.
 - ``--overwrite`` replaces only an empty directory or a previous prepare's output, recognised by
   its manifest; it removes only the files that manifest names (datasets, probes, raw rows of
   generated sources, tokenizer, manifest). Any other file there is a refusal naming it.
@@ -39,15 +39,15 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from ablate.data import generated
-from ablate.data.corpora import CorporaSpec, Source, load_corpora_spec, resolve_files
+from ablate.data import generated, outdir
+from ablate.data.corpora import CorporaSpec, load_corpora_spec, resolve_files
 from ablate.data.indexed import sharded_builder
 from ablate.data.ingest import IngestJob, TaskResult, file_format, run_task, shard_paths, split_file
-from ablate.data.manifest import DatasetEntry, Manifest, load_manifest
+from ablate.data.manifest import DatasetEntry, Manifest
 from ablate.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from ablate.data.workers import kill_workers, worker_pool
 from ablate.errors import AblateError, DataError, show
-from ablate.io import OS_REASONS, os_error_line, remove_path, remove_stale_temporaries, tmp_name
+from ablate.io import remove_path, remove_stale_temporaries, tmp_name
 
 
 @dataclass
@@ -75,18 +75,18 @@ def prepare(
     tokenizer = load_tokenizer(spec.tokenizer, spec.base_dir, where=f"{spec.origin}: tokenizer")
     out_dir = os.path.realpath(out_dir)  # a symlinked --out is written where it points
     files = {s.name: resolve_files(s, spec.base_dir) for s in spec.sources if not s.generated}
-    _check_outside_inputs(out_dir, spec, files)
-    _check_out_dir(out_dir, spec, tokenizer, overwrite)
+    outdir.check_outside_inputs(out_dir, spec, files)
+    outdir.check_out_dir(out_dir, spec, tokenizer, overwrite)
     with _sigterm_interrupts() as sigterm:
-        created = _make_parents(out_dir)
+        created = outdir.make_parents(out_dir)
         staging = tmp_name(out_dir)
         done = False
         try:
-            with _write_errors(out_dir, staging):
+            with outdir.write_errors(out_dir, staging):
                 remove_stale_temporaries(os.path.dirname(out_dir))
                 os.mkdir(staging)  # 0o777 & ~umask: the data directory is meant to be shared
                 manifest = _build(spec, tokenizer, staging, files, workers, progress)
-                result = _install(staging, out_dir, manifest, overwrite)
+                result = PrepareResult(*outdir.install(staging, out_dir, manifest, overwrite))
             done = True
             return result
         finally:
@@ -121,148 +121,6 @@ def _sigterm_interrupts():
         yield handler
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _write_errors(out_dir: str, staging: str):
-    """A full disk, a read-only file system or a missing permission: one line naming ``--out``
-    (or the file outside the staging directory that could not be written)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in OS_REASONS:
-            raise
-        name = exc.filename if isinstance(exc.filename, str) else ""
-        if not name or name == staging or name.startswith(staging + os.sep):
-            exc = OSError(exc.errno, exc.strerror)  # the staging name means nothing to the user
-        raise AblateError(os_error_line(out_dir, exc)) from None
-
-
-def _make_parents(out_dir: str) -> list[str]:
-    """Create the missing parents of ``out_dir``; return them, deepest first (removed again if
-    prepare fails, so a refusal leaves no empty directories behind)."""
-    missing, d = [], os.path.dirname(out_dir)
-    while not os.path.isdir(d):
-        if os.path.lexists(d):
-            raise AblateError(f"{d}: not a directory (it is on the path of --out {out_dir})")
-        missing.append(d)
-        d = os.path.dirname(d)
-    with _write_errors(out_dir, ""):
-        for d in reversed(missing):
-            os.mkdir(d)
-    return missing
-
-
-def _source_root(source: Source, base_dir: str) -> str:
-    """The directory or file a source reads: its path up to the first glob component."""
-    parts = []
-    for part in source.path.replace(os.sep, "/").split("/"):
-        if any(c in part for c in "*?["):
-            break
-        parts.append(part)
-    return os.path.realpath(os.path.join(base_dir, *parts) if parts else base_dir)
-
-
-def _check_outside_inputs(out_dir: str, spec: CorporaSpec, files: dict) -> None:
-    """``--out`` must not equal, contain or lie inside an input: ``--overwrite`` would delete
-    it, and a rerun would read the output back as corpus."""
-
-    def relation(inp: str) -> str | None:
-        if inp == out_dir:
-            return "is the --out directory"
-        if out_dir.startswith(inp.rstrip(os.sep) + os.sep):
-            return "contains --out"
-        if inp.startswith(out_dir.rstrip(os.sep) + os.sep):
-            return "is inside --out"
-        return None
-
-    for source in spec.sources:
-        if source.path is None or source.generated:  # gsm8k reads named files, not all below
-            continue
-        named = [(_source_root(source, spec.base_dir), source.path)]
-        named += [(os.path.realpath(f), f) for f in files.get(source.name, [])]
-        for inp, shown in named:
-            rel = relation(inp)
-            if rel:
-                raise AblateError(
-                    f"{source.where}.path: {show(shown)} {rel} {out_dir} (the output "
-                    "must be outside every input; choose another --out)"
-                )
-
-
-def _own_files(out_dir: str, manifest: Manifest) -> set[str]:
-    """The files (relative to ``out_dir``) a prepare that wrote ``manifest`` put there."""
-    own = {"manifest.json"}
-    if isinstance(manifest.tokenizer.get("path"), str):
-        own.add(manifest.tokenizer["path"])
-    for entry in manifest.datasets + manifest.eval_datasets:
-        own.update((entry.prefix + ".bin", entry.prefix + ".idx"))
-    own.update(probe["path"] for probe in manifest.probes.values())
-    for source in manifest.spec.get("sources") or []:
-        if (
-            isinstance(source, dict)
-            and isinstance(source.get("name"), str)
-            and source.get("reader") in generated.MATERIALIZERS
-        ):
-            own.add(generated.raw_file(source["name"]))
-    return {os.path.normpath(p) for p in own}
-
-
-def _foreign_files(out_dir: str, manifest: Manifest) -> list[str]:
-    """Everything under ``out_dir`` that is not one of ``_own_files`` (directories aside)."""
-    own = _own_files(out_dir, manifest)
-    foreign = []
-    for d, dirs, names in os.walk(out_dir):
-        dirs.sort()
-        for name in sorted(names) + [n for n in dirs if os.path.islink(os.path.join(d, n))]:
-            rel = os.path.relpath(os.path.join(d, name), out_dir)
-            if rel not in own:
-                foreign.append(rel)
-    return foreign
-
-
-def _refuse_foreign(out_dir: str, foreign: list[str]) -> None:
-    more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-    raise AblateError(
-        f"{out_dir}: --overwrite: {show(foreign[0])}{more} was not written by "
-        "'ablate data prepare'; refusing to delete it (move it away, or choose "
-        "another --out)"
-    )
-
-
-def _check_out_dir(out_dir: str, spec: CorporaSpec, tokenizer: Tokenizer, overwrite: bool) -> None:
-    """Fail before any work when ``out_dir`` holds something prepare may not replace."""
-    if not os.path.lexists(out_dir):
-        return
-    if not os.path.isdir(out_dir):
-        raise AblateError(f"{out_dir}: exists and is not a directory")
-    try:
-        names = sorted(os.listdir(out_dir))
-    except OSError as exc:
-        raise AblateError(f"{out_dir}: cannot list it ({(exc.strerror or '').lower()})") from None
-    if not names:
-        return
-    manifest_path = os.path.join(out_dir, "manifest.json")
-    if not os.path.isfile(manifest_path):
-        raise AblateError(
-            f"{out_dir}: exists, is not empty and holds no manifest.json (it holds "
-            f"{show(names[0])}); refusing to write into it (--overwrite replaces "
-            "only a previous 'ablate data prepare' output)"
-        )
-    try:
-        old = load_manifest(manifest_path)
-    except AblateError as exc:
-        raise AblateError(f"{exc} (so {out_dir} is not replaced; remove it yourself)") from None
-    if overwrite:
-        foreign = _foreign_files(out_dir, old)
-        if foreign:
-            _refuse_foreign(out_dir, foreign)
-        return
-    if old.spec != spec.to_dict() or old.tokenizer["fingerprint"] != tokenizer.fingerprint:
-        raise AblateError(
-            f"{out_dir}: already holds a different dataset (made from another corpora spec or "
-            "tokenizer); choose another --out or pass --overwrite"
-        )
 
 
 def _build(
@@ -496,68 +354,6 @@ def _task_size(task: IngestJob) -> int:
     return (
         task.end - task.start if task.fmt != "parquet" else max(1, os.path.getsize(task.path) // 64)
     )
-
-
-def _install(staging: str, out_dir: str, manifest: Manifest, overwrite: bool) -> PrepareResult:
-    final_manifest = os.path.join(out_dir, "manifest.json")
-
-    def moved() -> Manifest:
-        manifest.path = final_manifest
-        return manifest
-
-    if not os.path.lexists(out_dir):
-        os.rename(staging, out_dir)
-        return PrepareResult(moved(), "created")
-    if os.path.isfile(final_manifest):
-        with open(final_manifest, encoding="utf-8") as f:
-            if f.read() == manifest.to_json():
-                return PrepareResult(load_manifest(final_manifest), "unchanged")
-        if not overwrite:
-            raise AblateError(
-                f"{out_dir}: already holds a different dataset (its inputs changed); "
-                "choose another --out or pass --overwrite"
-            )
-        old = load_manifest(final_manifest)
-        foreign = _foreign_files(out_dir, old)  # again: the directory may have changed meanwhile
-        if foreign:
-            _refuse_foreign(out_dir, foreign)
-        # Swap by two renames (readers see the old or the new dataset), then delete only what
-        # the old manifest names. A kill in between leaves two owned temporaries, which the
-        # next prepare here removes.
-        trash = tmp_name(out_dir, "0")
-        os.rename(out_dir, trash)
-        os.rename(staging, out_dir)
-        _remove_own(trash, old)
-        return PrepareResult(moved(), "replaced")
-    if os.listdir(out_dir):
-        raise AblateError(
-            f"{out_dir}: exists, is not empty and holds no manifest.json; refusing to write into it"
-        )
-    os.rename(staging, out_dir)  # replaces the empty directory in one step
-    return PrepareResult(moved(), "created")
-
-
-def _remove_own(trash: str, old: Manifest) -> None:
-    """Delete the old dataset's own files, then its emptied directories. A file that appeared
-    in the moment between the check and the swap is kept, under a name that is not a
-    temporary (stale temporaries are deleted whole), and named on stderr."""
-    for rel in sorted(_own_files(trash, old)):
-        path = os.path.join(trash, rel)
-        if os.path.isfile(path) or os.path.islink(path):
-            os.remove(path)
-    for d, _, _ in os.walk(trash, topdown=False):  # children before their parents
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
-    if os.path.lexists(trash):
-        kept = trash.rsplit(".tmp-", 1)[0] + f".kept-{os.getpid()}"
-        os.rename(trash, kept)
-        print(
-            f"warning: {kept}: files that appeared in the old output during --overwrite were "
-            "kept here",
-            file=sys.stderr,
-        )
 
 
 def summary_line(result: PrepareResult) -> str:
