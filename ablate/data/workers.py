@@ -49,6 +49,9 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 
 def kill_workers(pool: ProcessPoolExecutor) -> None:
     """Stop the pool's workers now (an interrupt: their half-done tasks are thrown away)."""
+    if hasattr(pool, "kill_workers"):  # Python >= 3.14 says it in public
+        pool.kill_workers()
+        return
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         try:
             proc.kill()
