@@ -246,3 +246,17 @@ def test_overwrite_replaces_only_what_a_previous_prepare_wrote(tmp_path):
     assert result.state == "replaced"
     assert sorted(os.listdir(out)) == ["in", "manifest.json"]
     assert sorted(os.listdir(tmp_path)) == ["a.yaml", "b.yaml", "in", "out"]
+
+
+def test_a_dead_runs_staging_is_removed_even_when_its_pid_is_ours(tmp_path, corpus):
+    """In a container pids start again from 1: a killed run's staging can carry this process's
+    own pid, which the stale-temporary rule (dead owner) never removes."""
+    from ablate.io import tmp_name
+
+    spec, _ = corpus
+    out = tmp_path / "out"
+    left = tmp_name(str(out))
+    os.makedirs(os.path.join(left, ".shards"))
+    open(os.path.join(left, "manifest.json"), "w").write("{}")
+    assert prepare(spec, str(out), workers=1).state == "created"
+    assert not os.path.exists(left) and not [p for p in os.listdir(tmp_path) if ".tmp-" in p]

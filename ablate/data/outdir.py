@@ -23,7 +23,7 @@ from ablate.data.corpora import CorporaSpec, Source
 from ablate.data.manifest import Manifest, load_manifest
 from ablate.data.tokenizer import Tokenizer
 from ablate.errors import AblateError, show
-from ablate.io import OS_REASONS, os_error_line, tmp_name
+from ablate.io import OS_REASONS, os_error_line, remove_path, tmp_name
 
 
 @contextmanager
@@ -50,10 +50,25 @@ def make_parents(out_dir: str) -> list[str]:
             raise AblateError(f"{d}: not a directory (it is on the path of --out {out_dir})")
         missing.append(d)
         d = os.path.dirname(d)
-    with write_errors(out_dir, ""):
-        for d in reversed(missing):
-            os.mkdir(d)
+    made = []
+    try:
+        with write_errors(out_dir, ""):
+            for d in reversed(missing):
+                os.mkdir(d)
+                made.insert(0, d)
+    except BaseException:
+        remove_made_parents(made)
+        raise
     return missing
+
+
+def remove_made_parents(made: list[str]) -> None:
+    """Remove the directories ``make_parents`` made, deepest first, while they are empty."""
+    for d in made:
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
 
 
 def _source_root(source: Source, base_dir: str) -> str:
@@ -199,6 +214,7 @@ def install(
         # the old manifest names. A kill in between leaves two owned temporaries, which the
         # next prepare here removes.
         trash = tmp_name(out_dir, "0")
+        remove_path(trash)  # only a dead run whose pid was ours can have left one
         os.rename(out_dir, trash)
         os.rename(staging, out_dir)
         _remove_own(trash, old)

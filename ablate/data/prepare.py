@@ -84,6 +84,7 @@ def prepare(
         try:
             with outdir.write_errors(out_dir, staging):
                 remove_stale_temporaries(os.path.dirname(out_dir))
+                remove_path(staging)  # a dead run's whose pid was ours (pids restart in containers)
                 os.mkdir(staging)  # 0o777 & ~umask: the data directory is meant to be shared
                 manifest = _build(spec, tokenizer, staging, files, workers, progress)
                 result = PrepareResult(*outdir.install(staging, out_dir, manifest, overwrite))
@@ -93,11 +94,7 @@ def prepare(
             sigterm.armed = False  # a second SIGTERM must not cut the cleanup short
             remove_path(staging)
             if not done:
-                for d in created:  # deepest first; a directory someone else filled stays
-                    try:
-                        os.rmdir(d)
-                    except OSError:
-                        break
+                outdir.remove_made_parents(created)
 
 
 @contextmanager
