@@ -27,8 +27,11 @@ def user_os_error(exc: BaseException | None, depth: int = 10) -> OSError | None:
         return None
     if isinstance(exc, OSError) and exc.errno in USER_FIXABLE:
         return exc
-    for failure in (getattr(exc, "failures", None) or {}).values() if isinstance(
-            getattr(exc, "failures", None), dict) else ():
+    for failure in (
+        (getattr(exc, "failures", None) or {}).values()
+        if isinstance(getattr(exc, "failures", None), dict)
+        else ()
+    ):
         inner = failure[0] if isinstance(failure, tuple) and failure else failure
         if isinstance(inner, BaseException):
             found = user_os_error(inner, depth - 1)

@@ -30,7 +30,7 @@ def domain_of_tokens_key(key: str) -> str | None:
     """``code.exec`` for ``tokens/code.exec``; None for any other metrics key (throughput too)."""
     if not key.startswith("tokens/") or key in THROUGHPUT_KEYS:
         return None
-    return key[len("tokens/"):]
+    return key[len("tokens/") :]
 
 
 def run_lock(run_dir: str) -> tuple[str, str]:
@@ -48,8 +48,10 @@ def refuse_non_directory(path: str, where: str) -> None:
         probe = os.path.dirname(probe)
     if os.path.lexists(probe) and not os.path.isdir(probe):
         what = path if probe == os.path.abspath(path) else f"{path} (its parent {probe})"
-        raise AblateError(f"{where}: {what} is not a directory (a file is in the way: move it, or choose "
-                          "another directory)")
+        raise AblateError(
+            f"{where}: {what} is not a directory (a file is in the way: move it, or choose "
+            "another directory)"
+        )
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,11 @@ class RunLayout:
         if not os.path.isdir(self.checkpoints):
             return []
         dirs = sorted(d for d in os.listdir(self.checkpoints) if d.startswith("step_"))
-        return [os.path.join(self.checkpoints, d) for d in dirs
-                if os.path.isfile(os.path.join(self.checkpoints, d, self.TRAIN_STATE))]
+        return [
+            os.path.join(self.checkpoints, d)
+            for d in dirs
+            if os.path.isfile(os.path.join(self.checkpoints, d, self.TRAIN_STATE))
+        ]
 
     @property
     def eval_dir(self) -> str:

@@ -1,4 +1,4 @@
-"""torchrun entry point: ``torchrun --nproc-per-node N launchers/pretrain.py RECIPE [--resume auto]``.
+"""torchrun entry point: ``torchrun --nproc-per-node N launchers/pretrain.py RECIPE [--resume]``.
 
 Thin on purpose: it parses the command line and calls ``ablate.train.loop.train``. First, under
 torchrun, the worker asks Linux for SIGTERM when its agent dies (a SIGKILLed agent otherwise

@@ -23,19 +23,38 @@ import pytest
 import yaml
 
 from conftest import link_toyworld
+from tmpfs import tmpfs_fixture  # noqa: F401  (the ``tmpfs`` fixture: mounted, always unmounted)
 
 PYTHON = sys.executable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
     "name": "tiny",
     "seed": 7,
-    "model": {"preset": "toy-moe", "num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128, "num_experts": 4,
-              "max_position_embeddings": 128},
-    "training": {"seq_length": 64, "global_batch_size": 8, "micro_batch_size": 2, "schedule": {"warmup_steps": 2}},
-    "cadence": {"log_every": 1, "checkpoint_every": 2, "routing_flush_every": 3, "tensorboard": False,
-                "keep_checkpoints": 100},
-    "stages": [{"name": "code", "mix": {"code": {"tokens": "2K"}}},          # 4 steps
-               {"name": "math", "mix": {"math": {"tokens": "1.5K"}, "general": {"tokens": "0.5K"}}}],  # 4 steps
+    "model": {
+        "preset": "toy-moe",
+        "num_layers": 2,
+        "hidden_size": 64,
+        "ffn_hidden_size": 128,
+        "num_experts": 4,
+        "max_position_embeddings": 128,
+    },
+    "training": {
+        "seq_length": 64,
+        "global_batch_size": 8,
+        "micro_batch_size": 2,
+        "schedule": {"warmup_steps": 2},
+    },
+    "cadence": {
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "routing_flush_every": 3,
+        "tensorboard": False,
+        "keep_checkpoints": 100,
+    },
+    "stages": [
+        {"name": "code", "mix": {"code": {"tokens": "2K"}}},  # 4 steps
+        {"name": "math", "mix": {"math": {"tokens": "1.5K"}, "general": {"tokens": "0.5K"}}},
+    ],  # 4 steps
 }
 STEPS = 8
 
@@ -50,8 +69,14 @@ def write_recipe(root, name="tiny", **top) -> str:
 
 def ablate(root, *argv, timeout=240) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([PYTHON, "-m", "ablate.cli", *map(str, argv)], cwd=root, capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [PYTHON, "-m", "ablate.cli", *map(str, argv)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def error_lines(r) -> list[str]:
@@ -80,8 +105,10 @@ def temporaries(root) -> list[str]:
 
 # ------------------------------------------------------------------ compile killed at random
 
-def test_sigkill_of_compile_at_a_random_moment_then_a_rerun_gives_identical_outputs(toyworld_root, tmp_path,
-                                                                                      monkeypatch, cli):
+
+def test_sigkill_of_compile_at_a_random_moment_then_a_rerun_gives_identical_outputs(
+    toyworld_root, tmp_path, monkeypatch, cli
+):
     """A clean compile (in-process), then a compile in a subprocess SIGKILLed at a random moment
     of its build (from when its first index starts), then a rerun (in-process)."""
     link_toyworld(toyworld_root, tmp_path)
@@ -90,15 +117,27 @@ def test_sigkill_of_compile_at_a_random_moment_then_a_rerun_gives_identical_outp
     r = cli("compile", recipe)
     assert r.rc == 0, r.err
     clean = outputs(tmp_path)
-    assert any(k.startswith("cache/indices") for k in clean) and any(k.startswith("cache/blends") for k in clean)
+    assert any(k.startswith("cache/indices") for k in clean) and any(
+        k.startswith("cache/blends") for k in clean
+    )
     shutil.rmtree(tmp_path / "cache")
     shutil.rmtree(tmp_path / "runs")
     seed = int(os.environ.get("ABLATE_FAULT_SEED", time.time()))
     delay = random.Random(seed).uniform(0.0, 0.15)  # the tiny build lasts ~0.15 s
-    p = subprocess.Popen([PYTHON, "-m", "ablate.cli", "compile", recipe], cwd=tmp_path, start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = subprocess.Popen(
+        [PYTHON, "-m", "ablate.cli", "compile", recipe],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 120
-    while not (tmp_path / "cache" / "indices").exists() and p.poll() is None and time.time() < deadline:
+    while (
+        not (tmp_path / "cache" / "indices").exists()
+        and p.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.005)
     assert p.poll() is None, "the compile ended before it could be killed"
     time.sleep(delay)
@@ -106,11 +145,14 @@ def test_sigkill_of_compile_at_a_random_moment_then_a_rerun_gives_identical_outp
     p.wait()
     r = cli("compile", recipe)
     assert r.rc == 0, (seed, r.err)
-    assert outputs(tmp_path) == clean, f"killed {delay:.3f} s into the build (ABLATE_FAULT_SEED={seed})"
+    assert outputs(tmp_path) == clean, (
+        f"killed {delay:.3f} s into the build (ABLATE_FAULT_SEED={seed})"
+    )
     assert not temporaries(tmp_path), (seed, temporaries(tmp_path))
 
 
 # ------------------------------------------------------------------ damaged checkpoints
+
 
 @pytest.fixture(scope="module")
 def trained(toyworld_root, tmp_path_factory):
@@ -130,15 +172,18 @@ def ckpt(root, step: int):
     return root / "runs" / "tiny" / "checkpoints" / f"step_{step:08d}"
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("truncate weights/__0_0.distcp", "weights/__0_0.distcp is damaged"),
-    ("remove weights/.metadata", "weights/.metadata is missing"),
-    ("truncate rng/rank0.pt", "rng/rank0.pt is damaged"),
-    ("flip rng/rank0.pt", "rng/rank0.pt is damaged (its content changed)"),
-    ("garbage train_state.json", "train_state.json is damaged"),
-    ("list train_state.json", "train_state.json is damaged (no step)"),
-    ("remove train_state.json", "incomplete"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("truncate weights/__0_0.distcp", "weights/__0_0.distcp is damaged"),
+        ("remove weights/.metadata", "weights/.metadata is missing"),
+        ("truncate rng/rank0.pt", "rng/rank0.pt is damaged"),
+        ("flip rng/rank0.pt", "rng/rank0.pt is damaged (its content changed)"),
+        ("garbage train_state.json", "train_state.json is damaged"),
+        ("list train_state.json", "train_state.json is damaged (no step)"),
+        ("remove train_state.json", "incomplete"),
+    ],
+)
 def test_verify_checkpoint_names_what_is_damaged(trained, tmp_path, damage, reason):
     from ablate.train.checkpoint import latest_complete_checkpoint, verify_checkpoint
 
@@ -184,16 +229,25 @@ def test_a_checkpoint_from_before_the_integrity_record_is_accepted(trained, tmp_
     assert verify_checkpoint(str(legacy)) is None
 
 
-def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_completes_with_the_same_losses(trained):
+def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_completes_with_the_same_losses(
+    trained,
+):
     root, recipe, reference = trained
-    for step in (6, 8):  # as if killed after step 5: the newest checkpoint is step 4, and it is damaged
+    for step in (
+        6,
+        8,
+    ):  # as if killed after step 5: the newest checkpoint is step 4, and it is damaged
         shutil.rmtree(ckpt(root, step))
     (distcp,) = sorted((ckpt(root, 4) / "weights").glob("__0_0.distcp"))
     os.truncate(distcp, os.path.getsize(distcp) // 2)
     r = ablate(root, "train", recipe, "--resume", "auto")
     assert r.returncode == 0, r.stderr[-3000:]
     warnings = [line for line in r.stderr.splitlines() if "damaged checkpoint" in line]
-    assert len(warnings) == 1 and "step_00000004" in warnings[0] and "weights/__0_0.distcp" in warnings[0], r.stderr
+    assert (
+        len(warnings) == 1
+        and "step_00000004" in warnings[0]
+        and "weights/__0_0.distcp" in warnings[0]
+    ), r.stderr
     assert "step_00000002" in warnings[0] and "resuming at step 2" in r.stdout
     with open(root / "runs" / "tiny" / "metrics.jsonl") as f:
         resumed = [json.loads(line) for line in f]
@@ -203,31 +257,24 @@ def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_completes_with_the
             if not key.startswith(("tokens/s", "memory/")):
                 assert a[key] == b[key], (a["step"], key, a[key], b[key])
     status = json.load(open(root / "runs" / "tiny" / "status.json"))
-    assert status["state"] == "completed" and status["resumed_from"]["skipped"][0]["path"].endswith("step_00000004")
+    assert status["state"] == "completed" and status["resumed_from"]["skipped"][0]["path"].endswith(
+        "step_00000004"
+    )
 
 
 # ------------------------------------------------------------------ a full disk
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 6 MiB tmpfs at tmp_path/full (the tiny run's second checkpoint does not fit)."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"mounting a tmpfs is not permitted here ({r.stderr.strip()[:100]})")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
-
-def test_disk_full_during_training_is_one_line_naming_the_path_and_status_failed(toyworld_root, tmp_path,
-                                                                                 small_tmpfs):
+def test_disk_full_during_training_is_one_line_naming_the_path_and_status_failed(
+    toyworld_root, tmp_path, tmpfs
+):
+    """A 6 MiB tmpfs holds the tiny run's first checkpoint, not its second."""
+    small_tmpfs = tmp_path / os.path.basename(tmpfs("6m", "full"))
     link_toyworld(toyworld_root, tmp_path)
     recipe = write_recipe(tmp_path, run_dir="full/tiny")
     r = ablate(tmp_path, "train", recipe)
-    assert r.returncode == 2, r.stderr[-3000:]  # 2: a condition the user must fix, like every refusal
+    # 2: a condition the user must fix, like every refusal
+    assert r.returncode == 2, r.stderr[-3000:]
     (line,) = error_lines(r)
     assert "full/tiny/" in line and "no space left on the device" in line, line
     status_path = small_tmpfs / "tiny" / "status.json"
@@ -237,7 +284,9 @@ def test_disk_full_during_training_is_one_line_naming_the_path_and_status_failed
     assert not temporaries(small_tmpfs)
     # the half-written checkpoint was removed; the complete one before it remains
     done = sorted(p.name for p in (small_tmpfs / "tiny" / "checkpoints").iterdir())
-    assert done and all((small_tmpfs / "tiny" / "checkpoints" / d / "train_state.json").exists() for d in done)
+    assert done and all(
+        (small_tmpfs / "tiny" / "checkpoints" / d / "train_state.json").exists() for d in done
+    )
 
 
 # ------------------------------------------------------------------ process plumbing
@@ -257,8 +306,18 @@ def test_a_torchrun_worker_gets_sigterm_when_its_agent_is_killed(tmp_path):
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux's")
     flag = tmp_path / "flag"
-    agent = subprocess.Popen([PYTHON, "-c", "import subprocess, sys; subprocess.Popen(sys.argv[1:]).wait()",
-                              PYTHON, "-c", FOLLOWER, str(flag)], cwd=REPO)
+    agent = subprocess.Popen(
+        [
+            PYTHON,
+            "-c",
+            "import subprocess, sys; subprocess.Popen(sys.argv[1:]).wait()",
+            PYTHON,
+            "-c",
+            FOLLOWER,
+            str(flag),
+        ],
+        cwd=REPO,
+    )
     deadline = time.time() + 30
     while not os.path.exists(str(flag) + ".ready") and time.time() < deadline:
         time.sleep(0.05)
@@ -274,7 +333,9 @@ def test_stale_process_group_stores_are_removed_and_live_ones_kept(tmp_path):
 
     dead = subprocess.Popen([PYTHON, "-c", "pass"])
     dead.wait()
-    host = "".join(c if c.isalnum() or c in "_." else "_" for c in socket.gethostname())[:40] or "host"
+    host = (
+        "".join(c if c.isalnum() or c in "_." else "_" for c in socket.gethostname())[:40] or "host"
+    )
     stale = tmp_path / f"ablate-pg.tmp-{host}-{dead.pid}-0"
     live = tmp_path / f"ablate-pg.tmp-{host}-{os.getppid()}-0"
     other = tmp_path / f"other.tmp-{host}-{dead.pid}"

@@ -23,10 +23,26 @@ from conftest import assert_refused, link_toyworld, tree_state
 TINY = {
     "name": "tiny",
     "seed": 7,
-    "model": {"preset": "toy-moe", "num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128, "num_experts": 4,
-              "max_position_embeddings": 128},
-    "training": {"seq_length": 64, "global_batch_size": 8, "micro_batch_size": 2, "schedule": {"warmup_steps": 2}},
-    "cadence": {"log_every": 1, "checkpoint_every": 2, "routing_flush_every": 3, "tensorboard": False},
+    "model": {
+        "preset": "toy-moe",
+        "num_layers": 2,
+        "hidden_size": 64,
+        "ffn_hidden_size": 128,
+        "num_experts": 4,
+        "max_position_embeddings": 128,
+    },
+    "training": {
+        "seq_length": 64,
+        "global_batch_size": 8,
+        "micro_batch_size": 2,
+        "schedule": {"warmup_steps": 2},
+    },
+    "cadence": {
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "routing_flush_every": 3,
+        "tensorboard": False,
+    },
     "stages": [{"name": "code", "mix": {"code": {"tokens": "1K"}}}],
 }
 RUN = "runs/tiny"
@@ -83,6 +99,7 @@ def case(template, monkeypatch):
 
 # ------------------------------------------------------------------ damage, one thing each
 
+
 def copied_world(case) -> str:
     """A private copy of the toy world (to damage): data/copy/manifest.json."""
     shutil.copytree(os.path.realpath(case / "data" / "toyworld"), case / "data" / "copy")
@@ -111,6 +128,7 @@ def a_file_at(rel):
         with open(rel, "w") as f:
             f.write("a file\n")
         return write_recipe()
+
     return setup
 
 
@@ -123,18 +141,23 @@ def run_file(name, text: bytes):
         with open(os.path.join(RUN, name), "wb") as f:
             f.write(text)
         return write_recipe()
+
     return setup
 
 
 def read_only_dir(rel, field):
     """``rel`` on a read-only tmpfs; the recipe's ``field`` points at it."""
+
     def setup(case):
         shutil.rmtree(RUN)  # a run not compiled yet (its plan would name the other cache)
         os.makedirs("ro")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", "ro"], capture_output=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", "ro"], capture_output=True
+        )
         if r.returncode:
             pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:80]})")
         return write_recipe(**{field: f"ro/{rel}"})
+
     return setup
 
 
@@ -154,6 +177,7 @@ def init_dir_exists(case):
 
 def damaged_checkpoints(*steps, status="completed"):
     """Checkpoints whose train_state.json is damaged, in a run whose status is ``status``."""
+
     def setup(case):
         for step in steps:
             d = f"{RUN}/checkpoints/step_{step:08d}"
@@ -163,6 +187,7 @@ def damaged_checkpoints(*steps, status="completed"):
         with open(f"{RUN}/status.json", "w") as f:
             json.dump({"state": status, "step": max(steps)}, f)
         return write_recipe()
+
     return setup
 
 
@@ -176,71 +201,222 @@ CASES = [
     # ---- compile
     ("compile-missing-manifest", missing_manifest, ["compile"], ("data.manifests[0]", "not found")),
     ("compile-damaged-manifest", damaged_manifest, ["compile"], ("data/copy/manifest.json",)),
-    ("compile-manifest-array", lambda c: damaged_manifest(c, b"[1, 2]"), ["compile"], ("data/copy/manifest.json",)),
-    ("compile-truncated-bin", truncated_bin, ["compile"], ("toyworld/code.exec", "no longer match the manifest")),
-    ("compile-cache-dir-is-a-file", a_file_at("cache"), ["compile"], ("data.cache_dir", "cache is not a directory")),
-    ("compile-cache-parent-is-a-file", lambda c: (a_file_at("blocker")(c), write_recipe(
-        data={"cache_dir": "blocker/cache"}))[1], ["compile"], ("data.cache_dir", "is not a directory")),
-    ("compile-run-dir-is-a-file", a_file_at(RUN), ["compile"], ("run_dir", "runs/tiny is not a directory")),
-    ("compile-run-parent-is-a-file", lambda c: (a_file_at("elsewhere")(c), write_recipe(
-        run_dir="elsewhere/tiny"))[1], ["compile"], ("run_dir", "is not a directory")),
+    (
+        "compile-manifest-array",
+        lambda c: damaged_manifest(c, b"[1, 2]"),
+        ["compile"],
+        ("data/copy/manifest.json",),
+    ),
+    (
+        "compile-truncated-bin",
+        truncated_bin,
+        ["compile"],
+        ("toyworld/code.exec", "no longer match the manifest"),
+    ),
+    (
+        "compile-cache-dir-is-a-file",
+        a_file_at("cache"),
+        ["compile"],
+        ("data.cache_dir", "cache is not a directory"),
+    ),
+    (
+        "compile-cache-parent-is-a-file",
+        lambda c: (a_file_at("blocker")(c), write_recipe(data={"cache_dir": "blocker/cache"}))[1],
+        ["compile"],
+        ("data.cache_dir", "is not a directory"),
+    ),
+    (
+        "compile-run-dir-is-a-file",
+        a_file_at(RUN),
+        ["compile"],
+        ("run_dir", "runs/tiny is not a directory"),
+    ),
+    (
+        "compile-run-parent-is-a-file",
+        lambda c: (a_file_at("elsewhere")(c), write_recipe(run_dir="elsewhere/tiny"))[1],
+        ["compile"],
+        ("run_dir", "is not a directory"),
+    ),
     ("compile-run-dir-locked", HOLD_LOCK, ["compile"], ("run directory runs/tiny", "in use by")),
-    ("compile-cache-read-only", read_only_dir("cache", "data__cache_dir"), ["compile"], ("cannot write", "read-only")),
-    ("compile-run-dir-read-only", read_only_dir("tiny", "run_dir"), ["compile"], ("ro/tiny", "read-only")),
+    (
+        "compile-cache-read-only",
+        read_only_dir("cache", "data__cache_dir"),
+        ["compile"],
+        ("cannot write", "read-only"),
+    ),
+    (
+        "compile-run-dir-read-only",
+        read_only_dir("tiny", "run_dir"),
+        ["compile"],
+        ("ro/tiny", "read-only"),
+    ),
     ("compile-unknown-key", recipe_with(trainng={}), ["compile"], ("unknown key 'trainng'",)),
-    ("compile-unknown-domain", recipe_with(stages=[{"name": "s", "mix": {"maths": {"tokens": "1K"}}}]),
-     ["compile"], ("maths",)),
-    ("compile-too-many-epochs", recipe_with(stages=[{"name": "s", "mix": {"code": {"tokens": "900M"}}}]),
-     ["compile"], ("epochs > max_epochs",)),
+    (
+        "compile-unknown-domain",
+        recipe_with(stages=[{"name": "s", "mix": {"maths": {"tokens": "1K"}}}]),
+        ["compile"],
+        ("maths",),
+    ),
+    (
+        "compile-too-many-epochs",
+        recipe_with(stages=[{"name": "s", "mix": {"code": {"tokens": "900M"}}}]),
+        ["compile"],
+        ("epochs > max_epochs",),
+    ),
     # ---- compile --dry-run: the same refusals, and nothing created
     ("dry-run-missing-manifest", missing_manifest, ["compile", "--dry-run"], ("not found",)),
-    ("dry-run-damaged-manifest", damaged_manifest, ["compile", "--dry-run"], ("data/copy/manifest.json",)),
-    ("dry-run-truncated-bin", truncated_bin, ["compile", "--dry-run"], ("no longer match the manifest",)),
-    ("dry-run-unknown-key", recipe_with(trainng={}), ["compile", "--dry-run"], ("unknown key 'trainng'",)),
-    ("dry-run-bad-batch", recipe_with(training__global_batch_size=7), ["compile", "--dry-run"],
-     ("global_batch_size",)),
+    (
+        "dry-run-damaged-manifest",
+        damaged_manifest,
+        ["compile", "--dry-run"],
+        ("data/copy/manifest.json",),
+    ),
+    (
+        "dry-run-truncated-bin",
+        truncated_bin,
+        ["compile", "--dry-run"],
+        ("no longer match the manifest",),
+    ),
+    (
+        "dry-run-unknown-key",
+        recipe_with(trainng={}),
+        ["compile", "--dry-run"],
+        ("unknown key 'trainng'",),
+    ),
+    (
+        "dry-run-bad-batch",
+        recipe_with(training__global_batch_size=7),
+        ["compile", "--dry-run"],
+        ("global_batch_size",),
+    ),
     # ---- train
-    ("train-damaged-plan", run_file("plan.json", b'{"fingerprint": '), ["train"], ("runs/tiny/plan.json", "damaged")),
-    ("train-plan-not-object", run_file("plan.json", b"[1]"), ["train"], ("runs/tiny/plan.json", "different recipe")),
-    ("train-plan-other-recipe", recipe_with(seed=8), ["train"], ("plan.json: compiled from a different recipe",)),
-    ("train-damaged-status", run_file("status.json", b'{"state": "runn'), ["train"],
-     ("runs/tiny/status.json", "damaged status file")),
-    ("train-status-not-object", run_file("status.json", b'["running"]'), ["train"],
-     ("runs/tiny/status.json", "damaged status file")),
-    ("train-status-binary", run_file("status.json", b"\xff\xfe\x00"), ["train"], ("runs/tiny/status.json",)),
+    (
+        "train-damaged-plan",
+        run_file("plan.json", b'{"fingerprint": '),
+        ["train"],
+        ("runs/tiny/plan.json", "damaged"),
+    ),
+    (
+        "train-plan-not-object",
+        run_file("plan.json", b"[1]"),
+        ["train"],
+        ("runs/tiny/plan.json", "different recipe"),
+    ),
+    (
+        "train-plan-other-recipe",
+        recipe_with(seed=8),
+        ["train"],
+        ("plan.json: compiled from a different recipe",),
+    ),
+    (
+        "train-damaged-status",
+        run_file("status.json", b'{"state": "runn'),
+        ["train"],
+        ("runs/tiny/status.json", "damaged status file"),
+    ),
+    (
+        "train-status-not-object",
+        run_file("status.json", b'["running"]'),
+        ["train"],
+        ("runs/tiny/status.json", "damaged status file"),
+    ),
+    (
+        "train-status-binary",
+        run_file("status.json", b"\xff\xfe\x00"),
+        ["train"],
+        ("runs/tiny/status.json",),
+    ),
     ("train-run-dir-is-a-file", a_file_at(RUN), ["train"], ("run_dir", "is not a directory")),
-    ("train-cache-dir-is-a-file", a_file_at("cache"), ["train"], ("data.cache_dir", "is not a directory")),
-    ("train-cache-read-only", read_only_dir("cache", "data__cache_dir"), ["train"], ("cannot write", "read-only")),
-    ("train-run-dir-read-only", read_only_dir("tiny", "run_dir"), ["train"], ("ro/tiny", "read-only")),
+    (
+        "train-cache-dir-is-a-file",
+        a_file_at("cache"),
+        ["train"],
+        ("data.cache_dir", "is not a directory"),
+    ),
+    (
+        "train-cache-read-only",
+        read_only_dir("cache", "data__cache_dir"),
+        ["train"],
+        ("cannot write", "read-only"),
+    ),
+    (
+        "train-run-dir-read-only",
+        read_only_dir("tiny", "run_dir"),
+        ["train"],
+        ("ro/tiny", "read-only"),
+    ),
     ("train-run-dir-locked", HOLD_LOCK, ["train"], ("run directory runs/tiny", "in use by", "pid")),
     ("train-missing-manifest", missing_manifest, ["train"], ("data.manifests[0]", "not found")),
     ("train-damaged-manifest", damaged_manifest, ["train"], ("data/copy/manifest.json",)),
     ("train-truncated-bin", truncated_bin, ["train"], ("no longer match the manifest",)),
-    ("train-reset-optimizer-no-checkpoint", recipe_with(), ["train", "--reset-optimizer"],
-     ("--reset-optimizer", "no checkpoint")),
-    ("train-reset-optimizer-incomplete-checkpoint", checkpoint_without_state, ["train", "--reset-optimizer"],
-     ("--reset-optimizer", "no checkpoint")),
-    ("train-reset-optimizer-resume-never", recipe_with(), ["train", "--reset-optimizer", "--resume", "never"],
-     ("--reset-optimizer", "--resume never")),
-    ("train-every-checkpoint-damaged", damaged_checkpoints(2, 4), ["train"],
-     ("no complete checkpoint left", "step_00000004", "train_state.json is damaged", "--resume never")),
-    ("train-resume-auto-completed-run-damaged", damaged_checkpoints(8), ["train", "--resume", "auto"],
-     ("no complete checkpoint left",)),  # the tree is unchanged: status.json stays completed
-    ("train-reset-optimizer-damaged", damaged_checkpoints(2, status="failed"), ["train", "--reset-optimizer"],
-     ("no complete checkpoint left",)),
+    (
+        "train-reset-optimizer-no-checkpoint",
+        recipe_with(),
+        ["train", "--reset-optimizer"],
+        ("--reset-optimizer", "no checkpoint"),
+    ),
+    (
+        "train-reset-optimizer-incomplete-checkpoint",
+        checkpoint_without_state,
+        ["train", "--reset-optimizer"],
+        ("--reset-optimizer", "no checkpoint"),
+    ),
+    (
+        "train-reset-optimizer-resume-never",
+        recipe_with(),
+        ["train", "--reset-optimizer", "--resume", "never"],
+        ("--reset-optimizer", "--resume never"),
+    ),
+    (
+        "train-every-checkpoint-damaged",
+        damaged_checkpoints(2, 4),
+        ["train"],
+        (
+            "no complete checkpoint left",
+            "step_00000004",
+            "train_state.json is damaged",
+            "--resume never",
+        ),
+    ),
+    (
+        "train-resume-auto-completed-run-damaged",
+        damaged_checkpoints(8),
+        ["train", "--resume", "auto"],
+        ("no complete checkpoint left",),
+    ),  # the tree is unchanged: status.json stays completed
+    (
+        "train-reset-optimizer-damaged",
+        damaged_checkpoints(2, status="failed"),
+        ["train", "--reset-optimizer"],
+        ("no complete checkpoint left",),
+    ),
     ("train-layout-ep", recipe_with(parallelism={"ep": 3}), ["train"], ("parallelism.ep",)),
-    ("train-save-init-existing-dir", init_dir_exists, ["train", "--save-init", "init/keep"],
-     ("--save-init", "init/keep already exists")),
-    ("train-save-init-existing-file", a_file_at("init.ckpt"), ["train", "--save-init", "init.ckpt"],
-     ("--save-init", "already exists")),
-    ("train-save-init-parent-file", a_file_at("blocker"), ["train", "--save-init", "blocker/init"],
-     ("--save-init", "is not a directory")),
+    (
+        "train-save-init-existing-dir",
+        init_dir_exists,
+        ["train", "--save-init", "init/keep"],
+        ("--save-init", "init/keep already exists"),
+    ),
+    (
+        "train-save-init-existing-file",
+        a_file_at("init.ckpt"),
+        ["train", "--save-init", "init.ckpt"],
+        ("--save-init", "already exists"),
+    ),
+    (
+        "train-save-init-parent-file",
+        a_file_at("blocker"),
+        ["train", "--save-init", "blocker/init"],
+        ("--save-init", "is not a directory"),
+    ),
     ("train-recipe-missing", lambda c: "absent.yaml", ["train"], ("absent.yaml",)),
     ("train-bad-lr", recipe_with(training__optimizer={"lr": -1.0}), ["train"], ("lr",)),
 ]
 
 
-@pytest.mark.parametrize("setup, argv, fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    "setup, argv, fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_refused(case, capsys, setup, argv, fragments):
     from ablate.io import exclusive_lock
 
@@ -262,7 +438,8 @@ def test_there_are_enough_cases():
     assert len(CASES) >= 30
 
 
-# ------------------------------------------------------------------ what must succeed, writing nothing
+# ------------------------------------------------------------ what must succeed, writing nothing
+
 
 def test_dry_run_leaves_an_existing_cache_unchanged(case, cli):
     before = tree_state(case)

@@ -1,4 +1,4 @@
-"""A stage's exhaustive blend: exact per-dataset counts, every prefix within one sample of its share.
+"""A stage's exhaustive blend: exact per-dataset counts, each prefix within one sample of its share.
 
 Given each dataset's sample count ``n_d`` (``S`` in all, shares ``w_d = n_d / S``), the stage's
 order is the order in which WF2Q (worst-case fair weighted fair queueing, Bennett & Zhang 1996)
@@ -57,7 +57,9 @@ from megatron.core.datasets.blended_dataset import BlendedDataset
 
 from ablate.io import os_errors, remove_path, remove_stale_temporaries, tmp_name
 
-BLEND_FORMAT = 2  # bump when the interleaving changes: blends cached under the old key are never used
+BLEND_FORMAT = (
+    2  # bump when the interleaving changes: blends cached under the old key are never used
+)
 # 2: by domain, then dataset; dataset_sample_index int32 where the counts allow
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def _checked_counts(counts) -> np.ndarray:
 
 
 def interleave(counts, use_extension: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(dataset_index int16, dataset_sample_index int64)`` drawing exactly ``counts[d]`` of each."""
+    """``(dataset_index int16, dataset_sample_index int64)``: exactly ``counts[d]`` of each."""
     counts = _checked_counts(counts)
     total = int(counts.sum())
     dataset_index = np.empty(total, dtype=np.int16)
@@ -85,8 +87,12 @@ def interleave(counts, use_extension: bool = True) -> tuple[np.ndarray, np.ndarr
     return dataset_index, dataset_sample_index
 
 
-def _fill(counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_index: np.ndarray | None,
-          use_extension: bool) -> None:
+def _fill(
+    counts: np.ndarray,
+    dataset_index: np.ndarray,
+    dataset_sample_index: np.ndarray | None,
+    use_extension: bool,
+) -> None:
     if use_extension and _blend is not None:
         misplaced = _blend.wf2q(counts, dataset_index, dataset_sample_index)
     else:
@@ -94,15 +100,26 @@ def _fill(counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_index: n
     _check(misplaced, counts, dataset_index, dataset_sample_index)
 
 
-def _check(misplaced: int, counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_index: np.ndarray | None) -> None:
+def _check(
+    misplaced: int,
+    counts: np.ndarray,
+    dataset_index: np.ndarray,
+    dataset_sample_index: np.ndarray | None,
+) -> None:
     if misplaced:  # -1: at some slot no dataset was eligible. Neither can happen (module doc).
         from megatron.core.datasets import helpers
 
-        log.warning("blend: the interleaving failed its check (%d); using megatron-core's exhaustive greedy "
-                    "blend instead", misplaced)
+        log.warning(
+            "blend: the interleaving failed its check (%d); using megatron-core's exhaustive "
+            "greedy "
+            "blend instead",
+            misplaced,
+        )
         if dataset_sample_index is None:
             dataset_sample_index = np.empty(len(dataset_index), dtype=np.int64)
-        helpers.build_exhaustive_blending_indices(dataset_index, dataset_sample_index, counts, len(counts))
+        helpers.build_exhaustive_blending_indices(
+            dataset_index, dataset_sample_index, counts, len(counts)
+        )
 
 
 def _orders(jobs: list[tuple[np.ndarray, np.ndarray]], use_extension: bool) -> None:
@@ -145,8 +162,13 @@ def blend_order(counts, groups, use_extension: bool = True) -> tuple[np.ndarray,
     group_index = np.empty(total, dtype=np.int16)
     local = np.zeros(total, dtype=np.int16)
     jobs = [(group_counts, group_index)] + [
-        (np.ascontiguousarray(counts[members[start[g]:start[g + 1]]]), local[slot_start[g]:slot_start[g + 1]])
-        for g in range(len(ids)) if sizes[g] > 1]
+        (
+            np.ascontiguousarray(counts[members[start[g] : start[g + 1]]]),
+            local[slot_start[g] : slot_start[g + 1]],
+        )
+        for g in range(len(ids))
+        if sizes[g] > 1
+    ]
     _orders(jobs, use_extension)
     args = (group_index, local, slot_start, start, members, dataset_index, dataset_sample_index)
     if use_extension and _blend is not None:
@@ -156,7 +178,9 @@ def blend_order(counts, groups, use_extension: bool = True) -> tuple[np.ndarray,
     return dataset_index, dataset_sample_index
 
 
-def _gather_numpy(group_index, local, slot_start, member_start, members, dataset_index, dataset_sample_index):
+def _gather_numpy(
+    group_index, local, slot_start, member_start, members, dataset_index, dataset_sample_index
+):
     """The reference for ``_blend.gather``: slot s is its group's r-th, so it takes that group's
     r-th member in the group's own order; its sample is how many of that dataset came before."""
     g = group_index.astype(np.int64)
@@ -175,7 +199,9 @@ def _ranks(labels: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _wf2q_python(counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_index: np.ndarray) -> int:
+def _wf2q_python(
+    counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_index: np.ndarray
+) -> int:
     """The reference for ``_blend.wf2q``: the same rule, keys, tie-breaks and checks, in Python.
 
     Returns how many samples were placed more than one sample off their share, or -1 if at
@@ -184,7 +210,9 @@ def _wf2q_python(counts: np.ndarray, dataset_index: np.ndarray, dataset_sample_i
     S = sum(n)
     taken = [0] * len(n)
     waiting = [(0, d) for d in range(len(n))]  # (slot at which d's next sample starts, d)
-    ready: list[tuple[int, Fraction, int]] = []  # (its finish S(k+1)/n as integer part, fraction, d)
+    ready: list[
+        tuple[int, Fraction, int]
+    ] = []  # (its finish S(k+1)/n as integer part, fraction, d)
     misplaced = 0
     out_d, out_k = [0] * S, [0] * S
     push, pop = heapq.heappush, heapq.heappop
@@ -220,18 +248,27 @@ class ExactBlendedDataset(BlendedDataset):
     def __init__(self, datasets, counts, config, groups=None):
         for i, (ds, c) in enumerate(zip(datasets, counts)):
             if len(ds) < c:  # megatron-core's own check, before any index is built
-                raise IndexError(f"blend: asks dataset {i} ({ds.dataset_path}) for {c} samples, it has {len(ds)}")
-        self.groups = [str(g) for g in groups] if groups is not None else [str(i) for i in range(len(datasets))]
+                raise IndexError(
+                    f"blend: asks dataset {i} ({ds.dataset_path}) for {c} samples, it has {len(ds)}"
+                )
+        self.groups = (
+            [str(g) for g in groups]
+            if groups is not None
+            else [str(i) for i in range(len(datasets))]
+        )
         super().__init__(datasets, [int(c) for c in counts], None, config)
 
     def _build_indices(self):
         # megatron-core's description (a JSON object, indent 4) plus the interleaving's version
         body = self.unique_description.rstrip()
         assert body.endswith("}"), "megatron-core's blend description is no longer a JSON object"
-        self.unique_description = (body[:-1].rstrip() + f',\n    "interleave": "wf2q/{BLEND_FORMAT}",\n'
-                                   f'    "groups": {json.dumps(self.groups)}\n}}')
-        self.unique_description_hash = hashlib.md5(self.unique_description.encode("utf-8"),
-                                                   usedforsecurity=False).hexdigest()
+        self.unique_description = (
+            body[:-1].rstrip() + f',\n    "interleave": "wf2q/{BLEND_FORMAT}",\n'
+            f'    "groups": {json.dumps(self.groups)}\n}}'
+        )
+        self.unique_description_hash = hashlib.md5(
+            self.unique_description.encode("utf-8"), usedforsecurity=False
+        ).hexdigest()
         from ablate.recipe.blend_prefetch import active
 
         prefetch = active()  # a compile may have computed it already, in the background
@@ -243,17 +280,26 @@ class ExactBlendedDataset(BlendedDataset):
         cache = self.config.path_to_cache
         if not cache:
             return order()
-        stem = os.path.join(cache, f"{self.unique_description_hash}-{type(self).__name__}-{self.split.name}-")
-        paths = {name: stem + name for name in ("description.txt", "dataset_index.npy", "dataset_sample_index.npy")}
+        stem = os.path.join(
+            cache, f"{self.unique_description_hash}-{type(self).__name__}-{self.split.name}-"
+        )
+        paths = {
+            name: stem + name
+            for name in ("description.txt", "dataset_index.npy", "dataset_sample_index.npy")
+        }
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        cached = self._read_cached(paths) if all(os.path.isfile(p) for p in paths.values()) else None
+        cached = (
+            self._read_cached(paths) if all(os.path.isfile(p) for p in paths.values()) else None
+        )
         if rank == 0 and cached is None:  # missing or damaged: (re)built
             dataset_index, dataset_sample_index = order()
             with os_errors(cache):
                 os.makedirs(cache, exist_ok=True)
             write = lambda: self._write(paths, dataset_index, dataset_sample_index)  # noqa: E731
             if prefetch:
-                prefetch.write_behind(write, dataset_index.nbytes + dataset_sample_index.nbytes)  # waited for at the end
+                prefetch.write_behind(
+                    write, dataset_index.nbytes + dataset_sample_index.nbytes
+                )  # waited for at the end
             else:
                 write()  # the other ranks read these files right after
             return dataset_index, dataset_sample_index
@@ -267,19 +313,29 @@ class ExactBlendedDataset(BlendedDataset):
         """The cached arrays (memory-mapped), or None if a file is damaged or of the wrong length
         (a blend of ``sum(weights)`` samples)."""
         try:
-            arrays = tuple(np.load(paths[n], mmap_mode="r") for n in ("dataset_index.npy", "dataset_sample_index.npy"))
+            arrays = tuple(
+                np.load(paths[n], mmap_mode="r")
+                for n in ("dataset_index.npy", "dataset_sample_index.npy")
+            )
         except (OSError, ValueError, EOFError):
             return None
         total = int(sum(int(w) for w in self.weights))
         return arrays if all(a.ndim == 1 and len(a) == total for a in arrays) else None
 
-    def _write(self, paths: dict, dataset_index: np.ndarray, dataset_sample_index: np.ndarray) -> None:
+    def _write(
+        self, paths: dict, dataset_index: np.ndarray, dataset_sample_index: np.ndarray
+    ) -> None:
         """The arrays, then the description, each under an owned temporary name and renamed
         (removed on any error; the next writer removes those of a killed one)."""
         remove_stale_temporaries(os.path.dirname(paths["description.txt"]))
-        for name, body in (("dataset_index.npy", dataset_index), ("dataset_sample_index.npy", dataset_sample_index),
-                           ("description.txt", self.unique_description)):
-            tmp = tmp_name(paths[name], uuid.uuid4().hex[:8])  # two stages may write one blend at once
+        for name, body in (
+            ("dataset_index.npy", dataset_index),
+            ("dataset_sample_index.npy", dataset_sample_index),
+            ("description.txt", self.unique_description),
+        ):
+            tmp = tmp_name(
+                paths[name], uuid.uuid4().hex[:8]
+            )  # two stages may write one blend at once
             try:
                 with os_errors(paths[name]):
                     if isinstance(body, str):

@@ -66,8 +66,12 @@ class BlendPrefetch:
         for i, key in enumerate(self.keys):
             size = self._bytes(key)
             with self.cv:
-                while (not self.stopped and self.state[i] == "queued" and self.held
-                       and self.held + size > self.max_bytes):
+                while (
+                    not self.stopped
+                    and self.state[i] == "queued"
+                    and self.held
+                    and self.held + size > self.max_bytes
+                ):
                     self.cv.wait()
                 if self.stopped:
                     return
@@ -101,7 +105,9 @@ class BlendPrefetch:
             i = next((j for j in range(self.cursor, len(self.keys)) if self.keys[j] == key), None)
             if i is None:
                 return None
-            for j in range(self.cursor, i):  # asked for a later job: the earlier ones are not needed
+            for j in range(
+                self.cursor, i
+            ):  # asked for a later job: the earlier ones are not needed
                 self._drop(j)
             self.cursor = i + 1
             if not want:

@@ -26,8 +26,15 @@ from ablate.data.tokenizer import TokenizerInfo
 from contextlib import contextmanager
 
 from ablate.errors import AblateError
-from ablate.io import (exclusive_lock, os_error_line, os_errors, remove_path, remove_stale_temporaries, tmp_name,
-                       write_text_atomic)
+from ablate.io import (
+    exclusive_lock,
+    os_error_line,
+    os_errors,
+    remove_path,
+    remove_stale_temporaries,
+    tmp_name,
+    write_text_atomic,
+)
 from ablate.recipe.budget import format_tokens
 from ablate.recipe.plan import Plan, make_plan
 from ablate.recipe.schema import Recipe
@@ -35,8 +42,9 @@ from ablate.faults import user_os_error
 from ablate.run_layout import RunLayout, refuse_non_directory, run_lock
 
 
-def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = None,
-                   recipe_text: str | None = None) -> tuple[Plan, str | None]:
+def compile_recipe(
+    recipe: Recipe, dry_run: bool = False, plan: Plan | None = None, recipe_text: str | None = None
+) -> tuple[Plan, str | None]:
     """Resolve the plan (or take ``plan``, already made from this recipe); unless ``dry_run``,
     build every stage's blend and write plan.json beside the resolved recipe (``recipe_text``:
     its YAML, if the caller has it already).
@@ -63,7 +71,11 @@ def compile_recipe(recipe: Recipe, dry_run: bool = False, plan: Plan | None = No
             d.cache_key = ds.cache_key
     # the resolved recipe (every default filled in) sits beside the plan it produced; a damaged
     # plan.json there is simply replaced (it is this command's output)
-    text = recipe_text if recipe_text is not None else yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    text = (
+        recipe_text
+        if recipe_text is not None
+        else yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    )
     layout = RunLayout(run_dir)
     with os_errors(run_dir):
         os.makedirs(run_dir, exist_ok=True)
@@ -81,10 +93,14 @@ def _plan_read_only(recipe: Recipe) -> Plan:
     from ablate.recipe.plan import _read_idx_memo
 
     plan = make_plan(recipe, verify=False)
-    manifests = load_manifests(plan.manifests, where=f"{recipe._path or recipe.name}: data.manifests")
+    manifests = load_manifests(
+        plan.manifests, where=f"{recipe._path or recipe.name}: data.manifests"
+    )
     by_path = {m.abs_prefix(d): (m, d) for m in manifests for d in m.datasets}
-    verify_datasets([by_path[pd.path] for stage in plan.stages for pd in stage.datasets],
-                    _read_idx_memo(plan.cache_dir))
+    verify_datasets(
+        [by_path[pd.path] for stage in plan.stages for pd in stage.datasets],
+        _read_idx_memo(plan.cache_dir),
+    )
     return plan
 
 
@@ -121,13 +137,19 @@ def cache_errors(cache_dir: str):
 
 def blend_jobs(plans: list[Plan]) -> list[tuple[list[int], list[str]]]:
     """The (sample counts, domains) of every stage blend these plans build, in build order."""
-    return [([d.samples for d in s.datasets], [d.domain for d in s.datasets]) for p in plans for s in p.stages]
+    return [
+        ([d.samples for d in s.datasets], [d.domain for d in s.datasets])
+        for p in plans
+        for s in p.stages
+    ]
 
 
 def build_stage_datasets(plan: Plan) -> list:
     """One megatron-core ``BlendedDataset`` per stage, exactly as the plan says."""
     import torch.distributed as dist
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
     from megatron.core.datasets.utils import Split
 
     from ablate.recipe.blend import ExactBlendedDataset
@@ -144,11 +166,20 @@ def build_stage_datasets(plan: Plan) -> list:
     blends = []
     for stage in plan.stages:
         config = AblateGPTDatasetConfig(
-            random_seed=plan.seed, sequence_length=plan.seq_length,
-            blend_per_split=[([d.path for d in stage.datasets], [float(d.samples) for d in stage.datasets]), None, None],
-            path_to_cache=os.path.join(plan.cache_dir, "blends"), tokenizer=tokenizer,
-            reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
-            create_attention_mask=False, mid_level_dataset_surplus=0.0,
+            random_seed=plan.seed,
+            sequence_length=plan.seq_length,
+            blend_per_split=[
+                ([d.path for d in stage.datasets], [float(d.samples) for d in stage.datasets]),
+                None,
+                None,
+            ],
+            path_to_cache=os.path.join(plan.cache_dir, "blends"),
+            tokenizer=tokenizer,
+            reset_position_ids=False,
+            reset_attention_mask=False,
+            eod_mask_loss=False,
+            create_attention_mask=False,
+            mid_level_dataset_surplus=0.0,
             index_cache_dir=plan.cache_dir,
             dataset_slices={d.path: (d.fingerprint, d.sample_offset) for d in stage.datasets},
         )
@@ -157,10 +188,33 @@ def build_stage_datasets(plan: Plan) -> list:
             low = build(ReusableGPTDataset.build_low_level_dataset, on_rank, False, d.path, config)
             if low.sequence_lengths.shape[0] == 0:
                 raise AblateError(f"dataset {d.prefix}: has no documents")
-            documents = range(low.sequence_lengths.shape[0])  # all of them; IndexCache makes the array if it builds
-            mids.append(build(ReusableGPTDataset, on_rank, sync, low, d.path, documents, d.samples, Split.train, config))
-        blends.append(build(ExactBlendedDataset, on_rank, sync, mids, [d.samples for d in stage.datasets], config,
-                            [d.domain for d in stage.datasets]))
+            documents = range(
+                low.sequence_lengths.shape[0]
+            )  # all of them; IndexCache makes the array if it builds
+            mids.append(
+                build(
+                    ReusableGPTDataset,
+                    on_rank,
+                    sync,
+                    low,
+                    d.path,
+                    documents,
+                    d.samples,
+                    Split.train,
+                    config,
+                )
+            )
+        blends.append(
+            build(
+                ExactBlendedDataset,
+                on_rank,
+                sync,
+                mids,
+                [d.samples for d in stage.datasets],
+                config,
+                [d.domain for d in stage.datasets],
+            )
+        )
         if sync:
             dist.barrier()
     return blends
@@ -169,19 +223,47 @@ def build_stage_datasets(plan: Plan) -> list:
 def plan_table(plan: Plan) -> str:
     """The ``--dry-run`` view: per stage, per dataset, what the recipe asks and gets."""
     head = ("dataset", "domain", "weight", "samples", "requested", "realized", "epochs")
-    out = [f"{plan.recipe}: seq_length {plan.seq_length}, global batch {plan.global_batch_size} "
-           f"({plan.seq_length * plan.global_batch_size:,} tokens/step), tokenizer {plan.tokenizer['fingerprint']}"]
+    out = [
+        f"{plan.recipe}: seq_length {plan.seq_length}, global batch {plan.global_batch_size} "
+        f"({plan.seq_length * plan.global_batch_size:,} tokens/step), tokenizer "
+        f"{plan.tokenizer['fingerprint']}"
+    ]
     for s in plan.stages:
-        out.append(f"\nstage {s.name}: {format_tokens(s.tokens_nominal)} asked -> {s.steps:,} steps, "
-                   f"{s.samples:,} samples, {s.tokens:,} tokens")
-        rows = [head] + [(d.prefix, d.domain, f"{d.weight:.4f}", f"{d.samples:,}", f"{d.tokens_requested:,}",
-                          f"{d.tokens_realized:,}", f"{d.epochs:.3f}") for d in s.datasets]
+        out.append(
+            f"\nstage {s.name}: {format_tokens(s.tokens_nominal)} asked -> {s.steps:,} steps, "
+            f"{s.samples:,} samples, {s.tokens:,} tokens"
+        )
+        rows = [head] + [
+            (
+                d.prefix,
+                d.domain,
+                f"{d.weight:.4f}",
+                f"{d.samples:,}",
+                f"{d.tokens_requested:,}",
+                f"{d.tokens_realized:,}",
+                f"{d.epochs:.3f}",
+            )
+            for d in s.datasets
+        ]
         for dom, t in s.domain_totals().items():
-            rows.append((f"= {dom}", "", f"{t['samples'] / s.samples:.4f}", f"{t['samples']:,}",
-                         f"{t['tokens_requested']:,}", f"{t['tokens_realized']:,}", ""))
+            rows.append(
+                (
+                    f"= {dom}",
+                    "",
+                    f"{t['samples'] / s.samples:.4f}",
+                    f"{t['samples']:,}",
+                    f"{t['tokens_requested']:,}",
+                    f"{t['tokens_realized']:,}",
+                    "",
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         for j, r in enumerate(rows):
-            out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+            out.append(
+                "  ".join(
+                    c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+                )
+            )
             if j == 0 or j == len(s.datasets):
                 out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

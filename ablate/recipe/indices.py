@@ -87,9 +87,15 @@ class ReusableGPTDataset(GPTDataset):
     @staticmethod
     def build_low_level_dataset(dataset_path: str, config: GPTDatasetConfig):
         """megatron-core's, opened once per process per version of the .idx/.bin files."""
-        key = (dataset_path, config.mmap_bin_files, _signature(dataset_path + ".idx"),
-               _signature(dataset_path + ".bin"))
-        if key[2] is None or config.sequences_per_dataset:  # let megatron-core report / handle these
+        key = (
+            dataset_path,
+            config.mmap_bin_files,
+            _signature(dataset_path + ".idx"),
+            _signature(dataset_path + ".bin"),
+        )
+        if (
+            key[2] is None or config.sequences_per_dataset
+        ):  # let megatron-core report / handle these
             return GPTDataset.build_low_level_dataset(dataset_path, config)
         if key not in _LOW_LEVEL:
             _LOW_LEVEL[key] = GPTDataset.build_low_level_dataset(dataset_path, config)
@@ -98,9 +104,15 @@ class ReusableGPTDataset(GPTDataset):
     def _build_document_sample_shuffle_indices(self):
         fingerprint, offset = self.config.dataset_slices[self.dataset_path]
         self.sample_offset = offset
-        cache = IndexCache(self.config.index_cache_dir, self.dataset, self.indices, fingerprint,
-                           self.config.sequence_length, self.config.random_seed,
-                           self.config.add_extra_token_to_sequence)
+        cache = IndexCache(
+            self.config.index_cache_dir,
+            self.dataset,
+            self.indices,
+            fingerprint,
+            self.config.sequence_length,
+            self.config.random_seed,
+            self.config.add_extra_token_to_sequence,
+        )
         document_index, sample_index, shuffle_index = cache.get(offset + self.num_samples)
         self.cache_key = cache.key
         return document_index, sample_index, shuffle_index[offset : offset + self.num_samples]
@@ -110,20 +122,43 @@ class ReusableGPTDataset(GPTDataset):
 
 
 class IndexCache:
-    def __init__(self, root: str, dataset, indices: np.ndarray | range, fingerprint: str, seq_length: int,
-                 seed: int, extra_token: bool):
+    def __init__(
+        self,
+        root: str,
+        dataset,
+        indices: np.ndarray | range,
+        fingerprint: str,
+        seq_length: int,
+        seed: int,
+        extra_token: bool,
+    ):
         self.dataset, self.indices = dataset, indices
-        self.fingerprint, self.seq_length, self.seed, self.extra = fingerprint, seq_length, seed, extra_token
+        self.fingerprint, self.seq_length, self.seed, self.extra = (
+            fingerprint,
+            seq_length,
+            seed,
+            extra_token,
+        )
         self.key = index_key(fingerprint, seq_length, seed, extra_token)
         self.dir = os.path.join(root, "indices", self.key)
-        self.meta = {"format": INDEX_FORMAT, "fingerprint": fingerprint, "seq_length": seq_length,
-                     "seed": seed, "add_extra_token": bool(extra_token), "documents": int(len(indices))}
+        self.meta = {
+            "format": INDEX_FORMAT,
+            "fingerprint": fingerprint,
+            "seq_length": seq_length,
+            "seed": seed,
+            "add_extra_token": bool(extra_token),
+            "documents": int(len(indices)),
+        }
 
     def get(self, samples_needed: int):
         # Already open in this process and long enough: the same arrays (its meta.json unchanged;
         # an extension replaces the directory, and its prefix is the same samples anyway).
         hit = _INDICES.get(self.dir)
-        if hit and hit[1] >= samples_needed and hit[0] == _signature(os.path.join(self.dir, "meta.json")):
+        if (
+            hit
+            and hit[1] >= samples_needed
+            and hit[0] == _signature(os.path.join(self.dir, "meta.json"))
+        ):
             return hit[2]
         with os_errors(os.path.dirname(self.dir)):
             os.makedirs(os.path.dirname(self.dir), exist_ok=True)
@@ -143,7 +178,11 @@ class IndexCache:
                 arrays = self._open(cached)
                 if arrays is None:
                     raise OSError(f"{self.dir}: the index just built does not read back")
-            _INDICES[self.dir] = (_signature(os.path.join(self.dir, "meta.json")), cached["samples_built"], arrays)
+            _INDICES[self.dir] = (
+                _signature(os.path.join(self.dir, "meta.json")),
+                cached["samples_built"],
+                arrays,
+            )
             return arrays
 
     def _open(self, cached: dict | None):
@@ -152,28 +191,45 @@ class IndexCache:
         if cached is None:
             return None
         try:
-            doc, sample, shuffle = (np.load(os.path.join(self.dir, f"{name}.npy"), mmap_mode="r")
-                                    for name in ("document_index", "sample_index", "shuffle_index"))
+            doc, sample, shuffle = (
+                np.load(os.path.join(self.dir, f"{name}.npy"), mmap_mode="r")
+                for name in ("document_index", "sample_index", "shuffle_index")
+            )
         except (OSError, ValueError, EOFError):
             return None
-        if (len(doc) != cached["epochs"] * int(cached["documents"]) or sample.ndim != 2
-                or len(sample) != cached["samples_built"] + 1 or len(shuffle) != cached["samples_built"]):
+        if (
+            len(doc) != cached["epochs"] * int(cached["documents"])
+            or sample.ndim != 2
+            or len(sample) != cached["samples_built"] + 1
+            or len(shuffle) != cached["samples_built"]
+        ):
             return None
         return doc, sample, shuffle
 
     def _load_for_extension(self, cached: dict | None, block: int, epochs: int, samples: int):
         """The cached arrays, if they are a prefix of what is to be built (else None: rebuild)."""
-        if (cached is None or cached.get("block") != block or not 0 < cached.get("samples_built", 0) < samples
-                or cached["samples_built"] % block or not 0 < cached.get("epochs", 0) <= epochs):
+        if (
+            cached is None
+            or cached.get("block") != block
+            or not 0 < cached.get("samples_built", 0) < samples
+            or cached["samples_built"] % block
+            or not 0 < cached.get("epochs", 0) <= epochs
+        ):
             return None
         try:
-            arrays = tuple(np.load(os.path.join(self.dir, f"{name}.npy"))
-                           for name in ("document_index", "sample_index", "shuffle_index"))
+            arrays = tuple(
+                np.load(os.path.join(self.dir, f"{name}.npy"))
+                for name in ("document_index", "sample_index", "shuffle_index")
+            )
         except (OSError, ValueError):
             return None
         doc, sample, shuffle = arrays
-        if (len(doc) != cached["epochs"] * int(cached["documents"]) or sample.ndim != 2
-                or len(sample) != cached["samples_built"] + 1 or len(shuffle) != cached["samples_built"]):
+        if (
+            len(doc) != cached["epochs"] * int(cached["documents"])
+            or sample.ndim != 2
+            or len(sample) != cached["samples_built"] + 1
+            or len(shuffle) != cached["samples_built"]
+        ):
             return None
         return arrays
 
@@ -187,9 +243,15 @@ class IndexCache:
         # Anything that does not match the key exactly is stale: rebuild, never use.
         if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in self.meta.items()):
             return None
-        if not all(isinstance(meta.get(k), int) and meta[k] >= 0 for k in ("samples_built", "epochs", "block")):
+        if not all(
+            isinstance(meta.get(k), int) and meta[k] >= 0
+            for k in ("samples_built", "epochs", "block")
+        ):
             return None
-        if not all(os.path.isfile(os.path.join(self.dir, f"{n}.npy")) for n in ("document_index", "sample_index", "shuffle_index")):
+        if not all(
+            os.path.isfile(os.path.join(self.dir, f"{n}.npy"))
+            for n in ("document_index", "sample_index", "shuffle_index")
+        ):
             return None
         return meta
 
@@ -204,8 +266,11 @@ class IndexCache:
         seq = self.seq_length
         sizes = np.asarray(self.dataset.sequence_lengths, dtype=np.int32)
         # every document, passed as a range (no per-compile array), or a subset as an array
-        documents = (np.arange(self.indices.start, self.indices.stop, dtype=np.int32) if isinstance(self.indices, range)
-                     else np.asarray(self.indices, dtype=np.int32))
+        documents = (
+            np.arange(self.indices.start, self.indices.stop, dtype=np.int32)
+            if isinstance(self.indices, range)
+            else np.asarray(self.indices, dtype=np.int32)
+        )
         tokens_per_epoch = int(sizes[documents].sum(dtype=np.int64))
         block = max(1, (tokens_per_epoch - self.extra) // seq)  # samples per epoch
         blocks = -(-samples_needed // block)
@@ -220,13 +285,25 @@ class IndexCache:
         else:
             old_doc, old_sample, old_shuffle = old
             old_epochs, old_blocks = cached["epochs"], cached["samples_built"] // block
-        document_index = np.concatenate(([old_doc] if old is not None else []) + [
-            np.random.RandomState(_seed(self.seed, self.fingerprint, "epoch", e)).permutation(documents).astype(np.int32)
-            for e in range(old_epochs, epochs)]).astype(np.int32)
+        document_index = np.concatenate(
+            ([old_doc] if old is not None else [])
+            + [
+                np.random.RandomState(_seed(self.seed, self.fingerprint, "epoch", e))
+                .permutation(documents)
+                .astype(np.int32)
+                for e in range(old_epochs, epochs)
+            ]
+        ).astype(np.int32)
         # megatron-core's build_sample_idx picks its dtype from these; a fresh build would too
-        sample_dtype = np.int32 if max(len(document_index), int(sizes.max())) <= np.iinfo(np.int32).max else np.int64
+        sample_dtype = (
+            np.int32
+            if max(len(document_index), int(sizes.max())) <= np.iinfo(np.int32).max
+            else np.int64
+        )
         if old is None:
-            sample_index = helpers.build_sample_idx(sizes, document_index, seq, epochs, tokens_per_epoch, True, self.extra)
+            sample_index = helpers.build_sample_idx(
+                sizes, document_index, seq, epochs, tokens_per_epoch, True, self.extra
+            )
             sample_index = np.ascontiguousarray(sample_index[: samples + 1], dtype=sample_dtype)
         else:
             # Pack on from where the cached last sample starts (document position `at`, token
@@ -237,27 +314,51 @@ class IndexCache:
             rest_sizes = np.append(sizes, sizes[rest[0]] - offset).astype(np.int32)
             rest[0] = len(sizes)
             rest_tokens = int(rest_sizes[rest].sum(dtype=np.int64))
-            more = helpers.build_sample_idx(rest_sizes, rest, seq, 1, rest_tokens, True, self.extra).astype(np.int64)
+            more = helpers.build_sample_idx(
+                rest_sizes, rest, seq, 1, rest_tokens, True, self.extra
+            ).astype(np.int64)
             more = more[1 : samples - len(old_sample) + 2]
             more[more[:, 0] == 0, 1] += offset
             more[:, 0] += at
-            sample_index = np.concatenate([np.asarray(old_sample, dtype=np.int64), more]).astype(sample_dtype)
+            sample_index = np.concatenate([np.asarray(old_sample, dtype=np.int64), more]).astype(
+                sample_dtype
+            )
         dtype = np.uint32 if samples < 2**32 - 1 else np.int64
-        shuffle_index = np.concatenate(([np.asarray(old_shuffle, dtype=dtype)] if old is not None else []) + [
-            np.random.RandomState(_seed(self.seed, self.fingerprint, "block", b)).permutation(block).astype(dtype) + dtype(b * block)
-            for b in range(old_blocks, blocks)])
+        shuffle_index = np.concatenate(
+            ([np.asarray(old_shuffle, dtype=dtype)] if old is not None else [])
+            + [
+                np.random.RandomState(_seed(self.seed, self.fingerprint, "block", b))
+                .permutation(block)
+                .astype(dtype)
+                + dtype(b * block)
+                for b in range(old_blocks, blocks)
+            ]
+        )
         tmp, old = tmp_name(self.dir), tmp_name(self.dir, "old")
         try:
             with os_errors(self.dir):
                 os.makedirs(tmp)
-                for name, arr in (("document_index", document_index), ("sample_index", sample_index),
-                                  ("shuffle_index", shuffle_index)):
+                for name, arr in (
+                    ("document_index", document_index),
+                    ("sample_index", sample_index),
+                    ("shuffle_index", shuffle_index),
+                ):
                     np.save(os.path.join(tmp, f"{name}.npy"), arr)
                 with open(os.path.join(tmp, "meta.json"), "w") as f:
-                    json.dump({**self.meta, "samples_built": int(samples), "epochs": int(epochs),
-                               "block": int(block)}, f, indent=1)
+                    json.dump(
+                        {
+                            **self.meta,
+                            "samples_built": int(samples),
+                            "epochs": int(epochs),
+                            "block": int(block),
+                        },
+                        f,
+                        indent=1,
+                    )
                 if os.path.exists(self.dir):
-                    os.rename(self.dir, old)  # readers holding the old mmaps keep them; the prefix is the same
+                    os.rename(
+                        self.dir, old
+                    )  # readers holding the old mmaps keep them; the prefix is the same
                 os.rename(tmp, self.dir)
         finally:
             if os.path.isdir(old) and not os.path.exists(self.dir):

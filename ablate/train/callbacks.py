@@ -45,32 +45,59 @@ class MetricsCallback(Callback):
         self.flops_per_token = flops_per_token(recipe.model, vocab, recipe.training.seq_length)
         self.peak_flops = None
         if layout.backend == "cuda":
-            self.peak_flops = device_peak_flops(torch.cuda.get_device_name(), recipe.training.precision)
+            self.peak_flops = device_peak_flops(
+                torch.cuda.get_device_name(), recipe.training.precision
+            )
         if trainer.rank0:
             loggers = [JSONLLogger(trainer.run.metrics, truncate_after_step=trainer.step)]
             if cad.tensorboard:
-                loggers.append(TensorBoardLogger(trainer.run.tensorboard, purge_step=trainer.step + 1))
+                loggers.append(
+                    TensorBoardLogger(trainer.run.tensorboard, purge_step=trainer.step + 1)
+                )
             if cad.wandb:
                 from ablate.telemetry.loggers import WandbLogger
 
                 w = cad.wandb
-                loggers.append(WandbLogger(w["project"], recipe.name, dir=trainer.run.root, config=recipe.to_dict(),
-                                           mode=w.get("mode"), entity=w.get("entity"), group=w.get("group"),
-                                           tags=w.get("tags"), run_id=f"{recipe.name}-{trainer.plan.fingerprint}",
-                                           resume=trainer.step > 0))
+                loggers.append(
+                    WandbLogger(
+                        w["project"],
+                        recipe.name,
+                        dir=trainer.run.root,
+                        config=recipe.to_dict(),
+                        mode=w.get("mode"),
+                        entity=w.get("entity"),
+                        group=w.get("group"),
+                        tags=w.get("tags"),
+                        run_id=f"{recipe.name}-{trainer.plan.fingerprint}",
+                        resume=trainer.step > 0,
+                    )
+                )
             self.logger = MultiLogger(loggers)
             from ablate.train import checkpoint as ckpt
 
-            ckpt.write_status(trainer.run.root, "running", step=trainer.step, total_steps=trainer.data.total_steps,
-                              parameters=self.params["total"], active_parameters=self.params["active"],
-                              backend=layout.backend, world_size=layout.world_size, layout=layout.describe(),
-                              **({"resumed_from": trainer.resumed_from} if trainer.resumed_from else {}))
+            ckpt.write_status(
+                trainer.run.root,
+                "running",
+                step=trainer.step,
+                total_steps=trainer.data.total_steps,
+                parameters=self.params["total"],
+                active_parameters=self.params["active"],
+                backend=layout.backend,
+                world_size=layout.world_size,
+                layout=layout.describe(),
+                **({"resumed_from": trainer.resumed_from} if trainer.resumed_from else {}),
+            )
             resumed = f", resuming at step {trainer.step}" if trainer.step else ""
             if trainer.resumed_from and trainer.resumed_from.get("reset_optimizer"):
                 resumed += " (model weights only: --reset-optimizer)"
-            print(f"{recipe.name}: {self.params['total']:,} parameters ({self.params['active']:,} active) on "
-                  f"{layout.backend} x {layout.world_size} {_layout_text(layout)}, {trainer.data.total_steps} steps in "
-                  f"{len(trainer.plan.stages)} stage(s){resumed}", flush=True)
+            print(
+                f"{recipe.name}: {self.params['total']:,} parameters ({self.params['active']:,} "
+                "active) on "
+                f"{layout.backend} x {layout.world_size} {_layout_text(layout)}, "
+                f"{trainer.data.total_steps} steps in "
+                f"{len(trainer.plan.stages)} stage(s){resumed}",
+                flush=True,
+            )
         else:
             self.logger = NoOpLogger()
         if layout.backend == "cuda":
@@ -82,7 +109,9 @@ class MetricsCallback(Callback):
         step = trainer.step
         self.tokens_since += data.gbs * plan.seq_length
         stage_end = step == sum(data.stage_steps[: stage + 1])
-        if not (step % trainer.recipe.cadence.log_every == 0 or stage_end or step == data.total_steps):
+        if not (
+            step % trainer.recipe.cadence.log_every == 0 or stage_end or step == data.total_steps
+        ):
             from megatron.core.transformer.moe import moe_utils
 
             moe_utils.clear_aux_losses_tracker()  # each logged row holds its own step's aux losses
@@ -92,9 +121,15 @@ class MetricsCallback(Callback):
         elapsed = max(time.time() - self.t_last - (trainer.untimed_s - self.untimed_last), 1e-9)
         rate = self.tokens_since / elapsed
         loss_sum_D, count_D = result.loss_sum_D, result.count_D
-        metrics = {"stage": plan.stages[stage].name, "lr": lr, "loss": float(loss_sum_D.sum() / count_D.sum()),
-                   "grad_norm": result.grad_norm, "tokens/s": rate, "tokens/s/device": rate / layout.world_size,
-                   "memory/peak_gib": _peak_memory_gib(layout.backend)}
+        metrics = {
+            "stage": plan.stages[stage].name,
+            "lr": lr,
+            "loss": float(loss_sum_D.sum() / count_D.sum()),
+            "grad_norm": result.grad_norm,
+            "tokens/s": rate,
+            "tokens/s/device": rate / layout.world_size,
+            "memory/peak_gib": _peak_memory_gib(layout.backend),
+        }
         if self.peak_flops:
             from ablate.telemetry.flops import mfu
 
@@ -108,8 +143,12 @@ class MetricsCallback(Callback):
         self.logger.log(step, metrics)
         if trainer.rank0:
             remaining = (data.total_steps - step) * data.gbs * plan.seq_length / max(rate, 1e-9)
-            print(f"step {step}/{data.total_steps} | {metrics['stage']} | loss {metrics['loss']:.4f} | lr {lr:.2e} | "
-                  f"{rate:,.0f} tok/s | ETA {_hms(remaining)}", flush=True)
+            print(
+                f"step {step}/{data.total_steps} | {metrics['stage']} | loss {metrics['loss']:.4f} "
+                f"| lr {lr:.2e} | "
+                f"{rate:,.0f} tok/s | ETA {_hms(remaining)}",
+                flush=True,
+            )
         self.tokens_since, self.t_last, self.untimed_last = 0, time.time(), trainer.untimed_s
 
     def on_end(self, trainer, state: str) -> None:
@@ -122,7 +161,9 @@ class RoutingCallback(Callback):
     def on_start(self, trainer) -> None:
         from ablate.telemetry.routing import RoutingCapture
 
-        self.capture = RoutingCapture(trainer.engine.modules, len(trainer.data.domains), trainer.layout.device)
+        self.capture = RoutingCapture(
+            trainer.engine.modules, len(trainer.data.domains), trainer.layout.device
+        )
         trainer.engine.routing = self.capture
         if trainer.rank0:
             os.makedirs(trainer.run.routing_dir, exist_ok=True)
@@ -133,7 +174,9 @@ class RoutingCallback(Callback):
             self._flush(trainer)
 
     def on_before_checkpoint(self, trainer) -> None:
-        self._flush(trainer)  # a checkpoint is always a flush boundary: a resumed run loses no counts
+        self._flush(
+            trainer
+        )  # a checkpoint is always a flush boundary: a resumed run loses no counts
 
     def _flush(self, trainer) -> None:
         if self.flushed_at == trainer.step:
@@ -145,8 +188,12 @@ class RoutingCallback(Callback):
             from ablate.io import atomic_path
 
             with atomic_path(trainer.run.routing(trainer.step)) as tmp, open(tmp, "wb") as f:
-                np.savez(f, domains=np.array(trainer.data.domains), **counts,
-                         **({"expert_bias": bias} if bias is not None else {}))
+                np.savez(
+                    f,
+                    domains=np.array(trainer.data.domains),
+                    **counts,
+                    **({"expert_bias": bias} if bias is not None else {}),
+                )
 
 
 def _aux_losses(engine, num_micro: int) -> dict:
@@ -174,15 +221,31 @@ def _aux_losses(engine, num_micro: int) -> dict:
 def _peak_memory_gib(backend: str) -> float:
     if backend == "cuda":
         return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: the process's peak RSS
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )  # KiB on Linux: the process's peak RSS
 
 
 def _layout_text(layout) -> str:
-    parts = [f"{k}{v}" for k, v in (("tp", layout.tp), ("pp", layout.pp), ("vp", layout.vp), ("ep", layout.ep),
-                                    ("cp", layout.cp), ("dp", layout.dp)) if v > 1]
+    parts = [
+        f"{k}{v}"
+        for k, v in (
+            ("tp", layout.tp),
+            ("pp", layout.pp),
+            ("vp", layout.vp),
+            ("ep", layout.ep),
+            ("cp", layout.cp),
+            ("dp", layout.dp),
+        )
+        if v > 1
+    ]
     return "(" + " ".join(parts) + ")" if parts else "(one replica)"
 
 
 def _hms(seconds: float) -> str:
     seconds = int(max(0, seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )

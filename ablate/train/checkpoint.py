@@ -56,7 +56,10 @@ FILES = "files"  # train_state.json's integrity record: relative path -> [size, 
 HASH_LIMIT = 1 << 20  # files up to this size are hashed too (cheap: RNG states, metadata)
 WEIGHTS = "weights"
 # the optimizer's format: reshardable across every layout change megatron supports
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
+OPTIMIZER_METADATA = {
+    "distrib_optim_sharding_type": "fully_reshardable",
+    "chained_optim_avoid_prefix": True,
+}
 
 
 def checkpoint_dir(run_dir: str, step: int) -> str:
@@ -115,7 +118,8 @@ def verify_checkpoint(path: str) -> str | None:
         except OSError:
             return f"{rel} is missing"
         if not isinstance(entry, list) or len(entry) != 2 or size != entry[0]:
-            return f"{rel} is damaged ({size} bytes, {entry[0] if isinstance(entry, list) else '?'} written)"
+            written = entry[0] if isinstance(entry, list) and entry else "?"
+            return f"{rel} is damaged ({size} bytes, {written} written)"
         if entry[1] is not None:
             try:
                 with open(full, "rb") as f:
@@ -142,7 +146,11 @@ def latest_complete_checkpoint(run_dir: str) -> tuple[str | None, list[tuple[str
 
 def skipped_warning(path: str, reason: str, instead: str | None) -> str:
     """The warning line for a damaged checkpoint passed over."""
-    then = f"using the previous complete one, {instead}" if instead else "no earlier complete checkpoint"
+    then = (
+        f"using the previous complete one, {instead}"
+        if instead
+        else "no earlier complete checkpoint"
+    )
     return f"warning: {path}: damaged checkpoint, skipped ({reason}); {then}"
 
 
@@ -157,8 +165,12 @@ def remove_incomplete(run_dir: str) -> None:
 def rng_state() -> dict:
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "tracker": get_cuda_rng_tracker().get_states()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -234,7 +246,14 @@ class AsyncSaves:
         self.queue.close()
 
 
-def save(run_dir: str, step: int, engine, train_state: dict, keep: int, async_saves: AsyncSaves | None = None) -> str:
+def save(
+    run_dir: str,
+    step: int,
+    engine,
+    train_state: dict,
+    keep: int,
+    async_saves: AsyncSaves | None = None,
+) -> str:
     """Save ``checkpoints/step_<N>`` from every rank (collective), keep the newest ``keep``
     complete ones (after this one is complete: at once, or when its async save finalizes)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -250,7 +269,9 @@ def save(run_dir: str, step: int, engine, train_state: dict, keep: int, async_sa
     return path
 
 
-def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None = None, then=None) -> str:
+def save_to(
+    path: str, engine, train_state: dict, async_saves: AsyncSaves | None = None, then=None
+) -> str:
     """Model, optimizer and RNG into ``path`` from every rank (collective); ``train_state.json``
     last, once every rank's files are written (with ``async_saves``: when the save finalizes)."""
     from megatron.core import dist_checkpointing
@@ -258,7 +279,9 @@ def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None
     rank = dist.get_rank() if dist.is_initialized() else 0
     weights = os.path.join(path, WEIGHTS)
     # its writer logs a failed write before raising it: the raise is reported, in one line
-    logging.getLogger("megatron.core.dist_checkpointing.strategies.filesystem_async").setLevel(logging.CRITICAL)
+    logging.getLogger("megatron.core.dist_checkpointing.strategies.filesystem_async").setLevel(
+        logging.CRITICAL
+    )
     if rank == 0:
         if os.path.isdir(path):  # an incomplete one of a killed run: never reused
             shutil.rmtree(path)
@@ -266,7 +289,9 @@ def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None
         os.makedirs(os.path.join(path, "rng"))
     _barrier()
     state = _model_state(engine.modules)
-    _ensure_optimizer_state(engine.optimizer)  # before the first step (an initial checkpoint) there is none
+    _ensure_optimizer_state(
+        engine.optimizer
+    )  # before the first step (an initial checkpoint) there is none
     state["optimizer"] = engine.optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
     with atomic_path(os.path.join(path, "rng", f"rank{rank}.pt")) as tmp:
         torch.save(rng_state(), tmp)
@@ -279,7 +304,9 @@ def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None
             then()
 
     if async_saves is not None:
-        request = dist_checkpointing.save(state, weights, content_metadata=OPTIMIZER_METADATA, async_sharded_save=True)
+        request = dist_checkpointing.save(
+            state, weights, content_metadata=OPTIMIZER_METADATA, async_sharded_save=True
+        )
         request.add_finalize_fn(mark_complete)  # runs on every rank once all of them have written
         async_saves.queue.schedule_async_request(request)
         return path
@@ -288,7 +315,9 @@ def save_to(path: str, engine, train_state: dict, async_saves: AsyncSaves | None
         _barrier()
         mark_complete()
     except BaseException as exc:
-        full = not isinstance(exc, (KeyboardInterrupt, SystemExit)) and disk_full(path)  # before the cleanup
+        full = not isinstance(exc, (KeyboardInterrupt, SystemExit)) and disk_full(
+            path
+        )  # before the cleanup
         if rank == 0 and not os.path.isfile(os.path.join(path, TRAIN_STATE)):
             shutil.rmtree(path, ignore_errors=True)  # ours, half-written: free the space it held
         if full:
@@ -303,7 +332,7 @@ FULL_BELOW = 64 << 20  # a failed save with less free space than this was a full
 
 
 def disk_full(path: str) -> bool:
-    """Whether the file system holding ``path`` (or its nearest existing parent) is (nearly) full."""
+    """Whether the file system holding ``path`` (or its nearest existing parent) is nearly full."""
     while path and not os.path.exists(path):
         path = os.path.dirname(path)
     try:
@@ -316,7 +345,9 @@ def disk_full(path: str) -> bool:
 def read_train_state(path: str) -> dict:
     state = read_json(os.path.join(path, TRAIN_STATE), "checkpoint state")
     if not isinstance(state, dict):
-        raise AblateError(f"{os.path.join(path, TRAIN_STATE)}: damaged checkpoint state, not a JSON object")
+        raise AblateError(
+            f"{os.path.join(path, TRAIN_STATE)}: damaged checkpoint state, not a JSON object"
+        )
     return state
 
 
@@ -334,19 +365,27 @@ def load(path: str, engine, layout: dict, reset_optimizer: bool = False) -> dict
     same = saved == layout
     if not reset_optimizer and not same and saved.get("ep") != layout.get("ep"):
         raise AblateError(
-            f"{path}: saved with {_describe(saved)}, this run is {_describe(layout)}: megatron cannot reshard the "
-            "optimizer state across an expert-parallel change; resume with --reset-optimizer (model weights only, "
-            "the optimizer starts fresh) or with ep=" + str(saved.get("ep")))
+            f"{path}: saved with {_describe(saved)}, this run is {_describe(layout)}: megatron "
+            "cannot reshard the "
+            "optimizer state across an expert-parallel change; resume with --reset-optimizer "
+            "(model weights only, "
+            "the optimizer starts fresh) or with ep=" + str(saved.get("ep"))
+        )
     state = _model_state(engine.modules)
     if not reset_optimizer:
         # the torch-Adam fallback creates its state lazily: it must exist to be loaded into
         _init_optimizer_state(engine.optimizer)
-        state["optimizer"] = engine.optimizer.sharded_state_dict(state, is_loading=True, metadata=OPTIMIZER_METADATA)
+        state["optimizer"] = engine.optimizer.sharded_state_dict(
+            state, is_loading=True, metadata=OPTIMIZER_METADATA
+        )
     try:
         loaded = dist_checkpointing.load(state, os.path.join(path, WEIGHTS))
     except Exception as exc:  # damage its record could not see (a same-size change in a large file)
-        raise AblateError(f"{path}: cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                          "move it aside to resume from the previous checkpoint") from exc
+        raise AblateError(
+            f"{path}: cannot be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+            "move it aside to resume from the previous checkpoint"
+        ) from exc
     for key, module in zip(sorted(k for k in loaded if k.startswith("model")), engine.modules):
         module.load_state_dict(loaded[key], strict=True)
     if reset_optimizer:
@@ -361,8 +400,10 @@ def load(path: str, engine, layout: dict, reset_optimizer: bool = False) -> dict
         try:
             rng_saved = torch.load(rng, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise AblateError(f"{rng}: damaged ({type(exc).__name__}); move the checkpoint aside to resume from "
-                              "the previous one") from exc
+            raise AblateError(
+                f"{rng}: damaged ({type(exc).__name__}); move the checkpoint aside to resume from "
+                "the previous one"
+            ) from exc
         set_rng_state(rng_saved)
     return train_state
 
@@ -374,13 +415,18 @@ def load_model_weights(path: str, modules) -> None:
 
     weights = os.path.join(path, WEIGHTS)
     if not os.path.isdir(weights):
-        raise AblateError(f"{path}: no {WEIGHTS}/ directory here (not a checkpoint written by this version of ablate)")
+        raise AblateError(
+            f"{path}: no {WEIGHTS}/ directory here (not a checkpoint written by this version of "
+            "ablate)"
+        )
     state = _model_state(modules)
     try:
         loaded = dist_checkpointing.load(state, weights)
     except Exception as exc:
-        raise AblateError(f"{path}: its weights do not fit this model ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:300]})") from exc
+        raise AblateError(
+            f"{path}: its weights do not fit this model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300]})"
+        ) from exc
     for key, module in zip(sorted(k for k in loaded if k.startswith("model")), modules):
         module.load_state_dict(loaded[key], strict=True)
 
@@ -418,7 +464,9 @@ def _step_restored_by_param_groups(optimizer):
                 if "step" in tensors:
                     return _original(model_param, tensors)
                 group_index, group_order = _opt.model_param_group_index_map[model_param]
-                state = _opt.optimizer.state[_opt.optimizer.param_groups[group_index]["params"][group_order]]
+                state = _opt.optimizer.state[
+                    _opt.optimizer.param_groups[group_index]["params"][group_order]
+                ]
                 step = state.pop("step", None)
                 try:
                     return _original(model_param, tensors)
@@ -454,9 +502,11 @@ def _describe(layout: dict) -> str:
 def check_compatible(path: str, plan_fingerprint: str) -> dict:
     state = read_train_state(path)
     if state.get("plan_fingerprint") != plan_fingerprint:
-        raise AblateError(f"{path}: this checkpoint is from a different recipe or data (plan "
-                          f"{state.get('plan_fingerprint')}, this run's plan {plan_fingerprint}); "
-                          "use another run_dir or --resume never")
+        raise AblateError(
+            f"{path}: this checkpoint is from a different recipe or data (plan "
+            f"{state.get('plan_fingerprint')}, this run's plan {plan_fingerprint}); "
+            "use another run_dir or --resume never"
+        )
     return state
 
 
@@ -485,6 +535,8 @@ def read_status(run_dir: str) -> dict | None:
         return None
     status = read_json(path, "status file")
     if not isinstance(status, dict) or not isinstance(status.get("state"), str):
-        raise AblateError(f"{path}: damaged status file, not a JSON object with a 'state' (remove it: training "
-                          "writes a new one)")
+        raise AblateError(
+            f"{path}: damaged status file, not a JSON object with a 'state' (remove it: training "
+            "writes a new one)"
+        )
     return status

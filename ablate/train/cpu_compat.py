@@ -19,8 +19,8 @@ Each adaptation is as narrow as it can be:
    megatron's mixed-precision optimizer sorts its parameters and when its clipping asserts fp32
    grads. The CUDA names are answered **only inside** those two calls (``cuda_type_names``).
 6. ``torch.cuda.synchronize()`` in the pipeline p2p code, the async checkpoint writer and its
-   call queue, and the checkpoint exchange: a no-op on CPU, scoped to those modules' stand-ins. (The schedules must
-   also run with ``batch_p2p_sync=False``.)
+   call queue, and the checkpoint exchange: a no-op on CPU, scoped to those modules' stand-ins.
+   (The schedules must also run with ``batch_p2p_sync=False``.)
 7. The RNG tracker (``tensor_parallel.random``) keeps *CUDA* generator states per name; on CPU
    a tracker with the same contract keeps CPU generator states, so ``fork()`` draws from its
    own stream exactly as on a GPU (``CpuRNGStatesTracker``).
@@ -48,7 +48,8 @@ import torch
 
 _STATE = {"applied": False, "original_current_device": None}
 
-# modules whose ``device="cuda"`` literals and ``torch.cuda.synchronize()`` calls are redirected (4, 6)
+# modules whose ``device="cuda"`` literals and ``torch.cuda.synchronize()`` calls are redirected
+# (4, 6)
 CUDA_LITERAL_MODULES = (
     "megatron.core.pipeline_parallel.schedules",
     "megatron.core.pipeline_parallel.p2p_communication",
@@ -122,8 +123,20 @@ class _CpuCuda(types.ModuleType):
 class _CpuTorch(types.ModuleType):
     """``torch`` as seen from the redirected modules: factories place ``"cuda"`` on the CPU (4)."""
 
-    _FACTORIES = ("tensor", "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like",
-                  "empty_like", "full_like", "randn", "rand")
+    _FACTORIES = (
+        "tensor",
+        "zeros",
+        "ones",
+        "empty",
+        "full",
+        "arange",
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+        "full_like",
+        "randn",
+        "rand",
+    )
 
     def __init__(self):
         super().__init__("torch")
@@ -146,8 +159,11 @@ class _CpuTorch(types.ModuleType):
         return factory
 
 
-_CUDA_NAMES = {torch.float32: "torch.cuda.FloatTensor", torch.float16: "torch.cuda.HalfTensor",
-               torch.bfloat16: "torch.cuda.BFloat16Tensor"}
+_CUDA_NAMES = {
+    torch.float32: "torch.cuda.FloatTensor",
+    torch.float16: "torch.cuda.HalfTensor",
+    torch.bfloat16: "torch.cuda.BFloat16Tensor",
+}
 _TYPE_SCOPE = {"depth": 0}
 _ORIGINAL_TYPE = torch.Tensor.type
 
@@ -192,12 +208,16 @@ def _wrap_type_checks() -> None:
 
     # the optimizer module imported the clip function by name: wrap its reference there
     mp_optimizer.clip_grad_by_total_norm_fp32 = scoped(clip_grads.clip_grad_by_total_norm_fp32)
-    for cls in (mp_optimizer.Float16OptimizerWithFloat16Params, distrib_optimizer.DistributedOptimizer):
+    for cls in (
+        mp_optimizer.Float16OptimizerWithFloat16Params,
+        distrib_optimizer.DistributedOptimizer,
+    ):
         cls.__init__ = scoped(cls.__init__)  # sorts its params by type name (and builds the groups)
 
     # (8) ``Tensor.cuda()`` is the identity only inside these two calls
     distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero = _cuda_is_identity(
-        distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero)
+        distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero
+    )
     from megatron.core.models.common.embeddings import rope_utils, rotary_pos_embedding
 
     cp_slice = _cuda_is_identity(rope_utils.get_pos_emb_on_this_cp_rank)

@@ -35,8 +35,18 @@ class Microbatch:
 
 
 class StagedData:
-    def __init__(self, plan: Plan, blends: list, micro_batch_size: int, dp_rank: int, dp_size: int,
-                 device: torch.device | str = "cpu", cp_rank: int = 0, cp_size: int = 1, read_tokens: bool = True):
+    def __init__(
+        self,
+        plan: Plan,
+        blends: list,
+        micro_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+        device: torch.device | str = "cpu",
+        cp_rank: int = 0,
+        cp_size: int = 1,
+        read_tokens: bool = True,
+    ):
         self.plan, self.blends, self.device = plan, blends, device
         # a middle pipeline stage feeds on activations: it reads only each sample's domain
         self.read_tokens = read_tokens
@@ -47,8 +57,10 @@ class StagedData:
         self.stage_steps = [s.steps for s in plan.stages]
         self.total_steps = sum(self.stage_steps)
         # per stage: dataset_id -> domain index
-        self._domain_of = [np.array([self.domains.index(d.domain) for d in s.datasets], dtype=np.int64)
-                           for s in plan.stages]
+        self._domain_of = [
+            np.array([self.domains.index(d.domain) for d in s.datasets], dtype=np.int64)
+            for s in plan.stages
+        ]
 
     def locate(self, step: int) -> tuple[int, int]:
         """(stage index, step within the stage) of global step ``step``."""
@@ -71,20 +83,38 @@ class StagedData:
         start = t * self.gbs + self.dp_rank * local
         out = []
         if not self.read_tokens:
-            ids_all = np.asarray(blend.dataset_index[start:start + local])
-            positions_BS = self._cp_slice(torch.arange(self.plan.seq_length).expand(self.mbs, -1)).to(self.device)
-            return [Microbatch(tokens_BS=None, labels_BS=None, loss_mask_BS=None, position_ids_BS=positions_BS,
-                               domain_B=torch.as_tensor(self._domain_of[k][ids_all[m * self.mbs:(m + 1) * self.mbs]],
-                                                        device=self.device))
-                    for m in range(local // self.mbs)]
+            ids_all = np.asarray(blend.dataset_index[start : start + local])
+            positions_BS = self._cp_slice(
+                torch.arange(self.plan.seq_length).expand(self.mbs, -1)
+            ).to(self.device)
+            return [
+                Microbatch(
+                    tokens_BS=None,
+                    labels_BS=None,
+                    loss_mask_BS=None,
+                    position_ids_BS=positions_BS,
+                    domain_B=torch.as_tensor(
+                        self._domain_of[k][ids_all[m * self.mbs : (m + 1) * self.mbs]],
+                        device=self.device,
+                    ),
+                )
+                for m in range(local // self.mbs)
+            ]
         for m in range(local // self.mbs):
             samples = [blend[i] for i in range(start + m * self.mbs, start + (m + 1) * self.mbs)]
-            stack = lambda key: self._cp_slice(torch.stack([torch.as_tensor(s[key]) for s in samples])).to(self.device)  # noqa: E731
+            stack = lambda key: self._cp_slice(  # noqa: E731
+                torch.stack([torch.as_tensor(s[key]) for s in samples])
+            ).to(self.device)
             ids = np.array([int(s["dataset_id"]) for s in samples])
-            out.append(Microbatch(
-                tokens_BS=stack("tokens").long(), labels_BS=stack("labels").long(),
-                loss_mask_BS=stack("loss_mask").float(), position_ids_BS=stack("position_ids").long(),
-                domain_B=torch.as_tensor(self._domain_of[k][ids], device=self.device)))
+            out.append(
+                Microbatch(
+                    tokens_BS=stack("tokens").long(),
+                    labels_BS=stack("labels").long(),
+                    loss_mask_BS=stack("loss_mask").float(),
+                    position_ids_BS=stack("position_ids").long(),
+                    domain_B=torch.as_tensor(self._domain_of[k][ids], device=self.device),
+                )
+            )
         return out
 
     def _cp_slice(self, x_BS: torch.Tensor) -> torch.Tensor:

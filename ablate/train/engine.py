@@ -36,7 +36,11 @@ class Engine:
 
     def __init__(self, recipe: Recipe, layout, vocab_size: int, num_domains: int):
         from megatron.core import parallel_state as ps
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.distributed import (
+            DistributedDataParallel,
+            DistributedDataParallelConfig,
+            finalize_model_grads,
+        )
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
         from megatron.core.transformer.module import Float16Module
@@ -58,32 +62,54 @@ class Engine:
         modules = []
         for v in range(vp or 1):
             stage = v if vp else None
-            modules.append(build_model(recipe, vocab_size, layout.backend,
-                                       pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
-                                       post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
-                                       vp_stage=stage, config=self.config))
+            modules.append(
+                build_model(
+                    recipe,
+                    vocab_size,
+                    layout.backend,
+                    pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+                    post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+                    vp_stage=stage,
+                    config=self.config,
+                )
+            )
         self.modules = modules  # unwrapped GPTModels, for routing hooks and checkpoints
         half = train.precision in ("bf16", "fp16")
         wrapped = [Float16Module(self.config, m) if half else m for m in modules]
         ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, use_distributed_optimizer=par.distributed_optimizer,
-            overlap_grad_reduce=par.overlap_grad_reduce, overlap_param_gather=par.overlap_param_gather,
-            check_for_nan_in_grad=False)  # bucket size: megatron's default (one bucket without overlap)
+            grad_reduce_in_fp32=True,
+            use_distributed_optimizer=par.distributed_optimizer,
+            overlap_grad_reduce=par.overlap_grad_reduce,
+            overlap_param_gather=par.overlap_param_gather,
+            check_for_nan_in_grad=False,
+        )  # bucket size: megatron's default (one bucket without overlap)
         # only the first chunk's buffers are bucketed: later chunks' grads are reduced at the end
-        self.chunks = [DistributedDataParallel(self.config, ddp_config, m, disable_bucketing=i > 0)
-                       for i, m in enumerate(wrapped)]
+        self.chunks = [
+            DistributedDataParallel(self.config, ddp_config, m, disable_bucketing=i > 0)
+            for i, m in enumerate(wrapped)
+        ]
         for chunk in self.chunks:
             chunk.broadcast_params()
         torch.manual_seed(recipe.seed)
         opt = train.optimizer
         self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=opt.lr, min_lr=opt.min_lr, weight_decay=opt.weight_decay,
-                            adam_beta1=opt.beta1, adam_beta2=opt.beta2, adam_eps=opt.eps, clip_grad=opt.clip_grad,
-                            bf16=train.precision == "bf16", fp16=train.precision == "fp16",
-                            params_dtype=self.config.params_dtype,
-                            use_distributed_optimizer=par.distributed_optimizer,
-                            overlap_param_gather=par.overlap_param_gather),
-            self.chunks)
+            OptimizerConfig(
+                optimizer="adam",
+                lr=opt.lr,
+                min_lr=opt.min_lr,
+                weight_decay=opt.weight_decay,
+                adam_beta1=opt.beta1,
+                adam_beta2=opt.beta2,
+                adam_eps=opt.eps,
+                clip_grad=opt.clip_grad,
+                bf16=train.precision == "bf16",
+                fp16=train.precision == "fp16",
+                params_dtype=self.config.params_dtype,
+                use_distributed_optimizer=par.distributed_optimizer,
+                overlap_param_gather=par.overlap_param_gather,
+            ),
+            self.chunks,
+        )
         cfg = self.config
         cfg.grad_scale_func = self.optimizer.scale_loss
         cfg.finalize_model_grads_func = finalize_model_grads
@@ -98,7 +124,9 @@ class Engine:
         self.forward_backward = get_forward_backward_func()
         self.vp = vp
         self.routing = None  # set by the routing callback (it needs the chunks)
-        self.telemetry = True  # per-domain loss sums and token counts (benchmarks turn it off to measure it)
+        self.telemetry = (
+            True  # per-domain loss sums and token counts (benchmarks turn it off to measure it)
+        )
         self._step_sums = None
 
     # ---------------------------------------------------------------- one step
@@ -115,28 +143,44 @@ class Engine:
         for chunk in self.chunks:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        self._step_sums = (torch.zeros(self.num_domains, dtype=torch.float64, device=device),
-                           torch.zeros(self.num_domains, dtype=torch.float64, device=device))
+        self._step_sums = (
+            torch.zeros(self.num_domains, dtype=torch.float64, device=device),
+            torch.zeros(self.num_domains, dtype=torch.float64, device=device),
+        )
         iters = [iter(micro) for _ in self.chunks]
         self.forward_backward(
             forward_step_func=self._forward_step,
             data_iterator=iters if self.vp else iters[0],
             model=self.chunks if self.vp else self.chunks[0],
-            num_microbatches=len(micro), seq_length=self.recipe.training.seq_length,  # the schedule divides by cp (and tp under SP)
-            micro_batch_size=self.recipe.training.micro_batch_size, forward_only=False)
+            num_microbatches=len(micro),
+            # the schedule divides by cp (and tp under SP)
+            seq_length=self.recipe.training.seq_length,
+            micro_batch_size=self.recipe.training.micro_batch_size,
+            forward_only=False,
+        )
         updated, grad_norm, _ = self.optimizer.step()
         loss_sum_D, count_D = self._step_sums
         if not self.telemetry:
-            return StepResult(loss_sum_D, count_D, float(grad_norm) if grad_norm is not None else float("nan"),
-                              skipped=not updated)
+            return StepResult(
+                loss_sum_D,
+                count_D,
+                float(grad_norm) if grad_norm is not None else float("nan"),
+                skipped=not updated,
+            )
         stats = torch.cat([loss_sum_D, count_D])
         # last stage's sums, summed over data- and context-parallel ranks, known everywhere
         dist.all_reduce(stats, group=ps.get_data_parallel_group(with_context_parallel=True))
         if ps.get_pipeline_model_parallel_world_size() > 1:
-            dist.all_reduce(stats, group=ps.get_pipeline_model_parallel_group())  # only the last stage is non-zero
+            dist.all_reduce(
+                stats, group=ps.get_pipeline_model_parallel_group()
+            )  # only the last stage is non-zero
         D = self.num_domains
-        return StepResult(stats[:D], stats[D:], float(grad_norm) if grad_norm is not None else float("nan"),
-                          skipped=not updated)
+        return StepResult(
+            stats[:D],
+            stats[D:],
+            float(grad_norm) if grad_norm is not None else float("nan"),
+            skipped=not updated,
+        )
 
     def _forward_step(self, data_iterator, model):
         mb = next(data_iterator)

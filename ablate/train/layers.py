@@ -21,10 +21,20 @@ from megatron.core.transformer.module import MegatronModule
 
 
 class SDPACoreAttention(MegatronModule):
-    """q, k, v ``[seq, batch, heads, head_dim]`` in, ``[seq, batch, heads * head_dim]`` out; causal."""
+    """q, k, v ``[seq, batch, heads, head_dim]`` in; ``[seq, batch, heads * head_dim]`` out; causal
+    attention."""
 
-    def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
-                 softmax_scale=None, cp_comm_type=None, pg_collection=None):
+    def __init__(
+        self,
+        config,
+        layer_number,
+        attn_mask_type,
+        attention_type,
+        attention_dropout=None,
+        softmax_scale=None,
+        cp_comm_type=None,
+        pg_collection=None,
+    ):
         super().__init__(config=config)
         self.softmax_scale = softmax_scale
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
@@ -34,10 +44,20 @@ class SDPACoreAttention(MegatronModule):
 
             self.cp_group = parallel_state.get_context_parallel_group()
 
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        attention_mask,
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ):
         if packed_seq_params is not None or attention_bias is not None:
-            raise NotImplementedError("SDPACoreAttention: packed sequences and attention bias need Transformer Engine")
+            raise NotImplementedError(
+                "SDPACoreAttention: packed sequences and attention bias need Transformer Engine"
+            )
         seq, batch = query.shape[:2]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
         if k.shape[1] != q.shape[1]:  # grouped-query attention: share each k/v head
@@ -53,9 +73,20 @@ class SDPACoreAttention(MegatronModule):
             sq, sk = q.shape[2], k.shape[2]
             # with a KV cache (megatron-core's inference context) new queries come after sk - sq
             # cached keys: causal from the bottom right, which SDPA's is_causal (top left) is not
-            mask = None if sq == sk else torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale,
-                                             dropout_p=self.dropout if self.training else 0.0)
+            mask = (
+                None
+                if sq == sk
+                else torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+            )
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=self.softmax_scale,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         return out.permute(2, 0, 1, 3).reshape(seq, batch, -1)
 
 
@@ -94,10 +125,19 @@ class SequenceParallelNorm:
     """megatron's ``WrappedTorchNorm`` without its sequence-parallel refusal (same modules, same
     init), parameters marked ``sequence_parallel`` so their gradients are summed over TP."""
 
-    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, persist_layer_norm: bool = False,
-                zero_centered_gamma: bool = False, normalization: str = "LayerNorm"):
+    def __new__(
+        cls,
+        config,
+        hidden_size: int,
+        eps: float = 1e-5,
+        persist_layer_norm: bool = False,
+        zero_centered_gamma: bool = False,
+        normalization: str = "LayerNorm",
+    ):
         if config.layernorm_zero_centered_gamma or config.memory_efficient_layer_norm:
-            raise NotImplementedError("zero-centered gamma / memory-efficient norm need Transformer Engine")
+            raise NotImplementedError(
+                "zero-centered gamma / memory-efficient norm need Transformer Engine"
+            )
         norm_cls = torch.nn.RMSNorm if config.normalization == "RMSNorm" else torch.nn.LayerNorm
         norm = norm_cls(normalized_shape=hidden_size, eps=eps)
         for p in norm.parameters():

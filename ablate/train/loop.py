@@ -33,7 +33,14 @@ import torch.distributed as dist
 
 from ablate.errors import AblateError
 from ablate.faults import Terminated, terminated_as_exception, user_os_error
-from ablate.io import exclusive_lock, os_error_line, os_errors, read_json, remove_stale_temporaries, utc_timestamp
+from ablate.io import (
+    exclusive_lock,
+    os_error_line,
+    os_errors,
+    read_json,
+    remove_stale_temporaries,
+    utc_timestamp,
+)
 from ablate.recipe.schema import Recipe, load_recipe
 from ablate.run_layout import RunLayout, refuse_non_directory, run_lock
 from ablate.train import backend as backends
@@ -42,10 +49,14 @@ from ablate.train import process_group
 from ablate.train.callbacks import Callback, default_callbacks
 
 
-def train(recipe_path: str, resume: str = "auto", reset_optimizer: bool = False,
-          callbacks: list[Callback] | None = None) -> dict:
+def train(
+    recipe_path: str,
+    resume: str = "auto",
+    reset_optimizer: bool = False,
+    callbacks: list[Callback] | None = None,
+) -> dict:
     """Train ``recipe_path`` in its run directory; see the module doc for faults and refusals."""
-    process_group.follow_parent_under_torchrun()  # a SIGKILLed torchrun agent: SIGTERM, not orphaned
+    process_group.follow_parent_under_torchrun()  # a SIGKILLed torchrun agent: SIGTERM, no orphan
     recipe = load_recipe(recipe_path)
     run_dir = recipe.resolved_run_dir
     plan = preflight(recipe, resume, reset_optimizer)  # refusals, before anything is written
@@ -64,8 +75,13 @@ def train(recipe_path: str, resume: str = "auto", reset_optimizer: bool = False,
         layout = None
         try:
             layout = backends.init(recipe)
-            trainer = Trainer(recipe, layout, run_dir, callbacks=default_callbacks(recipe) + list(callbacks or []),
-                              plan=plan)
+            trainer = Trainer(
+                recipe,
+                layout,
+                run_dir,
+                callbacks=default_callbacks(recipe) + list(callbacks or []),
+                plan=plan,
+            )
             return trainer.fit(resume, reset_optimizer)
         except BaseException as exc:
             if isinstance(exc, SystemExit) and exc.code in (0, None):
@@ -89,18 +105,24 @@ def preflight(recipe: Recipe, resume: str, reset_optimizer: bool):
     refuse_non_directory(run.root, f"{where}: run_dir")
     refuse_non_directory(recipe.data.cache_dir, f"{where}: data.cache_dir")
     plan = make_plan(recipe)
-    backends.check_layout(recipe, int(os.environ.get("WORLD_SIZE", "1")), backends.pick_backend(recipe))
+    backends.check_layout(
+        recipe, int(os.environ.get("WORLD_SIZE", "1")), backends.pick_backend(recipe)
+    )
     if os.path.lexists(run.plan):
         saved = read_json(run.plan, "plan")
         saved = saved.get("fingerprint") if isinstance(saved, dict) else None
         if saved != plan.fingerprint:
-            raise AblateError(f"{run.plan}: compiled from a different recipe or data (plan {saved}, this "
-                              f"recipe's {plan.fingerprint}); run 'ablate compile {recipe._path}' or use "
-                              "another run_dir")
+            raise AblateError(
+                f"{run.plan}: compiled from a different recipe or data (plan {saved}, this "
+                f"recipe's {plan.fingerprint}); run 'ablate compile {recipe._path}' or use "
+                "another run_dir"
+            )
     ckpt.read_status(run.root)  # damaged: named, not overwritten
     if reset_optimizer and (resume == "never" or not ckpt.complete_checkpoints(run.root)):
-        raise AblateError(f"--reset-optimizer: no checkpoint to resume from in {run.checkpoints}"
-                          + (" (--resume never)" if resume == "never" else ""))
+        raise AblateError(
+            f"--reset-optimizer: no checkpoint to resume from in {run.checkpoints}"
+            + (" (--resume never)" if resume == "never" else "")
+        )
     if resume != "never":
         _resume_point(run)  # every checkpoint damaged: refused here, the run's status untouched
     prepare_cache_dir(plan.cache_dir, f"{where}: data.cache_dir")
@@ -112,9 +134,11 @@ def _resume_point(run: RunLayout) -> tuple[str | None, list[tuple[str, str]]]:
     every one is damaged (starting over would silently discard the run)."""
     latest, skipped = ckpt.latest_complete_checkpoint(run.root)
     if skipped and latest is None:
-        raise AblateError(f"{run.checkpoints}: no complete checkpoint left to resume from (the newest, "
-                          f"{os.path.basename(skipped[0][0])}, is damaged: {skipped[0][1]}); move them aside, or "
-                          "use --resume never to start over")
+        raise AblateError(
+            f"{run.checkpoints}: no complete checkpoint left to resume from (the newest, "
+            f"{os.path.basename(skipped[0][0])}, is damaged: {skipped[0][1]}); move them aside, or "
+            "use --resume never to start over"
+        )
     return latest, skipped
 
 
@@ -123,21 +147,31 @@ def _failed(run_dir: str, exc: BaseException, rank0: bool):
     read-only disk as one line naming the file; SIGTERM as exit 143. A run that had completed
     stays completed (a later attempt that failed is recorded beside it)."""
     cause = None if isinstance(exc, AblateError) else user_os_error(exc)
-    reason = (os_error_line(run_dir, cause) if cause is not None
-              else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")[:500]
+    reason = (
+        os_error_line(run_dir, cause)
+        if cause is not None
+        else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    )[:500]
     note = ""
     if rank0 and os.path.isdir(run_dir):
         try:
             previous = _previous_state(run_dir)
             if previous == "completed":
-                ckpt.write_status(run_dir, "completed", last_attempt={"state": "failed", "exit_reason": reason,
-                                                                     "at": utc_timestamp()})
+                ckpt.write_status(
+                    run_dir,
+                    "completed",
+                    last_attempt={"state": "failed", "exit_reason": reason, "at": utc_timestamp()},
+                )
             else:
                 ckpt.write_status(run_dir, "failed", exit_reason=reason)
         except (AblateError, OSError) as status_exc:
             note = f"; {RunLayout(run_dir).status} could not be updated ({_short(status_exc)})"
     if isinstance(exc, Terminated):
-        print(f"stopped by {exc} before training began; status failed{note}", file=sys.stderr, flush=True)
+        print(
+            f"stopped by {exc} before training began; status failed{note}",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(143) from None
     if cause is not None:
         raise AblateError(os_error_line(run_dir, cause) + note) from None
@@ -161,8 +195,15 @@ def _short(exc: BaseException) -> str:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, layout, run_dir: str, callbacks: list[Callback], plan=None,
-                 write_run_files: bool = True):
+    def __init__(
+        self,
+        recipe: Recipe,
+        layout,
+        run_dir: str,
+        callbacks: list[Callback],
+        plan=None,
+        write_run_files: bool = True,
+    ):
         from ablate.io import write_text_atomic
         from ablate.recipe.compile import build_stage_datasets, cache_errors
         from ablate.recipe.plan import make_plan
@@ -183,18 +224,39 @@ class Trainer:
             write_text_atomic(self.run.plan, self.plan.to_json())
         from megatron.core import parallel_state as ps
 
-        edge = ps.is_pipeline_first_stage(ignore_virtual=True) or ps.is_pipeline_last_stage(ignore_virtual=True)
-        self.data = StagedData(self.plan, blends, recipe.training.micro_batch_size, layout.dp_rank, layout.dp,
-                               layout.device, layout.cp_rank, layout.cp, read_tokens=edge)
-        self.engine = Engine(recipe, layout, self.plan.tokenizer["vocab_size"], len(self.data.domains))
+        edge = ps.is_pipeline_first_stage(ignore_virtual=True) or ps.is_pipeline_last_stage(
+            ignore_virtual=True
+        )
+        self.data = StagedData(
+            self.plan,
+            blends,
+            recipe.training.micro_batch_size,
+            layout.dp_rank,
+            layout.dp,
+            layout.device,
+            layout.cp_rank,
+            layout.cp,
+            read_tokens=edge,
+        )
+        self.engine = Engine(
+            recipe, layout, self.plan.tokenizer["vocab_size"], len(self.data.domains)
+        )
         self.callbacks = callbacks
         self.step = 0
-        self.tokens_D = np.zeros(len(self.data.domains), dtype=np.int64)  # cumulative: the run-time budget proof
+        self.tokens_D = np.zeros(
+            len(self.data.domains), dtype=np.int64
+        )  # cumulative: the run-time budget proof
         self.stop_signal: str | None = None
-        self.untimed_s = 0.0  # seconds callbacks spent outside training (evaluation): not throughput
+        self.untimed_s = (
+            0.0  # seconds callbacks spent outside training (evaluation): not throughput
+        )
         self.resumed_from = None
         mode = recipe.cadence.async_checkpoint
-        self.async_saves = ckpt.AsyncSaves() if mode == "on" or (mode == "auto" and layout.backend == "cuda") else None
+        self.async_saves = (
+            ckpt.AsyncSaves()
+            if mode == "on" or (mode == "auto" and layout.backend == "cuda")
+            else None
+        )
 
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: str = "auto", reset_optimizer: bool = False) -> dict:
@@ -210,17 +272,22 @@ class Trainer:
         cad = recipe.cadence
         while self.step < data.total_steps:
             stage_idx, _ = data.locate(self.step)
-            lr = lr_at(self.step, data.stage_steps, recipe.training.schedule, recipe.training.optimizer)
+            lr = lr_at(
+                self.step, data.stage_steps, recipe.training.schedule, recipe.training.optimizer
+            )
             engine.set_lr(lr)
             result = engine.step(data.microbatches(self.step))
             self.tokens_D += data.domain_samples(self.step) * self.plan.seq_length
             self.step += 1
             if self.async_saves is not None:
-                self.async_saves.poll()  # an earlier checkpoint written in the background: mark it complete
+                # an earlier checkpoint written in the background: mark it complete
+                self.async_saves.poll()
             self._emit("on_step_end", stage=stage_idx, lr=lr, result=result)
             preempted = _agree(self.stop_signal is not None, self.layout.device)
             if self.step % cad.checkpoint_every == 0 or self.step == data.total_steps or preempted:
-                self._emit("on_before_checkpoint")  # e.g. flush routing counts: nothing is lost on resume
+                self._emit(
+                    "on_before_checkpoint"
+                )  # e.g. flush routing counts: nothing is lost on resume
                 start = time.time()
                 self.save(stage_idx)
                 self.untimed_s += time.time() - start  # checkpoint time is not training throughput
@@ -228,8 +295,16 @@ class Trainer:
                 self._finish_saves()
                 self._emit("on_end", state="preempted")
                 if self.rank0:
-                    ckpt.write_status(self.run.root, "preempted", step=self.step, exit_reason=f"signal {self.stop_signal}")
-                    print(f"stopped by {self.stop_signal} at step {self.step}; checkpoint saved", flush=True)
+                    ckpt.write_status(
+                        self.run.root,
+                        "preempted",
+                        step=self.step,
+                        exit_reason=f"signal {self.stop_signal}",
+                    )
+                    print(
+                        f"stopped by {self.stop_signal} at step {self.step}; checkpoint saved",
+                        flush=True,
+                    )
                 return {"step": self.step, "state": "preempted"}
             self._emit("on_after_step")  # work that must not precede the checkpoint (evaluation)
         self._finish_saves()
@@ -252,28 +327,49 @@ class Trainer:
                 print(ckpt.skipped_warning(path, reason, latest), file=sys.stderr, flush=True)
         if latest:
             ckpt.check_compatible(latest, self.plan.fingerprint)
-            state = ckpt.load(latest, self.engine, self.layout.describe(), reset_optimizer=reset_optimizer)
+            state = ckpt.load(
+                latest, self.engine, self.layout.describe(), reset_optimizer=reset_optimizer
+            )
             self.step = state["step"]
-            self.tokens_D = np.array([state["tokens"][d] for d in self.data.domains], dtype=np.int64)
-            self.resumed_from = {"path": latest, "layout": state.get("layout"), "reset_optimizer": reset_optimizer}
+            self.tokens_D = np.array(
+                [state["tokens"][d] for d in self.data.domains], dtype=np.int64
+            )
+            self.resumed_from = {
+                "path": latest,
+                "layout": state.get("layout"),
+                "reset_optimizer": reset_optimizer,
+            }
             if skipped:
                 self.resumed_from["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
         elif self.recipe.training.init_from:
             path = self.recipe.training.init_from
             reason = ckpt.verify_checkpoint(path) if os.path.isdir(path) else "no such directory"
             if reason is not None:
-                raise AblateError(f"{self.recipe._path}: training.init_from: {path} is not a complete checkpoint "
-                                  f"({reason})")
+                raise AblateError(
+                    f"{self.recipe._path}: training.init_from: {path} is not a complete checkpoint "
+                    f"({reason})"
+                )
             ckpt.load_model_weights(path, self.engine.modules)
             self.engine.optimizer.reload_model_params()  # fp32 main params from the loaded weights
 
     def save(self, stage_idx: int) -> None:
-        state = {"step": self.step, "stage": self.plan.stages[stage_idx].name,
-                 "consumed_samples": _consumed(self.data, self.step), "tokens": self.tokens(),
-                 "plan_fingerprint": self.plan.fingerprint, "world_size": self.layout.world_size,
-                 "layout": self.layout.describe()}
-        ckpt.save(self.run.root, self.step, self.engine, state, self.recipe.cadence.keep_checkpoints,
-                  async_saves=self.async_saves)
+        state = {
+            "step": self.step,
+            "stage": self.plan.stages[stage_idx].name,
+            "consumed_samples": _consumed(self.data, self.step),
+            "tokens": self.tokens(),
+            "plan_fingerprint": self.plan.fingerprint,
+            "world_size": self.layout.world_size,
+            "layout": self.layout.describe(),
+        }
+        ckpt.save(
+            self.run.root,
+            self.step,
+            self.engine,
+            state,
+            self.recipe.cadence.keep_checkpoints,
+            async_saves=self.async_saves,
+        )
         if self.rank0:
             ckpt.write_status(self.run.root, "running", step=self.step)
 
@@ -292,15 +388,25 @@ def save_initial_weights(recipe_path: str, out: str) -> str:
     ``out`` must not exist yet (nothing there is replaced); the run directory is not written."""
     recipe = load_recipe(recipe_path)
     if os.path.lexists(out):
-        raise AblateError(f"--save-init: {out} already exists (choose a new directory; nothing there is replaced)")
+        raise AblateError(
+            f"--save-init: {out} already exists (choose a new directory; nothing there is replaced)"
+        )
     parent = os.path.dirname(os.path.abspath(out))
     refuse_non_directory(parent, "--save-init")
     plan = preflight(recipe, "never", False)
     layout = backends.init(recipe)
     try:
-        trainer = Trainer(recipe, layout, recipe.resolved_run_dir, callbacks=[], plan=plan, write_run_files=False)
-        state = {"step": 0, "tokens": {}, "plan_fingerprint": trainer.plan.fingerprint,
-                 "world_size": layout.world_size, "layout": layout.describe(), "init": True}
+        trainer = Trainer(
+            recipe, layout, recipe.resolved_run_dir, callbacks=[], plan=plan, write_run_files=False
+        )
+        state = {
+            "step": 0,
+            "tokens": {},
+            "plan_fingerprint": trainer.plan.fingerprint,
+            "world_size": layout.world_size,
+            "layout": layout.describe(),
+            "init": True,
+        }
         from ablate.io import os_errors
 
         with os_errors(out):

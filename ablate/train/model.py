@@ -30,7 +30,7 @@ def padded_vocab_size(vocab_size: int, multiple: int, tp: int) -> int:
 
 
 def transformer_config(recipe: Recipe, backend: str, te: bool | None = None):
-    """megatron-core ``TransformerConfig`` for this recipe on this backend (validated by megatron)."""
+    """megatron-core ``TransformerConfig`` for this recipe on this backend (megatron checks it)."""
     from megatron.core.transformer import TransformerConfig
 
     m: ModelConfig = recipe.model
@@ -43,24 +43,42 @@ def transformer_config(recipe: Recipe, backend: str, te: bool | None = None):
     dispatcher = m.moe_token_dispatcher_type
     if dispatcher == "auto":  # alltoall creates a CUDA stream in its constructor: CUDA only
         dispatcher = "alltoall" if cuda else "allgather"
-    recompute = {"none": {}, "selective": dict(recompute_granularity="selective"),
-                 "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)}
+    recompute = {
+        "none": {},
+        "selective": dict(recompute_granularity="selective"),
+        "full": dict(
+            recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1
+        ),
+    }
     return TransformerConfig(
-        num_layers=m.num_layers, hidden_size=m.hidden_size, num_attention_heads=m.num_attention_heads,
-        ffn_hidden_size=m.ffn_hidden_size, normalization=m.normalization, init_method_std=m.init_method_std,
-        add_bias_linear=False, gated_linear_unit=True, activation_func=F.silu,
-        hidden_dropout=0.0, attention_dropout=0.0,
-        tensor_model_parallel_size=par.tp, pipeline_model_parallel_size=par.pp,
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        ffn_hidden_size=m.ffn_hidden_size,
+        normalization=m.normalization,
+        init_method_std=m.init_method_std,
+        add_bias_linear=False,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=par.tp,
+        pipeline_model_parallel_size=par.pp,
         virtual_pipeline_model_parallel_size=par.vp if par.pp > 1 and par.vp > 1 else None,
-        expert_model_parallel_size=par.ep, context_parallel_size=par.cp,
+        expert_model_parallel_size=par.ep,
+        context_parallel_size=par.cp,
         # megatron refuses MoE + TP without sequence parallelism; with TP it is always on
         sequence_parallel=par.tp > 1,
-        params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype is torch.bfloat16, fp16=dtype is torch.float16,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype is torch.bfloat16,
+        fp16=dtype is torch.float16,
         # the loss function returns (sum, tokens): finalize_model_grads divides by the global
         # token count, so every layout computes the same per-token mean as one process
         calculate_per_token_loss=True,
         # batched isend/irecv between one pair of ranks is silently wrong on gloo (MEGATRON_NOTES)
-        batch_p2p_comm=cuda, batch_p2p_sync=cuda,
+        batch_p2p_comm=cuda,
+        batch_p2p_sync=cuda,
         num_moe_experts=m.num_experts if moe else None,
         moe_ffn_hidden_size=(m.moe_ffn_hidden_size or m.ffn_hidden_size) if moe else None,
         moe_router_topk=m.moe_router_topk if moe else 2,
@@ -76,8 +94,11 @@ def transformer_config(recipe: Recipe, backend: str, te: bool | None = None):
         **recompute[train.recompute],
         use_cpu_initialization=not cuda,
         # fused kernels are CUDA kernels
-        bias_activation_fusion=cuda, bias_dropout_fusion=cuda,
-        masked_softmax_fusion=False, persist_layer_norm=False, apply_rope_fusion=False,
+        bias_activation_fusion=cuda,
+        bias_dropout_fusion=cuda,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
     )
 
@@ -103,17 +124,27 @@ def layer_spec(config, backend: str, te: bool, vp_stage: int | None = None):
     """megatron-core's layer specs: Transformer Engine's when it imports on CUDA; else the local
     spec with SDPA core attention and a sequence-parallel-capable torch norm (the local spec's
     ``WrappedTorchNorm`` refuses sequence parallelism, which MoE + TP requires)."""
-    from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_decoder_block_spec, get_gpt_layer_local_spec,
-                                                          get_gpt_layer_with_transformer_engine_spec)
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_decoder_block_spec,
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
 
     use_te = backend == "cuda" and te
     if config.num_moe_experts:
-        spec = get_gpt_decoder_block_spec(config, use_transformer_engine=use_te, normalization=config.normalization,
-                                          vp_stage=vp_stage)
+        spec = get_gpt_decoder_block_spec(
+            config,
+            use_transformer_engine=use_te,
+            normalization=config.normalization,
+            vp_stage=vp_stage,
+        )
         layers = spec.layer_specs
     else:
-        spec = get_gpt_layer_with_transformer_engine_spec() if use_te else \
-            get_gpt_layer_local_spec(normalization=config.normalization)
+        spec = (
+            get_gpt_layer_with_transformer_engine_spec()
+            if use_te
+            else get_gpt_layer_local_spec(normalization=config.normalization)
+        )
         layers = [spec]
     if not use_te:
         from ablate.train.layers import SDPACoreAttention, SequenceParallelNorm
@@ -127,8 +158,16 @@ def layer_spec(config, backend: str, te: bool, vp_stage: int | None = None):
     return spec
 
 
-def build_model(recipe: Recipe, vocab_size: int, backend: str, pre_process: bool = True, post_process: bool = True,
-                vp_stage: int | None = None, te: bool | None = None, config=None):
+def build_model(
+    recipe: Recipe,
+    vocab_size: int,
+    backend: str,
+    pre_process: bool = True,
+    post_process: bool = True,
+    vp_stage: int | None = None,
+    te: bool | None = None,
+    config=None,
+):
     """megatron-core ``GPTModel`` (one pipeline chunk) for this recipe on this backend (call after
     parallel state). One process, no pipelining: the whole model. ``config``: the
     ``TransformerConfig`` to share (the engine passes one object to every chunk and to DDP)."""
@@ -137,12 +176,17 @@ def build_model(recipe: Recipe, vocab_size: int, backend: str, pre_process: bool
     te = _te_available() if te is None else te
     config = config if config is not None else transformer_config(recipe, backend, te)
     model = GPTModel(
-        config=config, transformer_layer_spec=layer_spec(config, backend, te, vp_stage),
-        vocab_size=padded_vocab_size(vocab_size, recipe.model.make_vocab_size_divisible_by, recipe.parallelism.tp),
+        config=config,
+        transformer_layer_spec=layer_spec(config, backend, te, vp_stage),
+        vocab_size=padded_vocab_size(
+            vocab_size, recipe.model.make_vocab_size_divisible_by, recipe.parallelism.tp
+        ),
         max_sequence_length=recipe.model.max_position_embeddings,
         position_embedding_type=recipe.model.position_embedding_type,
         share_embeddings_and_output_weights=False,
-        pre_process=pre_process, post_process=post_process, vp_stage=vp_stage,
+        pre_process=pre_process,
+        post_process=post_process,
+        vp_stage=vp_stage,
     )
     if backend == "cuda":
         model = model.cuda()

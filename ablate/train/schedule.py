@@ -25,25 +25,33 @@ def _decay(kind: str, progress: float, peak: float, floor: float) -> float:
     return peak
 
 
-def _warm_then_decay(step: int, steps: int, warmup: int, kind: str, peak: float, floor: float) -> float:
+def _warm_then_decay(
+    step: int, steps: int, warmup: int, kind: str, peak: float, floor: float
+) -> float:
     warmup = min(warmup, max(steps - 1, 0))
     if step < warmup:
         return peak * (step + 1) / warmup
     return _decay(kind, (step - warmup) / max(1, steps - warmup), peak, floor)
 
 
-def lr_at(step: int, stage_steps: list[int], schedule: ScheduleConfig, opt: OptimizerConfig) -> float:
+def lr_at(
+    step: int, stage_steps: list[int], schedule: ScheduleConfig, opt: OptimizerConfig
+) -> float:
     """The learning rate of global step ``step`` (0-based)."""
     total = sum(stage_steps)
     if schedule.stage_policy == "continue":
-        return _warm_then_decay(step, total, schedule.warmup_steps, schedule.decay, opt.lr, opt.min_lr)
+        return _warm_then_decay(
+            step, total, schedule.warmup_steps, schedule.decay, opt.lr, opt.min_lr
+        )
     start = 0
     for i, n in enumerate(stage_steps):
         if step < start + n or i == len(stage_steps) - 1:
             break
         start += n
     if schedule.stage_policy == "rewarm":
-        return _warm_then_decay(step - start, n, schedule.warmup_steps, schedule.decay, opt.lr, opt.min_lr)
+        return _warm_then_decay(
+            step - start, n, schedule.warmup_steps, schedule.decay, opt.lr, opt.min_lr
+        )
     # constant_then_decay
     if step < schedule.warmup_steps:
         return opt.lr * (step + 1) / schedule.warmup_steps
