@@ -92,6 +92,17 @@ def check_writable(run_dir: str) -> None:
                           + ": the scores cannot be saved there") from None
 
 
+def _remove_stale(eval_dir: str) -> None:
+    """What a killed evaluation left half-written: temporaries beside the scores, the routing
+    arrays and the per-sample details (``details/step_<N>/``)."""
+    remove_stale_temporaries(eval_dir)
+    details = os.path.join(eval_dir, "details")
+    if os.path.isdir(details):
+        remove_stale_temporaries(details)
+        for name in os.listdir(details):
+            remove_stale_temporaries(os.path.join(details, name))
+
+
 def _save(path: str, scores: dict, task_name: str) -> None:
     """Write ``scores`` with this task's entry merged into what is on disk now (another
     evaluation of the same step may have added tasks since this one read the file)."""
@@ -133,7 +144,7 @@ def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: 
     read_run(run_dir)  # a clear error before anything loads
     if write and em is None:
         check_writable(run_dir)
-        remove_stale_temporaries(os.path.join(run_dir, "eval"))
+        _remove_stale(os.path.join(run_dir, "eval"))
     written = []
     for step in steps:
         model = em if em is not None else load_eval_model(run_dir, step, backend)
