@@ -106,10 +106,28 @@ def tree_state(*roots) -> dict:
 
 
 def temp_leftovers() -> set:
-    """Names ablate itself leaves in the system temp dir (process-group stores, staging)."""
+    """Names ablate itself leaves in the temp dir (process-group stores, staging). The session's
+    temp dir is its own (``private_tempdir``), so other processes on the machine do not count."""
     import tempfile
 
     return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(("ablate-", "ablate_"))}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_tempdir(tmp_path_factory):
+    """Point ``tempfile`` (and, through TMPDIR, every subprocess) at a directory of this session's
+    own, so "nothing left in the temp dir" means this session's ablate left nothing there."""
+    import tempfile
+
+    path = str(tmp_path_factory.mktemp("tmp"))
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = path, path
+    yield path
+    tempfile.tempdir = saved[0]
+    if saved[1] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[1]
 
 
 def assert_refused(argv, *fragments: str, watch=(), capsys=None, code: int = 2) -> str:
