@@ -13,7 +13,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from conftest import assert_refused
 from eval_run import NAME, copy_run, trained_run
 from test_train import PYTHON
+from tmpfs import mounted_tmpfs, remount
 
 ARGS = ["--tasks", "bpb,probes,routing", "--limit", "2", "--bpb-tokens", "512",
         "--routing-tokens", "256"]
@@ -97,43 +97,25 @@ def test_sigkill_at_a_random_moment_then_rerun_gives_the_clean_scores(trained, t
 
 
 # ------------------------------------------------------------------ read-only file systems
-
-@contextmanager
-def tmpfs(path: str, size: str = "64m"):
-    """A tmpfs mounted at ``path`` for the block; yields a function that makes it read-only.
-    Skips the test where mounting is not permitted (not root, or no CAP_SYS_ADMIN)."""
-    os.makedirs(path, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()[:100] or r.returncode})")
-
-    def read_only():
-        subprocess.run(["mount", "-o", "remount,ro", path], check=True, capture_output=True)
-
-    try:
-        yield read_only
-    finally:
-        subprocess.run(["umount", "-l", path], capture_output=True)
-
+# (tests/tmpfs.py mounts them and always unmounts; skipped where mounting is not allowed)
 
 def test_eval_dir_on_a_read_only_file_system_is_one_line_before_scoring(trained, tmp_path,
                                                                         capsys):
     root = copy_run(trained, tmp_path)
     run = os.path.join(root, "runs", NAME)
-    with tmpfs(os.path.join(run, "eval")) as read_only:
-        read_only()
+    with mounted_tmpfs(os.path.join(run, "eval"), "4m") as eval_dir:
+        remount(eval_dir, "ro")
         assert_refused(["eval", run, "--tasks", "bpb"],
                        os.path.join(run, "eval") + ": cannot write", "read-only",
                        "cannot be saved", watch=(root,), capsys=capsys)
 
 
 def test_run_dir_on_a_read_only_file_system_is_one_line_before_scoring(trained, tmp_path, capsys):
-    with tmpfs(str(tmp_path / "ro")) as read_only:
-        root = copy_run(trained, tmp_path / "ro")
-        read_only()
+    with mounted_tmpfs(tmp_path / "ro", "64m") as ro:
+        root = copy_run(trained, ro)
+        remount(ro, "ro")
         run = os.path.join(root, "runs", NAME)
         before = set(os.listdir(tempfile.gettempdir()))
-        assert_refused(["eval", run, "--tasks", "bpb,probes"], "read-only", watch=(root,),
-                       capsys=capsys)
+        assert_refused(["eval", run, "--tasks", "bpb,probes"], os.path.join(run, "eval"),
+                       "read-only", "cannot be saved", watch=(root,), capsys=capsys)
         assert not {n for n in set(os.listdir(tempfile.gettempdir())) - before if "ablate" in n}
