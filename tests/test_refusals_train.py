@@ -84,8 +84,13 @@ def template(toyworld_root, tmp_path_factory):
 
 
 @pytest.fixture
-def case(template, monkeypatch):
-    """A fresh copy of the compiled template at the same absolute path, as working directory."""
+def case(template, monkeypatch, tmp_path):
+    """A fresh copy of the compiled template at the same absolute path, as working directory;
+    a private temp dir (``assert_refused`` checks it for ablate's leftovers: other test runs on
+    the machine must not count)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     case, tpl = template
     if os.path.ismount(case / "ro"):
         subprocess.run(["umount", str(case / "ro")], check=False)
