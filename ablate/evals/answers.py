@@ -2,7 +2,8 @@
 
 A completion's answer comes from an explicit marker when it has one, in this order: the number
 after the first ``####`` (the GSM8K solution format), the number right after the last
-``The answer is`` (chain-of-thought prompts), the single number of the last line starting ``A:`` (``A: 42``);
+``The answer is`` (chain-of-thought prompts), the single number of the last line starting ``A:``
+(``A: 42``);
 else it is the last number in the text. The completion is first cut at the next few-shot
 question (``truncate_at_stop``) and GSM8K calculator annotations (``<<48/2=24>>``) are removed.
 
@@ -37,7 +38,7 @@ _MINUS = "-\u2212\u2013"  # ASCII hyphen-minus, Unicode minus sign, en dash
 _CURRENCY = "$\u20ac\u00a3\u00a5\u20b9"  # $ EUR GBP YEN INR
 _NUMBER = re.compile(
     rf"""
-    (?<![\w./])                      # not the tail of a word, a decimal or a fraction ('x2', '1.2.3')
+    (?<![\w./])                      # not the tail of a word, a decimal or a fraction ('1.2.3')
     (?:(?<![\w)\]])(?P<sign>[{_MINUS}+]))?   # a sign, unless it follows an operand ('5-3')
     [{_CURRENCY}]?                    # currency between sign and digits ('-$5')
     (?P<num>
@@ -107,7 +108,8 @@ def _numbers(text: str) -> list[Fraction]:
 
 
 def normalize_number(text: str | None) -> str | None:
-    """The canonical string of the first number in ``text`` (``"$1,000.00"`` -> ``"1000"``), or None."""
+    """The canonical string of the first number in ``text`` (``"$1,000.00"`` -> ``"1000"``), or
+    None."""
     if text is None:
         return None
     values = _numbers(str(text))
@@ -133,12 +135,12 @@ def extract_gsm8k_answer(text: str | None, stops=GSM8K_STOPS) -> str | None:
         return None
     text = _ANNOTATION.sub(" ", truncate_at_stop(text, stops))
     for m in _HASHES.finditer(text):
-        tail = text[m.end():].split("\n", 1)[0]
+        tail = text[m.end() :].split("\n", 1)[0]
         value = _value(tail)
         if value is not None:
             return _canonical(value)
     for m in reversed(list(_ANSWER_IS.finditer(text))):
-        first = _NUMBER.match(text[m.end():])  # the number must come right after the marker
+        first = _NUMBER.match(text[m.end() :])  # the number must come right after the marker
         value = _parse(first) if first else None
         if value is not None:
             return _canonical(value)
@@ -170,10 +172,14 @@ def reference_answer(row: dict) -> str:
     """The canonical label of a GSM8K row: the number after ``####`` in its ``answer`` field."""
     answer = row.get("answer") if isinstance(row, dict) else None
     if not isinstance(answer, str) or "####" not in answer:
-        raise AblateError("GSM8K row: the 'answer' field must be a solution ending in '#### <number>'")
+        raise AblateError(
+            "GSM8K row: the 'answer' field must be a solution ending in '#### <number>'"
+        )
     label = normalize_number(answer.rsplit("####", 1)[1])
     if label is None:
-        raise AblateError(f"GSM8K row: no number after '####' in {answer.rsplit('####', 1)[1].strip()[:40]!r}")
+        raise AblateError(
+            f"GSM8K row: no number after '####' in {answer.rsplit('####', 1)[1].strip()[:40]!r}"
+        )
     return label
 
 

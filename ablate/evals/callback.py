@@ -14,9 +14,13 @@ class EvalCallback(Callback):
     def on_start(self, trainer) -> None:
         lay = trainer.layout
         if lay.tp > 1 or lay.pp > 1 or lay.cp > 1:
-            raise AblateError(f"{trainer.recipe._path}: cadence.eval_tasks: evaluation inside training runs on data- "
-                              f"and expert-parallel layouts only (this run has tp={lay.tp} pp={lay.pp} cp={lay.cp}); "
-                              "drop eval_tasks and run 'ablate eval' on the checkpoints")
+            raise AblateError(
+                f"{trainer.recipe.source}: cadence.eval_tasks: evaluation inside training runs on "
+                "data- "
+                f"and expert-parallel layouts only (this run has tp={lay.tp} pp={lay.pp} "
+                f"cp={lay.cp}); "
+                "drop eval_tasks and run 'ablate eval' on the checkpoints"
+            )
 
     def on_after_step(self, trainer) -> None:
         from ablate.evals.in_training import due, evaluate_live
@@ -25,8 +29,15 @@ class EvalCallback(Callback):
         if not due(cad.eval_every, trainer.step, trainer.data.total_steps):
             return
         start = time.time()
-        evaluate_live(trainer.recipe, trainer.plan, trainer.run.root, trainer.engine.modules[0], trainer.step,
-                      trainer.layout.device, trainer.layout.rank)
+        evaluate_live(
+            trainer.recipe,
+            trainer.plan,
+            trainer.run.root,
+            trainer.engine.modules[0],
+            trainer.step,
+            trainer.layout.device,
+            trainer.layout.rank,
+        )
         trainer.untimed_s += time.time() - start
 
 

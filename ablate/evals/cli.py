@@ -20,35 +20,56 @@ from ablate.evals.tasks.base import EvalOptions
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("eval", help="capability scores of a run's checkpoints -> "
-                                    "RUN_DIR/eval/step_<N>.json")
+    p = sub.add_parser(
+        "eval", help="capability scores of a run's checkpoints -> RUN_DIR/eval/step_<N>.json"
+    )
     p.add_argument("run_dir", help="a run directory (runs/<name>)")
-    p.add_argument("--tasks", default=None,
-                   help="comma-separated tasks, or 'all' (default: bpb, probes, routing, "
-                        "gsm8k_gold, humaneval_gold, mbpp_gold, math_gold; generative: gsm8k_cot, "
-                        "gsm8k_pot, humaneval, mbpp, math_cot, math_pot)")
-    p.add_argument("--step", default=None,
-                   help="checkpoint step(s): N, N,M,..., 'all', or 0 for the initialisation "
-                        "(default: the latest)")
-    p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto: the recipe's training.backend (CUDA when torch sees a GPU)")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated tasks, or 'all' (default: bpb, probes, routing, "
+        "gsm8k_gold, humaneval_gold, mbpp_gold, math_gold; generative: gsm8k_cot, "
+        "gsm8k_pot, humaneval, mbpp, math_cot, math_pot)",
+    )
+    p.add_argument(
+        "--step",
+        default=None,
+        help="checkpoint step(s): N, N,M,..., 'all', or 0 for the initialisation "
+        "(default: the latest)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: the recipe's training.backend (CUDA when torch sees a GPU)",
+    )
     add_option_flags(p, EvalOptions)
     p.set_defaults(func=_eval)
 
     export = sub.add_parser("export", help="a run's checkpoint in another format").add_subparsers(
-        dest="export_format", required=True)
-    p = export.add_parser("hf", help="a Hugging Face transformers model directory "
-                                     "(Llama / Mixtral / Qwen2-MoE)")
+        dest="export_format", required=True
+    )
+    p = export.add_parser(
+        "hf", help="a Hugging Face transformers model directory (Llama / Mixtral / Qwen2-MoE)"
+    )
     p.add_argument("run_dir", help="a run directory (runs/<name>)")
-    p.add_argument("--step", type=int, default=None,
-                   help="checkpoint step (default: the latest; 0: the initialisation)")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint step (default: the latest; 0: the initialisation)",
+    )
     p.add_argument("-o", "--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier export in the output directory (never anything else)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in the output directory (never anything else)",
+    )
     p.set_defaults(func=_export_hf)
 
 
 # ----------------------------------------------------------------- flags from EvalOptions
+
 
 def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -71,8 +92,11 @@ def _number(x) -> str:
 
 
 def _bounds_text(meta) -> str:
-    parts = [f"{op} {_number(meta[key])}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"),
-                                                          ("le", "<=")) if key in meta]
+    parts = [
+        f"{op} {_number(meta[key])}"
+        for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+        if key in meta
+    ]
     return " and ".join(parts)
 
 
@@ -98,8 +122,13 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type = EvalOptions) -
         if extra and "(default:" not in help_text:
             help_text += f" ({'; '.join(extra)})"
         metavar = meta.get("metavar") or {int: "N", float: "X"}.get(kind, "VALUE")
-        parser.add_argument(flag_of(f), dest=f.name, default=None, metavar=metavar,
-                            help=help_text.replace("%", "%%"))
+        parser.add_argument(
+            flag_of(f),
+            dest=f.name,
+            default=None,
+            metavar=metavar,
+            help=help_text.replace("%", "%%"),
+        )
 
 
 def _parse(text: str, kind: type, flag: str):
@@ -142,15 +171,18 @@ def options_from_args(args: argparse.Namespace, cls: type = EvalOptions):
 def _check_range(value, meta, flag: str) -> None:
     if not isinstance(value, (int, float)):
         return
-    ok = (("gt" not in meta or value > meta["gt"])
-          and ("ge" not in meta or value >= meta["ge"])
-          and ("lt" not in meta or value < meta["lt"])
-          and ("le" not in meta or value <= meta["le"]))
+    ok = (
+        ("gt" not in meta or value > meta["gt"])
+        and ("ge" not in meta or value >= meta["ge"])
+        and ("lt" not in meta or value < meta["lt"])
+        and ("le" not in meta or value <= meta["le"])
+    )
     if not ok:
         raise AblateError(f"{flag}: {show(value)} is out of range (allowed: {_bounds_text(meta)})")
 
 
 # ----------------------------------------------------------------------------- commands
+
 
 def _export_hf(args) -> None:
     from ablate.evals.export_hf import export_hf
@@ -171,9 +203,11 @@ def parse_steps(text: str | None, run_dir: str) -> list[int | None]:
             complete = available_steps(run_dir)
             if complete:
                 path = checkpoint_dir(run_dir, complete[-1])
-                raise AblateError(f"{path}: damaged checkpoint "
-                                  f"({checkpoint_problem(run_dir, complete[-1])}), and every "
-                                  "earlier one too (train again, or pass --step 0)")
+                raise AblateError(
+                    f"{path}: damaged checkpoint "
+                    f"({checkpoint_problem(run_dir, complete[-1])}), and every "
+                    "earlier one too (train again, or pass --step 0)"
+                )
             raise AblateError(f"{run_dir}: has no complete checkpoint yet")
         return list(steps)
     try:
@@ -182,8 +216,10 @@ def parse_steps(text: str | None, run_dir: str) -> list[int | None]:
         raise AblateError(f"--step: expected N, N,M,... or 'all', got {show(text)}") from None
     for s in steps:
         if s < 0:
-            raise AblateError(f"--step: {s} is out of range (allowed: a checkpoint step >= 0, "
-                              "0: the initialisation)")
+            raise AblateError(
+                f"--step: {s} is out of range (allowed: a checkpoint step >= 0, "
+                "0: the initialisation)"
+            )
     return list(dict.fromkeys(steps))
 
 

@@ -16,7 +16,8 @@ Anything else is a failure with a reason:
                ``SystemExit``, ``os._exit``, a value that is not the nonce
 ``timeout``    the wall-clock or CPU-time limit
 ``memory``     the address-space limit (``MemoryError``)
-``killed``     killed by a signal or a limit of the sandbox (``SIGKILL``, ``SIGSEGV``, too many processes)
+``killed``     killed by a signal or a limit of the sandbox (``SIGKILL``, ``SIGSEGV``, too many
+               processes)
 ``blocked``    the sandbox refused an operation (process creation, network, writes outside) and
                the program failed because of it
 ============== ============================================================================
@@ -62,11 +63,11 @@ def _ablate_verdict():
 @dataclass
 class Verdict:
     passed: bool
-    reason: str                 # one of REASONS
+    reason: str  # one of REASONS
     exception: str | None = None  # the exception type for "assertion" / "exception"
-    detail: str = ""            # one line: the exception message or the sandbox's reason
+    detail: str = ""  # one line: the exception message or the sandbox's reason
     wall_s: float = 0.0
-    truncated: bool = False     # output beyond the limit was discarded
+    truncated: bool = False  # output beyond the limit was discarded
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,11 +88,22 @@ def verdict_of(result: SandboxResult, nonce: str) -> Verdict:
             return Verdict(True, "passed", **common)
         if isinstance(value, list) and len(value) == 3 and value[0] in ("assertion", "exception"):
             if value[0] == "exception" and result.blocked:
-                return Verdict(False, "blocked", exception=str(value[1]),
-                               detail="blocked: " + ", ".join(dict.fromkeys(result.blocked)), **common)
-            return Verdict(False, str(value[0]), exception=str(value[1]), detail=str(value[2]), **common)
-        return Verdict(False, "no-proof", detail="the program returned something other than this run's nonce",
-                       **common)
+                return Verdict(
+                    False,
+                    "blocked",
+                    exception=str(value[1]),
+                    detail="blocked: " + ", ".join(dict.fromkeys(result.blocked)),
+                    **common,
+                )
+            return Verdict(
+                False, str(value[0]), exception=str(value[1]), detail=str(value[2]), **common
+            )
+        return Verdict(
+            False,
+            "no-proof",
+            detail="the program returned something other than this run's nonce",
+            **common,
+        )
     if status in ("timeout", "cpu"):
         return Verdict(False, "timeout", detail=result.detail, **common)
     if status == "memory":
@@ -103,15 +115,29 @@ def verdict_of(result: SandboxResult, nonce: str) -> Verdict:
     # "error": the process ended without the driver returning. Exit status 0 is the hostile case
     # (sys.exit(0), raise SystemExit, os._exit(0)); a non-zero status is an exit too.
     rc = result.returncode
-    why = "exited with status 0 before the tests finished" if rc == 0 else \
-        f"exited with status {rc} before the tests finished"
+    why = (
+        "exited with status 0 before the tests finished"
+        if rc == 0
+        else f"exited with status {rc} before the tests finished"
+    )
     if result.blocked:
-        return Verdict(False, "blocked", detail="blocked: " + ", ".join(dict.fromkeys(result.blocked)), **common)
+        return Verdict(
+            False,
+            "blocked",
+            detail="blocked: " + ", ".join(dict.fromkeys(result.blocked)),
+            **common,
+        )
     return Verdict(False, "no-proof", detail=why, **common)
 
 
-def check_programs(cases: list[tuple[str, str]], *, workers: int = 2, timeout_s: float = 5.0,
-                   memory_mb: int = 512, max_output: int = 64_000) -> list[Verdict]:
+def check_programs(
+    cases: list[tuple[str, str]],
+    *,
+    workers: int = 2,
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+    max_output: int = 64_000,
+) -> list[Verdict]:
     """Run each ``(candidate, tests)`` pair in the sandbox; a verdict per pair, in order.
 
     ``candidate`` is the program under test (prompt + completion), ``tests`` the code that checks
@@ -119,8 +145,15 @@ def check_programs(cases: list[tuple[str, str]], *, workers: int = 2, timeout_s:
     """
     nonces = [secrets.token_hex(16) for _ in cases]
     sources = [driver_program(c, t, n) for (c, t), n in zip(cases, nonces)]
-    results = run_many(sources, workers=workers, func="_ablate_verdict", timeout_s=timeout_s,
-                       memory_mb=memory_mb, max_output=max_output, overflow="discard")
+    results = run_many(
+        sources,
+        workers=workers,
+        func="_ablate_verdict",
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        max_output=max_output,
+        overflow="discard",
+    )
     return [verdict_of(r, n) for r, n in zip(results, nonces)]
 
 

@@ -51,8 +51,10 @@ from ablate.io import remove_stale_temporaries, tmp_name
 
 
 def _refuse(run_dir: str, field: str, what: str) -> None:
-    raise AblateError(f"{run_dir}/recipe.yaml: {field}: {what} cannot be exported to a Hugging Face "
-                      "Llama/Mixtral/Qwen2-MoE model (not representable there)")
+    raise AblateError(
+        f"{run_dir}/recipe.yaml: {field}: {what} cannot be exported to a Hugging Face "
+        "Llama/Mixtral/Qwen2-MoE model (not representable there)"
+    )
 
 
 def _architecture(em) -> dict:
@@ -79,15 +81,23 @@ def _architecture(em) -> dict:
         _refuse(where, "share_embeddings_and_output_weights", "tied embeddings")
     experts = c.num_moe_experts or 0
     arch = {
-        "layers": c.num_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
-        "groups": c.num_query_groups or c.num_attention_heads, "head_dim": c.kv_channels,
-        "ffn": c.ffn_hidden_size, "eps": c.layernorm_epsilon, "rope_theta": float(getattr(m, "rotary_base", 10000)),
-        "vocab": m.embedding.word_embeddings.weight.shape[0], "max_positions": m.max_position_embeddings,
+        "layers": c.num_layers,
+        "hidden": c.hidden_size,
+        "heads": c.num_attention_heads,
+        "groups": c.num_query_groups or c.num_attention_heads,
+        "head_dim": c.kv_channels,
+        "ffn": c.ffn_hidden_size,
+        "eps": c.layernorm_epsilon,
+        "rope_theta": float(getattr(m, "rotary_base", 10000)),
+        "vocab": m.embedding.word_embeddings.weight.shape[0],
+        "max_positions": m.max_position_embeddings,
         "experts": experts,
     }
     if experts:
         if c.moe_router_score_function != "softmax":
-            _refuse(where, "model.moe_router_score_function", f"{c.moe_router_score_function} routing")
+            _refuse(
+                where, "model.moe_router_score_function", f"{c.moe_router_score_function} routing"
+            )
         if getattr(c, "moe_router_enable_expert_bias", False):
             _refuse(where, "model.moe_router_enable_expert_bias", "expert bias")
         if getattr(c, "moe_router_pre_softmax", False):
@@ -95,12 +105,22 @@ def _architecture(em) -> dict:
         if getattr(c, "moe_router_topk_scaling_factor", None) not in (None, 1.0):
             _refuse(where, "moe_router_topk_scaling_factor", "a top-k scaling factor")
         freq = c.moe_layer_freq
-        pattern = [1 if i % freq == 0 else 0 for i in range(c.num_layers)] if isinstance(freq, int) else list(freq)
+        pattern = (
+            [1 if i % freq == 0 else 0 for i in range(c.num_layers)]
+            if isinstance(freq, int)
+            else list(freq)
+        )
         shared = getattr(c, "moe_shared_expert_intermediate_size", None) or 0
-        arch.update(topk=c.moe_router_topk, expert_ffn=c.moe_ffn_hidden_size or c.ffn_hidden_size,
-                    moe_layers=[i for i, p in enumerate(pattern) if p], shared=shared,
-                    shared_gate=bool(getattr(c, "moe_shared_expert_gate", False)))
-    arch["target"] = "llama" if not experts else "mixtral" if all(pattern) and not shared else "qwen2_moe"
+        arch.update(
+            topk=c.moe_router_topk,
+            expert_ffn=c.moe_ffn_hidden_size or c.ffn_hidden_size,
+            moe_layers=[i for i, p in enumerate(pattern) if p],
+            shared=shared,
+            shared_gate=bool(getattr(c, "moe_shared_expert_gate", False)),
+        )
+    arch["target"] = (
+        "llama" if not experts else "mixtral" if all(pattern) and not shared else "qwen2_moe"
+    )
     return arch
 
 
@@ -113,7 +133,9 @@ def hf_state_dict(em) -> tuple[dict, dict[str, torch.Tensor]]:
 
     def take(key: str) -> torch.Tensor:
         if key not in sd:
-            raise AblateError(f"{em.run_dir}: the loaded model has no {key} (an unsupported layer layout)")
+            raise AblateError(
+                f"{em.run_dir}: the loaded model has no {key} (an unsupported layer layout)"
+            )
         used.add(key)
         return sd[key].detach().float().cpu()
 
@@ -139,7 +161,9 @@ def hf_state_dict(em) -> tuple[dict, dict[str, torch.Tensor]]:
                 gate, up = fc1.chunk(2, dim=0)
                 out[f"{moe}experts.{e}.w1.weight"] = gate.clone()
                 out[f"{moe}experts.{e}.w3.weight"] = up.clone()
-                out[f"{moe}experts.{e}.w2.weight"] = take(f"{src}mlp.experts.local_experts.{e}.linear_fc2.weight")
+                out[f"{moe}experts.{e}.w2.weight"] = take(
+                    f"{src}mlp.experts.local_experts.{e}.linear_fc2.weight"
+                )
         else:
             gate, up = take(src + "mlp.linear_fc1.weight").chunk(2, dim=0)
             out[dst + "mlp.gate_proj.weight"] = gate.clone()
@@ -153,15 +177,21 @@ def hf_state_dict(em) -> tuple[dict, dict[str, torch.Tensor]]:
     out["lm_head.weight"] = take("output_layer.weight")
     left = sorted(set(sd) - used)
     if left:
-        raise AblateError(f"{em.run_dir}: the model has weights the export does not map ({', '.join(left[:3])})")
+        raise AblateError(
+            f"{em.run_dir}: the model has weights the export does not map ({', '.join(left[:3])})"
+        )
     return a, out
 
 
 def _qwen2_layer(out: dict, take, src: str, dst: str, a: dict, i: int) -> None:
-    """One Qwen2-MoE decoder layer's MLP: a sparse block (router, experts, shared expert) or dense."""
+    """One Qwen2-MoE decoder layer's MLP: a sparse block (router, experts, shared expert) or
+    dense."""
     if i not in a["moe_layers"]:
         gate, up = take(src + "mlp.linear_fc1.weight").chunk(2, dim=0)
-        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate.clone(), up.clone()
+        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = (
+            gate.clone(),
+            up.clone(),
+        )
         out[dst + "mlp.down_proj.weight"] = take(src + "mlp.linear_fc2.weight")
         return
     mlp = dst + "mlp."
@@ -170,7 +200,9 @@ def _qwen2_layer(out: dict, take, src: str, dst: str, a: dict, i: int) -> None:
         gate, up = take(f"{src}mlp.experts.local_experts.{e}.linear_fc1.weight").chunk(2, dim=0)
         out[f"{mlp}experts.{e}.gate_proj.weight"] = gate.clone()
         out[f"{mlp}experts.{e}.up_proj.weight"] = up.clone()
-        out[f"{mlp}experts.{e}.down_proj.weight"] = take(f"{src}mlp.experts.local_experts.{e}.linear_fc2.weight")
+        out[f"{mlp}experts.{e}.down_proj.weight"] = take(
+            f"{src}mlp.experts.local_experts.{e}.linear_fc2.weight"
+        )
     H = a["hidden"]
     if a["shared"]:
         gate, up = take(src + "mlp.shared_experts.linear_fc1.weight").chunk(2, dim=0)
@@ -180,34 +212,70 @@ def _qwen2_layer(out: dict, take, src: str, dst: str, a: dict, i: int) -> None:
         else:  # ungated: sigmoid(0) = 0.5, so the down projection doubles (exact in float)
             gate_w, down = torch.zeros(1, H), down * 2
     else:  # no shared expert: one of zero width adds nothing
-        gate, up, down, gate_w = torch.zeros(0, H), torch.zeros(0, H), torch.zeros(H, 0), torch.zeros(1, H)
-    out[mlp + "shared_expert.gate_proj.weight"], out[mlp + "shared_expert.up_proj.weight"] = gate.clone(), up.clone()
+        gate, up, down, gate_w = (
+            torch.zeros(0, H),
+            torch.zeros(0, H),
+            torch.zeros(H, 0),
+            torch.zeros(1, H),
+        )
+    out[mlp + "shared_expert.gate_proj.weight"], out[mlp + "shared_expert.up_proj.weight"] = (
+        gate.clone(),
+        up.clone(),
+    )
     out[mlp + "shared_expert.down_proj.weight"] = down.contiguous()
     out[mlp + "shared_expert_gate.weight"] = gate_w
 
 
 def hf_config(a: dict, tokenizer):
     """The ``transformers`` config object for an architecture from ``hf_state_dict``."""
-    common = dict(vocab_size=a["vocab"], hidden_size=a["hidden"], num_hidden_layers=a["layers"],
-                  num_attention_heads=a["heads"], num_key_value_heads=a["groups"], head_dim=a["head_dim"],
-                  hidden_act="silu", max_position_embeddings=a["max_positions"], rms_norm_eps=a["eps"],
-                  rope_theta=a["rope_theta"], tie_word_embeddings=False, attention_dropout=0.0,
-                  bos_token_id=None, eos_token_id=tokenizer.eod, pad_token_id=tokenizer.pad, torch_dtype="float32")
+    common = dict(
+        vocab_size=a["vocab"],
+        hidden_size=a["hidden"],
+        num_hidden_layers=a["layers"],
+        num_attention_heads=a["heads"],
+        num_key_value_heads=a["groups"],
+        head_dim=a["head_dim"],
+        hidden_act="silu",
+        max_position_embeddings=a["max_positions"],
+        rms_norm_eps=a["eps"],
+        rope_theta=a["rope_theta"],
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eod,
+        pad_token_id=tokenizer.pad,
+        torch_dtype="float32",
+    )
     if a["target"] == "qwen2_moe":
         from transformers import Qwen2MoeConfig
 
-        return Qwen2MoeConfig(intermediate_size=a["ffn"], moe_intermediate_size=a["expert_ffn"],
-                              shared_expert_intermediate_size=a["shared"], num_experts=a["experts"],
-                              num_experts_per_tok=a["topk"], norm_topk_prob=True, decoder_sparse_step=1,
-                              mlp_only_layers=[i for i in range(a["layers"]) if i not in a["moe_layers"]],
-                              qkv_bias=True, use_sliding_window=False, output_router_logits=False,
-                              router_aux_loss_coef=0.0, **common)
+        return Qwen2MoeConfig(
+            intermediate_size=a["ffn"],
+            moe_intermediate_size=a["expert_ffn"],
+            shared_expert_intermediate_size=a["shared"],
+            num_experts=a["experts"],
+            num_experts_per_tok=a["topk"],
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[i for i in range(a["layers"]) if i not in a["moe_layers"]],
+            qkv_bias=True,
+            use_sliding_window=False,
+            output_router_logits=False,
+            router_aux_loss_coef=0.0,
+            **common,
+        )
     if a["experts"]:
         from transformers import MixtralConfig
 
-        return MixtralConfig(intermediate_size=a["expert_ffn"], num_local_experts=a["experts"],
-                             num_experts_per_tok=a["topk"], sliding_window=None, router_jitter_noise=0.0,
-                             output_router_logits=False, **common)
+        return MixtralConfig(
+            intermediate_size=a["expert_ffn"],
+            num_local_experts=a["experts"],
+            num_experts_per_tok=a["topk"],
+            sliding_window=None,
+            router_jitter_noise=0.0,
+            output_router_logits=False,
+            **common,
+        )
     from transformers import LlamaConfig
 
     return LlamaConfig(intermediate_size=a["ffn"], attention_bias=False, mlp_bias=False, **common)
@@ -228,13 +296,20 @@ def hf_tokenizer(tokenizer, where: str = "tokenizer"):
         eos, pad = "<|endoftext|>", "<pad>"
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad)
         fast.add_special_tokens({"eos_token": eos, "pad_token": pad})
-        if fast.convert_tokens_to_ids(eos) != tokenizer.eod or fast.convert_tokens_to_ids(pad) != tokenizer.pad:
-            raise AblateError(f"{where}: the byte tokenizer's special ids did not map to {tokenizer.eod}, "
-                              f"{tokenizer.pad}")
+        if (
+            fast.convert_tokens_to_ids(eos) != tokenizer.eod
+            or fast.convert_tokens_to_ids(pad) != tokenizer.pad
+        ):
+            raise AblateError(
+                f"{where}: the byte tokenizer's special ids did not map to {tokenizer.eod}, "
+                f"{tokenizer.pad}"
+            )
         return fast
     path = getattr(tokenizer, "path", None)
     if not path or not os.path.isfile(path):
-        raise AblateError(f"{where}: the run's tokenizer ({tokenizer.kind}) has no tokenizer.json to export")
+        raise AblateError(
+            f"{where}: the run's tokenizer ({tokenizer.kind}) has no tokenizer.json to export"
+        )
     fast = PreTrainedTokenizerFast(tokenizer_file=path)
     vocab = fast.get_vocab()
     by_id = {i: t for t, i in vocab.items()}
@@ -244,7 +319,11 @@ def hf_tokenizer(tokenizer, where: str = "tokenizer"):
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (what the ByteLevel pre-tokenizer emits)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -268,11 +347,14 @@ def _prepare_out(out_dir: str, overwrite: bool, check_only: bool = False) -> str
         raise AblateError(f"-o {out_dir}: exists and is not a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         if not overwrite:
-            raise AblateError(f"-o {out_dir}: is not empty (pass --overwrite to replace an earlier "
-                              "export)")
+            raise AblateError(
+                f"-o {out_dir}: is not empty (pass --overwrite to replace an earlier export)"
+            )
         if not os.path.isfile(os.path.join(out_dir, MARKER)):
-            raise AblateError(f"-o {out_dir}: is not an earlier export (no {MARKER}): --overwrite "
-                              "replaces only what 'ablate export hf' wrote")
+            raise AblateError(
+                f"-o {out_dir}: is not an earlier export (no {MARKER}): --overwrite "
+                "replaces only what 'ablate export hf' wrote"
+            )
     parent = os.path.dirname(out_dir)
     tmp = tmp_name(out_dir)
     try:
@@ -300,8 +382,10 @@ def export_hf(run_dir: str, out_dir: str, step: int | None = None, overwrite: bo
     _require_libraries()
     read_run(run_dir)
     if step is None and not available_steps(run_dir):
-        raise AblateError(f"{run_dir}: has no complete checkpoint to export (train it first, or pass --step 0 "
-                          "for the initialisation)")
+        raise AblateError(
+            f"{run_dir}: has no complete checkpoint to export (train it first, or pass --step 0 "
+            "for the initialisation)"
+        )
     _prepare_out(out_dir, overwrite, check_only=True)
     return write_hf(load_eval_model(run_dir, step, backend="cpu"), out_dir, overwrite)
 
@@ -311,7 +395,9 @@ def _require_libraries() -> None:
         import safetensors.torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:
-        raise AblateError("ablate export hf needs transformers and safetensors (pip install 'ablate[hf]')") from None
+        raise AblateError(
+            "ablate export hf needs transformers and safetensors (pip install 'ablate[hf]')"
+        ) from None
 
 
 def write_hf(em, out_dir: str, overwrite: bool = False) -> str:
@@ -325,19 +411,39 @@ def write_hf(em, out_dir: str, overwrite: bool = False) -> str:
     tmp = _prepare_out(out_dir, overwrite)
     try:
         config = hf_config(arch, em.tokenizer)
-        config.architectures = [{"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM",
-                                 "qwen2_moe": "Qwen2MoeForCausalLM"}[arch["target"]]]
+        config.architectures = [
+            {
+                "llama": "LlamaForCausalLM",
+                "mixtral": "MixtralForCausalLM",
+                "qwen2_moe": "Qwen2MoeForCausalLM",
+            }[arch["target"]]
+        ]
         config.save_pretrained(tmp)
-        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(tmp, "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            os.path.join(tmp, "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         padding = list(range(em.tokenizer.vocab_size, arch["vocab"]))
-        GenerationConfig(eos_token_id=em.tokenizer.eod, pad_token_id=em.tokenizer.pad,
-                         suppress_tokens=padding or None).save_pretrained(tmp)
+        GenerationConfig(
+            eos_token_id=em.tokenizer.eod,
+            pad_token_id=em.tokenizer.pad,
+            suppress_tokens=padding or None,
+        ).save_pretrained(tmp)
         hf_tokenizer(em.tokenizer, em.run_dir).save_pretrained(tmp)
         with open(os.path.join(tmp, MARKER), "w") as f:
-            json.dump({"run": em.name, "step": em.step, "architecture": config.architectures[0],
-                       "tokenizer": em.plan["tokenizer"]["fingerprint"], "vocab_size": em.tokenizer.vocab_size,
-                       "padded_vocab_size": arch["vocab"]}, f, indent=2)
+            json.dump(
+                {
+                    "run": em.name,
+                    "step": em.step,
+                    "architecture": config.architectures[0],
+                    "tokenizer": em.plan["tokenizer"]["fingerprint"],
+                    "vocab_size": em.tokenizer.vocab_size,
+                    "padded_vocab_size": arch["vocab"],
+                },
+                f,
+                indent=2,
+            )
         final = os.path.abspath(out_dir)
         if os.path.isdir(final):
             # the earlier export moves aside (an owned temporary) before the new one moves in:

@@ -21,15 +21,34 @@ def due(eval_every: int, step: int, total_steps: int) -> bool:
     return step == total_steps or (eval_every > 0 and step % eval_every == 0)
 
 
-def evaluate_live(recipe, plan, run_dir: str, model: torch.nn.Module, step: int, device: torch.device,
-                  rank: int) -> None:
+def evaluate_live(
+    recipe, plan, run_dir: str, model: torch.nn.Module, step: int, device: torch.device, rank: int
+) -> None:
     manifests, tokenizer = open_data(run_dir, recipe.data.manifests, plan.to_dict())
-    em = EvalModel(run_dir=run_dir, name=recipe.name, step=step, recipe=recipe, plan=plan.to_dict(),
-                   manifests=manifests, tokenizer=tokenizer, model=model, device=device, seq_length=recipe.training.seq_length)
+    em = EvalModel(
+        run_dir=run_dir,
+        name=recipe.name,
+        step=step,
+        recipe=recipe,
+        plan=plan.to_dict(),
+        manifests=manifests,
+        tokenizer=tokenizer,
+        model=model,
+        device=device,
+        seq_length=recipe.training.seq_length,
+    )
     tasks, _ = select(",".join(recipe.cadence.eval_tasks))
     was_training = model.training
     model.eval()
     try:
-        evaluate(run_dir, tasks, [step], EvalOptions(**recipe.cadence.eval_options), em=em, write=rank == 0, quiet=rank != 0)
+        evaluate(
+            run_dir,
+            tasks,
+            [step],
+            EvalOptions(**recipe.cadence.eval_options),
+            em=em,
+            write=rank == 0,
+            quiet=rank != 0,
+        )
     finally:
         model.train(was_training)

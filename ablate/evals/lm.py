@@ -36,15 +36,15 @@ from ablate.evals.loading import EvalModel
 
 @dataclass
 class Continuation:
-    nll: float          # summed negative log-likelihood of the continuation tokens (nats)
-    tokens: int         # how many continuation tokens were scored
-    greedy: bool        # every continuation token is the model's argmax
+    nll: float  # summed negative log-likelihood of the continuation tokens (nats)
+    tokens: int  # how many continuation tokens were scored
+    greedy: bool  # every continuation token is the model's argmax
 
 
 @dataclass(frozen=True)
 class Sampling:
-    temperature: float = 0.0   # 0: greedy (argmax)
-    top_p: float = 1.0         # nucleus: the smallest set of tokens whose probability reaches top_p
+    temperature: float = 0.0  # 0: greedy (argmax)
+    top_p: float = 1.0  # nucleus: the smallest set of tokens whose probability reaches top_p
     seed: int = 0
 
     @property
@@ -52,7 +52,9 @@ class Sampling:
         return self.temperature <= 0.0
 
 
-def sample_token(logits_V: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+def sample_token(
+    logits_V: torch.Tensor, sampling: Sampling, generator: torch.Generator | None
+) -> int:
     """One token from ``logits_V`` (already cut to the real vocabulary)."""
     if sampling.greedy or generator is None:
         return int(logits_V.argmax())
@@ -75,7 +77,9 @@ class LanguageModel:
         self.kv_cache = kv_cache
         self.pad = em.tokenizer.pad
         self.eod = em.tokenizer.eod
-        self.vocab_size = em.tokenizer.vocab_size  # the embedding is padded beyond it; never generate those ids
+        self.vocab_size = (
+            em.tokenizer.vocab_size
+        )  # the embedding is padded beyond it; never generate those ids
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -91,15 +95,18 @@ class LanguageModel:
         return F.log_softmax(self.logits(tokens_BS), dim=-1)
 
     def target_nll(self, inputs_BS: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood of ``targets_BS[b, s]`` after ``inputs_BS[b, :s+1]``, ``[B, S]``."""
+        """Negative log-likelihood of ``targets_BS[b, s]`` after ``inputs_BS[b, :s+1]``,
+        ``[B, S]``."""
         logits_BSV = self.logits(inputs_BS)
         B, S = inputs_BS.shape
-        return F.cross_entropy(logits_BSV.reshape(B * S, -1), targets_BS.to(self.device).reshape(-1),
-                               reduction="none").reshape(B, S)
+        return F.cross_entropy(
+            logits_BSV.reshape(B * S, -1), targets_BS.to(self.device).reshape(-1), reduction="none"
+        ).reshape(B, S)
 
     # ------------------------------------------------------------------ scoring
-    def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], progress: Callable | None = None
-              ) -> list[Continuation]:
+    def score(
+        self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], progress: Callable | None = None
+    ) -> list[Continuation]:
         """For each ``(context, continuation)`` token lists: the continuation's summed NLL,
         its length, and whether greedy decoding would produce it.
 
@@ -109,7 +116,9 @@ class LanguageModel:
         lm-eval's rolling likelihood does. The first token of a text with no context has nothing
         to be predicted from and is not scored."""
         L = self.max_length
-        pieces: list[tuple[int, list[int], int]] = []  # (pair, input row of <= L + 1 tokens, targets at its end)
+        pieces: list[
+            tuple[int, list[int], int]
+        ] = []  # (pair, input row of <= L + 1 tokens, targets at its end)
         for i, (ctx, cont) in enumerate(pairs):
             ctx, cont = list(ctx), list(cont)
             if not cont:
@@ -119,7 +128,7 @@ class LanguageModel:
             end = len(full)
             while end > first:
                 start = max(first, end - L)
-                pieces.append((i, full[max(0, end - L - 1):end], end - start))
+                pieces.append((i, full[max(0, end - L - 1) : end], end - start))
                 end = start
         nll = [0.0] * len(pairs)
         scored = [0] * len(pairs)
@@ -127,30 +136,38 @@ class LanguageModel:
         # longest first: similar lengths share a batch, little padding
         order = sorted(range(len(pieces)), key=lambda j: -len(pieces[j][1]))
         for start in range(0, len(order), self.batch_size):
-            batch = [pieces[j] for j in order[start:start + self.batch_size]]
+            batch = [pieces[j] for j in order[start : start + self.batch_size]]
             S = max(len(r) for _, r, _ in batch) - 1
             inputs = torch.full((len(batch), S), self.pad, dtype=torch.long)
             targets = torch.full((len(batch), S), self.pad, dtype=torch.long)
             for b, (_, r, _) in enumerate(batch):
-                inputs[b, :len(r) - 1] = torch.tensor(r[:-1])
-                targets[b, :len(r) - 1] = torch.tensor(r[1:])
+                inputs[b, : len(r) - 1] = torch.tensor(r[:-1])
+                targets[b, : len(r) - 1] = torch.tensor(r[1:])
             logprobs_BSV = self.logprobs(inputs)
             for b, (i, r, n) in enumerate(batch):
                 end = len(r) - 1
-                lp_CV = logprobs_BSV[b, end - n:end]
-                tgt_C = targets[b, end - n:end].to(lp_CV.device)
+                lp_CV = logprobs_BSV[b, end - n : end]
+                tgt_C = targets[b, end - n : end].to(lp_CV.device)
                 nll[i] -= lp_CV.gather(1, tgt_C[:, None]).sum().item()
                 scored[i] += n
                 greedy[i] = greedy[i] and bool((lp_CV.argmax(-1) == tgt_C).all())
             if progress:
                 progress(len(batch))  # pieces scored (a long continuation is several)
-        return [Continuation(nll=nll[i], tokens=scored[i], greedy=greedy[i]) for i in range(len(pairs))]
+        return [
+            Continuation(nll=nll[i], tokens=scored[i], greedy=greedy[i]) for i in range(len(pairs))
+        ]
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 stop: Callable[[list[int]], bool] | None = None, progress: Callable | None = None,
-                 kv_cache: bool | None = None, sampling: Sampling | None = None,
-                 row_seeds: Sequence[int] | None = None) -> list[list[int]]:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: Callable[[list[int]], bool] | None = None,
+        progress: Callable | None = None,
+        kv_cache: bool | None = None,
+        sampling: Sampling | None = None,
+        row_seeds: Sequence[int] | None = None,
+    ) -> list[list[int]]:
         """Continuations (token ids) of each prompt, greedy unless ``sampling`` has a
         temperature; a row stops at ``eod``, when ``stop(generated_ids)`` says so, or after
         ``max_new_tokens``. With ``kv_cache`` (the default) through megatron-core's
@@ -164,13 +181,26 @@ class LanguageModel:
         for batch in self._length_batches([min(len(p), self.max_length - 1) for p in prompts]):
             generators = None
             if not sampling.greedy:
-                generators = [torch.Generator().manual_seed(
-                    _mix(sampling.seed, row_seeds[i] if row_seeds is not None else i)) for i in batch]
-            rows = _Rows([list(prompts[i])[-(self.max_length - 1):] for i in batch], max_new_tokens, stop, self.eod,
-                         sampling, generators, self.vocab_size)
+                generators = [
+                    torch.Generator().manual_seed(
+                        _mix(sampling.seed, row_seeds[i] if row_seeds is not None else i)
+                    )
+                    for i in batch
+                ]
+            rows = _Rows(
+                [list(prompts[i])[-(self.max_length - 1) :] for i in batch],
+                max_new_tokens,
+                stop,
+                self.eod,
+                sampling,
+                generators,
+                self.vocab_size,
+            )
             if kv_cache and max_new_tokens > 0:
                 self._generate_cached(rows)
-            self._generate_recompute(rows)  # rows that outgrew the window (or all, without the cache)
+            self._generate_recompute(
+                rows
+            )  # rows that outgrew the window (or all, without the cache)
             for j, i in enumerate(batch):
                 results[i] = rows.generated[j]
             if progress:
@@ -183,7 +213,11 @@ class LanguageModel:
         at a time, so mixing a 30- and a 150-token prompt would cost 120 extra steps."""
         batches: list[list[int]] = []
         for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-            if not batches or len(batches[-1]) == self.batch_size or lengths[batches[-1][0]] - lengths[i] > tolerance:
+            if (
+                not batches
+                or len(batches[-1]) == self.batch_size
+                or lengths[batches[-1][0]] - lengths[i] > tolerance
+            ):
                 batches.append([])
             batches[-1].append(i)
         return batches
@@ -199,11 +233,13 @@ class LanguageModel:
         context = StaticInferenceContext(B, self.max_length)
         tokens_BL = torch.tensor([s[:cur] for s in rows.seqs], device=self.device)
         position_ids_BL = torch.arange(cur, device=self.device).unsqueeze(0).expand(B, cur)
-        logits_B1V = self.model(tokens_BL, position_ids_BL, None, inference_context=context, runtime_gather_output=True)
+        logits_B1V = self.model(
+            tokens_BL, position_ids_BL, None, inference_context=context, runtime_gather_output=True
+        )
         context.sequence_len_offset = cur
         context.enable_decode_mode()
         while rows.active:
-            last_BV = logits_B1V[:, -1, :self.vocab_size]
+            last_BV = logits_B1V[:, -1, : self.vocab_size]
             next_B = last_BV.argmax(-1).tolist() if rows.sampling.greedy else None
             feed = []
             for b in range(B):
@@ -211,13 +247,19 @@ class LanguageModel:
                     feed.append(rows.seqs[b][cur])
                 else:
                     if b in rows.active:
-                        rows.accept(b, next_B[b] if next_B is not None else rows.draw(b, last_BV[b]))
+                        rows.accept(
+                            b, next_B[b] if next_B is not None else rows.draw(b, last_BV[b])
+                        )
                     feed.append(rows.seqs[b][-1] if len(rows.seqs[b]) > cur else self.pad)
             if not rows.active or cur + 1 >= self.max_length:
                 return  # the window is full: what is left continues without the cache
-            logits_B1V = self.model(torch.tensor(feed, device=self.device)[:, None],
-                                    torch.full((B, 1), cur, device=self.device), None,
-                                    inference_context=context, runtime_gather_output=True)
+            logits_B1V = self.model(
+                torch.tensor(feed, device=self.device)[:, None],
+                torch.full((B, 1), cur, device=self.device),
+                None,
+                inference_context=context,
+                runtime_gather_output=True,
+            )
             context.sequence_len_offset += 1
             cur += 1
 
@@ -225,14 +267,16 @@ class LanguageModel:
         """Each step runs the last ``max_length`` tokens of every active row (right-padded)."""
         while rows.active:
             active = sorted(rows.active)
-            windows = [rows.seqs[j][-self.max_length:] for j in active]
+            windows = [rows.seqs[j][-self.max_length :] for j in active]
             S = max(len(w) for w in windows)
             inputs = torch.full((len(windows), S), self.pad, dtype=torch.long)
             for b, w in enumerate(windows):
-                inputs[b, :len(w)] = torch.tensor(w)
+                inputs[b, : len(w)] = torch.tensor(w)
             logprobs_BSV = self.logprobs(inputs)
             last = torch.tensor([len(w) - 1 for w in windows], device=logprobs_BSV.device)
-            last_BV = logprobs_BSV[torch.arange(len(windows), device=last.device), last, :self.vocab_size]
+            last_BV = logprobs_BSV[
+                torch.arange(len(windows), device=last.device), last, : self.vocab_size
+            ]
             if rows.sampling.greedy:
                 for j, tok in zip(active, last_BV.argmax(-1).tolist()):
                     rows.accept(j, tok)
@@ -240,10 +284,17 @@ class LanguageModel:
                 for b, j in enumerate(active):
                     rows.accept(j, rows.draw(j, last_BV[b]))
 
-    def generate_text(self, prompts: Sequence[str], max_new_tokens: int, stop_strings: Sequence[str] = (),
-                      progress: Callable | None = None, sampling: Sampling | None = None,
-                      row_seeds: Sequence[int] | None = None) -> list[str]:
-        """Text continuations (greedy unless ``sampling`` says otherwise), cut at the first stop string."""
+    def generate_text(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        stop_strings: Sequence[str] = (),
+        progress: Callable | None = None,
+        sampling: Sampling | None = None,
+        row_seeds: Sequence[int] | None = None,
+    ) -> list[str]:
+        """Text continuations (greedy unless ``sampling`` says otherwise), cut at the first stop
+        string."""
         tok = self.em.tokenizer
 
         def stop(ids: list[int]) -> bool:
@@ -252,8 +303,14 @@ class LanguageModel:
             text = tok.decode(ids[-64:])
             return any(s in text for s in stop_strings)
 
-        ids = self.generate([tok.encode(p) for p in prompts], max_new_tokens, stop, progress, sampling=sampling,
-                            row_seeds=row_seeds)
+        ids = self.generate(
+            [tok.encode(p) for p in prompts],
+            max_new_tokens,
+            stop,
+            progress,
+            sampling=sampling,
+            row_seeds=row_seeds,
+        )
         texts = []
         for g in ids:
             text = tok.decode(g)
@@ -265,9 +322,16 @@ class LanguageModel:
 class _Rows:
     """Per-row generation state of one batch."""
 
-    def __init__(self, seqs: list[list[int]], max_new_tokens: int, stop, eod: int,
-                 sampling: Sampling | None = None, generators: list[torch.Generator] | None = None,
-                 vocab_size: int | None = None):
+    def __init__(
+        self,
+        seqs: list[list[int]],
+        max_new_tokens: int,
+        stop,
+        eod: int,
+        sampling: Sampling | None = None,
+        generators: list[torch.Generator] | None = None,
+        vocab_size: int | None = None,
+    ):
         self.seqs = seqs
         self.generated: list[list[int]] = [[] for _ in seqs]
         self.active = set(range(len(seqs))) if max_new_tokens > 0 else set()
@@ -275,7 +339,9 @@ class _Rows:
         self.sampling, self.generators = sampling or Sampling(), generators
 
     def draw(self, j: int, logits_V: torch.Tensor) -> int:
-        return sample_token(logits_V, self.sampling, self.generators[j] if self.generators else None)
+        return sample_token(
+            logits_V, self.sampling, self.generators[j] if self.generators else None
+        )
 
     def accept(self, j: int, token: int) -> None:
         if token == self.eod:
@@ -283,7 +349,9 @@ class _Rows:
             return
         self.seqs[j].append(token)
         self.generated[j].append(token)
-        if len(self.generated[j]) >= self.max_new_tokens or (self.stop and self.stop(self.generated[j])):
+        if len(self.generated[j]) >= self.max_new_tokens or (
+            self.stop and self.stop(self.generated[j])
+        ):
             self.active.discard(j)
 
 

@@ -4,7 +4,8 @@
 From Python (importing this module registers the name)::
 
     import ablate.evals.lm_eval_adapter, lm_eval
-    lm_eval.simple_evaluate(model="ablate", model_args="run_dir=runs/quickstart,step=2441", tasks=[...])
+    lm_eval.simple_evaluate(model="ablate", model_args="run_dir=runs/quickstart,step=2441",
+                            tasks=[...])
 
 From the command line, ``ablate eval RUN_DIR --tasks lm_eval:<task>[,...] [--lm-eval-include DIR]``
 scores lm-eval tasks into the same ``eval/step_<N>.json`` as the built-in ones. Offline, tasks
@@ -22,8 +23,14 @@ from ablate.evals.lm import LanguageModel
 
 @register_model("ablate")
 class AblateLM(TemplateLM):
-    def __init__(self, run_dir: str | None = None, step: int | str | None = None, batch_size: int | str = 16,
-                 lm: LanguageModel | None = None, **_ignored):
+    def __init__(
+        self,
+        run_dir: str | None = None,
+        step: int | str | None = None,
+        batch_size: int | str = 16,
+        lm: LanguageModel | None = None,
+        **_ignored,
+    ):
         super().__init__()
         if lm is None:
             from ablate.evals.loading import load_eval_model
@@ -41,13 +48,17 @@ class AblateLM(TemplateLM):
     def max_length(self) -> int:
         return self.lm.max_length
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **kwargs
+    ) -> list[int]:
         return self.tok.encode(string)
 
     def tok_decode(self, tokens, **kwargs) -> str:
         return self.tok.decode(tokens)
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests, disable_tqdm: bool = False, **kwargs
+    ) -> list[tuple[float, bool]]:
         scored = self.lm.score([(ctx, cont) for _, ctx, cont in requests])
         return [(-c.nll, c.greedy) for c in scored]
 
@@ -63,7 +74,9 @@ class AblateLM(TemplateLM):
             while start < len(ids):
                 end = min(start + S, len(ids))
                 context_start = max(0, end - S - 1)
-                context = ([self.tok.eod] + ids)[context_start:start + 1]  # tokens before ids[start]
+                context = ([self.tok.eod] + ids)[
+                    context_start : start + 1
+                ]  # tokens before ids[start]
                 pairs.append((context, ids[start:end]))
                 owner.append(i)
                 start = end

@@ -96,8 +96,12 @@ def usable_steps(run_dir: str, warn: bool = True) -> list[int]:
             skipped.append((step, problem))
     if warn and good:
         for step, problem in skipped:
-            print(_skipped_line(run_dir, step, problem, max((s for s in good if s < step),
-                                                             default=None)), file=sys.stderr)
+            print(
+                _skipped_line(
+                    run_dir, step, problem, max((s for s in good if s < step), default=None)
+                ),
+                file=sys.stderr,
+            )
     return good
 
 
@@ -122,30 +126,42 @@ def choose_step(run_dir: str, step: int | None) -> int:
         return 0
     if step is None:
         if not steps:
-            raise AblateError(f"{run_dir}: has no complete checkpoint yet (train it first, or pass "
-                              "--step 0 to score the initialisation)")
+            raise AblateError(
+                f"{run_dir}: has no complete checkpoint yet (train it first, or pass "
+                "--step 0 to score the initialisation)"
+            )
         good = usable_steps(run_dir, warn=False)
         latest = steps[-1]
         if not good:
             from ablate.train.checkpoint import checkpoint_dir
 
-            raise AblateError(f"{checkpoint_dir(run_dir, latest)}: damaged checkpoint "
-                              f"({checkpoint_problem(run_dir, latest)}) and no earlier complete one "
-                              "(train again, or pass --step 0 to score the initialisation)")
+            raise AblateError(
+                f"{checkpoint_dir(run_dir, latest)}: damaged checkpoint "
+                f"({checkpoint_problem(run_dir, latest)}) and no earlier complete one "
+                "(train again, or pass --step 0 to score the initialisation)"
+            )
         for s in steps:
             if s > good[-1]:
-                print(_skipped_line(run_dir, s, checkpoint_problem(run_dir, s) or "damaged",
-                                    good[-1]), file=sys.stderr)
+                print(
+                    _skipped_line(
+                        run_dir, s, checkpoint_problem(run_dir, s) or "damaged", good[-1]
+                    ),
+                    file=sys.stderr,
+                )
         return good[-1]
     if step not in steps:
-        raise AblateError(f"{run_dir}: no complete checkpoint at step {step} (available: "
-                          f"{', '.join(map(str, steps)) or 'none'})")
+        raise AblateError(
+            f"{run_dir}: no complete checkpoint at step {step} (available: "
+            f"{', '.join(map(str, steps)) or 'none'})"
+        )
     problem = checkpoint_problem(run_dir, step)
     if problem is not None:
         from ablate.train.checkpoint import checkpoint_dir
 
-        raise AblateError(f"{checkpoint_dir(run_dir, step)}: damaged checkpoint ({problem}); "
-                          "choose another --step")
+        raise AblateError(
+            f"{checkpoint_dir(run_dir, step)}: damaged checkpoint ({problem}); "
+            "choose another --step"
+        )
     return step
 
 
@@ -156,8 +172,10 @@ def read_run(run_dir: str) -> tuple[Recipe, dict]:
         raise AblateError(f"{run_dir}: no such run directory")
     for f in ("recipe.yaml", "plan.json"):
         if not os.path.isfile(os.path.join(run_dir, f)):
-            raise AblateError(f"{run_dir}: has no {f} (is it a run directory? 'ablate compile RECIPE' "
-                              "writes both)")
+            raise AblateError(
+                f"{run_dir}: has no {f} (is it a run directory? 'ablate compile RECIPE' "
+                "writes both)"
+            )
     recipe = load_recipe(os.path.join(run_dir, "recipe.yaml"))
     path = os.path.join(run_dir, "plan.json")
     plan = read_json(path, "plan")
@@ -168,15 +186,20 @@ def read_run(run_dir: str) -> tuple[Recipe, dict]:
 def _check_plan(plan, path: str) -> None:
     """What evaluation reads from ``plan.json``: its domains and its tokenizer's vocabulary size
     and fingerprint (``ablate compile`` writes them; anything else is a damaged file)."""
+
     def bad(field: str, allowed: str):
-        raise AblateError(f"{path}: {field}: damaged plan (allowed: {allowed}; compile the recipe "
-                          "again)")
+        raise AblateError(
+            f"{path}: {field}: damaged plan (allowed: {allowed}; compile the recipe again)"
+        )
 
     if not isinstance(plan, dict):
         bad("(top level)", "a JSON object")
     domains = plan.get("domains")
-    if not isinstance(domains, (dict, list)) or not domains or not all(
-            isinstance(d, str) for d in domains):
+    if (
+        not isinstance(domains, (dict, list))
+        or not domains
+        or not all(isinstance(d, str) for d in domains)
+    ):
         bad("domains", "a non-empty mapping of domain names")
     tok = plan.get("tokenizer")
     if not isinstance(tok, dict):
@@ -197,8 +220,10 @@ def resolve_manifests(recipe: Recipe, run_dir: str) -> list[str]:
         candidates = [p] if os.path.isabs(p) else [p, os.path.join(project_root, p)]
         found = next((c for c in candidates if os.path.exists(c)), None)
         if found is None:
-            raise AblateError(f"{run_dir}/recipe.yaml: data.manifests: {p} not found (looked in the current "
-                              f"directory and in {project_root})")
+            raise AblateError(
+                f"{run_dir}/recipe.yaml: data.manifests: {p} not found (looked in the current "
+                f"directory and in {project_root})"
+            )
         out.append(found)
     return out
 
@@ -217,33 +242,68 @@ def load_eval_model(run_dir: str, step: int | None = None, backend: str = "auto"
     from ablate.train.model import build_model
 
     device = train_backend.init(single).device  # a world of one: cpu_compat on CPU, gloo or NCCL
-    torch.manual_seed(recipe.seed)  # step 0: the training run's initialisation (expert-parallel rank 0)
+    torch.manual_seed(
+        recipe.seed
+    )  # step 0: the training run's initialisation (expert-parallel rank 0)
     model = build_model(single, plan["tokenizer"]["vocab_size"], device.type)
     if step:
         _load_weights(model, run_dir, step, recipe)
     model.eval()
-    return EvalModel(run_dir=run_dir, name=recipe.name, step=step, recipe=recipe, plan=plan, manifests=manifests,
-                     tokenizer=tokenizer, model=model, device=device, seq_length=recipe.training.seq_length)
+    return EvalModel(
+        run_dir=run_dir,
+        name=recipe.name,
+        step=step,
+        recipe=recipe,
+        plan=plan,
+        manifests=manifests,
+        tokenizer=tokenizer,
+        model=model,
+        device=device,
+        seq_length=recipe.training.seq_length,
+    )
 
 
-def open_data(run_dir: str, manifest_paths: list[str], plan: dict) -> tuple[list[Manifest], Tokenizer]:
-    """The run's manifests and tokenizer, refusing data tokenized differently from the checkpoint."""
+def open_data(
+    run_dir: str, manifest_paths: list[str], plan: dict
+) -> tuple[list[Manifest], Tokenizer]:
+    """The run's manifests and tokenizer, refusing data tokenized differently from the
+    checkpoint."""
     manifests = load_manifests(manifest_paths, where=f"{run_dir}/recipe.yaml: data.manifests")
     trained_with = plan["tokenizer"]["fingerprint"]
     data_tokenizer = manifests[0].tokenizer["fingerprint"]
     if data_tokenizer != trained_with:
-        raise AblateError(f"{run_dir}: the checkpoint was trained with tokenizer {trained_with}, but "
-                          f"{manifests[0].path} is now tokenized with {data_tokenizer}: evaluate with the data it was "
-                          "trained on")
-    return manifests, load_tokenizer(manifests[0].tokenizer, manifests[0].root, where=f"{manifests[0].path}: tokenizer")
+        raise AblateError(
+            f"{run_dir}: the checkpoint was trained with tokenizer {trained_with}, but "
+            f"{manifests[0].path} is now tokenized with {data_tokenizer}: evaluate with the data "
+            "it was "
+            "trained on"
+        )
+    return manifests, load_tokenizer(
+        manifests[0].tokenizer, manifests[0].root, where=f"{manifests[0].path}: tokenizer"
+    )
 
 
 def _single_process_recipe(recipe: Recipe, backend: str) -> Recipe:
     """The same model, every expert local, on ``backend``: one process holds it all."""
-    par = dataclasses.replace(recipe.parallelism, tp=1, pp=1, ep=1, cp=1, vp=1, distributed_optimizer=False,
-                              overlap_grad_reduce=False, overlap_param_gather=False)
-    model = dataclasses.replace(recipe.model, moe_token_dispatcher_type="auto", moe_grouped_gemm=False)
-    training = recipe.training if backend == "auto" else dataclasses.replace(recipe.training, backend=backend)
+    par = dataclasses.replace(
+        recipe.parallelism,
+        tp=1,
+        pp=1,
+        ep=1,
+        cp=1,
+        vp=1,
+        distributed_optimizer=False,
+        overlap_grad_reduce=False,
+        overlap_param_gather=False,
+    )
+    model = dataclasses.replace(
+        recipe.model, moe_token_dispatcher_type="auto", moe_grouped_gemm=False
+    )
+    training = (
+        recipe.training
+        if backend == "auto"
+        else dataclasses.replace(recipe.training, backend=backend)
+    )
     return dataclasses.replace(recipe, parallelism=par, training=training, model=model)
 
 
@@ -265,5 +325,7 @@ def _load_weights(model: torch.nn.Module, run_dir: str, step: int, recipe: Recip
             # the rank's own error (failures: rank -> (exception, stack)), not the wrapper's text
             exc = next(iter(exc.failures.values()))[0]
         detail = (str(exc).strip().splitlines() or [""])[0]
-        raise AblateError(f"{path}: damaged checkpoint, its weights do not load "
-                          f"({type(exc).__name__}: {show(detail, 120)})") from None
+        raise AblateError(
+            f"{path}: damaged checkpoint, its weights do not load "
+            f"({type(exc).__name__}: {show(detail, 120)})"
+        ) from None

@@ -47,7 +47,7 @@ def last_boxed(text: str | None) -> str | None:
                         break
                 j += 1
             if depth == 0:
-                found = text[i + 1:j]
+                found = text[i + 1 : j]
         elif i < len(text):  # ``\boxed 5``: one token
             tail = re.match(r"[^\s$]+", text[i:])
             if tail:
@@ -77,10 +77,49 @@ def extract_math_answer(text: str | None) -> str | None:
 
 
 _TEXT_UNIT = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{\s*([^{}]*)\}")
-_UNITS = ("degrees", "degree", "cm", "centimeters", "meters", "m", "km", "inches", "inch", "feet", "foot", "ft",
-          "units", "unit", "square units", "sq units", "cents", "dollars", "dollar", "mph", "hours", "hour",
-          "minutes", "minute", "seconds", "second", "days", "day", "pounds", "cups", "miles", "mile", "grams",
-          "students", "people", "ways", "points", "tiles", "coins", "batches", "marbles")
+_UNITS = (
+    "degrees",
+    "degree",
+    "cm",
+    "centimeters",
+    "meters",
+    "m",
+    "km",
+    "inches",
+    "inch",
+    "feet",
+    "foot",
+    "ft",
+    "units",
+    "unit",
+    "square units",
+    "sq units",
+    "cents",
+    "dollars",
+    "dollar",
+    "mph",
+    "hours",
+    "hour",
+    "minutes",
+    "minute",
+    "seconds",
+    "second",
+    "days",
+    "day",
+    "pounds",
+    "cups",
+    "miles",
+    "mile",
+    "grams",
+    "students",
+    "people",
+    "ways",
+    "points",
+    "tiles",
+    "coins",
+    "batches",
+    "marbles",
+)
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])")
 _FRAC_SHORT = re.compile(r"\\frac(\d)(\d)")
 _FRAC_SHORT2 = re.compile(r"\\frac\{([^{}]*)\}(\d)")
@@ -91,7 +130,13 @@ def normalize_math_answer(answer: str | None) -> str | None:
     if answer is None:
         return None
     s = str(answer).strip()
-    s = s.replace("\n", " ").replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\:", "")
+    s = (
+        s.replace("\n", " ")
+        .replace("\\!", "")
+        .replace("\\,", "")
+        .replace("\\;", "")
+        .replace("\\:", "")
+    )
     s = s.replace("\\displaystyle", "").replace("\\left", "").replace("\\right", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\circ", "").replace("°", "")

@@ -30,8 +30,15 @@ from dataclasses import dataclass, field
 
 from ablate.errors import AblateError
 from ablate.evals.tasks.base import EvalOptions, Task
-from ablate.io import (os_error_line, os_errors, remove_path, remove_stale_temporaries, tmp_name,
-                       write_json_atomic, write_text_atomic)
+from ablate.io import (
+    os_error_line,
+    os_errors,
+    remove_path,
+    remove_stale_temporaries,
+    tmp_name,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 FORMAT = "ablate.eval/1"
 
@@ -57,13 +64,19 @@ def read_scores(run_dir: str, step: int, warn: bool = True) -> dict:
     except OSError as exc:
         problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
     else:
-        if not isinstance(scores, dict) or not isinstance(scores.get("tasks"), dict) or not all(
-                isinstance(t, dict) for t in scores["tasks"].values()):
+        if (
+            not isinstance(scores, dict)
+            or not isinstance(scores.get("tasks"), dict)
+            or not all(isinstance(t, dict) for t in scores["tasks"].values())
+        ):
             problem = "not a scores file"
     if problem is not None:
         if warn:
-            print(f"warning: {path}: damaged scores file, {problem}: scoring step {step} again",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: {path}: damaged scores file, {problem}: scoring step {step} again",
+                file=sys.stderr,
+                flush=True,
+            )
         return {}
     return scores
 
@@ -77,10 +90,15 @@ def check_writable(run_dir: str) -> None:
         raise AblateError(f"{eval_dir}: is not a directory (the scores go there: move it away)")
     if os.path.isdir(eval_dir):
         for name in sorted(os.listdir(eval_dir)):
-            if name.startswith("step_") and name.endswith(".json") and os.path.isdir(
-                    os.path.join(eval_dir, name)):
-                raise AblateError(f"{os.path.join(eval_dir, name)}: is a directory, expected a "
-                                  "scores file (move it away)")
+            if (
+                name.startswith("step_")
+                and name.endswith(".json")
+                and os.path.isdir(os.path.join(eval_dir, name))
+            ):
+                raise AblateError(
+                    f"{os.path.join(eval_dir, name)}: is a directory, expected a "
+                    "scores file (move it away)"
+                )
     where = eval_dir if os.path.isdir(eval_dir) else run_dir
     probe = tmp_name(os.path.join(where, ".write-check"))
     try:
@@ -88,8 +106,10 @@ def check_writable(run_dir: str) -> None:
         os.remove(probe)
     except OSError as exc:
         remove_path(probe)
-        raise AblateError(os_error_line(eval_dir, OSError(exc.errno, exc.strerror))
-                          + ": the scores cannot be saved there") from None
+        raise AblateError(
+            os_error_line(eval_dir, OSError(exc.errno, exc.strerror))
+            + ": the scores cannot be saved there"
+        ) from None
 
 
 def _remove_stale(eval_dir: str) -> None:
@@ -130,9 +150,17 @@ class Context:
             print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: EvalOptions,
-             chosen: bool = False, quiet: bool = False, em=None, write: bool = True,
-             backend: str = "auto") -> list[str]:
+def evaluate(
+    run_dir: str,
+    tasks: list[Task],
+    steps: list[int | None],
+    options: EvalOptions,
+    chosen: bool = False,
+    quiet: bool = False,
+    em=None,
+    write: bool = True,
+    backend: str = "auto",
+) -> list[str]:
     """Score ``tasks`` at each of ``steps`` (None: latest checkpoint); returns the files written.
 
     ``em``: an already loaded model (training passes its own, at its current step); ``write``:
@@ -148,12 +176,21 @@ def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: 
     written = []
     for step in steps:
         model = em if em is not None else load_eval_model(run_dir, step, backend)
-        ctx = Context(em=model, lm=LanguageModel(model, options.batch_size), options=options, quiet=quiet,
-                      write=write)
+        ctx = Context(
+            em=model,
+            lm=LanguageModel(model, options.batch_size),
+            options=options,
+            quiet=quiet,
+            write=write,
+        )
         path = eval_path(run_dir, model.step)
-        scores = read_scores(run_dir, model.step) or {"format": FORMAT, "run": model.name, "step": model.step,
-                                                      "checkpoint": "init" if model.step == 0 else
-                                                      f"checkpoints/step_{model.step:08d}", "tasks": {}}
+        scores = read_scores(run_dir, model.step) or {
+            "format": FORMAT,
+            "run": model.name,
+            "step": model.step,
+            "checkpoint": "init" if model.step == 0 else f"checkpoints/step_{model.step:08d}",
+            "tasks": {},
+        }
         runnable = []
         for task in tasks:
             reason = task.unavailable(ctx)
@@ -166,24 +203,36 @@ def evaluate(run_dir: str, tasks: list[Task], steps: list[int | None], options: 
         for task in runnable:
             fingerprint = task.fingerprint(ctx)
             done = scores["tasks"].get(task.name)
-            if done and done.get("version") == task.version and done.get("fingerprint") == fingerprint:
+            if (
+                done
+                and done.get("version") == task.version
+                and done.get("fingerprint") == fingerprint
+            ):
                 missing = [p for p in task.outputs(run_dir, model.step) if not os.path.exists(p)]
                 if not missing or not done.get("samples") or not write:
                     ctx.progress(f"{task.name}: already scored at step {model.step}")
                     continue
-                ctx.progress(f"{task.name}: scored at step {model.step}, but {os.path.basename(missing[0])} "
-                             "is gone: scoring it again")
+                ctx.progress(
+                    f"{task.name}: scored at step {model.step}, but {os.path.basename(missing[0])} "
+                    "is gone: scoring it again"
+                )
             ctx.progress(f"{task.name}: scoring step {model.step} ...")
             start = time.time()
             result = task.run(ctx)
             scores["tasks"][task.name] = {
-                "version": task.version, "fingerprint": fingerprint, "samples": result.samples,
-                "samples_by_metric": result.samples_by_metric, "metrics": result.metrics,
-                "elapsed_s": round(time.time() - start, 3)}
+                "version": task.version,
+                "fingerprint": fingerprint,
+                "samples": result.samples,
+                "samples_by_metric": result.samples_by_metric,
+                "metrics": result.metrics,
+                "elapsed_s": round(time.time() - start, 3),
+            }
             if not write:
                 continue
             if result.details:
-                detail = os.path.join(run_dir, "eval", "details", f"step_{model.step}", f"{task.name}.jsonl")
+                detail = os.path.join(
+                    run_dir, "eval", "details", f"step_{model.step}", f"{task.name}.jsonl"
+                )
                 with os_errors(os.path.dirname(detail)):
                     os.makedirs(os.path.dirname(detail), exist_ok=True)
                 write_text_atomic(detail, "".join(json.dumps(d) + "\n" for d in result.details))

@@ -50,7 +50,9 @@ def resolve_ks(samples: int, pass_k: Sequence[int] | None) -> list[int]:
         if k < 1:
             raise AblateError(f"--pass-k: k must be at least 1, got {k}")
         if k > samples:
-            raise AblateError(f"--pass-k: k={k} is more than --samples {samples} (pass@k needs k <= samples)")
+            raise AblateError(
+                f"--pass-k: k={k} is more than --samples {samples} (pass@k needs k <= samples)"
+            )
     return ks
 
 
@@ -62,15 +64,19 @@ def check_sampling(samples: int, temperature: float, top_p: float) -> None:
     if not 0.0 < top_p <= 1.0:
         raise AblateError(f"--top-p: must be in (0, 1], got {top_p}")
     if samples > 1 and temperature == 0:
-        raise AblateError(f"--samples {samples}: greedy decoding gives the same completion every time; "
-                          "pass --temperature T > 0 to sample")
+        raise AblateError(
+            f"--samples {samples}: greedy decoding gives the same completion every time; "
+            "pass --temperature T > 0 to sample"
+        )
 
 
 def pass_metrics(correct: Sequence[Sequence[bool]], ks: Sequence[int]) -> dict[str, float]:
     """``pass@k`` for each ``k``, averaged over problems (each a list of per-sample results)."""
     out = {}
     for k in ks:
-        out[f"pass@{k}"] = float(np.mean([pass_at_k(len(c), sum(map(bool, c)), k) for c in correct]))
+        out[f"pass@{k}"] = float(
+            np.mean([pass_at_k(len(c), sum(map(bool, c)), k) for c in correct])
+        )
     return out
 
 
@@ -84,8 +90,11 @@ def sampling_identity(options) -> dict:
     return ident
 
 
-def generate_samples(ctx, prompts: Sequence[str], max_new_tokens: int, stops: Sequence[str]) -> list[list[str]]:
-    """``ctx.options.samples`` completions of every prompt: ``out[i][j]`` is sample ``j`` of prompt ``i``."""
+def generate_samples(
+    ctx, prompts: Sequence[str], max_new_tokens: int, stops: Sequence[str]
+) -> list[list[str]]:
+    """``ctx.options.samples`` completions of every prompt: ``out[i][j]`` is sample ``j`` of
+    prompt ``i``."""
     from ablate.evals.lm import Sampling
 
     o = ctx.options
@@ -94,4 +103,4 @@ def generate_samples(ctx, prompts: Sequence[str], max_new_tokens: int, stops: Se
     flat = [p for p in prompts for _ in range(n)]
     seeds = [i * n + j for i in range(len(prompts)) for j in range(n)]
     texts = ctx.lm.generate_text(flat, max_new_tokens, stops, sampling=sampling, row_seeds=seeds)
-    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -19,6 +19,7 @@ import sys
 def install_hook(ctl):
     """Install the audit hook; ``ctl`` is the fd refusals are reported on (one JSON line each)."""
     import posix
+
     # the hook only uses functions captured here: a program that replaces os.* or builtins
     # afterwards does not change what the hook sees
     _lstat, _readlink, _getcwd = posix.lstat, posix.readlink, posix.getcwd
@@ -26,39 +27,113 @@ def install_hook(ctl):
     _str, _bytes, _int, _isinstance, _type, _dumps = str, bytes, int, isinstance, type, json.dumps
     _PermissionError = PermissionError
     write_flags = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_APPEND | posix.O_TRUNC
-    deny = frozenset((
-        "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-        "subprocess.Popen", "pty.spawn", "os.startfile", "os.kill", "os.killpg",
-        "signal.pthread_kill",
-        "socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
-        "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo",
-        "socket.gethostname", "socket.sethostname", "urllib.Request", "webbrowser.open",
-        "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata",
-        "ctypes.cdata/buffer",
-        "ctypes.call_function", "ctypes.addressof", "ctypes.string_at", "ctypes.wstring_at",
-        "ctypes.create_string_buffer", "ctypes.create_unicode_buffer", "ctypes.get_errno",
-        "ctypes.set_errno", "ctypes.seh_exception", "gc.get_objects", "gc.get_referrers",
-        "gc.get_referents", "resource.prlimit", "os.add_dll_directory", "sys.remote_exec",
-    ))
+    deny = frozenset(
+        (
+            "os.system",
+            "os.exec",
+            "os.posix_spawn",
+            "os.spawn",
+            "os.fork",
+            "os.forkpty",
+            "subprocess.Popen",
+            "pty.spawn",
+            "os.startfile",
+            "os.kill",
+            "os.killpg",
+            "signal.pthread_kill",
+            "socket.__new__",
+            "socket.connect",
+            "socket.bind",
+            "socket.sendto",
+            "socket.sendmsg",
+            "socket.getaddrinfo",
+            "socket.gethostbyname",
+            "socket.gethostbyaddr",
+            "socket.getnameinfo",
+            "socket.gethostname",
+            "socket.sethostname",
+            "urllib.Request",
+            "webbrowser.open",
+            "ctypes.dlopen",
+            "ctypes.dlsym",
+            "ctypes.dlsym/handle",
+            "ctypes.cdata",
+            "ctypes.cdata/buffer",
+            "ctypes.call_function",
+            "ctypes.addressof",
+            "ctypes.string_at",
+            "ctypes.wstring_at",
+            "ctypes.create_string_buffer",
+            "ctypes.create_unicode_buffer",
+            "ctypes.get_errno",
+            "ctypes.set_errno",
+            "ctypes.seh_exception",
+            "gc.get_objects",
+            "gc.get_referrers",
+            "gc.get_referents",
+            "resource.prlimit",
+            "os.add_dll_directory",
+            "sys.remote_exec",
+        )
+    )
     # event -> (indices of path arguments, indices of dir_fd arguments)
     path_events = {
-        "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)), "os.chflags": ((0,), ()),
-        "os.lchflags": ((0,), ()), "os.link": ((0, 1), (2, 3)), "os.mkdir": ((0,), (2,)),
-        "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.rename": ((0, 1), (2, 3)),
-        "os.symlink": ((1,), (2,)), "os.truncate": ((0,), ()), "os.utime": ((0,), (3,)),
-        "os.setxattr": ((0,), ()), "os.removexattr": ((0,), ()), "shutil.rmtree": ((0,), (1,)),
-        "shutil.chown": ((0,), ()), "shutil.move": ((0, 1), ()), "shutil.copyfile": ((1,), ()),
-        "shutil.copytree": ((1,), ()), "shutil.make_archive": ((0,), ()),
-        "shutil.unpack_archive": ((1,), ()), "tempfile.mkstemp": ((), ()),
+        "os.chmod": ((0,), (2,)),
+        "os.chown": ((0,), (3,)),
+        "os.chflags": ((0,), ()),
+        "os.lchflags": ((0,), ()),
+        "os.link": ((0, 1), (2, 3)),
+        "os.mkdir": ((0,), (2,)),
+        "os.remove": ((0,), (1,)),
+        "os.rmdir": ((0,), (1,)),
+        "os.rename": ((0, 1), (2, 3)),
+        "os.symlink": ((1,), (2,)),
+        "os.truncate": ((0,), ()),
+        "os.utime": ((0,), (3,)),
+        "os.setxattr": ((0,), ()),
+        "os.removexattr": ((0,), ()),
+        "shutil.rmtree": ((0,), (1,)),
+        "shutil.chown": ((0,), ()),
+        "shutil.move": ((0, 1), ()),
+        "shutil.copyfile": ((1,), ()),
+        "shutil.copytree": ((1,), ()),
+        "shutil.make_archive": ((0,), ()),
+        "shutil.unpack_archive": ((1,), ()),
+        "tempfile.mkstemp": ((), ()),
     }
-    blocked_modules = frozenset((
-        "ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",
-        "_interpreters", "_interpchannels", "_interpqueues", "_testcapi", "_testinternalcapi",
-        "_testbuffer", "_testmultiphase", "_testsinglephase", "_testimportmultiple", "_testclinic",
-        "cffi", "_cffi_backend",
-    ))
-    always_ok = frozenset(("/dev/null", "/dev/zero", "/dev/stdin", "/dev/stdout", "/dev/stderr",
-                           "/dev/urandom", "/dev/random", "/dev/full"))
+    blocked_modules = frozenset(
+        (
+            "ctypes",
+            "_ctypes",
+            "_posixsubprocess",
+            "_xxsubinterpreters",
+            "_xxinterpchannels",
+            "_interpreters",
+            "_interpchannels",
+            "_interpqueues",
+            "_testcapi",
+            "_testinternalcapi",
+            "_testbuffer",
+            "_testmultiphase",
+            "_testsinglephase",
+            "_testimportmultiple",
+            "_testclinic",
+            "cffi",
+            "_cffi_backend",
+        )
+    )
+    always_ok = frozenset(
+        (
+            "/dev/null",
+            "/dev/zero",
+            "/dev/stdin",
+            "/dev/stdout",
+            "/dev/stderr",
+            "/dev/urandom",
+            "/dev/random",
+            "/dev/full",
+        )
+    )
 
     def as_text(p):
         if _isinstance(p, _str):
@@ -121,8 +196,9 @@ def install_hook(ctl):
     def secret(path):
         if path.startswith("/proc/"):
             return path.endswith("/environ") or path.endswith("/mem") or path == "/proc/kcore"
-        return (path.startswith("/dev/") and path not in always_ok
-                and not path.startswith("/dev/fd/"))
+        return (
+            path.startswith("/dev/") and path not in always_ok and not path.startswith("/dev/fd/")
+        )
 
     def refuse(event, detail):
         try:
@@ -140,7 +216,8 @@ def install_hook(ctl):
                 return
             writing = (flags or 0) & write_flags or (
                 _isinstance(mode, _str)
-                and ("w" in mode or "a" in mode or "x" in mode or "+" in mode))
+                and ("w" in mode or "a" in mode or "x" in mode or "+" in mode)
+            )
             if writing:
                 if not inside(path):
                     refuse("open", "write outside the working directory: %r" % (path,))
@@ -183,7 +260,8 @@ def install_hook(ctl):
                     refuse(event, "unsupported path object")
                 base = resolve(dst)
                 outside = base is None or not inside(
-                    src if src.startswith("/") else base.rsplit("/", 1)[0] + "/" + src)
+                    src if src.startswith("/") else base.rsplit("/", 1)[0] + "/" + src
+                )
                 if outside:
                     refuse(event, "link target outside the working directory: %r" % (src,))
 

@@ -67,9 +67,15 @@ def _unshare_prefix(userns: bool, mount: bool) -> list[str] | None:
             try:
                 mounts = mount_config(probe_dir, "size=1m,mode=0700")[1] if mount else None
                 cfg = {"probe": True, "mount": mounts}
-                r = subprocess.run(cmd + launcher_command(cfg), stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   timeout=20, env=base_env("/"), cwd="/")
+                r = subprocess.run(
+                    cmd + launcher_command(cfg),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=20,
+                    env=base_env("/"),
+                    cwd="/",
+                )
                 if r.returncode == 0:
                     prefix = cmd
             except (OSError, subprocess.SubprocessError):
@@ -100,8 +106,16 @@ def _scratch_dirs() -> tuple[str, ...]:
     import sysconfig
 
     paths = sysconfig.get_paths()
-    needed = [os.path.realpath(p) for p in (interpreter(), sys.base_prefix, paths.get("stdlib", ""),
-                                            paths.get("platstdlib", "")) if p]
+    needed = [
+        os.path.realpath(p)
+        for p in (
+            interpreter(),
+            sys.base_prefix,
+            paths.get("stdlib", ""),
+            paths.get("platstdlib", ""),
+        )
+        if p
+    ]
     hidden = []
     for d in _SCRATCH:
         inside = any(p == d or p.startswith(d + "/") for p in needed)
@@ -118,8 +132,13 @@ def mount_config(control_work: str, work_options: str) -> tuple[str, dict]:
 
 
 def base_env(home: str) -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-            "HOME": home, "TMPDIR": home}
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": home,
+        "TMPDIR": home,
+    }
 
 
 @dataclass(frozen=True)
@@ -136,8 +155,9 @@ class Plan:
 def plan_isolation(namespaces: bool | None, drop_privileges: bool | None, audit: bool) -> Plan:
     root = os.geteuid() == 0
     if drop_privileges and not root:
-        raise AblateError("sandbox: drop_privileges=True needs root (a user's programs already run "
-                          "as that user)")
+        raise AblateError(
+            "sandbox: drop_privileges=True needs root (a user's programs already run as that user)"
+        )
     drop = _nobody() if root and drop_privileges is not False else None
     prefix, mount, userns = None, False, False
     if namespaces is not False:
@@ -151,13 +171,16 @@ def plan_isolation(namespaces: bool | None, drop_privileges: bool | None, audit:
                 mount = want_mount
                 break
         if prefix is None and namespaces:
-            raise AblateError("sandbox: namespaces=True but this machine does not permit them "
-                              "(unshare missing or refused; unprivileged user namespaces "
-                              "disabled?)")
+            raise AblateError(
+                "sandbox: namespaces=True but this machine does not permit them "
+                "(unshare missing or refused; unprivileged user namespaces "
+                "disabled?)"
+            )
     isolation = ["process-group", "rlimits", "clean-env"]
     if prefix is not None:
-        isolation += ((["userns"] if userns else []) + ["netns", "pidns"]
-                      + (["mountns-ro"] if mount else []))
+        isolation += (
+            (["userns"] if userns else []) + ["netns", "pidns"] + (["mountns-ro"] if mount else [])
+        )
     if drop is not None:
         isolation.append(f"uid:{drop[0]}")
     if audit:
@@ -173,8 +196,9 @@ def plan_isolation(namespaces: bool | None, drop_privileges: bool | None, audit:
     return Plan(prefix or [], mount, drop, nproc, tuple(isolation))
 
 
-def sandbox_isolation(*, namespaces: bool | None = None, drop_privileges: bool | None = None,
-                      audit: bool = True) -> tuple[str, ...]:
+def sandbox_isolation(
+    *, namespaces: bool | None = None, drop_privileges: bool | None = None, audit: bool = True
+) -> tuple[str, ...]:
     """The layers a run with these options gets on this machine (see the module docstring)."""
     return plan_isolation(namespaces, drop_privileges, audit).isolation
 

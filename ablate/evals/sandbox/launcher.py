@@ -102,9 +102,15 @@ def _mounts(m):
     # in the new mount namespace (as its root): the whole tree read-only, then fresh tmpfs mounts
     # on the world-writable places and on the working directory
     import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                           ctypes.c_char_p]
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_char_p,
+    ]
 
     def mount(source, target, fstype, flags, data, check=True):
         if libc.mount(source, target.encode(), fstype, flags, data) != 0 and check:
@@ -112,20 +118,39 @@ def _mounts(m):
             raise OSError(err, "mount %s: %s" % (target, os.strerror(err)))
 
     class MountAttr(ctypes.Structure):
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+        _fields_ = [
+            ("attr_set", ctypes.c_uint64),
+            ("attr_clr", ctypes.c_uint64),
+            ("propagation", ctypes.c_uint64),
+            ("userns_fd", ctypes.c_uint64),
+        ]
 
     done = False
     if os.uname().machine != "alpha":  # mount_setattr(2) is 442 in the unified syscall table
         attr = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY
         libc.syscall.restype = ctypes.c_long
-        done = libc.syscall(ctypes.c_long(442), ctypes.c_int(-100), ctypes.c_char_p(b"/"),
-                            ctypes.c_uint(0x8000), ctypes.byref(attr),
-                            ctypes.c_size_t(ctypes.sizeof(attr))) == 0
+        done = (
+            libc.syscall(
+                ctypes.c_long(442),
+                ctypes.c_int(-100),
+                ctypes.c_char_p(b"/"),
+                ctypes.c_uint(0x8000),
+                ctypes.byref(attr),
+                ctypes.c_size_t(ctypes.sizeof(attr)),
+            )
+            == 0
+        )
     if not done:
         # older kernels: remount each mount point read-only, keeping its (possibly locked) flags
-        keep = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048,
-                "relatime": 1 << 21, "strictatime": 1 << 24}
+        keep = {
+            "nosuid": 2,
+            "nodev": 4,
+            "noexec": 8,
+            "noatime": 1024,
+            "nodiratime": 2048,
+            "relatime": 1 << 21,
+            "strictatime": 1 << 24,
+        }
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
@@ -141,8 +166,9 @@ def _mounts(m):
             os.mkdir(m["work"], 0o700)
     mount(b"ablate-sandbox", m["work"], b"tmpfs", 2 | 4, m["opts"].encode())
     # the program must not find ctypes already imported (the audit hook refuses a new import)
-    for name in [n for n in sys.modules
-                 if n == "_ctypes" or n == "ctypes" or n.startswith("ctypes.")]:
+    for name in [
+        n for n in sys.modules if n == "_ctypes" or n == "ctypes" or n.startswith("ctypes.")
+    ]:
         del sys.modules[name]
 
 
@@ -150,6 +176,7 @@ def _supervise(pid, cfg, status_fd, life):
     import select
     import signal
     import time
+
     deadline = time.monotonic() + cfg["timeout"] + 0.5
     try:
         pfd = os.pidfd_open(pid)
@@ -175,8 +202,12 @@ def _supervise(pid, cfg, status_fd, life):
                 pass
             wpid, status, ru = os.wait4(pid, 0)
             break
-    rep = {"rc": os.waitstatus_to_exitcode(status), "cpu": ru.ru_utime + ru.ru_stime,
-           "maxrss_kb": ru.ru_maxrss, "supervisor_kill": why}
+    rep = {
+        "rc": os.waitstatus_to_exitcode(status),
+        "cpu": ru.ru_utime + ru.ru_stime,
+        "maxrss_kb": ru.ru_maxrss,
+        "supervisor_kill": why,
+    }
     os.write(status_fd, (json.dumps(rep) + "\n").encode())
 
 
@@ -229,7 +260,7 @@ def _program(cfg, source, ctl, stdlib_fds, install_hook):
                 for i, entry in enumerate(search):
                     for old, new in moved:
                         if (entry + "/").startswith(old):
-                            search[i] = (new + entry[len(old):]).rstrip("/")
+                            search[i] = (new + entry[len(old) :]).rstrip("/")
                             break
         os.setgroups([])
         os.setgid(gid)
@@ -308,7 +339,6 @@ def _send(fd, line):
     while data:
         n = os.write(fd, data)
         data = data[n:]
-
 
 
 if __name__ == "__main__":

@@ -73,8 +73,20 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def classify(plan: Plan, func, out: bytes, err: bytes, ctl: bytes, status: bytes, launcher_rc,
-             reason, wall, limits, timeout_s, max_output) -> SandboxResult:
+def classify(
+    plan: Plan,
+    func,
+    out: bytes,
+    err: bytes,
+    ctl: bytes,
+    status: bytes,
+    launcher_rc,
+    reason,
+    wall,
+    limits,
+    timeout_s,
+    max_output,
+) -> SandboxResult:
     """The ``SandboxResult`` of a run from what its pipes held: the program's reports (``ctl``),
     the supervisor's exit report (``status``), the launcher's exit status and the evaluator's own
     reason to have ended it (``timeout``, ``output``, ``procs``, ``truncated`` or None)."""
@@ -111,8 +123,9 @@ def classify(plan: Plan, func, out: bytes, err: bytes, ctl: bytes, status: bytes
             kind, detail = "ok", ""
     elif rc == EXIT_MEMORY or (rc == -signal.SIGABRT and "MemoryError" in stderr):
         kind, detail = "memory", f"memory limit of {limits['as'] >> 20} MiB exceeded"
-    elif rc == -signal.SIGXCPU or (rc == -signal.SIGKILL and cpu is not None
-                                   and cpu >= limits["cpu"] - 0.05):
+    elif rc == -signal.SIGXCPU or (
+        rc == -signal.SIGKILL and cpu is not None and cpu >= limits["cpu"] - 0.05
+    ):
         kind, detail = "cpu", f"CPU-time limit of {limits['cpu']} s exceeded"
     elif rc == -signal.SIGKILL:
         kind, detail = "killed", "killed by SIGKILL from outside the sandbox"
@@ -124,6 +137,16 @@ def classify(plan: Plan, func, out: bytes, err: bytes, ctl: bytes, status: bytes
         kind, detail = "blocked", "blocked: " + ", ".join(dict.fromkeys(blocked))
     else:
         kind, detail = "error", f"exit status {rc}"
-    return SandboxResult(ok=kind == "ok", status=kind, stdout=stdout, stderr=stderr, returncode=rc,
-                         wall_s=wall, value=value if have_value else None, detail=detail,
-                         cpu_s=cpu, blocked=tuple(blocked), isolation=plan.isolation)
+    return SandboxResult(
+        ok=kind == "ok",
+        status=kind,
+        stdout=stdout,
+        stderr=stderr,
+        returncode=rc,
+        wall_s=wall,
+        value=value if have_value else None,
+        detail=detail,
+        cpu_s=cpu,
+        blocked=tuple(blocked),
+        isolation=plan.isolation,
+    )

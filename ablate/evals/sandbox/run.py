@@ -20,18 +20,35 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ablate.errors import AblateError
-from ablate.evals.sandbox.isolation import (NS_WORK, Plan, base_env, launcher_command,
-                                            mount_config, plan_isolation)
+from ablate.evals.sandbox.isolation import (
+    NS_WORK,
+    Plan,
+    base_env,
+    launcher_command,
+    mount_config,
+    plan_isolation,
+)
 from ablate.evals.sandbox.reaping import killpg, rmtree, session_members, sweep_until_gone
 from ablate.evals.sandbox.result import SandboxResult, classify
 
 
-def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: float | None = None,
-                memory_mb: int = 512, max_output: int = 64_000, stdin: str | bytes | None = None,
-                max_procs: int = 16,
-                disk_mb: int = 64, max_open_files: int = 64, audit: bool = True,
-                namespaces: bool | None = None, drop_privileges: bool | None = None,
-                tmp_root: str | None = None, overflow: str = "kill") -> SandboxResult:
+def run_program(
+    source: str,
+    *,
+    timeout_s: float = 5.0,
+    cpu_s: float | None = None,
+    memory_mb: int = 512,
+    max_output: int = 64_000,
+    stdin: str | bytes | None = None,
+    max_procs: int = 16,
+    disk_mb: int = 64,
+    max_open_files: int = 64,
+    audit: bool = True,
+    namespaces: bool | None = None,
+    drop_privileges: bool | None = None,
+    tmp_root: str | None = None,
+    overflow: str = "kill",
+) -> SandboxResult:
     """Run ``source`` as a script in the sandbox; return its exit status and (bounded) output.
 
     ``timeout_s`` is wall clock; ``cpu_s`` defaults to it (rounded up); ``memory_mb`` bounds the
@@ -44,10 +61,23 @@ def run_program(source: str, *, timeout_s: float = 5.0, cpu_s: float | None = No
     turns the audit hook off (for testing the other layers). ``tmp_root``: where the throw-away
     directory is made (default: the system temporary directory).
     """
-    return _run(source, None, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb,
-                max_output=max_output, stdin=stdin, max_procs=max_procs, disk_mb=disk_mb,
-                max_open_files=max_open_files, audit=audit, namespaces=namespaces,
-                drop_privileges=drop_privileges, tmp_root=tmp_root, overflow=overflow)
+    return _run(
+        source,
+        None,
+        timeout_s=timeout_s,
+        cpu_s=cpu_s,
+        memory_mb=memory_mb,
+        max_output=max_output,
+        stdin=stdin,
+        max_procs=max_procs,
+        disk_mb=disk_mb,
+        max_open_files=max_open_files,
+        audit=audit,
+        namespaces=namespaces,
+        drop_privileges=drop_privileges,
+        tmp_root=tmp_root,
+        overflow=overflow,
+    )
 
 
 def run_function(source: str, func: str = "solution", **limits) -> SandboxResult:
@@ -60,8 +90,9 @@ def run_function(source: str, func: str = "solution", **limits) -> SandboxResult
     return _run(source, func, **limits)
 
 
-def run_many(sources: list[str], *, workers: int | None = None, func: str | None = None,
-             **limits) -> list[SandboxResult]:
+def run_many(
+    sources: list[str], *, workers: int | None = None, func: str | None = None, **limits
+) -> list[SandboxResult]:
     """Run many programs, at most ``workers`` at a time (default: CPU count); results in order.
 
     With ``func`` each is run by ``run_function``, otherwise by ``run_program``.
@@ -71,32 +102,62 @@ def run_many(sources: list[str], *, workers: int | None = None, func: str | None
         return []
     workers = max(1, min(len(sources), workers or os.cpu_count() or 1))
     if func is None:
+
         def one(src):
             return run_program(src, **limits)
     else:
+
         def one(src):
             return run_function(src, func, **limits)
+
     if workers == 1:
         return [one(s) for s in sources]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
         return list(pool.map(one, sources))
 
 
-def _run(source: str, func: str | None, *, timeout_s: float = 5.0, cpu_s: float | None = None,
-         memory_mb: int = 512, max_output: int = 64_000, stdin: str | bytes | None = None,
-         max_procs: int = 16, disk_mb: int = 64, max_open_files: int = 64, audit: bool = True,
-         namespaces: bool | None = None, drop_privileges: bool | None = None,
-         tmp_root: str | None = None, overflow: str = "kill") -> SandboxResult:
+def _run(
+    source: str,
+    func: str | None,
+    *,
+    timeout_s: float = 5.0,
+    cpu_s: float | None = None,
+    memory_mb: int = 512,
+    max_output: int = 64_000,
+    stdin: str | bytes | None = None,
+    max_procs: int = 16,
+    disk_mb: int = 64,
+    max_open_files: int = 64,
+    audit: bool = True,
+    namespaces: bool | None = None,
+    drop_privileges: bool | None = None,
+    tmp_root: str | None = None,
+    overflow: str = "kill",
+) -> SandboxResult:
     if overflow not in ("kill", "discard"):
         raise AblateError(f"sandbox: overflow must be 'kill' or 'discard', got {overflow!r}")
-    if not (timeout_s > 0 and memory_mb > 0 and max_output > 0 and max_procs >= 1 and disk_mb > 0
-            and max_open_files >= 8 and (cpu_s is None or cpu_s > 0)):
-        raise AblateError("sandbox: timeout_s, cpu_s, memory_mb, max_output, max_procs and disk_mb "
-                          "must be positive and max_open_files at least 8")
+    if not (
+        timeout_s > 0
+        and memory_mb > 0
+        and max_output > 0
+        and max_procs >= 1
+        and disk_mb > 0
+        and max_open_files >= 8
+        and (cpu_s is None or cpu_s > 0)
+    ):
+        raise AblateError(
+            "sandbox: timeout_s, cpu_s, memory_mb, max_output, max_procs and disk_mb "
+            "must be positive and max_open_files at least 8"
+        )
     plan = plan_isolation(namespaces, drop_privileges, audit)
     cpu = int(-(-(cpu_s if cpu_s is not None else timeout_s) // 1))
-    limits = {"cpu": max(1, cpu), "fsize": disk_mb << 20, "nofile": max_open_files,
-              "procs": max_procs, "as": memory_mb << 20}
+    limits = {
+        "cpu": max(1, cpu),
+        "fsize": disk_mb << 20,
+        "nofile": max_open_files,
+        "procs": max_procs,
+        "as": memory_mb << 20,
+    }
     token = secrets.token_hex(8)
     start = time.monotonic()
     control = tempfile.mkdtemp(prefix="ablate-sandbox-", dir=tmp_root)
@@ -119,8 +180,12 @@ def _run(source: str, func: str | None, *, timeout_s: float = 5.0, cpu_s: float 
                 # directory's absolute path (HOME, TMPDIR) works when the parents allow it
                 os.chmod(control, 0o711)
         src_path = os.path.join(control, "program.py")
-        with open(os.open(src_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
-                  encoding="utf-8", errors="surrogateescape") as f:
+        with open(
+            os.open(src_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+            "w",
+            encoding="utf-8",
+            errors="surrogateescape",
+        ) as f:
             f.write(source)
         src_fd = os.open(src_path, os.O_RDONLY)
         fds.append(src_fd)
@@ -134,30 +199,76 @@ def _run(source: str, func: str | None, *, timeout_s: float = 5.0, cpu_s: float 
         for _ in range(3):
             fds.extend(os.pipe())
         ctl_r, ctl_w, st_r, st_w, life_r, life_w = fds[1:]
-        cfg = {"work": work, "src": src_fd, "ctl": ctl_w, "status": st_w, "life": life_r,
-               "func": func,
-               "audit": audit, "drop": list(plan.drop) if plan.drop else None, "nproc": plan.nproc,
-               "limits": limits, "timeout": timeout_s, "mount": mount}
+        cfg = {
+            "work": work,
+            "src": src_fd,
+            "ctl": ctl_w,
+            "status": st_w,
+            "life": life_r,
+            "func": func,
+            "audit": audit,
+            "drop": list(plan.drop) if plan.drop else None,
+            "nproc": plan.nproc,
+            "limits": limits,
+            "timeout": timeout_s,
+            "mount": mount,
+        }
         cmd = list(plan.prefix) + launcher_command(cfg)
         try:
             with open(stdin_path, "rb") as stdin_file:
-                proc = subprocess.Popen(cmd, stdin=stdin_file, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE,
-                                        pass_fds=(src_fd, ctl_w, st_w, life_r), close_fds=True,
-                                        start_new_session=True, env=env, cwd=control)
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=stdin_file,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(src_fd, ctl_w, st_w, life_r),
+                    close_fds=True,
+                    start_new_session=True,
+                    env=env,
+                    cwd=control,
+                )
         except OSError as e:
-            return SandboxResult(False, "crash", "", "", None, time.monotonic() - start,
-                                 detail=f"could not start the sandbox: {e}",
-                                 isolation=plan.isolation, run_id=token)
+            return SandboxResult(
+                False,
+                "crash",
+                "",
+                "",
+                None,
+                time.monotonic() - start,
+                detail=f"could not start the sandbox: {e}",
+                isolation=plan.isolation,
+                run_id=token,
+            )
         for fd in (src_fd, ctl_w, st_w, life_r):
             os.close(fd)
             fds.remove(fd)
-        out, err, ctl, status, reason = _watch(proc, plan, ctl_r, st_r, life_w, fds,
-                                               start + timeout_s, limits["procs"], max_output,
-                                               overflow == "discard")
+        out, err, ctl, status, reason = _watch(
+            proc,
+            plan,
+            ctl_r,
+            st_r,
+            life_w,
+            fds,
+            start + timeout_s,
+            limits["procs"],
+            max_output,
+            overflow == "discard",
+        )
         wall = time.monotonic() - start
-        result = classify(plan, func, out, err, ctl, status, proc.returncode, reason, wall,
-                          limits, timeout_s, max_output)
+        result = classify(
+            plan,
+            func,
+            out,
+            err,
+            ctl,
+            status,
+            proc.returncode,
+            reason,
+            wall,
+            limits,
+            timeout_s,
+            max_output,
+        )
         result.run_id = token
         result.truncated = reason == "truncated"
         return result
@@ -180,8 +291,18 @@ def _run(source: str, func: str | None, *, timeout_s: float = 5.0, cpu_s: float 
         rmtree(control)
 
 
-def _watch(proc, plan: Plan, ctl_r: int, st_r: int, life_w: int, fds: list[int], deadline: float,
-           max_procs: int, max_output: int, discard: bool = False):
+def _watch(
+    proc,
+    plan: Plan,
+    ctl_r: int,
+    st_r: int,
+    life_w: int,
+    fds: list[int],
+    deadline: float,
+    max_procs: int,
+    max_output: int,
+    discard: bool = False,
+):
     """Read the run's pipes until it ends or breaks a limit; kill its group; reap it."""
     pgid = proc.pid
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
@@ -237,7 +358,7 @@ def _watch(proc, plan: Plan, ctl_r: int, st_r: int, life_w: int, fds: list[int],
                     continue
                 buf = bufs[fd]
                 room = caps[fd] - len(buf)
-                buf += data[:max(0, room)]
+                buf += data[: max(0, room)]
                 if len(data) > room and fd in (out_fd, err_fd):
                     if discard:
                         # keep draining the pipe; what is beyond the cap is dropped
@@ -275,4 +396,4 @@ def _drain(fd: int, buf: bytearray, cap: int) -> None:
             return
         if not data:
             return
-        buf += data[:max(0, cap - len(buf))]
+        buf += data[: max(0, cap - len(buf))]

@@ -15,16 +15,36 @@ def registry() -> dict[str, Task]:
     from ablate.evals.tasks.probes import Probes
     from ablate.evals.tasks.routing import RoutingTask
 
-    tasks = [BitsPerByte(), Probes(), RoutingTask(), GSM8KGold(), HumanEvalGold(), MBPPGold(), MATHGold(),
-             GSM8KChainOfThought(), GSM8KProgramOfThought(), HumanEval(), MBPP(), MATHChainOfThought(),
-             MATHProgramOfThought()]
+    tasks = [
+        BitsPerByte(),
+        Probes(),
+        RoutingTask(),
+        GSM8KGold(),
+        HumanEvalGold(),
+        MBPPGold(),
+        MATHGold(),
+        GSM8KChainOfThought(),
+        GSM8KProgramOfThought(),
+        HumanEval(),
+        MBPP(),
+        MATHChainOfThought(),
+        MATHProgramOfThought(),
+    ]
     return {t.name: t for t in tasks}
 
 
 # scored by default: the likelihood tasks, the probes and the routing capture. The generative
 # benchmarks (GSM8K and MATH with generation, HumanEval and MBPP pass@k) cost minutes even for a
 # toy model.
-DEFAULT_TASKS = ("bpb", "probes", "routing", "gsm8k_gold", "humaneval_gold", "mbpp_gold", "math_gold")
+DEFAULT_TASKS = (
+    "bpb",
+    "probes",
+    "routing",
+    "gsm8k_gold",
+    "humaneval_gold",
+    "mbpp_gold",
+    "math_gold",
+)
 
 
 def select(names: str | None) -> tuple[list[Task], bool]:
@@ -40,9 +60,12 @@ def select(names: str | None) -> tuple[list[Task], bool]:
         if name.startswith("lm_eval:") and len(name) > len("lm_eval:"):
             from ablate.evals.tasks.lm_eval_task import LmEvalTask
 
-            chosen.append(LmEvalTask(name[len("lm_eval:"):]))
+            chosen.append(LmEvalTask(name[len("lm_eval:") :]))
             continue
         if name not in tasks:
-            raise AblateError(f"--tasks: unknown task {name!r} (known: {', '.join(tasks)}, lm_eval:<task>, or 'all')")
+            raise AblateError(
+                f"--tasks: unknown task {name!r} (known: {', '.join(tasks)}, lm_eval:<task>, or "
+                "'all')"
+            )
         chosen.append(tasks[name])
     return chosen, True

@@ -18,8 +18,9 @@ from typing import Any
 from ablate.errors import AblateError
 
 
-def option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
-           **bounds: float) -> Any:
+def option(
+    default: Any, help: str, *, flag: str | None = None, metavar: str | None = None, **bounds: float
+) -> Any:
     """A field of ``EvalOptions``: its default, its ``ablate eval`` flag (default
     ``--<name-with-dashes>``) and help, and its range (``ge``/``gt``/``le``/``lt``; a value
     of None is never checked). The bounds use the names of ``ablate.validate.checked``, so a
@@ -41,42 +42,60 @@ class EvalOptions:
     (``ablate.evals.cli`` generates the flags from these fields; a recipe's
     ``cadence.eval_options`` takes the same names)."""
 
-    limit: int | None = option(None, "score only the first N samples of each task (default: all)",
-                               ge=1, metavar="N")
+    limit: int | None = option(
+        None, "score only the first N samples of each task (default: all)", ge=1, metavar="N"
+    )
     batch_size: int = option(16, "sequences per forward pass", ge=1)
     bpb_tokens: int = option(65_536, "held-out tokens per domain for bpb (whole documents)", ge=1)
-    routing_tokens: int = option(4_096, "held-out tokens per domain for the routing capture",
-                                 ge=1)
+    routing_tokens: int = option(4_096, "held-out tokens per domain for the routing capture", ge=1)
     gsm8k_path: str | None = option(
-        None, "GSM8K test.jsonl (default: ../shared/benchmarks/gsm8k/test.jsonl)", flag="--gsm8k",
-        metavar="FILE")
+        None,
+        "GSM8K test.jsonl (default: ../shared/benchmarks/gsm8k/test.jsonl)",
+        flag="--gsm8k",
+        metavar="FILE",
+    )
     gsm8k_train_path: str | None = option(
-        None, "where GSM8K's few-shot examples come from (default: train.jsonl beside --gsm8k)",
-        flag="--gsm8k-train", metavar="FILE")
+        None,
+        "where GSM8K's few-shot examples come from (default: train.jsonl beside --gsm8k)",
+        flag="--gsm8k-train",
+        metavar="FILE",
+    )
     num_shots: int = option(4, "few-shot examples for GSM8K (0: zero-shot)", flag="--shots", ge=0)
     max_new_tokens: int = option(256, "generation length limit", ge=1)
     sandbox_timeout_s: float = option(5.0, "wall-clock seconds per sandboxed program", gt=0)
     sandbox_workers: int = option(2, "sandboxed programs run at once", ge=1)
     lm_eval_include: str | None = option(
-        None, "a directory of local lm-eval task YAMLs (for lm_eval:<task>)", metavar="DIR")
+        None, "a directory of local lm-eval task YAMLs (for lm_eval:<task>)", metavar="DIR"
+    )
     allow_unsandboxed_code: bool = option(
-        False, "let lm-eval code tasks (lm_eval:humaneval, lm_eval:mbpp ...) execute generated "
-        "code UNSANDBOXED, in lm-eval's own process with your permissions; off by default")
+        False,
+        "let lm-eval code tasks (lm_eval:humaneval, lm_eval:mbpp ...) execute generated "
+        "code UNSANDBOXED, in lm-eval's own process with your permissions; off by default",
+    )
     mbpp_path: str | None = option(
-        None, "MBPP mbpp.jsonl (default: ../shared/benchmarks/mbpp/mbpp.jsonl)", flag="--mbpp",
-        metavar="FILE")
+        None,
+        "MBPP mbpp.jsonl (default: ../shared/benchmarks/mbpp/mbpp.jsonl)",
+        flag="--mbpp",
+        metavar="FILE",
+    )
     math_path: str | None = option(
-        None, "a MATH-format JSONL: problem, solution[, answer, level, subject] "
-        "(default: ../shared/benchmarks/math500/test.jsonl)", flag="--math", metavar="FILE")
+        None,
+        "a MATH-format JSONL: problem, solution[, answer, level, subject] "
+        "(default: ../shared/benchmarks/math500/test.jsonl)",
+        flag="--math",
+        metavar="FILE",
+    )
     samples: int = option(1, "completions per problem for generative tasks (pass@k)", ge=1)
     temperature: float = option(0.0, "sampling temperature (0: greedy)", ge=0)
-    top_p: float = option(1.0, "nucleus sampling: keep the top tokens holding this mass", gt=0,
-                          le=1)
-    seed: int = option(0, "sampling seed (scores are deterministic for a seed)", ge=0,
-                       le=SEED_MAX)
+    top_p: float = option(
+        1.0, "nucleus sampling: keep the top tokens holding this mass", gt=0, le=1
+    )
+    seed: int = option(0, "sampling seed (scores are deterministic for a seed)", ge=0, le=SEED_MAX)
     pass_k: tuple[int, ...] | None = option(
-        None, "comma-separated k for pass@k, each <= --samples (default: 1, 10, 100... and "
-        "--samples)", metavar="K,K,...")
+        None,
+        "comma-separated k for pass@k, each <= --samples (default: 1, 10, 100... and --samples)",
+        metavar="K,K,...",
+    )
 
 
 @dataclass
@@ -84,7 +103,9 @@ class TaskResult:
     metrics: dict[str, float]
     samples: int
     samples_by_metric: dict[str, int] = field(default_factory=dict)
-    details: list[dict] = field(default_factory=list)  # per-sample records (written beside the scores)
+    details: list[dict] = field(
+        default_factory=list
+    )  # per-sample records (written beside the scores)
 
 
 class Task(ABC):
@@ -110,14 +131,17 @@ class Task(ABC):
 
     def fingerprint(self, ctx) -> str:
         ident = {"task": self.name, "version": self.version, **self.data_identity(ctx)}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
 
     @abstractmethod
-    def run(self, ctx) -> TaskResult:
-        ...
+    def run(self, ctx) -> TaskResult: ...
 
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+_REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)
 
 
 def benchmark_path(named: str | None, env: str, relative: str) -> tuple[str | None, bool]:
@@ -142,7 +166,8 @@ def file_digest(path: str) -> str:
 
 
 def jsonl_objects(path: str):
-    """``(n, where, row)`` for every non-blank line ``n`` of a JSONL file, ``where`` naming file and line;
+    """``(n, where, row)`` for every non-blank line ``n`` of a JSONL file, ``where`` naming file
+    and line;
     one clear line for a missing file, invalid JSON or a line that is not an object."""
     if not os.path.isfile(path):
         raise AblateError(f"{path}: data file not found")
@@ -167,7 +192,9 @@ def read_jsonl(path: str, required: tuple[str, ...], limit: int | None = None) -
     for _, where, row in jsonl_objects(path):
         for key in required:
             if not isinstance(row.get(key), str):
-                raise AblateError(f"{where}: field {key!r} must be a string (got {type(row.get(key)).__name__})")
+                raise AblateError(
+                    f"{where}: field {key!r} must be a string (got {type(row.get(key)).__name__})"
+                )
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break

@@ -33,7 +33,11 @@ class BitsPerByte(Task):
     version = 1
 
     def data_identity(self, ctx) -> dict:
-        return {"datasets": eval_fingerprints(ctx), "max_tokens": ctx.options.bpb_tokens, "seq_length": ctx.em.seq_length}
+        return {
+            "datasets": eval_fingerprints(ctx),
+            "max_tokens": ctx.options.bpb_tokens,
+            "seq_length": ctx.em.seq_length,
+        }
 
     def run(self, ctx) -> TaskResult:
         metrics, per_metric, total_nll, total_bytes, total_tokens = {}, {}, 0.0, 0, 0
@@ -43,7 +47,11 @@ class BitsPerByte(Task):
                 continue
             metrics[f"bpb/{domain}"] = nll / nbytes / math.log(2)
             per_metric[f"bpb/{domain}"] = tokens
-            total_nll, total_bytes, total_tokens = total_nll + nll, total_bytes + nbytes, total_tokens + tokens
+            total_nll, total_bytes, total_tokens = (
+                total_nll + nll,
+                total_bytes + nbytes,
+                total_tokens + tokens,
+            )
             ctx.progress(f"bpb {domain}: {metrics[f'bpb/{domain}']:.4f}")
         metrics["bpb"] = total_nll / total_bytes / math.log(2)
         per_metric["bpb"] = total_tokens
@@ -56,7 +64,9 @@ def score_domain(ctx, domain: str) -> tuple[float, int, int]:
     docs, nbytes = held_out_documents(ctx, domain, ctx.options.bpb_tokens)
     if not docs:
         return 0.0, 0, 0
-    stream = np.concatenate([[tok.eod], *docs]).astype(np.int64)  # the first document follows an eod, as in training
+    stream = np.concatenate([[tok.eod], *docs]).astype(
+        np.int64
+    )  # the first document follows an eod, as in training
     S = ctx.em.seq_length
     n_windows = math.ceil((len(stream) - 1) / S)
     nll, counted = 0.0, 0
@@ -64,11 +74,13 @@ def score_domain(ctx, domain: str) -> tuple[float, int, int]:
     for start in range(0, n_windows, B):
         rows = range(start, min(start + B, n_windows))
         inputs = torch.full((len(rows), S), tok.pad, dtype=torch.long)
-        targets = torch.full((len(rows), S), tok.eod, dtype=torch.long)  # eod targets are not scored
+        targets = torch.full(
+            (len(rows), S), tok.eod, dtype=torch.long
+        )  # eod targets are not scored
         for b, w in enumerate(rows):
-            chunk = torch.from_numpy(stream[w * S:w * S + S + 1])
-            inputs[b, :len(chunk) - 1] = chunk[:-1]
-            targets[b, :len(chunk) - 1] = chunk[1:]
+            chunk = torch.from_numpy(stream[w * S : w * S + S + 1])
+            inputs[b, : len(chunk) - 1] = chunk[:-1]
+            targets[b, : len(chunk) - 1] = chunk[1:]
         nll_BS = ctx.lm.target_nll(inputs, targets)
         mask_BS = (targets != tok.eod).to(nll_BS.device)
         nll += float((nll_BS * mask_BS).double().sum())
@@ -99,6 +111,8 @@ def held_out_documents(ctx, domain: str, budget: int) -> tuple[list[np.ndarray],
             if len(taken) == len(ds):
                 nbytes += entry.bytes
             else:
-                nbytes += sum(len(tok.decode(d[d != tok.eod].tolist()).encode("utf-8")) for d in taken)
+                nbytes += sum(
+                    len(tok.decode(d[d != tok.eod].tolist()).encode("utf-8")) for d in taken
+                )
                 return docs, nbytes
     return docs, nbytes

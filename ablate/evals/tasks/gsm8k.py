@@ -22,7 +22,9 @@ import re
 from ablate.evals.tasks.base import Task, TaskResult, file_digest, read_jsonl
 
 _ANNOTATION = re.compile(r"<<[^>]*>>")
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+_REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)
 DEFAULT_RELATIVE = os.path.join("..", "shared", "benchmarks", "gsm8k", "test.jsonl")
 
 
@@ -59,18 +61,25 @@ class _GSM8K(Task):
 
     def data_identity(self, ctx) -> dict:
         path, _ = test_path(ctx.options)
-        return {"test": file_digest(path) if path and os.path.isfile(path) else None, "limit": ctx.options.limit}
+        return {
+            "test": file_digest(path) if path and os.path.isfile(path) else None,
+            "limit": ctx.options.limit,
+        }
 
 
 class GSM8KGold(_GSM8K):
     name = "gsm8k_gold"
-    version = 2  # 2: every token of a solution longer than the window is scored (1 scored only the last window)
+    # 2: every token of a solution longer than the window is scored (1 scored only the last one)
+    version = 2
 
     def run(self, ctx) -> TaskResult:
         tok = ctx.em.tokenizer
         rows = self.rows(ctx)
         golds = [clean_solution(r["answer"]) for r in rows]
-        pairs = [(tok.encode(f"Question: {r['question']}\nAnswer: "), tok.encode(g)) for r, g in zip(rows, golds)]
+        pairs = [
+            (tok.encode(f"Question: {r['question']}\nAnswer: "), tok.encode(g))
+            for r, g in zip(rows, golds)
+        ]
         scored = ctx.lm.score(pairs)
         nbytes = sum(len(g.encode("utf-8")) for g in golds)
         bpb = sum(c.nll for c in scored) / nbytes / math.log(2)
@@ -89,8 +98,11 @@ class _FewShot(_GSM8K):
         return read_jsonl(train, ("question", "answer"), ctx.options.num_shots)
 
     def data_identity(self, ctx) -> dict:
-        return {**super().data_identity(ctx), "shots": [s["question"] for s in self.shots(ctx)],
-                "max_new_tokens": ctx.options.max_new_tokens}
+        return {
+            **super().data_identity(ctx),
+            "shots": [s["question"] for s in self.shots(ctx)],
+            "max_new_tokens": ctx.options.max_new_tokens,
+        }
 
 
 class GSM8KChainOfThought(_FewShot):
@@ -101,21 +113,37 @@ class GSM8KChainOfThought(_FewShot):
         from ablate.evals.answers import answers_match, extract_gsm8k_answer, reference_answer
 
         rows = self.rows(ctx)
-        header = "".join(f"Question: {s['question']}\nAnswer: {clean_solution(s['answer'])}\n\n" for s in self.shots(ctx))
+        header = "".join(
+            f"Question: {s['question']}\nAnswer: {clean_solution(s['answer'])}\n\n"
+            for s in self.shots(ctx)
+        )
         prompts = [f"{header}Question: {r['question']}\nAnswer:" for r in rows]
-        outputs = ctx.lm.generate_text(prompts, ctx.options.max_new_tokens, ("\n\nQuestion:", "Question:", "\n\n\n"))
+        outputs = ctx.lm.generate_text(
+            prompts, ctx.options.max_new_tokens, ("\n\nQuestion:", "Question:", "\n\n\n")
+        )
         details, correct = [], 0
         for r, out in zip(rows, outputs):
             predicted, gold = extract_gsm8k_answer(out), reference_answer(r)
             ok = predicted is not None and answers_match(predicted, gold)
             correct += ok
-            details.append({"question": r["question"], "output": out, "predicted": predicted, "answer": gold,
-                            "correct": ok})
+            details.append(
+                {
+                    "question": r["question"],
+                    "output": out,
+                    "predicted": predicted,
+                    "answer": gold,
+                    "correct": ok,
+                }
+            )
         ctx.progress(f"gsm8k_cot: {correct}/{len(rows)}")
-        return TaskResult(metrics={"accuracy": correct / len(rows)}, samples=len(rows), details=details)
+        return TaskResult(
+            metrics={"accuracy": correct / len(rows)}, samples=len(rows), details=details
+        )
 
 
-POT_PROMPT = "Question: {question}\n# Python: solution() returns the answer as a number.\ndef solution():\n"
+POT_PROMPT = (
+    "Question: {question}\n# Python: solution() returns the answer as a number.\ndef solution():\n"
+)
 
 
 class GSM8KProgramOfThought(_FewShot):
@@ -131,18 +159,41 @@ class GSM8KProgramOfThought(_FewShot):
 
         rows = self.rows(ctx)
         prompts = [POT_PROMPT.format(question=r["question"]) for r in rows]
-        bodies = ctx.lm.generate_text(prompts, ctx.options.max_new_tokens, ("\n\n\n", "\nQuestion:", "\ndef ", "\nprint("))
+        bodies = ctx.lm.generate_text(
+            prompts, ctx.options.max_new_tokens, ("\n\n\n", "\nQuestion:", "\ndef ", "\nprint(")
+        )
         programs = ["def solution():\n" + body + "\n" for body in bodies]
-        results = run_many(programs, workers=ctx.options.sandbox_workers, func="solution",
-                           timeout_s=ctx.options.sandbox_timeout_s, overflow="discard")
+        results = run_many(
+            programs,
+            workers=ctx.options.sandbox_workers,
+            func="solution",
+            timeout_s=ctx.options.sandbox_timeout_s,
+            overflow="discard",
+        )
         details, correct = [], 0
         for r, program, res in zip(rows, programs, results):
             predicted = pot_value_to_answer(res.value) if res.ok else None
             gold = reference_answer(r)
             ok = predicted is not None and answers_match(predicted, gold)
             correct += ok
-            details.append({"question": r["question"], "program": program, "status": res.status,
-                            "predicted": predicted, "answer": gold, "correct": ok})
-        ctx.progress(f"gsm8k_pot: {correct}/{len(rows)} ({sum(r.ok for r in results)} programs ran)")
-        return TaskResult(metrics={"accuracy": correct / len(rows),
-                                   "ran": sum(r.ok for r in results) / len(rows)}, samples=len(rows), details=details)
+            details.append(
+                {
+                    "question": r["question"],
+                    "program": program,
+                    "status": res.status,
+                    "predicted": predicted,
+                    "answer": gold,
+                    "correct": ok,
+                }
+            )
+        ctx.progress(
+            f"gsm8k_pot: {correct}/{len(rows)} ({sum(r.ok for r in results)} programs ran)"
+        )
+        return TaskResult(
+            metrics={
+                "accuracy": correct / len(rows),
+                "ran": sum(r.ok for r in results) / len(rows),
+            },
+            samples=len(rows),
+            details=details,
+        )

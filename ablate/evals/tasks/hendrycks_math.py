@@ -35,35 +35,61 @@ STOPS = ("\nProblem:", "Problem:\n", "\n\n\n")
 
 # Minerva's 4-shot prompt (Lewkowycz et al. 2022, appendix; the same four in lm-eval's minerva_math)
 MINERVA_SHOTS = (
-    ("Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.",
-     "The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so $x\\ge2$, and "
-     "$5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. "
-     "Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final answer is $[2,5)$. "
-     "I hope it is correct."),
-    ("If $\\det \\mathbf{A} = 2$ and $\\det \\mathbf{B} = 12,$ then find $\\det (\\mathbf{A} \\mathbf{B}).$",
-     "We have that $\\det (\\mathbf{A} \\mathbf{B}) = (\\det \\mathbf{A})(\\det \\mathbf{B}) = (2)(12) = "
-     "\\boxed{24}.$\nFinal Answer: The final answer is $24$. I hope it is correct."),
-    ("Terrell usually lifts two 20-pound weights 12 times. If he uses two 15-pound weights instead, how many times "
-     "must Terrell lift them in order to lift the same total weight?",
-     "If Terrell lifts two 20-pound weights 12 times, he lifts a total of $2\\cdot 12\\cdot20=480$ pounds of "
-     "weight.  If he lifts two 15-pound weights instead for $n$ times, he will lift a total of $2\\cdot15\\cdot "
-     "n=30n$ pounds of weight.  Equating this to 480 pounds, we can solve for $n$:\n\\begin{align*}\n"
-     "30n&=480\\\\\n\\Rightarrow\\qquad n&=480/30=\\boxed{16}\n\\end{align*}\nFinal Answer: The final answer is "
-     "$16$. I hope it is correct."),
-    ("If the system of equations\n\n\\begin{align*}\n6x-4y&=a,\\\\\n6y-9x &=b.\n\\end{align*}has a solution "
-     "$(x, y)$ where $x$ and $y$ are both nonzero,\nfind $\\frac{a}{b},$ assuming $b$ is nonzero.",
-     "If we multiply the first equation by $-\\frac{3}{2}$, we obtain\n\n$$6y-9x=-\\frac{3}{2}a.$$Since we also "
-     "know that $6y-9x=b$, we have\n\n$$-\\frac{3}{2}a=b\\Rightarrow\\frac{a}{b}=\\boxed{-\\frac{2}{3}}.$$\n"
-     "Final Answer: The final answer is $-\\frac{2}{3}$. I hope it is correct."),
+    (
+        "Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.",
+        "The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, "
+        "so $x\\ge2$, and "
+        "$5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so "
+        "$5-x>0$, which gives $x<5$. "
+        "Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final "
+        "answer is $[2,5)$. "
+        "I hope it is correct.",
+    ),
+    (
+        "If $\\det \\mathbf{A} = 2$ and $\\det \\mathbf{B} = 12,$ then find $\\det (\\mathbf{A} "
+        "\\mathbf{B}).$",
+        "We have that $\\det (\\mathbf{A} \\mathbf{B}) = (\\det \\mathbf{A})(\\det \\mathbf{B}) = "
+        "(2)(12) = "
+        "\\boxed{24}.$\nFinal Answer: The final answer is $24$. I hope it is correct.",
+    ),
+    (
+        "Terrell usually lifts two 20-pound weights 12 times. If he uses two 15-pound weights "
+        "instead, how many times "
+        "must Terrell lift them in order to lift the same total weight?",
+        "If Terrell lifts two 20-pound weights 12 times, he lifts a total of $2\\cdot "
+        "12\\cdot20=480$ pounds of "
+        "weight.  If he lifts two 15-pound weights instead for $n$ times, he will lift a total of "
+        "$2\\cdot15\\cdot "
+        "n=30n$ pounds of weight.  Equating this to 480 pounds, we can solve for "
+        "$n$:\n\\begin{align*}\n"
+        "30n&=480\\\\\n\\Rightarrow\\qquad n&=480/30=\\boxed{16}\n\\end{align*}\nFinal Answer: "
+        "The final answer is "
+        "$16$. I hope it is correct.",
+    ),
+    (
+        "If the system of equations\n\n\\begin{align*}\n6x-4y&=a,\\\\\n6y-9x "
+        "&=b.\n\\end{align*}has a solution "
+        "$(x, y)$ where $x$ and $y$ are both nonzero,\nfind $\\frac{a}{b},$ assuming $b$ is "
+        "nonzero.",
+        "If we multiply the first equation by $-\\frac{3}{2}$, we "
+        "obtain\n\n$$6y-9x=-\\frac{3}{2}a.$$Since we also "
+        "know that $6y-9x=b$, we "
+        "have\n\n$$-\\frac{3}{2}a=b\\Rightarrow\\frac{a}{b}=\\boxed{-\\frac{2}{3}}.$$\n"
+        "Final Answer: The final answer is $-\\frac{2}{3}$. I hope it is correct.",
+    ),
 )
 
-POT_PROMPT = ("Problem: {problem}\n# Python: solution() returns the final answer (a number, a tuple, "
-              "or a LaTeX string).\ndef solution():\n")
+POT_PROMPT = (
+    "Problem: {problem}\n# Python: solution() returns the final answer (a number, a tuple, "
+    "or a LaTeX string).\ndef solution():\n"
+)
 _LEVEL = re.compile(r"^(?:Level\s*)?(\d+)$")
 
 
 def cot_prompt(problem: str, shots: bool = True) -> str:
-    header = "".join(f"Problem:\n{p}\n\nSolution: {s}\n\n" for p, s in MINERVA_SHOTS) if shots else ""
+    header = (
+        "".join(f"Problem:\n{p}\n\nSolution: {s}\n\n" for p, s in MINERVA_SHOTS) if shots else ""
+    )
     return f"{header}Problem:\n{problem}\n\nSolution:"
 
 
@@ -76,26 +102,40 @@ def read_math(path: str, limit: int | None = None) -> list[dict]:
     for n, where, raw in jsonl_objects(path):
         for key in ("problem", "solution"):
             if not isinstance(raw.get(key), str) or not raw[key].strip():
-                raise AblateError(f"{where}: field {key!r} must be a non-empty string (a MATH row has "
-                                  "problem, solution[, answer, level, subject])")
+                raise AblateError(
+                    f"{where}: field {key!r} must be a non-empty string (a MATH row has "
+                    "problem, solution[, answer, level, subject])"
+                )
         answer = raw.get("answer")
         if answer is None:
             answer = last_boxed(raw["solution"])
             if answer is None:
-                raise AblateError(f"{where}: no 'answer' field and no \\boxed{{}} answer in 'solution'")
+                raise AblateError(
+                    f"{where}: no 'answer' field and no \\boxed{{}} answer in 'solution'"
+                )
         if not isinstance(answer, str) or not answer.strip():
             raise AblateError(f"{where}: field 'answer' must be a non-empty string")
         level = raw.get("level")
         if level is not None:
             m = _LEVEL.match(str(level).strip())
             if not m or isinstance(level, bool):
-                raise AblateError(f"{where}: field 'level' must be a number 1-5 or 'Level N', got {level!r}")
+                raise AblateError(
+                    f"{where}: field 'level' must be a number 1-5 or 'Level N', got {level!r}"
+                )
             level = int(m.group(1))
         subject = raw.get("subject", raw.get("type"))
         if subject is not None and not isinstance(subject, str):
             raise AblateError(f"{where}: field 'subject' must be a string")
-        rows.append({"problem": raw["problem"], "solution": raw["solution"], "answer": answer.strip(),
-                     "level": level, "subject": subject, "id": raw.get("unique_id", n)})
+        rows.append(
+            {
+                "problem": raw["problem"],
+                "solution": raw["solution"],
+                "answer": answer.strip(),
+                "level": level,
+                "subject": subject,
+                "id": raw.get("unique_id", n),
+            }
+        )
         if limit is not None and len(rows) >= limit:
             break
     if not rows:
@@ -119,7 +159,10 @@ class _MATH(Task):
 
     def data_identity(self, ctx) -> dict:
         path = self.path(ctx)
-        return {"data": file_digest(path) if path and os.path.isfile(path) else None, "limit": ctx.options.limit}
+        return {
+            "data": file_digest(path) if path and os.path.isfile(path) else None,
+            "limit": ctx.options.limit,
+        }
 
     def rows(self, ctx) -> list[dict]:
         return read_math(self.path(ctx), ctx.options.limit)
@@ -133,16 +176,26 @@ class MATHGold(_MATH):
         tok = ctx.em.tokenizer
         rows = self.rows(ctx)
         golds = [" " + r["solution"] for r in rows]
-        scored = ctx.lm.score([(tok.encode(cot_prompt(r["problem"], shots=False)), tok.encode(g))
-                               for r, g in zip(rows, golds)])
+        scored = ctx.lm.score(
+            [
+                (tok.encode(cot_prompt(r["problem"], shots=False)), tok.encode(g))
+                for r, g in zip(rows, golds)
+            ]
+        )
         nbytes = sum(len(g.encode("utf-8")) for g in golds)
         bpb = sum(c.nll for c in scored) / nbytes / math.log(2)
         ctx.progress(f"math_gold: {bpb:.4f} bits per byte over {len(rows)} solutions")
         return TaskResult(metrics={"gold_bpb": bpb}, samples=len(rows))
 
 
-def _score(ctx, name: str, rows: list[dict], predictions: list[list[str | None]], outputs: list[list[str]],
-           extra: dict | None = None) -> TaskResult:
+def _score(
+    ctx,
+    name: str,
+    rows: list[dict],
+    predictions: list[list[str | None]],
+    outputs: list[list[str]],
+    extra: dict | None = None,
+) -> TaskResult:
     """Accuracy (mean over samples) overall, per level and per subject; pass@k with samples."""
     from ablate.evals.math_answers import math_equal
     from ablate.evals.samples import pass_metrics, resolve_ks
@@ -164,16 +217,31 @@ def _score(ctx, name: str, rows: list[dict], predictions: list[list[str | None]]
     if n > 1:
         metrics.update(pass_metrics(correct, resolve_ks(n, ctx.options.pass_k)))
     metrics.update(extra or {})
-    details = [{"id": r["id"], "sample": j, "output": out, "predicted": p, "answer": r["answer"], "correct": ok,
-                "level": r["level"], "subject": r["subject"]}
-               for r, outs, preds, oks in zip(rows, outputs, predictions, correct)
-               for j, (out, p, ok) in enumerate(zip(outs, preds, oks))]
-    ctx.progress(f"{name}: accuracy {metrics['accuracy']:.4f} over {len(rows)} problems x {n} samples")
-    return TaskResult(metrics=metrics, samples=len(rows), samples_by_metric=per_metric, details=details)
+    details = [
+        {
+            "id": r["id"],
+            "sample": j,
+            "output": out,
+            "predicted": p,
+            "answer": r["answer"],
+            "correct": ok,
+            "level": r["level"],
+            "subject": r["subject"],
+        }
+        for r, outs, preds, oks in zip(rows, outputs, predictions, correct)
+        for j, (out, p, ok) in enumerate(zip(outs, preds, oks))
+    ]
+    ctx.progress(
+        f"{name}: accuracy {metrics['accuracy']:.4f} over {len(rows)} problems x {n} samples"
+    )
+    return TaskResult(
+        metrics=metrics, samples=len(rows), samples_by_metric=per_metric, details=details
+    )
 
 
 class _Judged(_MATH):
     """The generative MATH tasks: their answers are judged with math-verify."""
+
     generative = True
 
     def unavailable(self, ctx) -> str | None:
@@ -191,7 +259,11 @@ class MATHChainOfThought(_Judged):
     def data_identity(self, ctx) -> dict:
         from ablate.evals.samples import sampling_identity
 
-        return {**super().data_identity(ctx), **sampling_identity(ctx.options), "prompt": "minerva-4shot"}
+        return {
+            **super().data_identity(ctx),
+            **sampling_identity(ctx.options),
+            "prompt": "minerva-4shot",
+        }
 
     def run(self, ctx) -> TaskResult:
         from ablate.evals.math_answers import extract_math_answer
@@ -199,7 +271,9 @@ class MATHChainOfThought(_Judged):
 
         resolve_ks(ctx.options.samples, ctx.options.pass_k)
         rows = self.rows(ctx)
-        outputs = generate_samples(ctx, [cot_prompt(r["problem"]) for r in rows], ctx.options.max_new_tokens, STOPS)
+        outputs = generate_samples(
+            ctx, [cot_prompt(r["problem"]) for r in rows], ctx.options.max_new_tokens, STOPS
+        )
         predictions = [[extract_math_answer(o) for o in outs] for outs in outputs]
         return _score(ctx, self.name, rows, predictions, outputs)
 
@@ -211,7 +285,11 @@ class MATHProgramOfThought(_Judged):
     def data_identity(self, ctx) -> dict:
         from ablate.evals.samples import sampling_identity
 
-        return {**super().data_identity(ctx), **sampling_identity(ctx.options), "prompt": POT_PROMPT}
+        return {
+            **super().data_identity(ctx),
+            **sampling_identity(ctx.options),
+            "prompt": POT_PROMPT,
+        }
 
     def run(self, ctx) -> TaskResult:
         from ablate.evals.math_answers import pot_value_to_latex
@@ -220,15 +298,29 @@ class MATHProgramOfThought(_Judged):
 
         resolve_ks(ctx.options.samples, ctx.options.pass_k)
         rows = self.rows(ctx)
-        bodies = generate_samples(ctx, [POT_PROMPT.format(problem=r["problem"]) for r in rows],
-                                  ctx.options.max_new_tokens, ("\n\n\n", "\nProblem:", "\ndef ", "\nprint("))
+        bodies = generate_samples(
+            ctx,
+            [POT_PROMPT.format(problem=r["problem"]) for r in rows],
+            ctx.options.max_new_tokens,
+            ("\n\n\n", "\nProblem:", "\ndef ", "\nprint("),
+        )
         programs = [["def solution():\n" + b + "\n" + _POT_WRAPPER for b in bs] for bs in bodies]
-        flat = run_many([p for ps in programs for p in ps], workers=ctx.options.sandbox_workers,
-                        func="_ablate_answer", timeout_s=ctx.options.sandbox_timeout_s, overflow="discard")
+        flat = run_many(
+            [p for ps in programs for p in ps],
+            workers=ctx.options.sandbox_workers,
+            func="_ablate_answer",
+            timeout_s=ctx.options.sandbox_timeout_s,
+            overflow="discard",
+        )
         n = ctx.options.samples
-        results = [flat[i * n:(i + 1) * n] for i in range(len(rows))]
-        predictions = [[pot_value_to_latex(r.value) if r.ok else None for r in rs] for rs in results]
-        outputs = [[f"{p}\n# status: {r.status}" for p, r in zip(ps, rs)] for ps, rs in zip(programs, results)]
+        results = [flat[i * n : (i + 1) * n] for i in range(len(rows))]
+        predictions = [
+            [pot_value_to_latex(r.value) if r.ok else None for r in rs] for rs in results
+        ]
+        outputs = [
+            [f"{p}\n# status: {r.status}" for p, r in zip(ps, rs)]
+            for ps, rs in zip(programs, results)
+        ]
         ran = sum(r.ok for rs in results for r in rs) / (len(rows) * n)
         return _score(ctx, self.name, rows, predictions, outputs, extra={"ran": ran})
 

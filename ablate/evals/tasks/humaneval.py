@@ -46,12 +46,15 @@ class _HumanEval(Task):
 
 class HumanEvalGold(_HumanEval):
     name = "humaneval_gold"
-    version = 2  # 2: every token of a solution longer than the window is scored (1 scored only the last window)
+    # 2: every token of a solution longer than the window is scored (1 scored only the last one)
+    version = 2
 
     def run(self, ctx) -> TaskResult:
         tok = ctx.em.tokenizer
         found = problems(ctx.options.limit)
-        scored = ctx.lm.score([(tok.encode(p["prompt"]), tok.encode(p["canonical_solution"])) for p in found])
+        scored = ctx.lm.score(
+            [(tok.encode(p["prompt"]), tok.encode(p["canonical_solution"])) for p in found]
+        )
         nbytes = sum(len(p["canonical_solution"].encode("utf-8")) for p in found)
         bpb = sum(c.nll for c in scored) / nbytes / math.log(2)
         ctx.progress(f"humaneval_gold: {bpb:.4f} bits per byte over {len(found)} solutions")
@@ -73,25 +76,44 @@ class HumanEval(_HumanEval):
 
         ks = resolve_ks(ctx.options.samples, ctx.options.pass_k)
         found = problems(ctx.options.limit)
-        completions = generate_samples(ctx, [p["prompt"] for p in found], ctx.options.max_new_tokens, STOPS)
-        return score_code(ctx, self.name, [p["task_id"] for p in found],
-                          [[execution_case(p, c) for c in cs] for p, cs in zip(found, completions)], completions, ks)
+        completions = generate_samples(
+            ctx, [p["prompt"] for p in found], ctx.options.max_new_tokens, STOPS
+        )
+        return score_code(
+            ctx,
+            self.name,
+            [p["task_id"] for p in found],
+            [[execution_case(p, c) for c in cs] for p, cs in zip(found, completions)],
+            completions,
+            ks,
+        )
 
 
-def score_code(ctx, name: str, ids: list, cases: list[list[tuple[str, str]]], completions: list[list[str]],
-               ks: list[int]) -> TaskResult:
+def score_code(
+    ctx,
+    name: str,
+    ids: list,
+    cases: list[list[tuple[str, str]]],
+    completions: list[list[str]],
+    ks: list[int],
+) -> TaskResult:
     """Run every sample's (candidate, tests) in the sandbox; pass@k, reason counts and details."""
     from ablate.evals.execution import check_programs, reason_counts
     from ablate.evals.samples import pass_metrics
 
     flat = [c for per in cases for c in per]
-    verdicts = check_programs(flat, workers=ctx.options.sandbox_workers, timeout_s=ctx.options.sandbox_timeout_s)
+    verdicts = check_programs(
+        flat, workers=ctx.options.sandbox_workers, timeout_s=ctx.options.sandbox_timeout_s
+    )
     n = ctx.options.samples
-    per_problem = [verdicts[i * n:(i + 1) * n] for i in range(len(ids))]
+    per_problem = [verdicts[i * n : (i + 1) * n] for i in range(len(ids))]
     metrics = pass_metrics([[v.passed for v in vs] for vs in per_problem], ks)
     metrics.update({f"reasons/{r}": c / len(verdicts) for r, c in reason_counts(verdicts).items()})
-    details = [{"task_id": i, "sample": j, "completion": c, **v.to_dict()}
-               for i, cs, vs in zip(ids, completions, per_problem) for j, (c, v) in enumerate(zip(cs, vs))]
+    details = [
+        {"task_id": i, "sample": j, "completion": c, **v.to_dict()}
+        for i, cs, vs in zip(ids, completions, per_problem)
+        for j, (c, v) in enumerate(zip(cs, vs))
+    ]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("pass@"))
     ctx.progress(f"{name}: {shown} ({len(ids)} problems x {n} samples; {reason_counts(verdicts)})")
     return TaskResult(metrics=metrics, samples=len(ids), details=details)

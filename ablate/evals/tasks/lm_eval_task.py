@@ -37,7 +37,9 @@ class LmEvalTask(Task):
         if include and os.path.isdir(include):
             for root, _, names in os.walk(include):
                 for n in sorted(names):
-                    files[os.path.relpath(os.path.join(root, n), include)] = file_digest(os.path.join(root, n))
+                    files[os.path.relpath(os.path.join(root, n), include)] = file_digest(
+                        os.path.join(root, n)
+                    )
         return {"task": self.task, "include": files, "limit": ctx.options.limit}
 
     def run(self, ctx) -> TaskResult:
@@ -51,21 +53,37 @@ class LmEvalTask(Task):
             raise AblateError(f"--lm-eval-include: {include} is not a directory")
         manager = TaskManager(include_path=include) if include else TaskManager()
         if self.task not in manager.all_tasks:
-            raise AblateError(f"task {self.name}: lm-eval knows no task {self.task!r}"
-                              + ("" if include else " (local tasks: pass --lm-eval-include DIR)"))
+            raise AblateError(
+                f"task {self.name}: lm-eval knows no task {self.task!r}"
+                + ("" if include else " (local tasks: pass --lm-eval-include DIR)")
+            )
         try:
-            out = lm_eval.simple_evaluate(model=AblateLM(lm=ctx.lm), tasks=[self.task], task_manager=manager,
-                                          limit=ctx.options.limit, log_samples=False, bootstrap_iters=0,
-                                          confirm_run_unsafe_code=ctx.options.allow_unsandboxed_code)
+            out = lm_eval.simple_evaluate(
+                model=AblateLM(lm=ctx.lm),
+                tasks=[self.task],
+                task_manager=manager,
+                limit=ctx.options.limit,
+                log_samples=False,
+                bootstrap_iters=0,
+                confirm_run_unsafe_code=ctx.options.allow_unsandboxed_code,
+            )
         except ValueError as exc:
             if "unsafe" not in str(exc):
                 raise
-            raise AblateError(f"task {self.name}: lm-eval runs this task's generated code in its own process, "
-                              "outside ablate's sandbox; score code with the built-in humaneval/mbpp tasks, or pass "
-                              "--allow-unsandboxed-code to run it unsandboxed anyway") from None
+            raise AblateError(
+                f"task {self.name}: lm-eval runs this task's generated code in its own process, "
+                "outside ablate's sandbox; score code with the built-in humaneval/mbpp tasks, or "
+                "pass "
+                "--allow-unsandboxed-code to run it unsandboxed anyway"
+            ) from None
         result = out["results"][self.task]
-        metrics = {k: float(v) for k, v in result.items()
-                   if isinstance(v, (int, float)) and "_stderr" not in k and k not in ("alias", "sample_len")}
+        metrics = {
+            k: float(v)
+            for k, v in result.items()
+            if isinstance(v, (int, float))
+            and "_stderr" not in k
+            and k not in ("alias", "sample_len")
+        }
         samples = int(out.get("n-samples", {}).get(self.task, {}).get("effective", 0))
         ctx.progress(f"{self.name}: {metrics}")
         return TaskResult(metrics=metrics, samples=samples)

@@ -3,9 +3,10 @@
 Read from ``../shared/benchmarks/mbpp/mbpp.jsonl`` (``--mbpp PATH`` or ``ABLATE_MBPP`` name
 another file of the same format: ``task_id``, ``text``, ``code``, ``test_list``, optional
 ``test_setup_code``). The test split is task_ids 11-510; the few-shot examples are task_ids 2,
-3 and 4, in the paper's prompt::
+3 and 4, in the paper's prompt (its first line wrapped here)::
 
-    You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:
+    You are an expert Python programmer, and here is your task: {text} Your code should
+    pass these tests:
 
     {test 1}
     {test 2}
@@ -46,9 +47,15 @@ def read_mbpp(path: str) -> dict[int, dict]:
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise AblateError(f"{where}: field {key!r} must be a non-empty string")
         tests = row.get("test_list")
-        if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
-            raise AblateError(f"{where}: field 'test_list' must be a non-empty list of test strings "
-                              f"(task {row['task_id']} has {tests!r:.40})")
+        if (
+            not isinstance(tests, list)
+            or not tests
+            or not all(isinstance(t, str) and t.strip() for t in tests)
+        ):
+            raise AblateError(
+                f"{where}: field 'test_list' must be a non-empty list of test strings "
+                f"(task {row['task_id']} has {tests!r:.40})"
+            )
         if not isinstance(row.get("test_setup_code", ""), str):
             raise AblateError(f"{where}: field 'test_setup_code' must be a string")
         rows[row["task_id"]] = row
@@ -63,21 +70,26 @@ def _lines(code: str) -> str:
 
 def prompt(row: dict, with_code: bool = False) -> str:
     tests = "\n".join(row["test_list"])
-    text = (f"You are an expert Python programmer, and here is your task: {row['text']} "
-            f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")
+    text = (
+        f"You are an expert Python programmer, and here is your task: {row['text']} "
+        f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
+    )
     return text + (f"{_lines(row['code'])}\n[DONE]\n\n" if with_code else "")
 
 
 def few_shot_header(rows: dict[int, dict], path: str) -> str:
     missing = [i for i in SHOT_IDS if i not in rows]
     if missing:
-        raise AblateError(f"{path}: the 3-shot prompt needs task_ids 2, 3 and 4 (missing: "
-                          f"{', '.join(map(str, missing))})")
+        raise AblateError(
+            f"{path}: the 3-shot prompt needs task_ids 2, 3 and 4 (missing: "
+            f"{', '.join(map(str, missing))})"
+        )
     return "".join(prompt(rows[i], with_code=True) for i in SHOT_IDS)
 
 
 def execution_case(row: dict, completion: str) -> tuple[str, str]:
-    """(candidate, tests) for ``execution.check_programs``: the code, then the setup, then the asserts."""
+    """(candidate, tests) for ``execution.check_programs``: the code, then the setup, then the
+    asserts."""
     setup = row.get("test_setup_code") or ""
     return completion, (setup + "\n" if setup.strip() else "") + "\n".join(row["test_list"]) + "\n"
 
@@ -100,7 +112,10 @@ class _MBPP(Task):
 
     def data_identity(self, ctx) -> dict:
         path = self.path(ctx)
-        return {"data": file_digest(path) if path and os.path.isfile(path) else None, "limit": ctx.options.limit}
+        return {
+            "data": file_digest(path) if path and os.path.isfile(path) else None,
+            "limit": ctx.options.limit,
+        }
 
     def rows(self, ctx) -> tuple[list[dict], dict[int, dict]]:
         path = self.path(ctx)
@@ -108,7 +123,7 @@ class _MBPP(Task):
         test = [rows[i] for i in TEST_IDS if i in rows]
         if not test:
             raise AblateError(f"{path}: has no rows of the test split (task_ids 11-510)")
-        return test[:ctx.options.limit] if ctx.options.limit else test, rows
+        return test[: ctx.options.limit] if ctx.options.limit else test, rows
 
 
 class MBPPGold(_MBPP):
@@ -143,6 +158,8 @@ class MBPP(_MBPP):
         ks = resolve_ks(ctx.options.samples, ctx.options.pass_k)
         test, rows = self.rows(ctx)
         header = few_shot_header(rows, self.path(ctx))
-        completions = generate_samples(ctx, [header + prompt(r) for r in test], ctx.options.max_new_tokens, STOPS)
+        completions = generate_samples(
+            ctx, [header + prompt(r) for r in test], ctx.options.max_new_tokens, STOPS
+        )
         cases = [[execution_case(r, c) for c in cs] for r, cs in zip(test, completions)]
         return score_code(ctx, self.name, [r["task_id"] for r in test], cases, completions, ks)

@@ -61,15 +61,20 @@ class Probes(Task):
         return files
 
     def data_identity(self, ctx) -> dict:
-        return {"files": {p: file_digest(f) for p, f in self._files(ctx).items()}, "limit": ctx.options.limit}
+        return {
+            "files": {p: file_digest(f) for p, f in self._files(ctx).items()},
+            "limit": ctx.options.limit,
+        }
 
     def run(self, ctx) -> TaskResult:
         tok = ctx.em.tokenizer
         metrics, per_metric, details, total = {}, {}, [], 0
         files = self._files(ctx)
         if not files:
-            raise AblateError(f"{ctx.em.run_dir}: task probes: the run's manifests list no probes "
-                              "(only the toy world ships them)")
+            raise AblateError(
+                f"{ctx.em.run_dir}: task probes: the run's manifests list no probes "
+                "(only the toy world ships them)"
+            )
         for probe, path in sorted(files.items()):
             rows = read_jsonl(path, ("prompt", "answer", "gold"), ctx.options.limit)
             stops, max_new, rule = RULES.get(probe, (("\n",), 32, lambda t: t.strip() or None))
@@ -79,8 +84,16 @@ class Probes(Task):
                 predicted = rule(out)
                 ok = predicted is not None and predicted == r["answer"]
                 correct += ok
-                details.append({"probe": probe, "id": r.get("id"), "output": out, "predicted": predicted,
-                                "answer": r["answer"], "correct": ok})
+                details.append(
+                    {
+                        "probe": probe,
+                        "id": r.get("id"),
+                        "output": out,
+                        "predicted": predicted,
+                        "answer": r["answer"],
+                        "correct": ok,
+                    }
+                )
             metrics[f"accuracy/{probe}"] = correct / len(rows)
             per_metric[f"accuracy/{probe}"] = len(rows)
             golds = {"": [r["gold"] for r in rows]}
@@ -90,9 +103,15 @@ class Probes(Task):
                 pairs = [(tok.encode(r["prompt"]), tok.encode(t)) for r, t in zip(rows, texts) if t]
                 scored = ctx.lm.score(pairs)
                 nbytes = sum(len(t.encode("utf-8")) for t in texts if t)
-                metrics[f"gold_bpb/{probe}{suffix}"] = sum(c.nll for c in scored) / nbytes / math.log(2)
+                metrics[f"gold_bpb/{probe}{suffix}"] = (
+                    sum(c.nll for c in scored) / nbytes / math.log(2)
+                )
                 per_metric[f"gold_bpb/{probe}{suffix}"] = len(pairs)
             total += len(rows)
-            ctx.progress(f"probes {probe}: accuracy {metrics[f'accuracy/{probe}']:.3f} "
-                         f"({correct}/{len(rows)}), gold bpb {metrics[f'gold_bpb/{probe}']:.3f}")
-        return TaskResult(metrics=metrics, samples=total, samples_by_metric=per_metric, details=details)
+            ctx.progress(
+                f"probes {probe}: accuracy {metrics[f'accuracy/{probe}']:.3f} "
+                f"({correct}/{len(rows)}), gold bpb {metrics[f'gold_bpb/{probe}']:.3f}"
+            )
+        return TaskResult(
+            metrics=metrics, samples=total, samples_by_metric=per_metric, details=details
+        )

@@ -37,7 +37,11 @@ class RoutingTask(Task):
     version = 1
 
     def data_identity(self, ctx) -> dict:
-        return {"datasets": eval_fingerprints(ctx), "tokens": ctx.options.routing_tokens, "seq_length": ctx.em.seq_length}
+        return {
+            "datasets": eval_fingerprints(ctx),
+            "tokens": ctx.options.routing_tokens,
+            "seq_length": ctx.em.seq_length,
+        }
 
     def outputs(self, run_dir: str, step: int) -> list[str]:
         return [routing_path(run_dir, step)]
@@ -57,6 +61,7 @@ class RoutingTask(Task):
                 probs_TE, routing_map_TE = output
                 masked_TE = probs_TE.float().masked_fill(~routing_map_TE.bool(), float("-inf"))
                 captured[layer] = masked_TE.topk(k, dim=-1).indices.to(torch.int16).cpu()
+
             return fn
 
         handles = [r.register_forward_hook(hook(i)) for i, r in enumerate(routers)]
@@ -70,26 +75,39 @@ class RoutingTask(Task):
                 windows = min(len(stream) // S, max(1, ctx.options.routing_tokens // S))
                 for start in range(0, windows, ctx.options.batch_size):
                     rows = range(start, min(start + ctx.options.batch_size, windows))
-                    tokens_BS = torch.from_numpy(np.stack([stream[w * S:(w + 1) * S] for w in rows]))
+                    tokens_BS = torch.from_numpy(
+                        np.stack([stream[w * S : (w + 1) * S] for w in rows])
+                    )
                     ctx.lm.logits(tokens_BS)  # the forward fills ``captured`` through the hooks
                     B = tokens_BS.shape[0]
                     # router tokens are sequence-major (t = s * B + b): back to [B, S, k] per layer
-                    per_layer = [c.reshape(S, B, k).transpose(0, 1).reshape(B * S, k) for c in captured]
+                    per_layer = [
+                        c.reshape(S, B, k).transpose(0, 1).reshape(B * S, k) for c in captured
+                    ]
                     topk.append(torch.stack(per_layer, dim=-1).numpy())
                     token_ids.append(tokens_BS.reshape(-1).numpy().astype(np.int32))
                     domain_ids.append(np.full(B * S, d, dtype=np.int16))
         finally:
             for h in handles:
                 h.remove()
-        topk_TKL, token_ids_T, domain_T = np.concatenate(topk), np.concatenate(token_ids), np.concatenate(domain_ids)
+        topk_TKL, token_ids_T, domain_T = (
+            np.concatenate(topk),
+            np.concatenate(token_ids),
+            np.concatenate(domain_ids),
+        )
         path = routing_path(ctx.em.run_dir, ctx.em.step)
         if ctx.write:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, topk_TKL=topk_TKL, token_ids_T=token_ids_T, domain_T=domain_T, domains=np.array(domains))
+                np.savez(
+                    f,
+                    topk_TKL=topk_TKL,
+                    token_ids_T=token_ids_T,
+                    domain_T=domain_T,
+                    domains=np.array(domains),
+                )
         n = len(token_ids_T)
         per_domain = dict(zip(domains, np.bincount(domain_T, minlength=len(domains)).tolist()))
         ctx.progress(f"routing: {n:,} tokens x {len(routers)} layers -> {os.path.relpath(path)}")
         # a capture, not a score: no metrics; the tokens captured per domain are its sample counts
         return TaskResult(metrics={}, samples=n, samples_by_metric=per_domain)
-
