@@ -22,8 +22,16 @@ from eval_run import NAME, copy_run, trained_run
 from test_train import PYTHON
 from tmpfs import mounted_tmpfs, remount
 
-ARGS = ["--tasks", "bpb,probes,routing", "--limit", "2", "--bpb-tokens", "512",
-        "--routing-tokens", "256"]
+ARGS = [
+    "--tasks",
+    "bpb,probes,routing",
+    "--limit",
+    "2",
+    "--bpb-tokens",
+    "512",
+    "--routing-tokens",
+    "256",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +40,15 @@ def trained(tmp_path_factory, toyworld_root):
 
 
 def _launch(root) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "-m", "ablate.cli", "eval", f"runs/{NAME}", *ARGS], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [PYTHON, "-m", "ablate.cli", "eval", f"runs/{NAME}", *ARGS],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _finish(p: subprocess.Popen):
@@ -87,8 +101,10 @@ def test_sigkill_at_a_random_moment_then_rerun_gives_the_clean_scores(trained, t
     err = _finish(_launch(killed))
     where = f"killed {delay:.2f} s after {seen} tasks began (seed {seed}): {err[-1500:]}"
     assert _scores(killed) == _scores(clean), where
-    a, b = (np.load(os.path.join(r, "runs", NAME, "eval", "routing_step_2.npz"))
-            for r in (clean, killed))
+    a, b = (
+        np.load(os.path.join(r, "runs", NAME, "eval", "routing_step_2.npz"))
+        for r in (clean, killed)
+    )
     for key in ("topk_TKL", "token_ids_T", "domain_T"):
         assert np.array_equal(a[key], b[key]), (key, where)
     eval_dir = os.path.join(killed, "runs", NAME, "eval")
@@ -99,15 +115,20 @@ def test_sigkill_at_a_random_moment_then_rerun_gives_the_clean_scores(trained, t
 # ------------------------------------------------------------------ read-only file systems
 # (tests/tmpfs.py mounts them and always unmounts; skipped where mounting is not allowed)
 
-def test_eval_dir_on_a_read_only_file_system_is_one_line_before_scoring(trained, tmp_path,
-                                                                        capsys):
+
+def test_eval_dir_on_a_read_only_file_system_is_one_line_before_scoring(trained, tmp_path, capsys):
     root = copy_run(trained, tmp_path)
     run = os.path.join(root, "runs", NAME)
     with mounted_tmpfs(os.path.join(run, "eval"), "4m") as eval_dir:
         remount(eval_dir, "ro")
-        assert_refused(["eval", run, "--tasks", "bpb"],
-                       os.path.join(run, "eval") + ": cannot write", "read-only",
-                       "cannot be saved", watch=(root,), capsys=capsys)
+        assert_refused(
+            ["eval", run, "--tasks", "bpb"],
+            os.path.join(run, "eval") + ": cannot write",
+            "read-only",
+            "cannot be saved",
+            watch=(root,),
+            capsys=capsys,
+        )
 
 
 def test_run_dir_on_a_read_only_file_system_is_one_line_before_scoring(trained, tmp_path, capsys):
@@ -116,6 +137,12 @@ def test_run_dir_on_a_read_only_file_system_is_one_line_before_scoring(trained, 
         remount(ro, "ro")
         run = os.path.join(root, "runs", NAME)
         before = set(os.listdir(tempfile.gettempdir()))
-        assert_refused(["eval", run, "--tasks", "bpb,probes"], os.path.join(run, "eval"),
-                       "read-only", "cannot be saved", watch=(root,), capsys=capsys)
+        assert_refused(
+            ["eval", run, "--tasks", "bpb,probes"],
+            os.path.join(run, "eval"),
+            "read-only",
+            "cannot be saved",
+            watch=(root,),
+            capsys=capsys,
+        )
         assert not {n for n in set(os.listdir(tempfile.gettempdir())) - before if "ablate" in n}
