@@ -289,6 +289,38 @@ def test_disk_full_during_training_is_one_line_naming_the_path_and_status_failed
     )
 
 
+def test_sigterm_before_training_began_leaves_status_failed(toyworld_root, tmp_path):
+    """SIGTERM once the run directory is locked (the trainer's preemption handler is not there
+    yet): exit 143, one line, status failed; if training had begun after all, the trainer's
+    preemption path answers (status preempted). Never left at running."""
+    link_toyworld(toyworld_root, tmp_path)
+    recipe = write_recipe(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(
+        [PYTHON, "-m", "ablate.cli", "train", recipe],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not (tmp_path / "runs" / "tiny" / ".lock").exists() and p.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.005)
+    os.kill(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    status = json.load(open(tmp_path / "runs" / "tiny" / "status.json"))
+    assert "Traceback" not in err, err[-3000:]
+    if p.returncode == 143:
+        lines = [line for line in err.splitlines() if line.startswith("stopped by")]
+        assert len(lines) == 1 and "SIGTERM" in lines[0], err[-2000:]
+        assert status["state"] == "failed" and "SIGTERM" in status["exit_reason"]
+    else:
+        assert p.returncode == 0 and status["state"] == "preempted", (p.returncode, err[-2000:])
+
+
 # ------------------------------------------------------------------ process plumbing
 
 FOLLOWER = """
