@@ -63,7 +63,6 @@ class _Loader(yaml.SafeLoader):
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
-
     def construct_yaml_int(self, node):
         # Python refuses to parse ints of over 4,300 digits (ValueError, no line): say where
         if len(node.value) > 100:
@@ -163,11 +162,12 @@ def load_yaml_file(path: str, what: str, mapping: bool = True) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = (exc.problem or exc.context or "syntax error").strip()
-        raise AblateError(f"{path}: {where}not valid YAML ({show(problem, 100)[1:-1]})") from None
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise AblateError(
-            f"{path}: not valid YAML ({show(str(exc).splitlines()[0], 100)[1:-1]})"
-        ) from None
+        raise AblateError(f"{path}: {where}not valid YAML ({_clip(problem)})") from None
+    except RecursionError:  # the composer recurses once per level
+        raise AblateError(f"{path}: not valid YAML (nested too deeply; allowed: a few hundred "
+                          "levels)") from None
+    except yaml.YAMLError as exc:
+        raise AblateError(f"{path}: not valid YAML ({_clip(str(exc).splitlines()[0])})") from None
     finally:
         loader.dispose()
     if mapping:
@@ -182,6 +182,10 @@ def load_yaml_file(path: str, what: str, mapping: bool = True) -> Any:
             )
     return value
 
+
+def _clip(text: str, limit: int = 100) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def kind_of(value: Any) -> str:

@@ -270,6 +270,8 @@ RECIPE_CASES = [
      lines("name: r", "training:", "  optimizer: {lr: 0.1, lr: 0.2}", "stages: []"),
      ["r.yaml: line 3: duplicate key 'lr'"]),
     ("alias-bomb", BOMB, ["r.yaml:", "alias bomb"]),
+    ("deep-nesting", "name: " + "[" * 1500 + "]" * 1500 + "\n",
+     ["r.yaml: not valid YAML", "nested too deeply"]),
     ("alias-recursive", lines("name: &n [*n]"), ["r.yaml: line 1:", "refers to itself"]),
     ("syntax-flow", SYNTAX, ["r.yaml: line 4, column 5: not valid YAML"]),
     ("syntax-indent", INDENT,
