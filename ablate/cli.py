@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module=r"megatron\.")
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        # a command returns its exit status when it is not 0 (sweep submit: 1 if a point failed)
+        code = args.func(args) or 0
     except AblateError as exc:
         # Under torchrun every rank validates the same recipe: one line from rank 0 is enough.
         if os.environ.get("RANK", "0") == "0":
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code
 
 
 if __name__ == "__main__":

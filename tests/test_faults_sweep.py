@@ -36,12 +36,8 @@ def here(tmp_path, monkeypatch, toyworld_root):
 
 def submit_exit(cli, capsys, *argv):
     """``ablate sweep submit ...`` in-process: (exit status, stdout, stderr)."""
-    try:
-        rc = cli("sweep", "submit", *argv).rc
-    except SystemExit as exc:
-        rc = exc.code
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
+    r = cli("sweep", "submit", *argv)
+    return r.rc, r.out, r.err
 
 
 def test_a_point_whose_training_fails_makes_submit_exit_1_naming_it(here, cli, capsys):

@@ -76,7 +76,7 @@ def _expand(args) -> None:
     print(expand_table(spec, points))
 
 
-def _submit(args) -> None:
+def _submit(args) -> int:
     import sys
 
     from ablate.sweep.commands import submit
@@ -93,8 +93,7 @@ def _submit(args) -> None:
             + (f" (log: {o.log})" if o.log else ""),
             file=sys.stderr,
         )
-    if failed:
-        raise SystemExit(1)
+    return 1 if failed else 0
 
 
 def submit_summary(outcomes: list, dry_run: bool) -> str:
