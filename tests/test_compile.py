@@ -88,7 +88,7 @@ def test_cluster_recipe_plans_meet_their_budgets(path, tmp_path, monkeypatch):
     entries = [DatasetEntry(domain=d, prefix=f"src/{d}", source="src", split="train", documents=int(n // 1000),
                             tokens=int(n), bytes=int(n * 4), dtype="int32", tokenizer="hf-x", fingerprint=f"f-{d}",
                             index_sha256="") for d, n in sizes.items()]
-    m = Manifest(tokenizer={"kind": "hf", "fingerprint": "hf-x", "vocab_size": 100000, "eod": 0, "pad": 0},
+    m = Manifest(tokenizer={"kind": "hf", "path": "tokenizer.json", "fingerprint": "hf-x", "vocab_size": 100000, "eod": 0, "pad": 0},
                  seed=1, domains=[], datasets=entries, eval_datasets=[], path="data/cluster/manifest.json")
     open(m.path, "w").write(m.to_json())
     monkeypatch.setattr(Manifest, "verify", lambda self, **kw: None)  # no files behind this manifest
