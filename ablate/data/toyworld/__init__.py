@@ -41,6 +41,21 @@ DOMAINS = ("code.exec", "code.nl", "math.text", "math.structured", "math.code", 
 _MIX = 0x9E3779B9  # decorrelates the probe stream from the training stream of the same seed
 
 
+# Bounds that keep a typo from starting a generation that never ends (2**70 documents) or a
+# world too large for a disk: 10M documents of ~200 bytes is ~2 GB per domain.
+_UPPER_BOUNDS = {
+    "documents_per_domain": 10_000_000,
+    "entities": 100_000,
+    "max_operand": 1_000_000,
+    "max_steps": 20,
+    "max_value": 1_000_000_000,
+    "probes_per_task": 100_000,
+}
+# Consecutive repeats after which the probe sampler concludes the world has no more distinct
+# problems (small max_operand/max_steps) rather than looping for ever.
+_MAX_REPEATS = 10_000
+
+
 @dataclass
 class ToyWorldConfig:
     seed: int = 1234
@@ -54,26 +69,23 @@ class ToyWorldConfig:
     where: str = "toyworld"  # where the options came from, for messages
 
     def __post_init__(self):
-        for f in (
-            "documents_per_domain",
-            "entities",
-            "max_operand",
-            "max_steps",
-            "max_value",
-            "probes_per_task",
-        ):
+        for f, most in _UPPER_BOUNDS.items():
             v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise AblateError(f"{self.where}.{f}: {v!r} must be a positive integer")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+                raise AblateError(
+                    f"{self.where}.{f}: {show(v)} must be an integer in [1, {most:,}]"
+                )
         for d, n in self.domain_documents.items():
             if d not in DOMAINS:
                 raise AblateError(
                     f"{self.where}.domain_documents: {show(d)} is not a toy-world domain "
                     f"(allowed: {', '.join(DOMAINS)})"
                 )
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            most = _UPPER_BOUNDS["documents_per_domain"]
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= most:
                 raise AblateError(
-                    f"{self.where}.domain_documents.{d}: {n!r} must be a non-negative integer"
+                    f"{self.where}.domain_documents.{d}: {show(n)} must be an integer in "
+                    f"[0, {most:,}]"
                 )
         if self.max_operand < 2:
             raise AblateError(f"{self.where}.max_operand: must be at least 2")
@@ -93,12 +105,20 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
 
     # Probes first, from their own stream, so training can steer clear of them.
     prng = random.Random(cfg.seed ^ _MIX)
-    math_probes, held_questions = [], set()
+    math_probes, held_questions, repeats = [], set(), 0
     while len(math_probes) < cfg.probes_per_task:
         p = sample_problem(prng, cfg.max_operand, cfg.max_steps, cfg.max_value)
         q = render.question(p)
         if q in held_questions:
+            repeats += 1
+            if repeats > _MAX_REPEATS:
+                raise AblateError(
+                    f"{cfg.where}.probes_per_task: {cfg.probes_per_task} distinct math problems "
+                    f"do not exist with max_operand {cfg.max_operand} and max_steps "
+                    f"{cfg.max_steps} (found {len(held_questions)}; lower it or raise those)"
+                )
             continue
+        repeats = 0
         held_questions.add(q)
         sols = {d: r(p) for d, r in render.MATH_RENDERERS.items()}
         math_probes.append(
