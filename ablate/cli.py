@@ -53,8 +53,12 @@ def _train(args) -> None:
     if args.save_init:
         print(save_initial_weights(args.recipe, args.save_init))
         return
-    result = train(args.recipe, resume=args.resume, reset_optimizer=args.reset_optimizer,
-                   callbacks=eval_callbacks(load_recipe(args.recipe)))
+    result = train(
+        args.recipe,
+        resume=args.resume,
+        reset_optimizer=args.reset_optimizer,
+        callbacks=eval_callbacks(load_recipe(args.recipe)),
+    )
     if result["state"] == "completed":
         print(f"completed {result['step']} steps")
 
@@ -68,35 +72,61 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="ablate", description="Controlled data ablations for MoE pretraining.")
+    parser = OneLineParser(
+        prog="ablate", description="Controlled data ablations for MoE pretraining."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="prepare and inspect domain-tagged datasets").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("prepare", help="corpora YAML (or 'toyworld') -> megatron-core indexed datasets + manifest")
+    data = sub.add_parser("data", help="prepare and inspect domain-tagged datasets").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser(
+        "prepare", help="corpora YAML (or 'toyworld') -> megatron-core indexed datasets + manifest"
+    )
     p.add_argument("spec", help="a corpora YAML, or the built-in name 'toyworld'")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
+    p.add_argument(
+        "--workers", type=int, default=None, help="tokenizer processes (default: all cores)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a different dataset already in --out"
+    )
     p.set_defaults(func=_data_prepare)
 
     p = data.add_parser("inspect", help="per-domain token table of a manifest")
     p.add_argument("manifest", help="DIR/manifest.json (or DIR)")
-    p.add_argument("--verify", action="store_true", help="also re-hash every dataset against its fingerprint")
+    p.add_argument(
+        "--verify", action="store_true", help="also re-hash every dataset against its fingerprint"
+    )
     p.set_defaults(func=_data_inspect)
 
     p = sub.add_parser("compile", help="recipe -> plan.json + megatron-core blend indices")
     p.add_argument("recipe", help="a recipe YAML")
-    p.add_argument("--dry-run", action="store_true", help="print the plan as a table; build nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan as a table; build nothing"
+    )
     p.set_defaults(func=_compile)
 
-    p = sub.add_parser("train", help="train a recipe (one process; use torchrun launchers/pretrain.py for more)")
+    p = sub.add_parser(
+        "train", help="train a recipe (one process; use torchrun launchers/pretrain.py for more)"
+    )
     p.add_argument("recipe", help="a recipe YAML")
-    p.add_argument("--resume", choices=("auto", "never"), default="auto",
-                   help="auto: continue from the latest complete checkpoint in the run directory (any layout)")
-    p.add_argument("--reset-optimizer", action="store_true",
-                   help="resume the model weights only; the optimizer starts fresh (e.g. after an expert-parallel change)")
-    p.add_argument("--save-init", metavar="DIR",
-                   help="save the recipe's initial weights as a checkpoint at DIR (for training.init_from) and exit")
+    p.add_argument(
+        "--resume",
+        choices=("auto", "never"),
+        default="auto",
+        help="auto: continue from the latest complete checkpoint in the run directory (any layout)",
+    )
+    p.add_argument(
+        "--reset-optimizer",
+        action="store_true",
+        help="resume the model weights only; the optimizer starts fresh (e.g. after an expert-parallel change)",
+    )
+    p.add_argument(
+        "--save-init",
+        metavar="DIR",
+        help="save the recipe's initial weights as a checkpoint at DIR (for training.init_from) and exit",
+    )
     p.set_defaults(func=_train)
 
     # Later stages of the pipeline own their subcommands (one concept per file): each module's

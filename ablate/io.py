@@ -51,7 +51,12 @@ def _pid_alive(pid: int) -> bool:
 def is_stale_temporary(name: str) -> bool:
     """Whether ``name`` is an ablate temporary whose owner is a dead process on this host."""
     m = _TMP_RE.search(name)
-    return bool(m) and m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
+    return (
+        bool(m)
+        and m["host"] == _HOST
+        and int(m["pid"]) != os.getpid()
+        and not _pid_alive(int(m["pid"]))
+    )
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:
@@ -150,7 +155,9 @@ def exclusive_lock(lock_path: str, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise AblateError(f"{what}: in use by {holder} (wait for it to finish, or stop it)") from None
+            raise AblateError(
+                f"{what}: in use by {holder} (wait for it to finish, or stop it)"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"ablate pid {os.getpid()} on {_HOST}".encode(), 0)
         yield

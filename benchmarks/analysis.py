@@ -59,16 +59,29 @@ def write_flush_files(run_dir, count, ntok, rng):
     os.makedirs(os.path.join(run_dir, "routing"), exist_ok=True)
     for f in range(count.shape[0]):
         with open(os.path.join(run_dir, "routing", f"step_{(f + 1) * 50:08d}.npz"), "wb") as fh:
-            np.savez(fh, count=count[f].astype(np.int64), gate=count[f] * 0.37, ntok=ntok[f].astype(np.int64),
-                     domains=np.array(DOMAINS[: count.shape[2]]))
+            np.savez(
+                fh,
+                count=count[f].astype(np.int64),
+                gate=count[f] * 0.37,
+                ntok=ntok[f].astype(np.int64),
+                domains=np.array(DOMAINS[: count.shape[2]]),
+            )
 
 
 def fast_one(run_dir, k):
     log = rs.load_routing(run_dir, k=k, refresh=False)
     m = log.metrics()
-    profile = rc.invariant_profile(m.total_count_LDE, m.total_ntok_LD, k)  # whole run (summed in the same pass)
-    return {"H": m.H_FLD, "js": m.js_FLDD, "cv": m.cv_FL, "maxvio": m.maxvio_FL, "shared": m.shared_FLDD,
-            "profile_cover50": profile["cover50_LD"]}
+    profile = rc.invariant_profile(
+        m.total_count_LDE, m.total_ntok_LD, k
+    )  # whole run (summed in the same pass)
+    return {
+        "H": m.H_FLD,
+        "js": m.js_FLDD,
+        "cv": m.cv_FL,
+        "maxvio": m.maxvio_FL,
+        "shared": m.shared_FLDD,
+        "profile_cover50": profile["cover50_LD"],
+    }
 
 
 def naive_one(run_dir, k, threshold=1.5):
@@ -130,14 +143,23 @@ def naive_one(run_dir, k, threshold=1.5):
                     break
             row.append(n)
         cover.append(row)
-    return {"H": np.array(H), "js": np.array(JS), "cv": np.array(CV), "maxvio": np.array(MV), "shared": np.array(SH),
-            "profile_cover50": np.array(cover, float)}
+    return {
+        "H": np.array(H),
+        "js": np.array(JS),
+        "cv": np.array(CV),
+        "maxvio": np.array(MV),
+        "shared": np.array(SH),
+        "profile_cover50": np.array(cover, float),
+    }
 
 
 def same(a, b, tol=2e-4):
     a, b = np.asarray(a, float), np.asarray(b, float)
-    return a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b)) and np.allclose(
-        a[~np.isnan(a)], b[~np.isnan(b)], atol=tol)
+    return (
+        a.shape == b.shape
+        and np.array_equal(np.isnan(a), np.isnan(b))
+        and np.allclose(a[~np.isnan(a)], b[~np.isnan(b)], atol=tol)
+    )
 
 
 def main() -> None:
@@ -148,9 +170,20 @@ def main() -> None:
     ap.add_argument("--domains", type=int, default=6)
     ap.add_argument("--experts", type=int, default=64)
     ap.add_argument("--topk", type=int, default=2)
-    ap.add_argument("--naive-runs", type=int, default=2, help="runs with per-flush files: consolidation and baseline")
-    ap.add_argument("--workers", type=int, default=2, help="threads for the fast path (also timed with 1)")
-    ap.add_argument("--dir", default=None, help="where to write the synthetic runs (default: a temporary directory)")
+    ap.add_argument(
+        "--naive-runs",
+        type=int,
+        default=2,
+        help="runs with per-flush files: consolidation and baseline",
+    )
+    ap.add_argument(
+        "--workers", type=int, default=2, help="threads for the fast path (also timed with 1)"
+    )
+    ap.add_argument(
+        "--dir",
+        default=None,
+        help="where to write the synthetic runs (default: a temporary directory)",
+    )
     args = ap.parse_args()
     F, L, D, E, k = args.flushes, args.layers, args.domains, args.experts, args.topk
     root = args.dir or tempfile.mkdtemp(prefix="ablate-bench-analysis-")
@@ -162,9 +195,17 @@ def main() -> None:
             count, ntok = synthetic_counts(rng, F, L, D, E, k)
             d = os.path.join(root, f"run{i:03d}")
             os.makedirs(os.path.join(d, "routing"))
-            rs.write_columnar(os.path.join(d, rs.COLUMNAR),
-                              {"steps_F": np.arange(1, F + 1) * 50, "count_FLDE": count, "ntok_FLD": ntok,
-                               "gate_FLDE": count.astype(np.float32) * 0.37, "domains": DOMAINS[:D], "files": []})
+            rs.write_columnar(
+                os.path.join(d, rs.COLUMNAR),
+                {
+                    "steps_F": np.arange(1, F + 1) * 50,
+                    "count_FLDE": count,
+                    "ntok_FLD": ntok,
+                    "gate_FLDE": count.astype(np.float32) * 0.37,
+                    "domains": DOMAINS[:D],
+                    "files": [],
+                },
+            )
             fast_dirs.append(d)
         naive_dirs = []
         for i in range(args.naive_runs):
@@ -173,9 +214,12 @@ def main() -> None:
             write_flush_files(d, count, ntok, rng)
             naive_dirs.append(d)
         size = sum(os.path.getsize(os.path.join(d, rs.COLUMNAR)) for d in fast_dirs)
-        print(f"synthetic logs: {args.runs} runs x {F} flushes x {L} layers x {D} domains x {E} experts, top-{k} "
-              f"({size / 2**30:.2f} GiB columnar) + {args.naive_runs} runs as flush files; written in "
-              f"{time.perf_counter() - t:.1f} s", flush=True)
+        print(
+            f"synthetic logs: {args.runs} runs x {F} flushes x {L} layers x {D} domains x {E} experts, top-{k} "
+            f"({size / 2**30:.2f} GiB columnar) + {args.naive_runs} runs as flush files; written in "
+            f"{time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
 
         # consolidation (once per run, then cached) and the freshness check of every later load
         t = time.perf_counter()
@@ -184,7 +228,9 @@ def main() -> None:
         consolidate_s = (time.perf_counter() - t) / max(1, len(naive_dirs))
         t = time.perf_counter()
         for d in naive_dirs:
-            rs.load_routing(d, k=k)  # up to date: lists and stats every flush file, then memory-maps
+            rs.load_routing(
+                d, k=k
+            )  # up to date: lists and stats every flush file, then memory-maps
         full_check_s = (time.perf_counter() - t) / max(1, len(naive_dirs))
 
         # correctness: the fast path equals the naive loop on the same runs
@@ -219,18 +265,28 @@ def main() -> None:
                     list(pool.map(lambda d: fast_one(d, k), fast_dirs))
             results[workers] = (time.perf_counter() - t, time.process_time() - c)
         naive_total = naive_per_run * args.runs
-        print(f"\nconsolidation of {F} flush files into {rs.COLUMNAR}: {consolidate_s:.2f} s per run (once)")
-        print(f"freshness check of an up-to-date store: {full_check_s * 1000:.1f} ms per run listing {F} flush files, "
-              f"{check_s * 1000:.2f} ms once routing/ has settled (no listing)")
-        print(f"naive per-run loop: {naive_per_run:.2f} s per run, measured on {len(naive_dirs)} runs -> "
-              f"{naive_total:.0f} s for {args.runs} runs (same numbers as the fast path: checked)")
+        print(
+            f"\nconsolidation of {F} flush files into {rs.COLUMNAR}: {consolidate_s:.2f} s per run (once)"
+        )
+        print(
+            f"freshness check of an up-to-date store: {full_check_s * 1000:.1f} ms per run listing {F} flush files, "
+            f"{check_s * 1000:.2f} ms once routing/ has settled (no listing)"
+        )
+        print(
+            f"naive per-run loop: {naive_per_run:.2f} s per run, measured on {len(naive_dirs)} runs -> "
+            f"{naive_total:.0f} s for {args.runs} runs (same numbers as the fast path: checked)"
+        )
         for workers, (wall, cpu) in results.items():
-            print(f"fast path, {workers} thread(s): {wall:.2f} s wall ({cpu:.2f} s CPU) for {args.runs} runs = "
-                  f"{wall / args.runs * 1000:.1f} ms per run; {naive_total / wall:.0f}x the naive loop"
-                  f"{'; with freshness checks ' + format(wall + check_s * args.runs, '.2f') + ' s' if check_s else ''}")
+            print(
+                f"fast path, {workers} thread(s): {wall:.2f} s wall ({cpu:.2f} s CPU) for {args.runs} runs = "
+                f"{wall / args.runs * 1000:.1f} ms per run; {naive_total / wall:.0f}x the naive loop"
+                f"{'; with freshness checks ' + format(wall + check_s * args.runs, '.2f') + ' s' if check_s else ''}"
+            )
         best = min(w for w, _ in results.values())
-        print(f"\nbest: {best:.2f} s for {args.runs} runs (target <= 5 s: {'met' if best <= 5 else 'NOT met'}); "
-              f"ratio to naive {naive_total / best:.0f}x")
+        print(
+            f"\nbest: {best:.2f} s for {args.runs} runs (target <= 5 s: {'met' if best <= 5 else 'NOT met'}); "
+            f"ratio to naive {naive_total / best:.0f}x"
+        )
     finally:
         if not args.dir:
             shutil.rmtree(root, ignore_errors=True)

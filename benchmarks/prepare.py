@@ -44,19 +44,28 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # import at the top would cost each ablate worker seconds that the real CLI never pays.
 
 # The shared benchmark folder sits beside the repository (see README); override with --gsm8k.
-GSM8K = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
-                     "benchmarks", "gsm8k", "train.jsonl")
+GSM8K = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "..",
+    "shared",
+    "benchmarks",
+    "gsm8k",
+    "train.jsonl",
+)
 EOD_TOKEN = "<|endoftext|>"
 
 
 # --- corpus ---------------------------------------------------------------------------------
+
 
 def text_pool(seed: int) -> str:
     """Real text present on every machine: the stdlib's sources plus GSM8K's questions/answers."""
     stdlib = sysconfig.get_paths()["stdlib"]
     pieces = []
     for d, dirs, files in os.walk(stdlib):
-        dirs[:] = sorted(x for x in dirs if x not in ("site-packages", "dist-packages", "__pycache__"))
+        dirs[:] = sorted(
+            x for x in dirs if x not in ("site-packages", "dist-packages", "__pycache__")
+        )
         for name in sorted(files):
             if name.endswith(".py"):
                 # "replace": a few test files are deliberately not UTF-8; lone surrogates would
@@ -85,7 +94,7 @@ def make_corpus(path: str, mb: int, seed: int) -> None:
             start = rng.randrange(len(pool) - n)
             nl = pool.find("\n", start, start + 200)  # start documents at a line, as real ones do
             start = nl + 1 if nl >= 0 else start
-            text = pool[start:start + n]
+            text = pool[start : start + n]
             if not text.strip():
                 continue
             # ensure_ascii=False: raw UTF-8 in the file, as in web dumps.
@@ -113,7 +122,9 @@ def train_bpe(corpus: str, out: str, vocab: int, sample_mb: int) -> None:
     t0 = time.perf_counter()
     tok = ByteLevelBPETokenizer()
     # The special token is what ablate looks for as the end-of-document id.
-    tok.train_from_iterator(sample(), vocab_size=vocab, special_tokens=[EOD_TOKEN], show_progress=False)
+    tok.train_from_iterator(
+        sample(), vocab_size=vocab, special_tokens=[EOD_TOKEN], show_progress=False
+    )
     tok.save(out + ".partial")
     os.replace(out + ".partial", out)
     print(f"trained {out} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
@@ -132,7 +143,10 @@ def _init_encoder(tokenizer: str) -> None:
         from tokenizers import Tokenizer
 
         hf = Tokenizer.from_file(tokenizer)
-        _encoder = (lambda text: hf.encode(text, add_special_tokens=False).ids, hf.token_to_id(EOD_TOKEN))
+        _encoder = (
+            lambda text: hf.encode(text, add_special_tokens=False).ids,
+            hf.token_to_id(EOD_TOKEN),
+        )
 
 
 def _encode_line(line: str) -> list[int]:
@@ -170,6 +184,7 @@ def run_baseline(corpus: str, tokenizer: str, workers: int, prefix: str, dtype) 
 
 # --- the benchmark --------------------------------------------------------------------------
 
+
 def best_of(repeat: int, fn) -> tuple[float, object]:
     """Shortest of ``repeat`` timings (noise only ever adds time), and the last result.
 
@@ -186,13 +201,18 @@ def best_of(repeat: int, fn) -> tuple[float, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=200, help="corpus size in MB (default 200)")
-    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ablate-bench-prepare"),
-                    help="cache for the corpus and tokenizer; outputs are written and removed here")
+    ap.add_argument(
+        "--workdir",
+        default=os.path.join(tempfile.gettempdir(), "ablate-bench-prepare"),
+        help="cache for the corpus and tokenizer; outputs are written and removed here",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="best of N runs per configuration")
     ap.add_argument("--workers", default="1,2", help="worker counts, comma-separated (default 1,2)")
     ap.add_argument("--tokenizers", default="byte,hf", help="byte and/or hf (default both)")
     ap.add_argument("--vocab", type=int, default=32000, help="BPE vocabulary size (default 32000)")
-    ap.add_argument("--train-mb", type=int, default=8, help="MB of the corpus the BPE is trained on")
+    ap.add_argument(
+        "--train-mb", type=int, default=8, help="MB of the corpus the BPE is trained on"
+    )
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     workers_list = [int(w) for w in args.workers.split(",")]
@@ -209,16 +229,24 @@ def main() -> None:
     corpus = os.path.join(args.workdir, f"corpus-{args.mb}mb-seed{args.seed}.jsonl")
     if not os.path.exists(corpus):
         make_corpus(corpus, args.mb, args.seed)
-    bpe = os.path.join(args.workdir, f"bpe-{args.vocab}-{args.mb}mb-seed{args.seed}-{args.train_mb}mb.json")
+    bpe = os.path.join(
+        args.workdir, f"bpe-{args.vocab}-{args.mb}mb-seed{args.seed}-{args.train_mb}mb.json"
+    )
     if "hf" in kinds and not os.path.exists(bpe):
         train_bpe(corpus, bpe, args.vocab, args.train_mb)
     if os.path.getsize(corpus) < max(workers_list) * JSONL_CHUNK_BYTES:
         # ablate parallelizes over fixed 16 MiB slices of the file: fewer slices, idle workers.
-        print(f"warning: the corpus is under {max(workers_list)} x {JSONL_CHUNK_BYTES >> 20} MiB; "
-              "ablate cannot use all workers, so its scaling figure is meaningless", file=sys.stderr)
+        print(
+            f"warning: the corpus is under {max(workers_list)} x {JSONL_CHUNK_BYTES >> 20} MiB; "
+            "ablate cannot use all workers, so its scaling figure is meaningless",
+            file=sys.stderr,
+        )
     if max(workers_list) > (os.cpu_count() or 1):
-        print(f"warning: {os.cpu_count()} cores for up to {max(workers_list)} workers; "
-              "scaling figures mean nothing", file=sys.stderr)
+        print(
+            f"warning: {os.cpu_count()} cores for up to {max(workers_list)} workers; "
+            "scaling figures mean nothing",
+            file=sys.stderr,
+        )
 
     rows = []  # (kind, workers, baseline tok/s, ablate tok/s)
     for kind in kinds:
@@ -226,9 +254,11 @@ def main() -> None:
         dtype = load_tokenizer(tok_arg).dtype  # the dtype ablate picks; the baseline must match
         spec = os.path.join(args.workdir, f"corpora-{kind}.yaml")
         with open(spec, "w", encoding="utf-8") as f:
-            f.write(f"tokenizer: {'byte' if kind == 'byte' else os.path.basename(bpe)}\n"
-                    "seed: 1\neval_fraction: 0.0\n"
-                    f"sources:\n  - path: {os.path.basename(corpus)}\n    name: corpus\n    domain: general\n")
+            f.write(
+                f"tokenizer: {'byte' if kind == 'byte' else os.path.basename(bpe)}\n"
+                "seed: 1\neval_fraction: 0.0\n"
+                f"sources:\n  - path: {os.path.basename(corpus)}\n    name: corpus\n    domain: general\n"
+            )
         for workers in workers_list:
             out = os.path.join(args.workdir, f"out-{kind}-{workers}w")
 
@@ -236,7 +266,9 @@ def main() -> None:
                 os.makedirs(out)
                 try:
                     t0 = time.perf_counter()
-                    tokens = run_baseline(corpus, tok_arg, workers, os.path.join(out, "data"), dtype)
+                    tokens = run_baseline(
+                        corpus, tok_arg, workers, os.path.join(out, "data"), dtype
+                    )
                     seconds = time.perf_counter() - t0
                     return seconds, (tokens, content_fingerprint(os.path.join(out, "data")))
                 finally:
@@ -248,7 +280,9 @@ def main() -> None:
                     res = prepare(spec, out, workers=workers, overwrite=True, progress=False)
                     seconds = time.perf_counter() - t0
                     m = res.manifest
-                    tokens = sum(d.tokens for d in m.datasets) + sum(d.tokens for d in m.eval_datasets)
+                    tokens = sum(d.tokens for d in m.datasets) + sum(
+                        d.tokens for d in m.eval_datasets
+                    )
                     return seconds, (tokens, [d.fingerprint for d in m.datasets + m.eval_datasets])
                 finally:
                     shutil.rmtree(out, ignore_errors=True)
@@ -256,19 +290,27 @@ def main() -> None:
             t_base, (base_tokens, base_fp) = best_of(args.repeat, baseline)
             t_abl, (abl_tokens, abl_fps) = best_of(args.repeat, ablate)
             # Correctness guard: a faster prepare that writes different tokens is no speedup.
-            assert abl_tokens == base_tokens, f"{kind} {workers}w: ablate {abl_tokens:,} tokens, baseline {base_tokens:,}"
-            assert abl_fps == [base_fp], f"{kind} {workers}w: ablate's dataset differs from the baseline's"
+            assert abl_tokens == base_tokens, (
+                f"{kind} {workers}w: ablate {abl_tokens:,} tokens, baseline {base_tokens:,}"
+            )
+            assert abl_fps == [base_fp], (
+                f"{kind} {workers}w: ablate's dataset differs from the baseline's"
+            )
             rows.append((kind, workers, base_tokens / t_base, abl_tokens / t_abl))
-            print(f"  {kind} {workers}w: baseline {t_base:.1f}s, ablate {t_abl:.1f}s, {abl_tokens:,} tokens",
-                  file=sys.stderr)
+            print(
+                f"  {kind} {workers}w: baseline {t_base:.1f}s, ablate {t_abl:.1f}s, {abl_tokens:,} tokens",
+                file=sys.stderr,
+            )
 
     print_table(rows, args.mb)
 
 
 def print_table(rows, mb: int) -> None:
     by = {(k, w): (b, a) for k, w, b, a in rows}
-    print(f"\nablate data prepare vs Megatron-LM preprocess_data loop: {mb} MB JSONL, "
-          f"{os.cpu_count()} cores, TOKENIZERS_PARALLELISM=false")
+    print(
+        f"\nablate data prepare vs Megatron-LM preprocess_data loop: {mb} MB JSONL, "
+        f"{os.cpu_count()} cores, TOKENIZERS_PARALLELISM=false"
+    )
     head = f"{'tokenizer':<9} {'workers':>7} {'baseline tok/s':>15} {'ablate tok/s':>13} {'speedup':>8} {'scaling(2w/1w)':>18}"
     print(head)
     print("-" * len(head))
@@ -281,9 +323,13 @@ def print_table(rows, mb: int) -> None:
             s_abl, s_base = abl / a1, base / b1
             scaling = f"{s_abl:.2f}x (base {s_base:.2f}x)"
             # "near-linear": at least 90% of the ideal w-fold.
-            verdicts.append(f"{kind} scaling 1->{w}w: {s_abl:.2f}x "
-                            f"{'ok' if s_abl >= 0.9 * w else 'MISS'} (target ~{w}x)")
-        verdicts.append(f"{kind} {w}w speedup: {speedup:.2f}x {'ok' if speedup >= 2 else 'MISS'} (target >=2x)")
+            verdicts.append(
+                f"{kind} scaling 1->{w}w: {s_abl:.2f}x "
+                f"{'ok' if s_abl >= 0.9 * w else 'MISS'} (target ~{w}x)"
+            )
+        verdicts.append(
+            f"{kind} {w}w speedup: {speedup:.2f}x {'ok' if speedup >= 2 else 'MISS'} (target >=2x)"
+        )
         print(f"{kind:<9} {w:>7} {base:>15,.0f} {abl:>13,.0f} {speedup:>7.2f}x {scaling:>18}")
     print("\ntargets (issue): >=2x the baseline at equal workers; near-linear 1->2 worker scaling")
     for v in verdicts:

@@ -55,14 +55,19 @@ def log(msg: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", type=int, default=32, help="datasets in the manifest (default 32)")
+    ap.add_argument(
+        "--datasets", type=int, default=32, help="datasets in the manifest (default 32)"
+    )
     ap.add_argument("--tokens", default="16B", help="tokens the datasets hold in all (default 16B)")
     ap.add_argument("--budget", default="1B", help="each point's token budget (default 1B)")
     ap.add_argument("--points", type=int, default=64, help="points of the sweep (default 64)")
     ap.add_argument("--seq", type=int, default=4096, help="sequence length (default 4096)")
     ap.add_argument("--gbs", type=int, default=512, help="global batch size (default 512)")
-    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ablate-bench-sweep"),
-                    help="synthetic data (kept), caches and run dirs (removed)")
+    ap.add_argument(
+        "--workdir",
+        default=os.path.join(tempfile.gettempdir(), "ablate-bench-sweep"),
+        help="synthetic data (kept), caches and run dirs (removed)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     bc = _bench_compile()
@@ -84,11 +89,17 @@ def main() -> None:
     mixes = [bc.sweep_mix(c) for c in codes]
 
     def recipe(name: str, cache: str, mix: dict) -> dict:
-        return bc.recipe_dict(name, manifest, cache, os.path.join(work, "runs", name), args.seq, args.gbs, budget, mix)
+        return bc.recipe_dict(
+            name, manifest, cache, os.path.join(work, "runs", name), args.seq, args.gbs, budget, mix
+        )
 
     with _single_process_group():  # one gloo group for the whole run, as both sides would have
         # warm-up, untimed: imports, megatron-core's C++ helpers, the .idx files in the page cache
-        compile_recipe(parse_recipe(recipe("warmup", bc.fresh(os.path.join(work, "cache-warm")), mixes[0]), "warmup"))
+        compile_recipe(
+            parse_recipe(
+                recipe("warmup", bc.fresh(os.path.join(work, "cache-warm")), mixes[0]), "warmup"
+            )
+        )
 
         # 1. independent compiles, each into an empty cache of its own
         independent, mixtures = 0.0, []
@@ -101,17 +112,25 @@ def main() -> None:
             independent += seconds
             mixtures.append(_mixture(plan))
             if (i + 1) % 8 == 0 or i + 1 == len(mixes):
-                log(f"  independent {i + 1}/{len(mixes)}: {seconds:.2f}s (total {independent:.1f}s)")
+                log(
+                    f"  independent {i + 1}/{len(mixes)}: {seconds:.2f}s (total {independent:.1f}s)"
+                )
         shutil.rmtree(os.path.join(work, "runs"), ignore_errors=True)
 
         # 2. the sweep: one file, `ablate sweep expand` (expansion + pre-compile, shared cache)
         cache = bc.fresh(os.path.join(work, "cache-sweep"))
-        swept, points = bc.run_sweep([recipe("base", cache, mix) for mix in mixes], os.path.join(work, "runs"))
+        swept, points = bc.run_sweep(
+            [recipe("base", cache, mix) for mix in mixes], os.path.join(work, "runs")
+        )
         log(f"  sweep: {swept:.2f}s")
     assert len(points) == len(mixes)
     # both sides compiled the same mixtures: the same samples of the same datasets, point by point
-    assert [_mixture(p.plan) for p in points] == mixtures, "the sweep planned other mixtures than the independent compiles"
-    indices = len([d for d in os.listdir(os.path.join(work, "cache-sweep", "indices")) if "." not in d])
+    assert [_mixture(p.plan) for p in points] == mixtures, (
+        "the sweep planned other mixtures than the independent compiles"
+    )
+    indices = len(
+        [d for d in os.listdir(os.path.join(work, "cache-sweep", "indices")) if "." not in d]
+    )
     (stage,) = points[0].plan.stages
     for d in ("cache-own", "cache-warm", "cache-sweep", "runs"):
         shutil.rmtree(os.path.join(work, d), ignore_errors=True)
@@ -119,16 +138,26 @@ def main() -> None:
     from ablate.recipe.budget import format_tokens
 
     ratio = swept / independent
-    print(f"\nablate sweep expand vs {args.points} independent compiles: {args.points} points over {args.datasets} "
-          f"datasets holding {format_tokens(tokens)} tokens; each point {format_tokens(stage.tokens)} tokens = "
-          f"{stage.samples:,} samples of {args.seq}; {os.cpu_count()} cores")
+    print(
+        f"\nablate sweep expand vs {args.points} independent compiles: {args.points} points over {args.datasets} "
+        f"datasets holding {format_tokens(tokens)} tokens; each point {format_tokens(stage.tokens)} tokens = "
+        f"{stage.samples:,} samples of {args.seq}; {os.cpu_count()} cores"
+    )
     print(f"{'measurement':<44} {'seconds':>9} {'per point':>10}")
     print("-" * 65)
-    print(f"{f'1. {args.points} independent compiles (own caches)':<44} {independent:>9.2f} {independent / args.points:>10.3f}")
-    print(f"{'2. sweep expand + pre-compile (one cache)':<44} {swept:>9.2f} {swept / args.points:>10.3f}")
-    print(f"   the sweep built {indices} per-dataset indices (independent: {args.points} x {len(stage.datasets)})")
-    print(f"\nratio sweep / independent: {ratio:.3f} = 1/{1 / ratio:.1f}  "
-          f"{'ok' if ratio <= 1 / 8 else 'MISS'} (target <= 1/8 = 0.125)")
+    print(
+        f"{f'1. {args.points} independent compiles (own caches)':<44} {independent:>9.2f} {independent / args.points:>10.3f}"
+    )
+    print(
+        f"{'2. sweep expand + pre-compile (one cache)':<44} {swept:>9.2f} {swept / args.points:>10.3f}"
+    )
+    print(
+        f"   the sweep built {indices} per-dataset indices (independent: {args.points} x {len(stage.datasets)})"
+    )
+    print(
+        f"\nratio sweep / independent: {ratio:.3f} = 1/{1 / ratio:.1f}  "
+        f"{'ok' if ratio <= 1 / 8 else 'MISS'} (target <= 1/8 = 0.125)"
+    )
 
 
 def _mixture(plan) -> list:

@@ -43,13 +43,21 @@ class StopgapLoop:
         self.model = build_model(recipe, vocab_size, layout.backend)
         config = transformer_config(recipe, layout.backend)
         config.calculate_per_token_loss = False
-        self.ddp = DistributedDataParallel(config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), self.model)
+        self.ddp = DistributedDataParallel(
+            config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), self.model
+        )
         opt = recipe.training.optimizer
         decay = [p for p in self.model.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": opt.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=opt.lr,
+            betas=(opt.beta1, opt.beta2),
+            eps=opt.eps,
+        )
         self.clip = opt.clip_grad
 
     def step(self, micro) -> None:
@@ -67,7 +75,9 @@ class StopgapLoop:
         params = list(self.model.parameters())
         for p in params:
             p.grad = getattr(p, "main_grad", p.grad)
-        norm = float(torch.sqrt(sum(p.grad.float().pow(2).sum() for p in params if p.grad is not None)))
+        norm = float(
+            torch.sqrt(sum(p.grad.float().pow(2).sum() for p in params if p.grad is not None))
+        )
         if self.clip > 0 and norm > self.clip:
             for p in params:
                 if p.grad is not None:
@@ -76,11 +86,15 @@ class StopgapLoop:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--recipe", default=os.path.join(REPO, "recipes", "quickstart.yaml"))
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of blocks (one per mode)")
-    ap.add_argument("--workdir", default=None, help="where the toy world is prepared (default: a temp dir)")
+    ap.add_argument(
+        "--workdir", default=None, help="where the toy world is prepared (default: a temp dir)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -132,7 +146,7 @@ def main() -> None:
         block(mode)  # warm-up: allocator, first-touch of the indices
     times: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(args.repeat):
-        for mode in modes[r % 3:] + modes[: r % 3]:
+        for mode in modes[r % 3 :] + modes[: r % 3]:
             times[mode].append(block(mode))
             print(f"  block {mode:>16}: {times[mode][-1] * 1000:.1f} ms/step", flush=True)
     flush = statistics.median(flush_seconds() for _ in range(5))
@@ -140,15 +154,21 @@ def main() -> None:
     med["engine+telemetry"] += flush / flush_every
     tokens = recipe.training.global_batch_size * recipe.training.seq_length
     params = sum(p.numel() for p in engine.parameters())
-    print(f"\n{recipe.name} ({params:,} parameters, {tokens:,} tokens/step, {layout.backend}, "
-          f"{torch.get_num_threads()} threads); median of {args.repeat} blocks of {args.steps} steps")
+    print(
+        f"\n{recipe.name} ({params:,} parameters, {tokens:,} tokens/step, {layout.backend}, "
+        f"{torch.get_num_threads()} threads); median of {args.repeat} blocks of {args.steps} steps"
+    )
     for m in modes:
         print(f"  {m:>16}: {med[m] * 1000:.1f} ms/step")
     overhead = med["engine+telemetry"] / med["engine"] - 1
     ratio = med["engine"] / med["stopgap"]
-    print(f"  telemetry overhead: {overhead * 100:+.2f} %  (target <= 3 %: {'ok' if overhead <= 0.03 else 'MISS'}; "
-          f"routing flush {flush * 1000:.2f} ms every {flush_every} steps included)")
-    print(f"  engine / stopgap loop: {ratio:.3f}  (target <= 1.05: {'ok' if ratio <= 1.05 else 'MISS'})")
+    print(
+        f"  telemetry overhead: {overhead * 100:+.2f} %  (target <= 3 %: {'ok' if overhead <= 0.03 else 'MISS'}; "
+        f"routing flush {flush * 1000:.2f} ms every {flush_every} steps included)"
+    )
+    print(
+        f"  engine / stopgap loop: {ratio:.3f}  (target <= 1.05: {'ok' if ratio <= 1.05 else 'MISS'})"
+    )
     backend.shutdown()
 
 

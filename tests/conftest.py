@@ -60,8 +60,11 @@ def bpe_tokenizer_json(tmp_path_factory) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(SAMPLE_TEXTS * 50, trainer)
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     tok.save(str(path))
@@ -79,6 +82,7 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> None:
 
 
 # --- The refusal contract, table-driven (issue: nothing lost, nothing half-written) -------------
+
 
 def tree_state(*roots) -> dict:
     """Every file and directory below ``roots``: path -> (kind, size, sha1). Links are recorded
@@ -101,7 +105,11 @@ def tree_state(*roots) -> dict:
                     state[key] = ("dir",)
                 else:
                     with open(path, "rb") as f:
-                        state[key] = ("file", os.path.getsize(path), hashlib.sha1(f.read()).hexdigest())
+                        state[key] = (
+                            "file",
+                            os.path.getsize(path),
+                            hashlib.sha1(f.read()).hexdigest(),
+                        )
     return state
 
 
@@ -156,7 +164,9 @@ def assert_refused(argv, *fragments: str, watch=(), capsys=None, code: int = 2) 
     assert len(lines[0]) <= 400, f"unbounded message ({len(lines[0])} chars): {lines[0][:200]}..."
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
-    assert tree_state(*watch) == before, "the refusal changed files under " + ", ".join(map(str, watch))
+    assert tree_state(*watch) == before, "the refusal changed files under " + ", ".join(
+        map(str, watch)
+    )
     assert temp_leftovers() <= temps_before, temp_leftovers() - temps_before
     return lines[0]
 
@@ -176,4 +186,7 @@ def toyworld_root(tmp_path_factory):
 def link_toyworld(shared_root, here) -> None:
     """Make ``here/data/toyworld`` point at the session's prepared toy world."""
     os.makedirs(os.path.join(str(here), "data"), exist_ok=True)
-    os.symlink(os.path.join(str(shared_root), "data", "toyworld"), os.path.join(str(here), "data", "toyworld"))
+    os.symlink(
+        os.path.join(str(shared_root), "data", "toyworld"),
+        os.path.join(str(here), "data", "toyworld"),
+    )

@@ -36,7 +36,10 @@ import megatron.core.models.gpt.gpt_layer_specs as specs  # noqa: E402
 
 asked = []
 original = specs.get_gpt_decoder_block_spec
-specs.get_gpt_decoder_block_spec = lambda config, use_transformer_engine, **kw: (asked.append(use_transformer_engine), original(config, False, **kw))[1]
+specs.get_gpt_decoder_block_spec = lambda config, use_transformer_engine, **kw: (
+    asked.append(use_transformer_engine),
+    original(config, False, **kw),
+)[1]
 layout = backend.Layout("cuda", 0, 1, 1, 0, torch.device("cpu"))
 import torch.distributed as dist  # noqa: E402
 import tempfile  # noqa: E402
@@ -50,21 +53,45 @@ spec_te = model_mod.layer_spec(config, "cuda", te=True)
 spec_local = model_mod.layer_spec(config, "cuda", te=False)
 specs.get_gpt_decoder_block_spec = original
 out["te_spec_asked"] = asked
-out["local_core_attention"] = spec_local.layer_specs[0].submodules.self_attention.submodules.core_attention.__name__
-out["config"] = {k: str(getattr(config, k)) for k in (
-    "use_cpu_initialization", "moe_token_dispatcher_type", "bf16", "params_dtype", "pipeline_dtype",
-    "calculate_per_token_loss", "batch_p2p_comm", "sequence_parallel", "bias_activation_fusion")}
+out["local_core_attention"] = spec_local.layer_specs[
+    0
+].submodules.self_attention.submodules.core_attention.__name__
+out["config"] = {
+    k: str(getattr(config, k))
+    for k in (
+        "use_cpu_initialization",
+        "moe_token_dispatcher_type",
+        "bf16",
+        "params_dtype",
+        "pipeline_dtype",
+        "calculate_per_token_loss",
+        "batch_p2p_comm",
+        "sequence_parallel",
+        "bias_activation_fusion",
+    )
+}
 backend.check_layout(recipe, 1, "cuda")
 from ablate.train.engine import Engine  # noqa: E402
 
 engine = Engine(recipe, layout, 258, 6)
 params = list(engine.parameters())
 out["param_dtypes"] = sorted({str(p.dtype) for p in params})
-out["main_param_dtypes"] = sorted({str(p.dtype) for g in engine.optimizer.param_groups for p in g["params"]})
+out["main_param_dtypes"] = sorted(
+    {str(p.dtype) for g in engine.optimizer.param_groups for p in g["params"]}
+)
 out["optimizer"] = type(engine.optimizer).__name__
-out["ddp"] = {k: getattr(engine.chunks[0].ddp_config, k) for k in ("grad_reduce_in_fp32", "use_distributed_optimizer",
-                                                                    "overlap_grad_reduce", "overlap_param_gather")}
-out["dispatcher"] = type(next(m for m in engine.modules[0].modules() if type(m).__name__ == "MoELayer").token_dispatcher).__name__
+out["ddp"] = {
+    k: getattr(engine.chunks[0].ddp_config, k)
+    for k in (
+        "grad_reduce_in_fp32",
+        "use_distributed_optimizer",
+        "overlap_grad_reduce",
+        "overlap_param_gather",
+    )
+}
+out["dispatcher"] = type(
+    next(m for m in engine.modules[0].modules() if type(m).__name__ == "MoELayer").token_dispatcher
+).__name__
 from ablate.train.checkpoint import OPTIMIZER_METADATA, _ensure_optimizer_state, _model_state  # noqa: E402
 
 state = _model_state(engine.modules)

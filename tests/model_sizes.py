@@ -29,8 +29,13 @@ def measure(cases: list[dict], tmp_dir: str) -> list[dict]:
     with open(spec, "w") as f:
         json.dump(cases, f)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp_dir}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), spec, out], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), spec, out],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(out) as f:
         return json.load(f)
@@ -77,8 +82,15 @@ def _main(spec: str, out: str) -> None:
         parallel_state.initialize_model_parallel(1, 1)
         for case in cases:
             seq = case.get("seq", 8)
-            recipe = parse_recipe({"name": "sizes", "model": case["model"], "training": {"seq_length": seq},
-                                   "stages": [{"mix": {"code": 1.0}}]}, "sizes")
+            recipe = parse_recipe(
+                {
+                    "name": "sizes",
+                    "model": case["model"],
+                    "training": {"seq_length": seq},
+                    "stages": [{"mix": {"code": 1.0}}],
+                },
+                "sizes",
+            )
             torch.manual_seed(0)
             meta = case.get("meta", True)
             if meta:
@@ -91,7 +103,11 @@ def _main(spec: str, out: str) -> None:
                 by_part[part_of(name)] = by_part.get(part_of(name), 0) + p.numel()
             res = {"total": sum(p.numel() for p in model.parameters()), "by_part": by_part}
             if not meta:
-                res.update(_touched_and_flops(model, case["vocab"], seq, torch, FlopCounterMode, sdpa_kernel, SDPBackend))
+                res.update(
+                    _touched_and_flops(
+                        model, case["vocab"], seq, torch, FlopCounterMode, sdpa_kernel, SDPBackend
+                    )
+                )
             results.append(res)
     finally:
         dist.destroy_process_group()
@@ -104,7 +120,9 @@ def _touched_and_flops(model, vocab, seq, torch, FlopCounterMode, sdpa_kernel, S
     tokens = torch.randint(0, vocab, (1, 1))
     model.zero_grad(set_to_none=True)
     model(tokens, torch.zeros(1, 1, dtype=torch.long), None, labels=tokens).sum().backward()
-    touched = sum(p.numel() for p in model.parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0))
+    touched = sum(
+        p.numel() for p in model.parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)
+    )
     # a batch: the FLOPs torch counts for its matmuls, forward and backward
     B = 2
     tokens = torch.randint(0, vocab, (B, seq))

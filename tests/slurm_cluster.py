@@ -63,10 +63,19 @@ class SlurmCluster:
             f.write(os.urandom(1024))
         os.chmod(key, 0o400)
         sock = self.path("munge", "munge.socket")
-        self._spawn("munged", ["munged", "--foreground", "--force", f"--key-file={key}", f"--socket={sock}",
-                               f"--pid-file={self.path('munge', 'munged.pid')}",
-                               f"--log-file={self.path('log', 'munged.log')}",
-                               f"--seed-file={self.path('munge', 'munged.seed')}"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={sock}",
+                f"--pid-file={self.path('munge', 'munged.pid')}",
+                f"--log-file={self.path('log', 'munged.log')}",
+                f"--seed-file={self.path('munge', 'munged.seed')}",
+            ],
+        )
         self._wait(lambda: os.path.exists(sock), "munged's socket", timeout)
         with open(self.path("etc", "plugstack.conf"), "w"):
             pass
@@ -81,13 +90,13 @@ AuthInfo=socket={sock}
 CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root
-StateSaveLocation={self.path('state')}
-SlurmdSpoolDir={self.path('spool')}
-SlurmctldPidFile={self.path('run', 'slurmctld.pid')}
-SlurmdPidFile={self.path('run', 'slurmd.pid')}
-SlurmctldLogFile={self.path('log', 'slurmctld.log')}
-SlurmdLogFile={self.path('log', 'slurmd.log')}
-PlugStackConfig={self.path('etc', 'plugstack.conf')}
+StateSaveLocation={self.path("state")}
+SlurmdSpoolDir={self.path("spool")}
+SlurmctldPidFile={self.path("run", "slurmctld.pid")}
+SlurmdPidFile={self.path("run", "slurmd.pid")}
+SlurmctldLogFile={self.path("log", "slurmctld.log")}
+SlurmdLogFile={self.path("log", "slurmd.log")}
+PlugStackConfig={self.path("etc", "plugstack.conf")}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -107,24 +116,32 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         with open(self.conf, "w") as f:
             f.write(conf)
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", self.conf])
-        self._wait(lambda: self.run("sinfo", "-h", check=False).returncode == 0, "slurmctld", timeout)
+        self._wait(
+            lambda: self.run("sinfo", "-h", check=False).returncode == 0, "slurmctld", timeout
+        )
         self._spawn("slurmd", ["slurmd", "-D", "-f", self.conf])
-        self._wait(lambda: self.run("sinfo", "-h", "-o", "%T", check=False).stdout.strip() == "idle",
-                   "the node to be idle", timeout)
+        self._wait(
+            lambda: self.run("sinfo", "-h", "-o", "%T", check=False).stdout.strip() == "idle",
+            "the node to be idle",
+            timeout,
+        )
         return self
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         cmd = [shutil.which(cmd[0], path=SEARCH_PATH), *cmd[1:]]
         out = open(self.path("log", f"{name}.stdout"), "w")
-        self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                            stdin=subprocess.DEVNULL)
+        self.procs[name] = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL
+        )
 
     def _wait(self, ready, what: str, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             for name, p in self.procs.items():
                 if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited ({p.returncode}) while waiting for {what}:\n{self.logs()}")
+                    raise RuntimeError(
+                        f"{name} exited ({p.returncode}) while waiting for {what}:\n{self.logs()}"
+                    )
             if ready():
                 return
             time.sleep(0.25)
@@ -132,7 +149,9 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 
     # ------------------------------------------------------------------ use
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         r = subprocess.run(list(cmd), capture_output=True, text=True, env=self.env, timeout=timeout)
         if check and r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr}{r.stdout}")
@@ -141,7 +160,11 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
     def jobs(self) -> list[dict]:
         """Every job the controller knows (finished ones too, for MinJobAge)."""
         out = self.run("squeue", "-h", "-t", "all", "-o", "%i|%T|%j|%r").stdout
-        return [dict(zip(("id", "state", "name", "reason"), line.split("|", 3))) for line in out.splitlines() if line]
+        return [
+            dict(zip(("id", "state", "name", "reason"), line.split("|", 3)))
+            for line in out.splitlines()
+            if line
+        ]
 
     def job_info(self, job_id: str) -> dict:
         out = self.run("scontrol", "show", "job", "-o", str(job_id)).stdout
@@ -161,13 +184,19 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
     def stop(self, timeout: float = 30) -> None:
         """Cancel the cluster's jobs, then end the daemons started here (by pid), newest first."""
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
-            ids = [j["id"] for j in self.jobs() if j["state"] in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING",
-                                                                     "REQUEUED", "SUSPENDED")]
+            ids = [
+                j["id"]
+                for j in self.jobs()
+                if j["state"]
+                in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "SUSPENDED")
+            ]
             if ids:
                 self.run("scancel", *ids, check=False)
                 deadline = time.time() + timeout
                 while time.time() < deadline and any(
-                        j["state"] in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING") for j in self.jobs()):
+                    j["state"] in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")
+                    for j in self.jobs()
+                ):
                     time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
             p = self.procs.pop(name, None)

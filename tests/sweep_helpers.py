@@ -12,13 +12,36 @@ TINY_BASE = {
     "name": "base",
     "seed": 7,
     "data": {"manifests": ["data/toyworld/manifest.json"], "cache_dir": "cache"},
-    "model": {"preset": "toy-moe", "num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128, "num_experts": 4,
-              "max_position_embeddings": 128},
-    "training": {"seq_length": 64, "global_batch_size": 8, "micro_batch_size": 2, "schedule": {"warmup_steps": 2}},
-    "cadence": {"log_every": 1, "checkpoint_every": 2, "routing_flush_every": 3, "tensorboard": False,
-                "keep_checkpoints": 2},
-    "stages": [{"name": "mixed", "mix": {"math": {"tokens": "3K", "density": {"math.structured": 0.5, "math.text": 0.5}},
-                                          "general": {"tokens": "1K"}}}],  # 8 steps of 512 tokens
+    "model": {
+        "preset": "toy-moe",
+        "num_layers": 2,
+        "hidden_size": 64,
+        "ffn_hidden_size": 128,
+        "num_experts": 4,
+        "max_position_embeddings": 128,
+    },
+    "training": {
+        "seq_length": 64,
+        "global_batch_size": 8,
+        "micro_batch_size": 2,
+        "schedule": {"warmup_steps": 2},
+    },
+    "cadence": {
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "routing_flush_every": 3,
+        "tensorboard": False,
+        "keep_checkpoints": 2,
+    },
+    "stages": [
+        {
+            "name": "mixed",
+            "mix": {
+                "math": {"tokens": "3K", "density": {"math.structured": 0.5, "math.text": 0.5}},
+                "general": {"tokens": "1K"},
+            },
+        }
+    ],  # 8 steps of 512 tokens
 }
 
 DENSITY = "stages.mixed.mix.math.density.math.structured"

@@ -21,8 +21,15 @@ RUNS = {  # name: (seed, recipe changes)
     "ctrl-s1": (7, {}),
     "ctrl-s2": (8, {}),
     # same initialisation as ctrl-s1; the second stage trades math tokens for general ones
-    "general-s1": (7, {"stages": [{"name": "code", "mix": {"code": {"tokens": "4K"}}},
-                                  {"name": "math", "mix": {"math": {"tokens": "2K"}, "general": {"tokens": "2K"}}}]}),
+    "general-s1": (
+        7,
+        {
+            "stages": [
+                {"name": "code", "mix": {"code": {"tokens": "4K"}}},
+                {"name": "math", "mix": {"math": {"tokens": "2K"}, "general": {"tokens": "2K"}}},
+            ]
+        },
+    ),
 }
 
 
@@ -41,9 +48,32 @@ def toy_runs(tmp_path_factory, toyworld_root):
         procs.append((name, launch(root, write(root, name, seed=seed, **changes))))
     _wait_all(procs, "training")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [(name, subprocess.Popen([sys.executable, "-m", "ablate.cli", "eval", f"runs/{name}", "--tasks", "probes,routing",
-                                      "--step", "8,16", "--limit", "4"], cwd=root, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)) for name in RUNS]
+    procs = [
+        (
+            name,
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ablate.cli",
+                    "eval",
+                    f"runs/{name}",
+                    "--tasks",
+                    "probes,routing",
+                    "--step",
+                    "8,16",
+                    "--limit",
+                    "4",
+                ],
+                cwd=root,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ),
+        )
+        for name in RUNS
+    ]
     _wait_all(procs, "eval")
     return root
 
@@ -65,13 +95,17 @@ def test_report_on_toy_world_runs(report):
     text = report.read_text()
     # the seeds form one condition; the variant differs in its second stage's mix
     assert "ctrl (n=2)" in text and "general-s1 (n=1)" in text
-    assert "stages.1.mix.general.tokens" in text and "+general" in text  # recipe diff and data change
+    assert (
+        "stages.1.mix.general.tokens" in text and "+general" in text
+    )  # recipe diff and data change
     assert "probes/gold_bpb/math_answer" in text and "routing/tokens" not in text
     assert "Runs from the control" in text  # general-s1 shares ctrl-s1's initialisation: aligned
     for section in ("Router saturation", "Vocabulary specialization", "Numbering-free comparison"):
         assert section in text
     images = report_images(text)
-    assert len(images) == 11  # bars, loss, 2 x curves, 2 x (heatmaps, over training), JS pair, saturation, co-activation
+    assert (
+        len(images) == 11
+    )  # bars, loss, 2 x curves, 2 x (heatmaps, over training), JS pair, saturation, co-activation
     for data in images:
         png_ok(data)
 
@@ -82,10 +116,21 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
     out = report
     shot = tmp_path / "shot.png"
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,3000",
-           f"file://{out}"]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1400,3000",
+        f"file://{out}",
+    ]
     subprocess.run(cmd, capture_output=True, timeout=120)
     assert shot.exists(), "chromium wrote no screenshot"
     im = png_ok(shot.read_bytes(), min_colors=50)
@@ -106,8 +151,12 @@ def test_notebook_runs_top_to_bottom(toy_runs, notebook, monkeypatch):
     monkeypatch.setenv("ABLATE_CONTROL", "ctrl")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(os.path.join(REPO, "analysis", f"{notebook}.ipynb"), as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(toy_runs)}}).execute()
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        "commit notebooks without outputs"
+    )
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(toy_runs)}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
@@ -123,7 +172,10 @@ def test_store_of_a_real_run_matches_its_flush_files(toy_runs):
     log = run.routing()
     count, ntok = log.total()
     assert log.num_layers == 2 and log.num_experts == 4 and (count.sum(-1) == run.k * ntok).all()
-    total = sum(np.load(p)["count"] for p in sorted((toy_runs / "runs" / "ctrl-s1" / "routing").glob("step_*.npz")))
+    total = sum(
+        np.load(p)["count"]
+        for p in sorted((toy_runs / "runs" / "ctrl-s1" / "routing").glob("step_*.npz"))
+    )
     assert (count == total).all()
     ev = run.eval_routing()
     assert ev.step == 16 and ev.topk_TKL.shape[1:] == (2, 2) and ev.domains == log.domains

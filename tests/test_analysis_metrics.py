@@ -27,7 +27,9 @@ def test_hand_case_specialization_distribution_lift():
     p = rm.routing_distribution(HAND_COUNT, HAND_NTOK, 2)
     assert np.allclose(p, [[[0.5, 0.25, 0.25, 0], [0, 0, 0.5, 0.5]]])
     # p(all) = [2, 1, 3, 2] / 8
-    assert np.allclose(rm.pooled_distribution(HAND_COUNT, HAND_NTOK, 2), [[0.25, 0.125, 0.375, 0.25]])
+    assert np.allclose(
+        rm.pooled_distribution(HAND_COUNT, HAND_NTOK, 2), [[0.25, 0.125, 0.375, 0.25]]
+    )
     assert np.allclose(rm.lift(HAND_COUNT, HAND_NTOK, 2), [[[2, 2, 2 / 3, 0], [0, 0, 4 / 3, 2]]])
 
 
@@ -48,10 +50,14 @@ def test_hand_case_shared_exclusive_and_cover():
     lift = rm.lift(HAND_COUNT, HAND_NTOK, 2)
     se = rm.shared_exclusive(lift, 0, 1, threshold=1.5)
     assert se["shared"][0].tolist() == [False] * 4
-    assert np.flatnonzero(se["only_a"][0]).tolist() == [0, 1] and np.flatnonzero(se["only_b"][0]).tolist() == [3]
+    assert np.flatnonzero(se["only_a"][0]).tolist() == [0, 1] and np.flatnonzero(
+        se["only_b"][0]
+    ).tolist() == [3]
     se = rm.shared_exclusive(lift, 0, 1, threshold=0.5)  # d0 high {0,1,2}, d1 high {2,3}
     assert np.flatnonzero(se["shared"][0]).tolist() == [2]
-    assert rm.experts_to_cover(np.array([[0.3, 0.3, 0.2, 0.2], [0.5, 0.25, 0.25, 0], [0.1, 0.6, 0.2, 0.1]])).tolist() == [2, 1, 1]
+    assert rm.experts_to_cover(
+        np.array([[0.3, 0.3, 0.2, 0.2], [0.5, 0.25, 0.25, 0], [0.1, 0.6, 0.2, 0.1]])
+    ).tolist() == [2, 1, 1]
     assert rm.sorted_profile(np.array([0.1, 0.6, 0.3])).tolist() == [0.6, 0.3, 0.1]
 
 
@@ -62,7 +68,11 @@ def test_hand_case_domain_without_tokens_is_nan_not_zero():
     js = rm.js_matrix(p)
     assert np.isnan(js[0, 0, 1]) and js[0, 0, 0] == 0
     m = rm.routing_metrics(count[None], ntok[None], 2)
-    assert np.isnan(m.H_FLD[0, 0, 1]) and np.isnan(m.js_FLDD[0, 0, 0, 1]) and np.isnan(m.js_FLDD[0, 0, 1, 1])
+    assert (
+        np.isnan(m.H_FLD[0, 0, 1])
+        and np.isnan(m.js_FLDD[0, 0, 0, 1])
+        and np.isnan(m.js_FLDD[0, 0, 1, 1])
+    )
     assert m.js_FLDD[0, 0, 0, 0] == 0
 
 
@@ -70,13 +80,26 @@ def test_hand_case_eval_time_metrics():
     C = rm.coactivation(HAND_TOPK, 4)[0]
     assert C.tolist() == [[2, 1, 1, 0], [1, 1, 0, 0], [1, 0, 3, 2], [0, 0, 2, 2]]
     P = rm.coactivation_conditional(C[None])[0]
-    assert P[0, 1] == 0.5 and P[2, 3] == pytest.approx(2 / 3) and P[1, 0] == 1.0 and np.allclose(np.diag(P), 1)
+    assert (
+        P[0, 1] == 0.5
+        and P[2, 3] == pytest.approx(2 / 3)
+        and P[1, 0] == 1.0
+        and np.allclose(np.diag(P), 1)
+    )
     earlier = np.array([[1, 3], [2, 0], [0, 1], [3, 2]])[:, :, None]  # overlaps: 1/2, 2/2, 0/2, 2/2
     assert rm.router_saturation(earlier, HAND_TOPK)[0] == pytest.approx((0.5 + 1 + 0 + 1) / 4)
     ids = np.array([5, 5, 7, 9])  # token 5: expert 0 both times; 7 and 9 once each
-    vocab, n, share = rm.vocab_specialization(np.array([[0, 1], [2, 0], [2, 3], [1, 3]])[:, :, None], ids, 4)
-    assert vocab.tolist() == [5, 7, 9] and n.tolist() == [2, 1, 1] and share[0].tolist() == [1.0, 1.0, 1.0]
-    vocab, n, share = rm.vocab_specialization(np.array([[0, 1], [2, 3]])[:, :, None], np.array([5, 5]), 4)
+    vocab, n, share = rm.vocab_specialization(
+        np.array([[0, 1], [2, 0], [2, 3], [1, 3]])[:, :, None], ids, 4
+    )
+    assert (
+        vocab.tolist() == [5, 7, 9]
+        and n.tolist() == [2, 1, 1]
+        and share[0].tolist() == [1.0, 1.0, 1.0]
+    )
+    vocab, n, share = rm.vocab_specialization(
+        np.array([[0, 1], [2, 3]])[:, :, None], np.array([5, 5]), 4
+    )
     assert share[0].tolist() == [0.5]
 
 
@@ -107,7 +130,9 @@ def brute_metrics(count, ntok, k, threshold=1.5):
         p = [[c[d][e] / (k * n[d]) if n[d] else nan for e in range(E)] for d in range(D)]
         total = sum(n)
         p_all = [sum(c[d][e] for d in range(D)) / (k * total) if total else nan for e in range(E)]
-        lift = [[p[d][e] / p_all[e] if n[d] and p_all[e] else nan for e in range(E)] for d in range(D)]
+        lift = [
+            [p[d][e] / p_all[e] if n[d] and p_all[e] else nan for e in range(E)] for d in range(D)
+        ]
         H = []
         for d in range(D):
             H.append(-sum(x * math.log(x) for x in p[d] if x > 0) / math.log(E) if n[d] else nan)
@@ -122,7 +147,10 @@ def brute_metrics(count, ntok, k, threshold=1.5):
         load = [sum(c[d][e] for d in range(D)) for e in range(E)]
         mean = sum(load) / E
         std = math.sqrt(sum((x - mean) ** 2 for x in load) / E)
-        high = [{e for e in range(E) if lift[d][e] == lift[d][e] and lift[d][e] > threshold + 1e-6} for d in range(D)]
+        high = [
+            {e for e in range(E) if lift[d][e] == lift[d][e] and lift[d][e] > threshold + 1e-6}
+            for d in range(D)
+        ]
         shared = [[len(high[i] & high[j]) for j in range(D)] for i in range(D)]
         cover = []
         for d in range(D):
@@ -136,8 +164,17 @@ def brute_metrics(count, ntok, k, threshold=1.5):
                 if acc >= 0.5 - 1e-9:
                     break
             cover.append(m_)
-        for key, v in (("S", S), ("p", p), ("lift", lift), ("H", H), ("js", js), ("cv", std / mean if mean else nan),
-                       ("maxvio", max(load) / mean - 1 if mean else nan), ("shared", shared), ("cover50", cover)):
+        for key, v in (
+            ("S", S),
+            ("p", p),
+            ("lift", lift),
+            ("H", H),
+            ("js", js),
+            ("cv", std / mean if mean else nan),
+            ("maxvio", max(load) / mean - 1 if mean else nan),
+            ("shared", shared),
+            ("cover50", cover),
+        ):
             out[key].append(v)
     return {key: np.array(v, dtype=float) for key, v in out.items()}
 
@@ -185,7 +222,9 @@ def test_reference_functions_match_brute_force(seed):
             for j in range(D):
                 se = rm.shared_exclusive(rm.lift(count, ntok, k), i, j)
                 assert se["shared"].sum(-1).tolist() == want["shared"][:, i, j].tolist()
-                assert (se["only_a"].sum(-1) == want["shared"][:, i, i] - want["shared"][:, i, j]).all()
+                assert (
+                    se["only_a"].sum(-1) == want["shared"][:, i, i] - want["shared"][:, i, j]
+                ).all()
         assert hi.sum(-1).tolist() == np.diagonal(want["shared"], axis1=1, axis2=2).tolist()
 
 
@@ -196,7 +235,9 @@ def test_bulk_kernel_matches_brute_force_every_window(cumulative):
     per_window = [brute_counts(d, t, D, E) for d, t in windows]
     count_FLDE = np.array([c for c, _ in per_window])
     ntok_FLD = np.array([n for _, n in per_window])
-    m = rm.routing_metrics(count_FLDE, ntok_FLD, k, cumulative=cumulative, chunk=4, keep_per_expert=True)
+    m = rm.routing_metrics(
+        count_FLDE, ntok_FLD, k, cumulative=cumulative, chunk=4, keep_per_expert=True
+    )
     lazy = rm.routing_metrics(count_FLDE, ntok_FLD, k, cumulative=cumulative, chunk=3)
     run_c, run_n = np.zeros_like(count_FLDE[0]), np.zeros_like(ntok_FLD[0])
     for f in range(len(windows)):
@@ -215,7 +256,9 @@ def test_bulk_kernel_matches_brute_force_every_window(cumulative):
             assert_close(got.maxvio_FL[f], want["maxvio"], 1e-5)
             assert got.shared_FLDD[f].tolist() == want["shared"].astype(int).tolist()
             excl = got.exclusive_FLDD()[f]
-            assert (excl == np.diagonal(want["shared"], axis1=1, axis2=2)[:, :, None] - want["shared"]).all()
+            assert (
+                excl == np.diagonal(want["shared"], axis1=1, axis2=2)[:, :, None] - want["shared"]
+            ).all()
     assert "S_FLDE" in m.kept and not lazy.kept
 
 
@@ -288,8 +331,11 @@ def _relabel(topk_TKL, perms_LE):
 
 def _same(a, b, tol=1e-9):
     a, b = np.asarray(a, float), np.asarray(b, float)
-    return a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b)) and np.allclose(
-        a[~np.isnan(a)], b[~np.isnan(b)], atol=tol)
+    return (
+        a.shape == b.shape
+        and np.array_equal(np.isnan(a), np.isnan(b))
+        and np.allclose(a[~np.isnan(a)], b[~np.isnan(b)], atol=tol)
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -312,7 +358,9 @@ def test_numbering_free_metrics_are_invariant_to_expert_permutation(case):
     assert _same(rm.load_cv(rm.expert_load(c1)), rm.load_cv(rm.expert_load(c2)))
     assert _same(rm.max_violation(rm.expert_load(c1)), rm.max_violation(rm.expert_load(c2)))
     assert _same(rm.experts_to_cover(p1), rm.experts_to_cover(p2))
-    assert _same(rm.sorted_profile(rm.specialization(c1, n1)), rm.sorted_profile(rm.specialization(c2, n2)))
+    assert _same(
+        rm.sorted_profile(rm.specialization(c1, n1)), rm.sorted_profile(rm.specialization(c2, n2))
+    )
     l1, l2 = rm.lift(c1, n1, k), rm.lift(c2, n2, k)
     for i in range(D):
         for j in range(D):
@@ -333,9 +381,14 @@ def test_numbering_free_metrics_are_invariant_to_expert_permutation(case):
         assert (C2[layer][np.ix_(perms[layer], perms[layer])] == C1[layer]).all()
     if len(domain_T):
         other = _relabel(np.roll(topk, 1, axis=0), np.tile(np.arange(E), (topk.shape[2], 1)))
-        assert _same(rm.router_saturation(other, topk), rm.router_saturation(_relabel(other, perms), relabelled))
+        assert _same(
+            rm.router_saturation(other, topk),
+            rm.router_saturation(_relabel(other, perms), relabelled),
+        )
         ids = np.arange(len(domain_T)) % 5
-        assert _same(rm.vocab_specialization(topk, ids, E)[2], rm.vocab_specialization(relabelled, ids, E)[2])
+        assert _same(
+            rm.vocab_specialization(topk, ids, E)[2], rm.vocab_specialization(relabelled, ids, E)[2]
+        )
 
 
 def test_permutation_test_is_not_vacuous():
@@ -344,17 +397,28 @@ def test_permutation_test_is_not_vacuous():
     perm = np.array([[3, 2, 1, 0]])
     relabelled = rc.permute_experts(count, perm)
     assert not np.array_equal(rm.specialization(count, ntok), rm.specialization(relabelled, ntok))
-    assert _same(rm.js_matrix(rm.routing_distribution(count, ntok, 2)),
-                 rm.js_matrix(rm.routing_distribution(relabelled, ntok, 2)))
+    assert _same(
+        rm.js_matrix(rm.routing_distribution(count, ntok, 2)),
+        rm.js_matrix(rm.routing_distribution(relabelled, ntok, 2)),
+    )
 
 
 def test_timeseries_frame_is_tidy():
     windows = random_windows(1, F=3)
     per_window = [brute_counts(d, t, 4, 6) for d, t in windows]
-    m = rm.routing_metrics(np.array([c for c, _ in per_window]), np.array([n for _, n in per_window]), 2,
-                           steps_F=[10, 20, 30], domains=list("abcd"))
+    m = rm.routing_metrics(
+        np.array([c for c, _ in per_window]),
+        np.array([n for _, n in per_window]),
+        2,
+        steps_F=[10, 20, 30],
+        domains=list("abcd"),
+    )
     f = rm.timeseries_frame(m)
     assert set(f["metric"]) == {"entropy", "peak_specialization", "cv", "maxvio", "mean_js"}
-    ent = f[(f["metric"] == "entropy") & (f["step"] == 20) & (f["layer"] == 1) & (f["domain"] == "c")]["value"]
+    ent = f[
+        (f["metric"] == "entropy") & (f["step"] == 20) & (f["layer"] == 1) & (f["domain"] == "c")
+    ]["value"]
     assert ent.iloc[0] == pytest.approx(m.H_FLD[1, 1, 2])
-    assert np.isnan(f[(f["metric"] == "entropy") & (f["step"] == 10) & (f["domain"] == "d")]["value"]).all()
+    assert np.isnan(
+        f[(f["metric"] == "entropy") & (f["step"] == 10) & (f["domain"] == "d")]["value"]
+    ).all()

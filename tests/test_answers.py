@@ -89,11 +89,26 @@ def test_truncate_at_stop_takes_the_earliest_stop():
     assert extract_gsm8k_answer("48 clips.\nQuestion: 5 cars", stops=()) == "5"
 
 
-@pytest.mark.parametrize("raw,canonical", [
-    ("1,000", "1000"), ("$18", "18"), ("18.0", "18"), ("18.00", "18"), ("+7", "7"), ("-0.50", "-0.5"),
-    ("18 dollars", "18"), ("18%", "18"), ("3/4", "0.75"), ("1/3", "1/3"), ("-0", "0"), ("007", "7"),
-    ("0.125", "0.125"), ("no number", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "raw,canonical",
+    [
+        ("1,000", "1000"),
+        ("$18", "18"),
+        ("18.0", "18"),
+        ("18.00", "18"),
+        ("+7", "7"),
+        ("-0.50", "-0.5"),
+        ("18 dollars", "18"),
+        ("18%", "18"),
+        ("3/4", "0.75"),
+        ("1/3", "1/3"),
+        ("-0", "0"),
+        ("007", "7"),
+        ("0.125", "0.125"),
+        ("no number", None),
+        (None, None),
+    ],
+)
 def test_normalize_number(raw, canonical):
     assert normalize_number(raw) == canonical
 
@@ -122,28 +137,55 @@ def test_reference_answer():
         reference_answer({"question": "q", "answer": "text\n#### none"})
 
 
-@pytest.mark.parametrize("value,answer", [
-    (18, "18"), (18.0, "18"), (18.0000001, "18"), (17.9999999, "18"), (-4.0, "-4"), (0.5, "0.5"),
-    (0.1 + 0.2, "0.3"), (1 / 3, "0.333333"), (2.5e6, "2500000"), (10 ** 20, "100000000000000000000"),
-    (Fraction(3, 4), "0.75"), ("18 dollars", "18"), ("$1,000", "1000"), ("Fraction(3, 4)", "0.75"),
-    ([42], "42"), ((7,), "7"), (True, None), (None, None), (float("nan"), None), (float("inf"), None),
-    ([1, 2], None), ({"a": 1}, None), ("no number", None), (complex(1, 2), None),
-])
+@pytest.mark.parametrize(
+    "value,answer",
+    [
+        (18, "18"),
+        (18.0, "18"),
+        (18.0000001, "18"),
+        (17.9999999, "18"),
+        (-4.0, "-4"),
+        (0.5, "0.5"),
+        (0.1 + 0.2, "0.3"),
+        (1 / 3, "0.333333"),
+        (2.5e6, "2500000"),
+        (10**20, "100000000000000000000"),
+        (Fraction(3, 4), "0.75"),
+        ("18 dollars", "18"),
+        ("$1,000", "1000"),
+        ("Fraction(3, 4)", "0.75"),
+        ([42], "42"),
+        ((7,), "7"),
+        (True, None),
+        (None, None),
+        (float("nan"), None),
+        (float("inf"), None),
+        ([1, 2], None),
+        ({"a": 1}, None),
+        ("no number", None),
+        (complex(1, 2), None),
+    ],
+)
 def test_pot_value_to_answer(value, answer):
     assert pot_value_to_answer(value) == answer
 
 
 # --- the GSM8K files themselves
 
+
 def _gsm8k_dir() -> str:
-    return os.environ.get("ABLATE_GSM8K_DIR") or os.path.join(os.path.dirname(REPO), "shared", "benchmarks", "gsm8k")
+    return os.environ.get("ABLATE_GSM8K_DIR") or os.path.join(
+        os.path.dirname(REPO), "shared", "benchmarks", "gsm8k"
+    )
 
 
 def _rows(split: str) -> list[dict]:
     path = os.path.join(_gsm8k_dir(), f"{split}.jsonl")
     if not os.path.exists(path):
-        pytest.skip(f"GSM8K {split} split not found at {path} "
-                    "(set ABLATE_GSM8K_DIR to the folder holding train.jsonl and test.jsonl)")
+        pytest.skip(
+            f"GSM8K {split} split not found at {path} "
+            "(set ABLATE_GSM8K_DIR to the folder holding train.jsonl and test.jsonl)"
+        )
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -165,8 +207,10 @@ def test_gsm8k_gold_solutions_extract_to_their_labels(split, expected_rows):
         last_agree += answers_match(extract_gsm8k_answer(worked), label)
     assert not wrong, f"{len(wrong)} gold solutions do not extract to their label, e.g. {wrong[:3]}"
     rate = last_agree / len(rows)
-    print(f"\nGSM8K {split}: '####' path {len(rows)}/{len(rows)} (100%); last number without the "
-          f"'####' line agrees on {last_agree}/{len(rows)} ({rate:.2%})")
+    print(
+        f"\nGSM8K {split}: '####' path {len(rows)}/{len(rows)} (100%); last number without the "
+        f"'####' line agrees on {last_agree}/{len(rows)} ({rate:.2%})"
+    )
     # a statistic, not a requirement; the bound only catches a broken last-number path
     assert rate > 0.9
 
@@ -175,9 +219,13 @@ def test_extraction_agrees_with_the_labels_of_real_model_solutions():
     """openai/grade-school-math's example_model_solutions.jsonl: 1,319 test problems x 4 models
     (6B/175B, fine-tuned/verifier), each solution labelled is_correct; its format ends with
     ``A: N``. Point ABLATE_GSM8K_MODEL_SOLUTIONS at the file (not shipped in ../shared)."""
-    path = os.environ.get("ABLATE_GSM8K_MODEL_SOLUTIONS") or os.path.join(_gsm8k_dir(), "example_model_solutions.jsonl")
+    path = os.environ.get("ABLATE_GSM8K_MODEL_SOLUTIONS") or os.path.join(
+        _gsm8k_dir(), "example_model_solutions.jsonl"
+    )
     if not os.path.isfile(path):
-        pytest.skip(f"no example_model_solutions.jsonl at {path} (set ABLATE_GSM8K_MODEL_SOLUTIONS)")
+        pytest.skip(
+            f"no example_model_solutions.jsonl at {path} (set ABLATE_GSM8K_MODEL_SOLUTIONS)"
+        )
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     total, disagree = 0, []

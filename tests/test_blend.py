@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from ablate.recipe import blend
 from ablate.recipe.blend import _wf2q_python, blend_order, interleave
 
-needs_extension = pytest.mark.skipif(blend._blend is None, reason="the optional C extension is not built")
+needs_extension = pytest.mark.skipif(
+    blend._blend is None, reason="the optional C extension is not built"
+)
 
 
 def assert_fair(dataset_index: np.ndarray, dataset_sample_index: np.ndarray, counts) -> None:
@@ -30,7 +32,10 @@ def assert_fair(dataset_index: np.ndarray, dataset_sample_index: np.ndarray, cou
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     k = np.arange(S) - np.repeat(starts, counts)  # 0-based rank of each sample within its dataset
     assert np.array_equal(dataset_sample_index[order], k)
-    n, p = np.repeat(counts, counts).astype(object), order.astype(object)  # Python ints: no overflow
+    n, p = (
+        np.repeat(counts, counts).astype(object),
+        order.astype(object),
+    )  # Python ints: no overflow
     k = k.astype(object)
     # right after its (k+1)-th sample, at p: at most 1 over; right before it: at most 1 under.
     # Between two samples of a dataset its error only falls, so these prefixes are the extremes.
@@ -101,16 +106,23 @@ def test_a_large_stage_is_fair_and_the_same_order_every_time():
     a2, b2 = interleave(counts)
     assert np.array_equal(a, a2) and np.array_equal(b, b2)
     h, hb = np.empty_like(a), np.empty_like(b)
-    assert blend._blend.wf2q(counts, h, hb, 1) == 0 and np.array_equal(a, h) and np.array_equal(b, hb)
-    assert blend._blend.wf2q(counts, h, hb, 4) == 0 and np.array_equal(a, h) and np.array_equal(b, hb)
+    assert (
+        blend._blend.wf2q(counts, h, hb, 1) == 0 and np.array_equal(a, h) and np.array_equal(b, hb)
+    )
+    assert (
+        blend._blend.wf2q(counts, h, hb, 4) == 0 and np.array_equal(a, h) and np.array_equal(b, hb)
+    )
 
 
 @needs_extension
-@pytest.mark.parametrize("counts", [
-    [999_983, 1_000_003, 999_979, 7],  # coprime, nearly equal: finishes a hair apart
-    [1_048_576, 1_048_576, 524_288, 262_144, 1],  # powers of two: many exact ties
-    [2_000_000, 1_999_999, 3, 1_000_001, 999_998, 17, 500_000, 250_001],
-])
+@pytest.mark.parametrize(
+    "counts",
+    [
+        [999_983, 1_000_003, 999_979, 7],  # coprime, nearly equal: finishes a hair apart
+        [1_048_576, 1_048_576, 524_288, 262_144, 1],  # powers of two: many exact ties
+        [2_000_000, 1_999_999, 3, 1_000_001, 999_998, 17, 500_000, 250_001],
+    ],
+)
 def test_the_scan_orders_near_and_exact_ties_as_the_exact_fractions_do(counts):
     """The scan compares each finish as one integer, floor(finish 2^F); at a few million
     samples, finishes of different datasets come within 1/S of each other, and its order must
@@ -123,7 +135,9 @@ def test_the_scan_orders_near_and_exact_ties_as_the_exact_fractions_do(counts):
         assert blend._blend.wf2q(counts, a, b, mode) == 0
         orders[mode] = (a, b)
     for mode in (3, 4):
-        assert np.array_equal(orders[1][0], orders[mode][0]) and np.array_equal(orders[1][1], orders[mode][1]), mode
+        assert np.array_equal(orders[1][0], orders[mode][0]) and np.array_equal(
+            orders[1][1], orders[mode][1]
+        ), mode
 
 
 @needs_extension
@@ -131,8 +145,15 @@ def test_interleavings_stepped_side_by_side_are_the_ones_computed_alone():
     """wf2q_lanes runs the scan-suited jobs two at a time and the rest alone (one dataset;
     more than the scan takes): each order must be exactly wf2q's for that job."""
     rng = np.random.default_rng(11)
-    jobs = [np.array([5000]), np.array([700, 1300]), rng.integers(1, 900, 6), rng.integers(1, 400, 23),
-            rng.integers(1, 50, 64), rng.integers(1, 2000, 3), np.array([1, 1, 1, 1, 40_000])]
+    jobs = [
+        np.array([5000]),
+        np.array([700, 1300]),
+        rng.integers(1, 900, 6),
+        rng.integers(1, 400, 23),
+        rng.integers(1, 50, 64),
+        rng.integers(1, 2000, 3),
+        np.array([1, 1, 1, 1, 40_000]),
+    ]
     jobs = [np.asarray(c, dtype=np.int64) for c in jobs]
     outs = [np.empty(int(c.sum()), np.int16) for c in jobs]
     assert blend._blend.wf2q_lanes(list(zip(jobs, outs))) == [0] * len(jobs)
@@ -143,7 +164,9 @@ def test_interleavings_stepped_side_by_side_are_the_ones_computed_alone():
         blend._blend.wf2q_lanes([(np.array([3, 0], np.int64), np.empty(3, np.int16))])
 
 
-def assert_fair_by_group(dataset_index: np.ndarray, dataset_sample_index: np.ndarray, counts, groups) -> None:
+def assert_fair_by_group(
+    dataset_index: np.ndarray, dataset_sample_index: np.ndarray, counts, groups
+) -> None:
     """Exact counts, each dataset's samples in order; every prefix N within one sample of each
     group's share and within 1 + v_d (v_d: the dataset's part of its group) of each dataset's,
     in exact integer arithmetic."""
@@ -163,7 +186,9 @@ def assert_fair_by_group(dataset_index: np.ndarray, dataset_sample_index: np.nda
         for d in np.flatnonzero(inside):
             seen_d = np.cumsum(dataset_index == d).astype(object)
             # |seen_d - N n_d / S| <= 1 + n_d / n_g, times S n_g
-            assert (abs(seen_d * S * n_g - int(counts[d]) * n_g * N) <= S * (n_g + int(counts[d]))).all(), d
+            assert (
+                abs(seen_d * S * n_g - int(counts[d]) * n_g * N) <= S * (n_g + int(counts[d]))
+            ).all(), d
 
 
 def check_by_group(counts, groups) -> None:
@@ -181,7 +206,15 @@ def test_by_domain_every_prefix_holds_each_domain_within_one_sample(pairs):
 
 def test_by_domain_on_a_stage_shaped_like_the_benchmark():
     rng = np.random.default_rng(11)
-    cycle = ["general", "code.exec", "math.text", "general", "code.nl", "math.structured", "general"]
+    cycle = [
+        "general",
+        "code.exec",
+        "math.text",
+        "general",
+        "code.nl",
+        "math.structured",
+        "general",
+    ]
     counts = np.maximum(1, rng.lognormal(4, 1.2, 40).astype(np.int64))
     check_by_group(counts, [cycle[i % len(cycle)] for i in range(len(counts))])
 
@@ -249,8 +282,14 @@ class _Mid:
 def _config(cache):
     from megatron.core.datasets.blended_megatron_dataset_config import BlendedMegatronDatasetConfig
 
-    return BlendedMegatronDatasetConfig(random_seed=1, sequence_length=8, blend_per_split=[None, None, None],
-                                        path_to_cache=str(cache), tokenizer=None, mid_level_dataset_surplus=0.0)
+    return BlendedMegatronDatasetConfig(
+        random_seed=1,
+        sequence_length=8,
+        blend_per_split=[None, None, None],
+        path_to_cache=str(cache),
+        tokenizer=None,
+        mid_level_dataset_surplus=0.0,
+    )
 
 
 def test_the_blend_is_cached_under_a_key_that_names_the_interleaving(tmp_path, monkeypatch):
@@ -262,16 +301,26 @@ def test_the_blend_is_cached_under_a_key_that_names_the_interleaving(tmp_path, m
     assert len(built) == 21 and built[0]["dataset_id"] == built.dataset_index[0]
     assert_fair(np.asarray(built.dataset_index), np.asarray(built.dataset_sample_index), counts)
     files = sorted(os.listdir(tmp_path))
-    assert files == sorted(f"{built.unique_description_hash}-ExactBlendedDataset-train-{s}"
-                           for s in ("description.txt", "dataset_index.npy", "dataset_sample_index.npy"))
+    assert files == sorted(
+        f"{built.unique_description_hash}-ExactBlendedDataset-train-{s}"
+        for s in ("description.txt", "dataset_index.npy", "dataset_sample_index.npy")
+    )
     description = next(f for f in files if f.endswith("description.txt"))
-    assert json.loads((tmp_path / description).read_text())["interleave"] == f"wf2q/{blend.BLEND_FORMAT}"
+    assert (
+        json.loads((tmp_path / description).read_text())["interleave"]
+        == f"wf2q/{blend.BLEND_FORMAT}"
+    )
     loaded = ExactBlendedDataset(mids, counts, _config(tmp_path))  # a cache hit: memory-mapped
     assert isinstance(loaded.dataset_index, np.memmap)
     assert np.array_equal(loaded.dataset_index, built.dataset_index)
-    monkeypatch.setattr(blend, "BLEND_FORMAT", blend.BLEND_FORMAT + 1)  # another interleaving: another key
+    monkeypatch.setattr(
+        blend, "BLEND_FORMAT", blend.BLEND_FORMAT + 1
+    )  # another interleaving: another key
     other = ExactBlendedDataset(mids, counts, _config(tmp_path))
-    assert other.unique_description_hash != built.unique_description_hash and len(os.listdir(tmp_path)) == 6
+    assert (
+        other.unique_description_hash != built.unique_description_hash
+        and len(os.listdir(tmp_path)) == 6
+    )
 
 
 def test_a_blend_asking_a_dataset_for_more_than_it_has_is_refused(tmp_path):

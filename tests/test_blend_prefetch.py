@@ -14,8 +14,12 @@ from ablate.recipe import blend_prefetch
 from ablate.recipe.blend import blend_order
 from ablate.recipe.blend_prefetch import BlendPrefetch, prefetching
 
-JOBS = [([5, 9, 2], ["a", "b", "a"]), ([40, 7, 13, 1], ["x", "x", "y", "z"]), ([3, 3], ["p", "q"]),
-        ([100, 250, 75], ["m", "n", "m"])]
+JOBS = [
+    ([5, 9, 2], ["a", "b", "a"]),
+    ([40, 7, 13, 1], ["x", "x", "y", "z"]),
+    ([3, 3], ["p", "q"]),
+    ([100, 250, 75], ["m", "n", "m"]),
+]
 
 
 def same(got, counts, groups) -> None:
@@ -63,7 +67,9 @@ def test_the_block_waits_for_writes_and_raises_a_failed_one(tmp_path):
             assert inner is p
         for i in range(3):
             p.write_behind(lambda i=i: written.append(i))
-    assert sorted(written) == [0, 1, 2] and blend_prefetch.active() is None  # two writers: any order
+    assert (
+        sorted(written) == [0, 1, 2] and blend_prefetch.active() is None
+    )  # two writers: any order
 
     def fail():
         raise OSError("disk full")
@@ -85,14 +91,18 @@ def test_a_write_waits_while_the_queued_writes_hold_the_memory_bound():
     release, returned = threading.Event(), threading.Event()
     try:
         p.write_behind(release.wait, nbytes=8)
-        second = threading.Thread(target=lambda: (p.write_behind(lambda: None, nbytes=8), returned.set()))
+        second = threading.Thread(
+            target=lambda: (p.write_behind(lambda: None, nbytes=8), returned.set())
+        )
         second.start()
         time.sleep(0.3)
         assert not returned.is_set()  # 8 + 8 > 10: it waits for the first write
         release.set()
         second.join(timeout=10)
         assert returned.is_set()
-        p.write_behind(lambda: None, nbytes=100)  # larger than the bound alone: written, not refused
+        p.write_behind(
+            lambda: None, nbytes=100
+        )  # larger than the bound alone: written, not refused
     finally:
         release.set()
         p.close()

@@ -16,10 +16,27 @@ PROBE = os.path.join(REPO, "tests", "cuda_config_probe.py")
 RECIPE = {
     "name": "cudacfg",
     # a cluster preset's settings on a model small enough for a CPU test
-    "model": {"preset": "moe-1.3b-a0.3b", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
-              "ffn_hidden_size": 128, "moe_ffn_hidden_size": 64, "num_experts": 4, "max_position_embeddings": 128},
-    "training": {"seq_length": 64, "global_batch_size": 8, "micro_batch_size": 2, "precision": "bf16"},
-    "parallelism": {"distributed_optimizer": True, "overlap_grad_reduce": True, "overlap_param_gather": True},
+    "model": {
+        "preset": "moe-1.3b-a0.3b",
+        "num_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "ffn_hidden_size": 128,
+        "moe_ffn_hidden_size": 64,
+        "num_experts": 4,
+        "max_position_embeddings": 128,
+    },
+    "training": {
+        "seq_length": 64,
+        "global_batch_size": 8,
+        "micro_batch_size": 2,
+        "precision": "bf16",
+    },
+    "parallelism": {
+        "distributed_optimizer": True,
+        "overlap_grad_reduce": True,
+        "overlap_param_gather": True,
+    },
     "stages": [{"name": "code", "mix": {"code": {"tokens": "4K"}}}],
 }
 
@@ -27,23 +44,44 @@ RECIPE = {
 def _probe(tmp_path, *flags):
     path = tmp_path / "cuda.yaml"
     path.write_text(yaml.safe_dump(RECIPE))
-    return subprocess.run([PYTHON, PROBE, str(path), *flags], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    return subprocess.run(
+        [PYTHON, PROBE, str(path), *flags],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
 
 
 def test_cuda_configuration_builds_a_model_optimizer_and_checkpoint_state(tmp_path):
     r = _probe(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["te_spec_asked"] == [True, False]  # TE's spec when it imports, megatron's local one otherwise
-    assert out["local_core_attention"] == "SDPACoreAttention"  # never the unfused seq x seq attention
+    assert out["te_spec_asked"] == [
+        True,
+        False,
+    ]  # TE's spec when it imports, megatron's local one otherwise
+    assert (
+        out["local_core_attention"] == "SDPACoreAttention"
+    )  # never the unfused seq x seq attention
     cfg = out["config"]
-    assert cfg["use_cpu_initialization"] == "False" and cfg["moe_token_dispatcher_type"] == "alltoall"
-    assert cfg["bf16"] == "True" and cfg["params_dtype"] == cfg["pipeline_dtype"] == "torch.bfloat16"
+    assert (
+        cfg["use_cpu_initialization"] == "False" and cfg["moe_token_dispatcher_type"] == "alltoall"
+    )
+    assert (
+        cfg["bf16"] == "True" and cfg["params_dtype"] == cfg["pipeline_dtype"] == "torch.bfloat16"
+    )
     assert cfg["calculate_per_token_loss"] == "True" and cfg["batch_p2p_comm"] == "True"
-    assert out["param_dtypes"] == ["torch.bfloat16"] and out["main_param_dtypes"] == ["torch.float32"]
-    assert out["ddp"] == {"grad_reduce_in_fp32": True, "use_distributed_optimizer": True,
-                          "overlap_grad_reduce": True, "overlap_param_gather": True}
+    assert out["param_dtypes"] == ["torch.bfloat16"] and out["main_param_dtypes"] == [
+        "torch.float32"
+    ]
+    assert out["ddp"] == {
+        "grad_reduce_in_fp32": True,
+        "use_distributed_optimizer": True,
+        "overlap_grad_reduce": True,
+        "overlap_param_gather": True,
+    }
     assert out["dispatcher"] == "MoEAlltoAllTokenDispatcher"
     assert out["checkpoint_keys"] > 0
 
@@ -54,11 +92,13 @@ def test_the_probe_catches_a_missing_cuda_rng_seed(tmp_path):
 
 
 def test_cuda_type_names_are_answered_only_inside_the_optimizer_scope():
-    code = ("import torch; from ablate.train import cpu_compat; cpu_compat.apply();"
-            "t = torch.zeros(1, dtype=torch.bfloat16); assert t.type() == 'torch.BFloat16Tensor';"
-            "\nwith cpu_compat.cuda_type_names():\n    assert t.type() == 'torch.cuda.BFloat16Tensor'\n"
-            "assert t.type() == 'torch.BFloat16Tensor' and not cpu_compat.type_names_scoped();"
-            "assert torch.zeros(1).type(torch.float64).dtype == torch.float64; print('ok')")
+    code = (
+        "import torch; from ablate.train import cpu_compat; cpu_compat.apply();"
+        "t = torch.zeros(1, dtype=torch.bfloat16); assert t.type() == 'torch.BFloat16Tensor';"
+        "\nwith cpu_compat.cuda_type_names():\n    assert t.type() == 'torch.cuda.BFloat16Tensor'\n"
+        "assert t.type() == 'torch.BFloat16Tensor' and not cpu_compat.type_names_scoped();"
+        "assert torch.zeros(1).type(torch.float64).dtype == torch.float64; print('ok')"
+    )
     r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
 

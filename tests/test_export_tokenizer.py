@@ -9,8 +9,14 @@ pytest.importorskip("transformers")
 from ablate.data.tokenizer import ByteTokenizer, HFTokenizer  # noqa: E402
 from ablate.evals.export_hf import hf_tokenizer  # noqa: E402
 
-TEXTS = ["def add(a, b):\n    return a + b\n", "  two  spaces and\ttabs\r\n", "Zürich 東京 🙂 naïve",
-         "The answer is 42.", "", "\x00\x7f control"]
+TEXTS = [
+    "def add(a, b):\n    return a + b\n",
+    "  two  spaces and\ttabs\r\n",
+    "Zürich 東京 🙂 naïve",
+    "The answer is 42.",
+    "",
+    "\x00\x7f control",
+]
 
 
 def _roundtrip(ours, theirs, tmp_path):

@@ -8,19 +8,45 @@ import sys
 import pytest
 
 from ablate.recipe.schema import ModelConfig
-from ablate.telemetry.flops import PEAK_TFLOPS, device_peak_flops, device_row, flops_per_token, mfu, parameter_counts
+from ablate.telemetry.flops import (
+    PEAK_TFLOPS,
+    device_peak_flops,
+    device_row,
+    flops_per_token,
+    mfu,
+    parameter_counts,
+)
 from model_sizes import measure
 
-BASE = dict(num_layers=3, hidden_size=64, num_attention_heads=4, ffn_hidden_size=96, max_position_embeddings=64)
+BASE = dict(
+    num_layers=3,
+    hidden_size=64,
+    num_attention_heads=4,
+    ffn_hidden_size=96,
+    max_position_embeddings=64,
+)
 CASES = {
     "dense": dict(BASE, num_experts=0),
     "moe": dict(BASE, num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=48),
-    "moe_freq2": dict(BASE, num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=32, moe_layer_freq=2),
-    "shared_bias": dict(BASE, num_experts=8, moe_router_topk=3, moe_ffn_hidden_size=16,
-                        moe_shared_expert_intermediate_size=40, moe_router_score_function="sigmoid",
-                        moe_router_enable_expert_bias=True),
-    "layernorm_learned": dict(BASE, num_experts=4, moe_router_topk=2, normalization="LayerNorm",
-                              position_embedding_type="learned_absolute"),
+    "moe_freq2": dict(
+        BASE, num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=32, moe_layer_freq=2
+    ),
+    "shared_bias": dict(
+        BASE,
+        num_experts=8,
+        moe_router_topk=3,
+        moe_ffn_hidden_size=16,
+        moe_shared_expert_intermediate_size=40,
+        moe_router_score_function="sigmoid",
+        moe_router_enable_expert_bias=True,
+    ),
+    "layernorm_learned": dict(
+        BASE,
+        num_experts=4,
+        moe_router_topk=2,
+        normalization="LayerNorm",
+        position_embedding_type="learned_absolute",
+    ),
 }
 VOCAB = 300  # pads to 384: the padding rows are parameters too
 SEQ = 16
@@ -63,7 +89,10 @@ def test_flops_per_token_equal_torch_flop_counter_on_the_real_model(real, name):
     measured = real[name]["matmul_flops"] / real[name]["tokens"]
     assert measured == pytest.approx(flops_per_token(m, VOCAB, SEQ, causal=False), rel=1e-12)
     causal = flops_per_token(m, VOCAB, SEQ)
-    assert causal == flops_per_token(m, VOCAB, SEQ, causal=False) - 6 * m.num_layers * m.hidden_size * SEQ
+    assert (
+        causal
+        == flops_per_token(m, VOCAB, SEQ, causal=False) - 6 * m.num_layers * m.hidden_size * SEQ
+    )
 
 
 def test_moe_flops_count_routed_experts_only():
@@ -71,9 +100,14 @@ def test_moe_flops_count_routed_experts_only():
     more_experts = ModelConfig(**dict(CASES["moe"], num_experts=16))
     assert parameter_counts(more_experts, VOCAB)["total"] > parameter_counts(m, VOCAB)["total"]
     # router grows by E x H, experts a token visits stay the same
-    assert flops_per_token(more_experts, VOCAB, SEQ) - flops_per_token(m, VOCAB, SEQ) == 6 * 3 * 12 * 64
+    assert (
+        flops_per_token(more_experts, VOCAB, SEQ) - flops_per_token(m, VOCAB, SEQ)
+        == 6 * 3 * 12 * 64
+    )
     topk3 = ModelConfig(**dict(CASES["moe"], moe_router_topk=3))
-    assert flops_per_token(topk3, VOCAB, SEQ) - flops_per_token(m, VOCAB, SEQ) == 6 * 3 * (3 * 64 * 48)
+    assert flops_per_token(topk3, VOCAB, SEQ) - flops_per_token(m, VOCAB, SEQ) == 6 * 3 * (
+        3 * 64 * 48
+    )
 
 
 def test_vocab_padding_is_the_model_builders():
@@ -94,14 +128,28 @@ def test_module_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("name, row", [
-    ("NVIDIA H200", "H200"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA H100 80GB HBM3", "H100 SXM"),
-    ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA GH200 480GB", "GH200"),
-    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A100-SXM4-40GB", "A100"), ("NVIDIA A100-PCIE-40GB", "A100"),
-    ("NVIDIA A100 80GB PCIe", "A100"), ("NVIDIA B200", "B200"),
-    ("NVIDIA GeForce RTX 4090", None), ("Tesla V100-SXM2-32GB", None), ("NVIDIA GB200", None),
-    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None), ("NVIDIA H100", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "name, row",
+    [
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA H200 NVL", "H200 NVL"),
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H100 NVL", "H100 NVL"),
+        ("NVIDIA GH200 480GB", "GH200"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100-SXM4-40GB", "A100"),
+        ("NVIDIA A100-PCIE-40GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("NVIDIA B200", "B200"),
+        ("NVIDIA GeForce RTX 4090", None),
+        ("Tesla V100-SXM2-32GB", None),
+        ("NVIDIA GB200", None),
+        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None),
+        ("NVIDIA H100", None),
+        ("", None),
+    ],
+)
 def test_device_names_map_to_their_row_or_none(name, row):
     assert device_row(name) == row
 

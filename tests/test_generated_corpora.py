@@ -40,7 +40,12 @@ def test_toyworld_is_deterministic_in_its_seed():
 
 
 def test_toyworld_has_six_domains_and_the_requested_sizes():
-    cfg = ToyWorldConfig(documents_per_domain=100, domain_documents={"math.structured": 250}, probes_per_task=5, entities=4)
+    cfg = ToyWorldConfig(
+        documents_per_domain=100,
+        domain_documents={"math.structured": 250},
+        probes_per_task=5,
+        entities=4,
+    )
     rows, probes = generate(cfg)
     counts = {d: sum(r["domain"] == d for r in rows) for d in DOMAINS}
     assert counts == {**{d: 100 for d in DOMAINS}, "math.structured": 250}
@@ -53,7 +58,9 @@ def test_toyworld_probes_are_held_out_and_their_answers_are_right():
     train_text = "\n".join(r["text"] for r in rows)
     for p in probes["math_answer"]:
         assert p["prompt"] not in train_text  # the question never appears in training
-        steps = re.findall(r"Step \d+: (\d+) ([-+*]) (\d+) = (\d+)", p["solutions"]["math.structured"])
+        steps = re.findall(
+            r"Step \d+: (\d+) ([-+*]) (\d+) = (\d+)", p["solutions"]["math.structured"]
+        )
         assert steps, p
         for a, op, b, c in steps:
             assert apply({"+": "add", "-": "sub", "*": "mul"}[op], int(a), int(b)) == int(c)
@@ -66,7 +73,9 @@ def test_toyworld_probes_are_held_out_and_their_answers_are_right():
     for p in probes["program_output"]:
         assert p["prompt"] + p["answer"] not in train_text
         scope = {}
-        exec(p["prompt"] + p["answer"], scope)  # the assert holds: the answer is the program's value
+        exec(
+            p["prompt"] + p["answer"], scope
+        )  # the assert holds: the answer is the program's value
     for p in probes["fact_recall"]:
         assert p["prompt"] + p["gold"] in train_text  # recall: the fact was stated in training
 
@@ -82,7 +91,9 @@ def test_toyworld_domains_share_the_same_arithmetic_and_programs_run():
         scope: dict = {}
         exec(text, scope)
         fn = next(v for k, v in scope.items() if callable(v) and not k.startswith("__"))
-        test = doctest.DocTestParser().get_doctest(fn.__doc__, {fn.__name__: fn}, fn.__name__, None, 0)
+        test = doctest.DocTestParser().get_doctest(
+            fn.__doc__, {fn.__name__: fn}, fn.__name__, None, 0
+        )
         result = doctest.DocTestRunner(verbose=False).run(test)
         assert result.failed == 0 and result.attempted >= 1
     for d in ("math.text", "math.structured", "math.code"):
@@ -91,8 +102,16 @@ def test_toyworld_domains_share_the_same_arithmetic_and_programs_run():
 
 
 def test_toyworld_prepare_writes_probes_and_six_datasets(tmp_path, cli):
-    spec = write_spec(tmp_path / "tw.yaml", [{"reader": "toyworld", "eval_fraction": 0.05,
-                                             "options": {"documents_per_domain": 200, "probes_per_task": 20, "entities": 5}}])
+    spec = write_spec(
+        tmp_path / "tw.yaml",
+        [
+            {
+                "reader": "toyworld",
+                "eval_fraction": 0.05,
+                "options": {"documents_per_domain": 200, "probes_per_task": 20, "entities": 5},
+            }
+        ],
+    )
     m = prepare(spec, str(tmp_path / "tw"), workers=1).manifest
     assert sorted(e.domain for e in m.datasets) == sorted(DOMAINS)
     assert {e.domain for e in m.eval_datasets} <= set(DOMAINS) and m.eval_datasets
@@ -104,19 +123,30 @@ def test_toyworld_prepare_writes_probes_and_six_datasets(tmp_path, cli):
 
 # ---------------------------------------------------------------- GSM8K
 
-needs_gsm8k = pytest.mark.skipif(not os.path.isfile(os.path.join(GSM8K, "train.jsonl")),
-                                 reason="GSM8K files not found beside the repo (set ABLATE_GSM8K)")
+needs_gsm8k = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(GSM8K, "train.jsonl")),
+    reason="GSM8K files not found beside the repo (set ABLATE_GSM8K)",
+)
 
 
 def test_gsm8k_renderings():
     q, a = "Tom has 3 cats and buys 2. How many?", "He has 3+2=<<3+2=5>>5 cats.\n#### 5"
-    assert as_structured(q, a) == "Question: Tom has 3 cats and buys 2. How many?\nHe has 3+2=<<3+2=5>>5 cats.\n#### 5"
-    assert as_text(q, a) == "Question: Tom has 3 cats and buys 2. How many?\nHe has 3+2=5 cats.\nThe answer is 5."
+    assert (
+        as_structured(q, a)
+        == "Question: Tom has 3 cats and buys 2. How many?\nHe has 3+2=<<3+2=5>>5 cats.\n#### 5"
+    )
+    assert (
+        as_text(q, a)
+        == "Question: Tom has 3 cats and buys 2. How many?\nHe has 3+2=5 cats.\nThe answer is 5."
+    )
 
 
 @needs_gsm8k
 def test_gsm8k_train_split_becomes_structured_math(tmp_path, capsys):
-    spec = write_spec(tmp_path / "g.yaml", [{"reader": "gsm8k", "path": os.path.abspath(GSM8K), "eval_fraction": 0.0}])
+    spec = write_spec(
+        tmp_path / "g.yaml",
+        [{"reader": "gsm8k", "path": os.path.abspath(GSM8K), "eval_fraction": 0.0}],
+    )
     m = prepare(spec, str(tmp_path / "g"), workers=2).manifest
     train_rows = sum(1 for l in open(os.path.join(GSM8K, "train.jsonl")) if l.strip())
     by_domain = {e.domain: e for e in m.datasets}
@@ -126,13 +156,22 @@ def test_gsm8k_train_split_becomes_structured_math(tmp_path, capsys):
         assert "Socratic level is skipped" in capsys.readouterr().err
     test_questions = {json.loads(l)["question"] for l in open(os.path.join(GSM8K, "test.jsonl"))}
     raw = read_jsonl(os.path.join(m.root, "raw", "gsm8k.jsonl"))
-    assert not any(r["text"].split("\n", 1)[0][len("Question: "):] in test_questions for r in raw)
+    assert not any(r["text"].split("\n", 1)[0][len("Question: ") :] in test_questions for r in raw)
 
 
 @needs_gsm8k
 def test_gsm8k_levels_are_selectable(tmp_path):
-    spec = write_spec(tmp_path / "g.yaml", [{"reader": "gsm8k", "path": os.path.abspath(GSM8K), "eval_fraction": 0.0,
-                                            "options": {"levels": ["text", "structured"]}}])
+    spec = write_spec(
+        tmp_path / "g.yaml",
+        [
+            {
+                "reader": "gsm8k",
+                "path": os.path.abspath(GSM8K),
+                "eval_fraction": 0.0,
+                "options": {"levels": ["text", "structured"]},
+            }
+        ],
+    )
     m = prepare(spec, str(tmp_path / "g"), workers=1).manifest
     docs = {e.domain: e.documents for e in m.datasets}
     assert docs == {"math.text": 7473, "math.structured": 7473}
@@ -143,6 +182,7 @@ def test_gsm8k_levels_are_selectable(tmp_path):
 
 
 # ---------------------------------------------------------------- stdlib
+
 
 def test_stripping_keeps_code_and_drops_docstrings_and_comments():
     src = '"""Module doc."""\nimport os  # why\n\n\ndef f(x):\n    """Doc\n    more."""\n    # note\n    return x  # tail\n\nclass C:\n    """Only a docstring."""\n'
@@ -162,7 +202,10 @@ def test_stdlib_reader_makes_real_code_corpora(tmp_path):
     for text in programs[::25]:
         tree = ast.parse(text)  # still valid Python
         assert ast.get_docstring(tree) is None
-        assert all(ast.get_docstring(n) is None for n in ast.walk(tree)
-                   if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
+        assert all(
+            ast.get_docstring(n) is None
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+        )
     assert sum('"""' in t for t in programs) < len(programs) * 0.2  # docstrings went to code.nl
     assert any(">>>" in r["text"] for r in raw if r["domain"] == "code.nl")  # doctests kept there

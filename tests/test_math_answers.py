@@ -91,19 +91,25 @@ def test_hand_made_pairs_are_judged_right(pred, gold, equivalent):
     assert math_equal(gold, pred) == equivalent  # symmetric
 
 
-@pytest.mark.parametrize("text,answer", [
-    ("so $x = \\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
-    ("first \\boxed{3}, finally \\boxed{\\left(1, \\frac{2}{\\sqrt{3}}\\right)}", "\\left(1, \\frac{2}{\\sqrt{3}}\\right)"),
-    ("nested \\boxed{\\{1, \\{2\\}\\}} end", "\\{1, \\{2\\}\\}"),
-    ("the value is \\boxed 5$.", "5"),
-    ("\\fbox{7}", "7"),
-    ("$4$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct.", "[2,5)"),
-    ("The final answer is 16", "16"),
-    ("no answer here", None),
-    ("", None),
-    ("\\boxed{unclosed", None),
-    ("The final answer is $3$.\nProblem:\nNext one \\boxed{9}", "3"),
-])
+@pytest.mark.parametrize(
+    "text,answer",
+    [
+        ("so $x = \\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+        (
+            "first \\boxed{3}, finally \\boxed{\\left(1, \\frac{2}{\\sqrt{3}}\\right)}",
+            "\\left(1, \\frac{2}{\\sqrt{3}}\\right)",
+        ),
+        ("nested \\boxed{\\{1, \\{2\\}\\}} end", "\\{1, \\{2\\}\\}"),
+        ("the value is \\boxed 5$.", "5"),
+        ("\\fbox{7}", "7"),
+        ("$4$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct.", "[2,5)"),
+        ("The final answer is 16", "16"),
+        ("no answer here", None),
+        ("", None),
+        ("\\boxed{unclosed", None),
+        ("The final answer is $3$.\nProblem:\nNext one \\boxed{9}", "3"),
+    ],
+)
 def test_extract_math_answer(text, answer):
     assert extract_math_answer(text) == answer
 
@@ -122,10 +128,21 @@ def test_normal_forms():
     assert normalize_math_answer("x = 3.") == "3"
 
 
-@pytest.mark.parametrize("value,text", [
-    (3, "3"), (3.0, "3"), (0.5, "0.5"), ("\\frac{1}{3}", "\\frac{1}{3}"), ([1, 2], "(1, 2)"), ([5], "5"),
-    (True, None), (None, None), (float("nan"), None), ({"a": 1}, None),
-])
+@pytest.mark.parametrize(
+    "value,text",
+    [
+        (3, "3"),
+        (3.0, "3"),
+        (0.5, "0.5"),
+        ("\\frac{1}{3}", "\\frac{1}{3}"),
+        ([1, 2], "(1, 2)"),
+        ([5], "5"),
+        (True, None),
+        (None, None),
+        (float("nan"), None),
+        ({"a": 1}, None),
+    ],
+)
 def test_pot_value_to_latex(value, text):
     assert pot_value_to_latex(value) == text
 
@@ -141,7 +158,9 @@ def test_every_math500_gold_boxed_answer_is_judged_equal_to_its_answer():
         boxed = extract_math_answer(r["solution"])
         if not math_equal(boxed, r["answer"]):
             wrong.append((r["unique_id"], boxed, r["answer"]))
-        if not _verify(boxed, r["answer"]):  # and math-verify alone, not only the string normal form
+        if not _verify(
+            boxed, r["answer"]
+        ):  # and math-verify alone, not only the string normal form
             unverified.append((r["unique_id"], boxed, r["answer"]))
     assert not wrong, wrong[:5]
     assert not unverified, unverified[:5]

@@ -13,7 +13,9 @@ from ablate.evals.lm import Sampling, _mix, sample_token
 from ablate.evals.samples import check_sampling, default_ks, pass_at_k, pass_metrics, resolve_ks
 
 
-@pytest.mark.parametrize("n,c,k", [(10, 3, 1), (10, 3, 5), (10, 0, 3), (10, 10, 10), (7, 2, 4), (20, 1, 19)])
+@pytest.mark.parametrize(
+    "n,c,k", [(10, 3, 1), (10, 3, 5), (10, 0, 3), (10, 10, 10), (7, 2, 4), (20, 1, 19)]
+)
 def test_pass_at_k_is_the_exact_combinatorial_probability(n, c, k):
     exact = 1 - math.comb(n - c, k) / math.comb(n, k)
     assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
@@ -21,7 +23,9 @@ def test_pass_at_k_is_the_exact_combinatorial_probability(n, c, k):
     samples = [True] * c + [False] * (n - c)
     subsets = list(itertools.combinations(samples, k))
     if len(subsets) < 200_000:
-        assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets), abs=1e-12)
+        assert pass_at_k(n, c, k) == pytest.approx(
+            sum(any(s) for s in subsets) / len(subsets), abs=1e-12
+        )
 
 
 def test_pass_at_1_is_the_share_correct_and_pass_metrics_average_over_problems():
@@ -55,6 +59,8 @@ def test_sampling_is_seeded_and_top_p_keeps_the_nucleus():
     assert draws == again and len(set(draws)) >= 3
     # top-p 0.5: token 0 alone holds 0.61 of the mass, so it is the whole nucleus
     nucleus = Sampling(temperature=1.0, top_p=0.5, seed=3)
-    assert {sample_token(logits, nucleus, torch.Generator().manual_seed(i)) for i in range(100)} == {0}
+    assert {
+        sample_token(logits, nucleus, torch.Generator().manual_seed(i)) for i in range(100)
+    } == {0}
     assert sample_token(logits, Sampling(), None) == 0  # temperature 0: argmax
     assert _mix(1, 2) != _mix(2, 1)

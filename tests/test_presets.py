@@ -14,8 +14,11 @@ from ablate.telemetry.flops import parameter_counts
 from model_sizes import measure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZE_COMMENT = re.compile(r"^\s*# (?P<name>\S+): total (?P<total>[\d.]+[KMB]) / active (?P<active>[\d.]+[KMB]) "
-                          r"\(vocab (?P<vocab>\d+)\)\s*$", re.M)
+SIZE_COMMENT = re.compile(
+    r"^\s*# (?P<name>\S+): total (?P<total>[\d.]+[KMB]) / active (?P<active>[\d.]+[KMB]) "
+    r"\(vocab (?P<vocab>\d+)\)\s*$",
+    re.M,
+)
 UNIT = {"K": 1e3, "M": 1e6, "B": 1e9}
 
 
@@ -44,7 +47,7 @@ def matches(figure: str, value: int) -> bool:
     number, unit = figure[:-1], UNIT[figure[-1]]
     digits = number.replace(".", "").lstrip("0")
     decimals = len(number.split(".")[1]) if "." in number else 0
-    return len(digits) >= 3 and abs(value - float(number) * unit) <= 0.5 * 10 ** -decimals * unit
+    return len(digits) >= 3 and abs(value - float(number) * unit) <= 0.5 * 10**-decimals * unit
 
 
 def test_every_preset_has_a_size_comment_and_every_comment_a_preset():
@@ -86,7 +89,9 @@ def test_an_old_name_loads_the_same_shape_and_recipes_use_the_new_names():
     assert aliases() == {"moe-1b": "moe-4b-a1b"}
     stages = [{"mix": {"code": 1.0}}]
     old = parse_recipe({"name": "a", "model": {"preset": "moe-1b"}, "stages": stages}, "a").model
-    new = parse_recipe({"name": "a", "model": {"preset": "moe-4b-a1b"}, "stages": stages}, "a").model
+    new = parse_recipe(
+        {"name": "a", "model": {"preset": "moe-4b-a1b"}, "stages": stages}, "a"
+    ).model
     assert {**vars(old), "preset": None} == {**vars(new), "preset": None}
     used = set()
     for path in glob.glob(os.path.join(REPO, "recipes", "**", "*.yaml"), recursive=True):

@@ -22,8 +22,17 @@ from sweep_helpers import DENSITY, TEXT, assert_tokens_match_plan, base, read_js
 pytestmark = pytest.mark.slurm
 
 # 31 steps of 512 tokens: a few seconds of training, time enough to signal a job mid-run
-LONGER = base(stages=[{"name": "mixed", "mix": {
-    "math": {"tokens": "12K", "density": {"math.structured": 0.5, "math.text": 0.5}}, "general": {"tokens": "4K"}}}])
+LONGER = base(
+    stages=[
+        {
+            "name": "mixed",
+            "mix": {
+                "math": {"tokens": "12K", "density": {"math.structured": 0.5, "math.text": 0.5}},
+                "general": {"tokens": "4K"},
+            },
+        }
+    ]
+)
 STEPS = 31
 
 
@@ -69,6 +78,7 @@ def step_of(run_dir) -> int:
 
 # ------------------------------------------------------------------ scripts
 
+
 def rendered_scripts(out: str) -> None:
     """Write the scripts a dry run printed (it writes nothing itself) where it names them."""
     for chunk in out.split("#### sbatch script ")[1:]:  # "<path> (not written)\n<script>"
@@ -84,7 +94,12 @@ def test_rendered_script_passes_sbatch_test_only(here, cli, slurm_cluster):  # n
     r = cli("sweep", "submit", one, "--dry-run")
     assert r.rc == 0, r.err
     rendered_scripts(r.out)
-    r = slurm_cluster.run("sbatch", "--test-only", str(here / "runs" / "one" / "p" / "slurm" / "train.sbatch"), check=False)
+    r = slurm_cluster.run(
+        "sbatch",
+        "--test-only",
+        str(here / "runs" / "one" / "p" / "slurm" / "train.sbatch"),
+        check=False,
+    )
     assert r.returncode == 0 and "to start at" in r.stderr, r.stderr
     # the 4-node x 8-GPU rendering (its text is checked in test_sweep.py) asks for more than this
     # one-node cluster has, and test-only says so: it really checks the layout
@@ -92,29 +107,49 @@ def test_rendered_script_passes_sbatch_test_only(here, cli, slurm_cluster):  # n
     r = cli("sweep", "submit", four, "--dry-run")
     assert r.rc == 0, r.err
     rendered_scripts(r.out)
-    r = slurm_cluster.run("sbatch", "--test-only", str(here / "runs" / "four" / "p" / "slurm" / "train.sbatch"), check=False)
+    r = slurm_cluster.run(
+        "sbatch",
+        "--test-only",
+        str(here / "runs" / "four" / "p" / "slurm" / "train.sbatch"),
+        check=False,
+    )
     assert r.returncode != 0 and "error" in r.stderr.lower(), r.stderr
     assert not slurm_cluster.jobs()
 
 
 # ------------------------------------------------------------------ a sweep end to end
 
-def test_four_point_sweep_completes_with_planned_tokens_and_resubmit_adds_no_job(here, cli, slurm_cluster):  # noqa: F811
-    path = slurm_sweep(here, "grid4", zip={DENSITY: [0.25, 0.75], TEXT: [0.75, 0.25]},
-                       variants=[{"name": "a"}, {"name": "b"}], point_name="d{math.structured}-{variant}")
+
+def test_four_point_sweep_completes_with_planned_tokens_and_resubmit_adds_no_job(
+    here, cli, slurm_cluster
+):  # noqa: F811
+    path = slurm_sweep(
+        here,
+        "grid4",
+        zip={DENSITY: [0.25, 0.75], TEXT: [0.75, 0.25]},
+        variants=[{"name": "a"}, {"name": "b"}],
+        point_name="d{math.structured}-{variant}",
+    )
     r = cli("sweep", "submit", path)
     assert r.rc == 0 and "submitted 4 point(s)" in r.out, r.err
     names = ["d0.25-a", "d0.25-b", "d0.75-a", "d0.75-b"]
     ids = {n: json.load(open(here / "runs" / "grid4" / n / "slurm.json"))["job_id"] for n in names}
     assert sorted(j["id"] for j in slurm_cluster.jobs()) == sorted(ids.values())
     assert all(s["state"] in ("queued", "running") for s in states(cli, path).values())
-    wait_for("four completed points", lambda: all(s["state"] == "completed" for s in states(cli, path).values()),
-             slurm_cluster)
+    wait_for(
+        "four completed points",
+        lambda: all(s["state"] == "completed" for s in states(cli, path).values()),
+        slurm_cluster,
+    )
     final = states(cli, path)
     for n in names:
         run_dir = here / "runs" / "grid4" / n
         planned = assert_tokens_match_plan(run_dir)  # metrics.jsonl's last step == plan.json
-        assert final[n]["tokens"] == planned and final[n]["step"] == STEPS and final[n]["job_id"] == ids[n]
+        assert (
+            final[n]["tokens"] == planned
+            and final[n]["step"] == STEPS
+            and final[n]["job_id"] == ids[n]
+        )
         log = open(run_dir / "slurm" / f"train-{ids[n]}.out").read()
         assert f"completed {STEPS} steps" in log and "rendezvous" in log
     # the two variants are the same recipe: the same losses, whichever job ran them
@@ -134,8 +169,14 @@ def test_usr1_checkpoints_requeues_and_finishes_with_the_same_losses(here, cli, 
     """`scancel --signal=USR1` (what --signal does before the time limit): the trainer checkpoints,
     the job requeues itself, resumes, and ends exactly as an uninterrupted twin; its eval job
     waits (afterok) through the requeue and runs after."""
-    path = slurm_sweep(here, "pre", zip={DENSITY: [0.25], TEXT: [0.75]}, variants=[{"name": "ref"}, {"name": "cut"}],
-                       point_name="{variant}", eval={"tasks": ["bpb"], "args": ["--limit", "2"]})
+    path = slurm_sweep(
+        here,
+        "pre",
+        zip={DENSITY: [0.25], TEXT: [0.75]},
+        variants=[{"name": "ref"}, {"name": "cut"}],
+        point_name="{variant}",
+        eval={"tasks": ["bpb"], "args": ["--limit", "2"]},
+    )
     assert cli("sweep", "submit", path).rc == 0
     cut = here / "runs" / "pre" / "cut"
     record = json.load(open(cut / "slurm.json"))
@@ -144,9 +185,15 @@ def test_usr1_checkpoints_requeues_and_finishes_with_the_same_losses(here, cli, 
     assert info["JobState"] == "PENDING" and info["Dependency"].startswith(f"afterok:{job}"), info
     wait_for("step 4 of the cut point", lambda: step_of(cut) >= 4, slurm_cluster, every=0.05)
     slurm_cluster.run("scancel", "--signal=USR1", job)
-    wait_for("the cut point's requeue", lambda: (json.load(open(cut / "status.json"))["state"] == "preempted"
-                                                 and slurm_cluster.job_info(job)["JobState"] == "PENDING"
-                                                 and int(slurm_cluster.job_info(job)["Restarts"]) >= 1), slurm_cluster)
+    wait_for(
+        "the cut point's requeue",
+        lambda: (
+            json.load(open(cut / "status.json"))["state"] == "preempted"
+            and slurm_cluster.job_info(job)["JobState"] == "PENDING"
+            and int(slurm_cluster.job_info(job)["Restarts"]) >= 1
+        ),
+        slurm_cluster,
+    )
     stopped_at = json.load(open(cut / "status.json"))["step"]
     assert 4 <= stopped_at < STEPS
     assert states(cli, path)["cut"]["state"] == "queued"
@@ -156,17 +203,28 @@ def test_usr1_checkpoints_requeues_and_finishes_with_the_same_losses(here, cli, 
     # the same (whole) second as its revocation
     time.sleep(2)
     slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
-    wait_for("both points completed", lambda: all(s["state"] == "completed" for s in states(cli, path).values()),
-             slurm_cluster)
+    wait_for(
+        "both points completed",
+        lambda: all(s["state"] == "completed" for s in states(cli, path).values()),
+        slurm_cluster,
+    )
     log = open(cut / "slurm" / f"train-{job}.out").read()
-    assert "stopped by SIGUSR1" in log and f"resuming at step {stopped_at}" in log and "(restart 1)" in log
+    assert (
+        "stopped by SIGUSR1" in log
+        and f"resuming at step {stopped_at}" in log
+        and "(restart 1)" in log
+    )
     ref, resumed = (read_jsonl(here / "runs" / "pre" / v / "metrics.jsonl") for v in ("ref", "cut"))
     assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(ref, resumed):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], a["step"]
     assert_tokens_match_plan(cut)
     # the eval job ran once training had really finished
-    wait_for("the eval of the cut point", lambda: (cut / "eval" / f"step_{STEPS}.json").exists(), slurm_cluster)
+    wait_for(
+        "the eval of the cut point",
+        lambda: (cut / "eval" / f"step_{STEPS}.json").exists(),
+        slurm_cluster,
+    )
 
 
 def test_cancel_then_retry_resumes(here, cli, slurm_cluster):  # noqa: F811
@@ -177,30 +235,49 @@ def test_cancel_then_retry_resumes(here, cli, slurm_cluster):  # noqa: F811
     wait_for("step 2", lambda: step_of(run_dir) >= 2, slurm_cluster, every=0.05)
     r = cli("sweep", "cancel", path)
     assert r.rc == 0 and "cancelled 1 point(s)" in r.out and first in r.out, r.err
-    wait_for("the job to end", lambda: states(cli, path)["p"]["state"] == "cancelled", slurm_cluster)
+    wait_for(
+        "the job to end", lambda: states(cli, path)["p"]["state"] == "cancelled", slurm_cluster
+    )
     r = cli("sweep", "submit", path)
     assert "skipped: 1 cancelled (--retry resubmits)" in r.out and "submitted 0 point(s)" in r.out
     r = cli("sweep", "submit", path, "--retry")
     assert r.rc == 0 and "submitted 1 point(s)" in r.out, r.err
     record = json.load(open(run_dir / "slurm.json"))
-    assert record["job_id"] != first and record["history"][-1]["job_id"] == first and record["history"][-1]["cancelled"]
-    wait_for("the retried point", lambda: states(cli, path)["p"]["state"] == "completed", slurm_cluster)
+    assert (
+        record["job_id"] != first
+        and record["history"][-1]["job_id"] == first
+        and record["history"][-1]["cancelled"]
+    )
+    wait_for(
+        "the retried point", lambda: states(cli, path)["p"]["state"] == "completed", slurm_cluster
+    )
     assert_tokens_match_plan(run_dir)
 
 
 # ------------------------------------------------------------------ Slurm errors
 
+
 def test_slurm_errors_are_one_line_naming_the_command(here, cli, slurm_cluster, monkeypatch):  # noqa: F811
     path = slurm_sweep(here, "bad", point_name="p", slurm={"partition": "nosuchpartition"})
-    assert_one_line_error(cli("sweep", "submit", path), "slurm: `sbatch --parsable", "train.sbatch` failed (exit 1)",
-                          "invalid partition specified: nosuchpartition")
+    assert_one_line_error(
+        cli("sweep", "submit", path),
+        "slurm: `sbatch --parsable",
+        "train.sbatch` failed (exit 1)",
+        "invalid partition specified: nosuchpartition",
+    )
     assert not (here / "runs" / "bad" / "p" / "slurm.json").exists()
     # a controller that does not answer
     dead = here / "dead.conf"
     text = open(slurm_cluster.conf).read().splitlines()
-    dead.write_text("\n".join("SlurmctldPort=9" if l.startswith("SlurmctldPort=") else l for l in text) + "\n")
+    dead.write_text(
+        "\n".join("SlurmctldPort=9" if l.startswith("SlurmctldPort=") else l for l in text) + "\n"
+    )
     monkeypatch.setenv("SLURM_CONF", str(dead))
     path = slurm_sweep(here, "unreachable", point_name="p")
-    assert_one_line_error(cli("sweep", "submit", path), "slurm: `squeue --noheader", "failed (exit 1)",
-                          "Unable to contact slurm controller")
+    assert_one_line_error(
+        cli("sweep", "submit", path),
+        "slurm: `squeue --noheader",
+        "failed (exit 1)",
+        "Unable to contact slurm controller",
+    )
     shutil.rmtree(here / "runs" / "unreachable")

@@ -29,7 +29,9 @@ def test_batched_encoding_equals_the_one_document_reference(kind, bpe_tokenizer_
     assert (tokens[np.cumsum(lengths) - 1] == tok.eod).all()
 
 
-def test_hf_tokenizer_is_loaded_from_a_local_file_with_a_content_fingerprint(bpe_tokenizer_json, tmp_path):
+def test_hf_tokenizer_is_loaded_from_a_local_file_with_a_content_fingerprint(
+    bpe_tokenizer_json, tmp_path
+):
     tok = load_tokenizer(bpe_tokenizer_json)
     assert tok.kind == "hf" and tok.eod == 0
     assert tok.decode(tok.encode(SAMPLE_TEXTS[0])) == SAMPLE_TEXTS[0]

@@ -22,13 +22,31 @@ PYTHON = sys.executable
 TINY = {
     "name": "tiny",
     "seed": 7,
-    "model": {"preset": "toy-moe", "num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128, "num_experts": 4,
-              "max_position_embeddings": 128},
-    "training": {"seq_length": 64, "global_batch_size": 8, "micro_batch_size": 2, "schedule": {"warmup_steps": 2}},
-    "cadence": {"log_every": 1, "checkpoint_every": 2, "routing_flush_every": 3, "tensorboard": False,
-                "keep_checkpoints": 100},
-    "stages": [{"name": "code", "mix": {"code": {"tokens": "4K"}}},          # 8 steps
-               {"name": "math", "mix": {"math": {"tokens": "3K"}, "general": {"tokens": "1K"}}}],  # 8 steps
+    "model": {
+        "preset": "toy-moe",
+        "num_layers": 2,
+        "hidden_size": 64,
+        "ffn_hidden_size": 128,
+        "num_experts": 4,
+        "max_position_embeddings": 128,
+    },
+    "training": {
+        "seq_length": 64,
+        "global_batch_size": 8,
+        "micro_batch_size": 2,
+        "schedule": {"warmup_steps": 2},
+    },
+    "cadence": {
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "routing_flush_every": 3,
+        "tensorboard": False,
+        "keep_checkpoints": 100,
+    },
+    "stages": [
+        {"name": "code", "mix": {"code": {"tokens": "4K"}}},  # 8 steps
+        {"name": "math", "mix": {"math": {"tokens": "3K"}, "general": {"tokens": "1K"}}},
+    ],  # 8 steps
 }
 
 
@@ -52,18 +70,39 @@ def write(root, name: str, **changes) -> str:
     return str(path)
 
 
-def launch(root, recipe: str, nproc: int = 1, *extra: str, env: dict | None = None) -> subprocess.Popen:
+def launch(
+    root, recipe: str, nproc: int = 1, *extra: str, env: dict | None = None
+) -> subprocess.Popen:
     if nproc == 1:
         cmd = [PYTHON, os.path.join(REPO, "launchers", "pretrain.py"), recipe, *extra]
     else:
-        cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(_free_port()),
-               os.path.join(REPO, "launchers", "pretrain.py"), recipe, *extra]
+        cmd = [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(_free_port()),
+            os.path.join(REPO, "launchers", "pretrain.py"),
+            recipe,
+            *extra,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
-def run(root, recipe: str, nproc: int = 1, *extra: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(
+    root, recipe: str, nproc: int = 1, *extra: str, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     p = launch(root, recipe, nproc, *extra, env=env)
     out, err = p.communicate(timeout=timeout)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
@@ -110,6 +149,7 @@ def assert_budgets_met(root, name: str):
 
 # ------------------------------------------------------------------ runs
 
+
 def test_single_process_run_meets_every_stage_budget_and_loss_falls(world):
     tmp = world / "tmp-single"
     tmp.mkdir()
@@ -145,11 +185,24 @@ def test_two_process_checkpoint_is_megatron_dist_checkpoint(world):
     assert sorted(p.name for p in (ck / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
     assert (ck / "weights" / "metadata.json").exists()
     state = json.load(open(ck / "train_state.json"))
-    assert state["step"] == 16 and state["world_size"] == 2 and state["consumed_samples"] == {"code": 64, "math": 64}
-    assert state["layout"] == {"world_size": 2, "tp": 1, "pp": 1, "vp": 1, "ep": 2, "cp": 1, "dp": 2}
+    assert (
+        state["step"] == 16
+        and state["world_size"] == 2
+        and state["consumed_samples"] == {"code": 64, "math": 64}
+    )
+    assert state["layout"] == {
+        "world_size": 2,
+        "tp": 1,
+        "pp": 1,
+        "vp": 1,
+        "ep": 2,
+        "cp": 1,
+        "dp": 2,
+    }
 
 
 # ------------------------------------------------------------------ exact resume
+
 
 def kill_at(root, recipe: str, step: int) -> int:
     """Start training, SIGKILL it once metrics show ``step``; returns the step it had reached."""
@@ -192,13 +245,21 @@ def test_kill_9_and_resume_gives_bitwise_identical_losses(world, kill_step):
     ref_files = sorted(p.name for p in (world / "runs" / "single" / "routing").glob("*.npz"))
     assert ref_files == sorted(p.name for p in (world / "runs" / name / "routing").glob("*.npz"))
     for f in ref_files:
-        a, b = np.load(world / "runs" / "single" / "routing" / f), np.load(world / "runs" / name / "routing" / f)
+        a, b = (
+            np.load(world / "runs" / "single" / "routing" / f),
+            np.load(world / "runs" / name / "routing" / f),
+        )
         for key in a.files:
             assert np.array_equal(a[key], b[key]), (f, key)
-    assert not [d for d in (world / "runs" / name / "checkpoints").iterdir() if not (d / "train_state.json").exists()]
+    assert not [
+        d
+        for d in (world / "runs" / name / "checkpoints").iterdir()
+        if not (d / "train_state.json").exists()
+    ]
 
 
 # ------------------------------------------------------------------ routing counts
+
 
 def test_routing_counts_match_an_independent_count_from_router_outputs(world, monkeypatch):
     import tempfile
@@ -212,7 +273,9 @@ def test_routing_counts_match_an_independent_count_from_router_outputs(world, mo
     from ablate.train import cpu_compat
     from ablate.train.model import build_model
 
-    monkeypatch.setattr(torch.cuda, "current_device", torch.cuda.current_device)  # undo cpu_compat afterwards
+    monkeypatch.setattr(
+        torch.cuda, "current_device", torch.cuda.current_device
+    )  # undo cpu_compat afterwards
     cpu_compat.apply()
     cpu_compat._STATE["applied"] = False
     dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
@@ -224,7 +287,11 @@ def test_routing_counts_match_an_independent_count_from_router_outputs(world, mo
         capture = RoutingCapture(model, num_domains=3)
         seen = []  # independent record of what each router returned
         for layer, router in enumerate(m for m in model.modules() if isinstance(m, TopKRouter)):
-            router.register_forward_hook(lambda mod, i, out, layer=layer: seen.append((layer, out[1].clone(), out[0].detach().clone())))
+            router.register_forward_hook(
+                lambda mod, i, out, layer=layer: seen.append(
+                    (layer, out[1].clone(), out[0].detach().clone())
+                )
+            )
         B, S = 3, 16
         tokens = torch.randint(0, 256, (B, S))
         domain_B = torch.tensor([2, 0, 2])
@@ -258,14 +325,19 @@ def test_routing_counts_match_an_independent_count_from_router_outputs(world, mo
 
 # ------------------------------------------------------------------ clear errors
 
+
 def one_line_error(r, *fragments):
     # 2 from our process; torchrun reports a failed worker with its own exit code 1
     torchrun = "torch.distributed.run" in r.args
     assert r.returncode == (1 if torchrun else 2), (r.returncode, r.stderr[-2000:])
     lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1, r.stderr[-2000:]
-    if torchrun:  # torchrun's agent prints its own ChildFailedError traceback; none may come from ablate
-        assert "ablate/" not in "".join(l for l in r.stderr.splitlines() if l.strip().startswith("File ")), r.stderr
+    if (
+        torchrun
+    ):  # torchrun's agent prints its own ChildFailedError traceback; none may come from ablate
+        assert "ablate/" not in "".join(
+            l for l in r.stderr.splitlines() if l.strip().startswith("File ")
+        ), r.stderr
     else:
         assert "Traceback" not in r.stderr, r.stderr[-2000:]
     for f in fragments:
@@ -275,44 +347,60 @@ def one_line_error(r, *fragments):
 def test_a_plan_that_does_not_match_the_recipe(world):
     assert run(world, write(world, "planned")).returncode == 0
     changed = write(world, "planned", stages=[{"name": "code", "mix": {"code": {"tokens": "2K"}}}])
-    one_line_error(run(world, changed), "plan.json: compiled from a different recipe or data", "ablate compile")
+    one_line_error(
+        run(world, changed), "plan.json: compiled from a different recipe or data", "ablate compile"
+    )
 
 
 def test_parallel_sizes_that_do_not_divide_the_world(world):
-    one_line_error(run(world, write(world, "badpar", parallelism={"ep": 4}), 2, timeout=120),
-                   "parallelism.ep: 4 does not divide the 2")
+    one_line_error(
+        run(world, write(world, "badpar", parallelism={"ep": 4}), 2, timeout=120),
+        "parallelism.ep: 4 does not divide the 2",
+    )
 
 
 def test_batch_that_does_not_divide_over_data_parallel_ranks(world):
-    one_line_error(run(world, write(world, "badbatch", training__micro_batch_size=8), 2, timeout=120),
-                   "global_batch_size: 8 is not a multiple of micro_batch_size x data-parallel size = 8 x 2")
+    one_line_error(
+        run(world, write(world, "badbatch", training__micro_batch_size=8), 2, timeout=120),
+        "global_batch_size: 8 is not a multiple of micro_batch_size x data-parallel size = 8 x 2",
+    )
 
 
 def test_too_few_devices(world):
-    one_line_error(run(world, write(world, "nogpu", training__backend="cuda"), timeout=120),
-                   "training.backend: 'cuda' asked for, but torch sees no GPU")
+    one_line_error(
+        run(world, write(world, "nogpu", training__backend="cuda"), timeout=120),
+        "training.backend: 'cuda' asked for, but torch sees no GPU",
+    )
 
 
 def test_a_checkpoint_from_a_different_recipe(world):
     assert run(world, write(world, "other")).returncode == 0
-    os.remove(world / "runs" / "other" / "plan.json")  # as if compiled elsewhere; checkpoints remain
+    os.remove(
+        world / "runs" / "other" / "plan.json"
+    )  # as if compiled elsewhere; checkpoints remain
     changed = write(world, "other", seed=8)
-    one_line_error(run(world, changed), "checkpoint is from a different recipe or data", "--resume never")
+    one_line_error(
+        run(world, changed), "checkpoint is from a different recipe or data", "--resume never"
+    )
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_backend_does_not_apply_the_cpu_adaptations(world):
-    code = ("import sys; sys.argv=['x']; from ablate.recipe.schema import load_recipe; from ablate.train import backend, cpu_compat;"
-            f"r=load_recipe({write(world, 'gpu')!r}); r.training.backend='cuda'; l=backend.init(r);"
-            "assert l.backend=='cuda' and not cpu_compat.applied(); print('ok')")
+    code = (
+        "import sys; sys.argv=['x']; from ablate.recipe.schema import load_recipe; from ablate.train import backend, cpu_compat;"
+        f"r=load_recipe({write(world, 'gpu')!r}); r.training.backend='cuda'; l=backend.init(r);"
+        "assert l.backend=='cuda' and not cpu_compat.applied(); print('ok')"
+    )
     r = subprocess.run([PYTHON, "-c", code], cwd=world, capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
 
 
 def test_cpu_backend_applies_them_once():
-    code = ("import torch; from ablate.train import cpu_compat; cpu_compat.apply(); cpu_compat.apply();"
-            "assert cpu_compat.applied() and torch.cuda.current_device() == torch.device('cpu');"
-            "import megatron.core.transformer.moe.moe_utils as m; assert m.te_general_gemm is None; print('ok')")
+    code = (
+        "import torch; from ablate.train import cpu_compat; cpu_compat.apply(); cpu_compat.apply();"
+        "assert cpu_compat.applied() and torch.cuda.current_device() == torch.device('cpu');"
+        "import megatron.core.transformer.moe.moe_utils as m; assert m.te_general_gemm is None; print('ok')"
+    )
     r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
