@@ -147,8 +147,8 @@ def exclusive_lock(lock_path: str, what: str) -> Iterator[None]:
     records the holder's host and pid (for the message); it is left in place, since removing
     it would race with a process about to lock it.
     """
-    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
     with os_errors(lock_path):
+        os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
