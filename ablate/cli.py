@@ -120,12 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reset-optimizer",
         action="store_true",
-        help="resume the model weights only; the optimizer starts fresh (e.g. after an expert-parallel change)",
+        help="resume the model weights only; the optimizer starts fresh "
+        "(e.g. after an expert-parallel change)",
     )
     p.add_argument(
         "--save-init",
         metavar="DIR",
-        help="save the recipe's initial weights as a checkpoint at DIR (for training.init_from) and exit",
+        help="save the recipe's initial weights as a checkpoint at DIR "
+        "(for training.init_from) and exit",
     )
     p.set_defaults(func=_train)
 

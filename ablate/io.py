@@ -60,7 +60,8 @@ def is_stale_temporary(name: str) -> bool:
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:
-    """Remove the temporaries in ``directory`` (not below it) left by dead processes; returns them."""
+    """Remove the temporaries in ``directory`` (not below it) left by dead processes; returns
+    them."""
     removed = []
     try:
         names = os.listdir(directory)
@@ -179,5 +180,6 @@ def read_json(path: str, what: str = "file") -> Any:
 
 
 def utc_timestamp(seconds: float | None = None) -> str:
-    """ISO-8601 UTC to the second (``2026-12-04T20:32:19Z``): the one timestamp in ablate's files."""
+    """ISO-8601 UTC to the second (``2026-12-04T20:32:19Z``): the one timestamp in ablate's
+    files."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

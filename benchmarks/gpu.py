@@ -280,15 +280,17 @@ def main() -> None:
         f"{params['active'] / 1e6:.1f}M active, {tokens_per_step:,} tokens/step, {args.steps} steps"
     )
     print(
-        f"  loss: {losses[0]:.3f} (step 1) -> {losses[len(losses) // 2]:.3f} -> {losses[-1]:.3f} (step {args.steps})"
+        f"  loss: {losses[0]:.3f} (step 1) -> {losses[len(losses) // 2]:.3f} -> "
+        f"{losses[-1]:.3f} (step {args.steps})"
     )
     print(
-        f"  tokens per domain: {report['tokens_per_domain']}  plan: {report['planned_per_domain']}  "
+        f"  tokens per domain: {report['tokens_per_domain']}  "
+        f"plan: {report['planned_per_domain']}  "
         f"{'== plan' if report['tokens_equal_plan'] else 'DIFFERS FROM PLAN'}"
     )
     print(
-        f"  ablate engine: {ablate_tps:,.0f} tokens/s, {fpt / 1e9:.2f} GFLOP/token, "
-        f"MFU {'%.1f %%' % (100 * ablate_mfu) if ablate_mfu is not None else 'n/a (unknown peak)'}, "
+        f"  ablate engine: {ablate_tps:,.0f} tokens/s, {fpt / 1e9:.2f} GFLOP/token, MFU "
+        f"{'%.1f %%' % (100 * ablate_mfu) if ablate_mfu is not None else 'n/a (unknown peak)'}, "
         f"peak memory {peak_gib:.1f} GiB"
     )
     print(f"  bare megatron-core loop: {bare_tps:,.0f} tokens/s")

@@ -257,7 +257,8 @@ def main() -> None:
             f.write(
                 f"tokenizer: {'byte' if kind == 'byte' else os.path.basename(bpe)}\n"
                 "seed: 1\neval_fraction: 0.0\n"
-                f"sources:\n  - path: {os.path.basename(corpus)}\n    name: corpus\n    domain: general\n"
+                f"sources:\n  - path: {os.path.basename(corpus)}\n"
+                "    name: corpus\n    domain: general\n"
             )
         for workers in workers_list:
             out = os.path.join(args.workdir, f"out-{kind}-{workers}w")
@@ -298,7 +299,8 @@ def main() -> None:
             )
             rows.append((kind, workers, base_tokens / t_base, abl_tokens / t_abl))
             print(
-                f"  {kind} {workers}w: baseline {t_base:.1f}s, ablate {t_abl:.1f}s, {abl_tokens:,} tokens",
+                f"  {kind} {workers}w: baseline {t_base:.1f}s, ablate {t_abl:.1f}s, "
+                f"{abl_tokens:,} tokens",
                 file=sys.stderr,
             )
 
@@ -311,7 +313,10 @@ def print_table(rows, mb: int) -> None:
         f"\nablate data prepare vs Megatron-LM preprocess_data loop: {mb} MB JSONL, "
         f"{os.cpu_count()} cores, TOKENIZERS_PARALLELISM=false"
     )
-    head = f"{'tokenizer':<9} {'workers':>7} {'baseline tok/s':>15} {'ablate tok/s':>13} {'speedup':>8} {'scaling(2w/1w)':>18}"
+    head = (
+        f"{'tokenizer':<9} {'workers':>7} {'baseline tok/s':>15} {'ablate tok/s':>13} "
+        f"{'speedup':>8} {'scaling(2w/1w)':>18}"
+    )
     print(head)
     print("-" * len(head))
     verdicts = []

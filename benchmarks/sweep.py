@@ -1,4 +1,5 @@
-"""Time of ``ablate sweep expand`` (expansion + pre-compile) against independent compiles, in one run.
+"""Time of ``ablate sweep expand`` (expansion + pre-compile) against independent compiles, in
+one run.
 
 Run (defaults: a 64-point sweep over 32 datasets holding 16B tokens, each point a 1B-token
 ablation at sequence length 4096):
@@ -20,9 +21,10 @@ megatron-format ``.idx`` files with lognormal document lengths, sparse ``.bin``)
    of them through one shared cache -- each dataset's index built once, at the longest
    length any point needs; every point then only plans, blends and writes plan.json.
 
-Both sides produce the same plans (checked: the same samples of the same datasets, point by point). Target:
-sweep <= 1/8 of independent. The figure to quote is the ratio: both sides run on the same
-machine in the same minutes. Each independent cache is removed after its compile (untimed).
+Both sides produce the same plans (checked: the same samples of the same datasets, point by
+point). Target: sweep <= 1/8 of independent. The figure to quote is the ratio: both sides run on
+the same machine in the same minutes. Each independent cache is removed after its compile
+(untimed).
 """
 
 from __future__ import annotations
@@ -139,20 +141,24 @@ def main() -> None:
 
     ratio = swept / independent
     print(
-        f"\nablate sweep expand vs {args.points} independent compiles: {args.points} points over {args.datasets} "
-        f"datasets holding {format_tokens(tokens)} tokens; each point {format_tokens(stage.tokens)} tokens = "
+        f"\nablate sweep expand vs {args.points} independent compiles: {args.points} points "
+        f"over {args.datasets} datasets holding {format_tokens(tokens)} tokens; "
+        f"each point {format_tokens(stage.tokens)} tokens = "
         f"{stage.samples:,} samples of {args.seq}; {os.cpu_count()} cores"
     )
     print(f"{'measurement':<44} {'seconds':>9} {'per point':>10}")
     print("-" * 65)
     print(
-        f"{f'1. {args.points} independent compiles (own caches)':<44} {independent:>9.2f} {independent / args.points:>10.3f}"
+        f"{f'1. {args.points} independent compiles (own caches)':<44} {independent:>9.2f} "
+        f"{independent / args.points:>10.3f}"
     )
     print(
-        f"{'2. sweep expand + pre-compile (one cache)':<44} {swept:>9.2f} {swept / args.points:>10.3f}"
+        f"{'2. sweep expand + pre-compile (one cache)':<44} {swept:>9.2f} "
+        f"{swept / args.points:>10.3f}"
     )
     print(
-        f"   the sweep built {indices} per-dataset indices (independent: {args.points} x {len(stage.datasets)})"
+        f"   the sweep built {indices} per-dataset indices "
+        f"(independent: {args.points} x {len(stage.datasets)})"
     )
     print(
         f"\nratio sweep / independent: {ratio:.3f} = 1/{1 / ratio:.1f}  "

@@ -163,11 +163,13 @@ def main() -> None:
     overhead = med["engine+telemetry"] / med["engine"] - 1
     ratio = med["engine"] / med["stopgap"]
     print(
-        f"  telemetry overhead: {overhead * 100:+.2f} %  (target <= 3 %: {'ok' if overhead <= 0.03 else 'MISS'}; "
+        f"  telemetry overhead: {overhead * 100:+.2f} %  "
+        f"(target <= 3 %: {'ok' if overhead <= 0.03 else 'MISS'}; "
         f"routing flush {flush * 1000:.2f} ms every {flush_every} steps included)"
     )
     print(
-        f"  engine / stopgap loop: {ratio:.3f}  (target <= 1.05: {'ok' if ratio <= 1.05 else 'MISS'})"
+        f"  engine / stopgap loop: {ratio:.3f}  "
+        f"(target <= 1.05: {'ok' if ratio <= 1.05 else 'MISS'})"
     )
     backend.shutdown()
 

@@ -152,7 +152,8 @@ def routing_section(design: str, root: str) -> list[str]:
     out = [
         f"### routing: {design}",
         "",
-        "| condition | domains a / b | JS(a, b), layer mean (sd over seeds) | shared experts | only a / only b |",
+        "| condition | domains a / b | JS(a, b), layer mean (sd over seeds) "
+        "| shared experts | only a / only b |",
         "|---|---|---|---|---|",
     ]
     for (cond, pair), rows in values.items():
@@ -176,7 +177,8 @@ def main() -> int:
     lines = [
         "# Toy-world study: generated tables",
         "",
-        "Each cell: seed mean (delta vs control [95% t interval over paired seeds]); **better** / **worse**",
+        "Each cell: seed mean (delta vs control [95% t interval over paired seeds]); "
+        "**better** / **worse**",
         "when the interval excludes 0 (bits per byte: lower is better; accuracy: higher).",
         "",
     ]
@@ -184,7 +186,8 @@ def main() -> int:
         section, outside, equal = design_section(design, DESIGNS[design], args.runs)
         lines += section + routing_section(design, args.runs)
         print(
-            f"{design}: {outside} score deltas outside seed noise; {equal} runs trained exactly their plan's tokens",
+            f"{design}: {outside} score deltas outside seed noise; "
+            f"{equal} runs trained exactly their plan's tokens",
             file=sys.stderr,
         )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
