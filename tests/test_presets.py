@@ -1,4 +1,4 @@
-"""Every model preset's stated size (schema comment, README table) is what it really builds."""
+"""Every model preset's stated size (presets.py comment, README table) is what it really builds."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def aliases() -> dict[str, str]:
 
 
 def stated() -> dict[str, dict]:
-    text = open(os.path.join(REPO, "ablate", "recipe", "schema.py"), encoding="utf-8").read()
+    text = open(os.path.join(REPO, "ablate", "recipe", "presets.py"), encoding="utf-8").read()
     found = {}
     for m in SIZE_COMMENT.finditer(text):
         assert m["name"] not in found, f"two size comments for {m['name']}"

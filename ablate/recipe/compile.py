@@ -53,9 +53,9 @@ def compile_recipe(
     the cache directory is checked for writing before anything is built, a full disk or a
     read-only cache is one line naming it, and the run directory's recipe.yaml and plan.json
     are written under its lock (``run_layout.run_lock``): never while a training holds it."""
-    where = recipe._path or recipe.name
+    where = recipe.source or recipe.name
     if dry_run:
-        return (plan if plan is not None else _plan_read_only(recipe)), None
+        return (plan if plan is not None else make_plan(recipe, save_memo=False)), None
     run_dir = recipe.resolved_run_dir
     refuse_non_directory(run_dir, f"{where}: run_dir")
     plan = plan if plan is not None else make_plan(recipe)
@@ -84,24 +84,6 @@ def compile_recipe(
         write_text_atomic(layout.recipe, text)
         write_text_atomic(layout.plan, plan.to_json())
     return plan, layout.plan
-
-
-def _plan_read_only(recipe: Recipe) -> Plan:
-    """``make_plan`` without its one write (the verified-.idx memo it keeps in the cache): the
-    same plan, and the same quick check of the datasets' files, reading the memo only."""
-    from ablate.data.manifest import load_manifests, verify_datasets
-    from ablate.recipe.plan import _read_idx_memo
-
-    plan = make_plan(recipe, verify=False)
-    manifests = load_manifests(
-        plan.manifests, where=f"{recipe._path or recipe.name}: data.manifests"
-    )
-    by_path = {m.abs_prefix(d): (m, d) for m in manifests for d in m.datasets}
-    verify_datasets(
-        [by_path[pd.path] for stage in plan.stages for pd in stage.datasets],
-        _read_idx_memo(plan.cache_dir),
-    )
-    return plan
 
 
 def prepare_cache_dir(cache_dir: str, where: str) -> None:

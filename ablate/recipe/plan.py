@@ -153,10 +153,11 @@ def compute_fingerprint(plan: Plan) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
+def make_plan(recipe: Recipe, verify: bool = True, save_memo: bool = True) -> Plan:
     """The budget arithmetic of ``recipe``. ``verify=False`` leaves out the quick check of the
     datasets' files (``verify_plan``), for a caller that runs it later (a sweep, while it
-    computes blends)."""
+    computes blends). ``save_memo=False`` makes the check without its one write (the memo of
+    verified .idx hashes in the cache), for ``compile --dry-run``, which writes nothing."""
     where = recipe.source or recipe.name
     manifests = _load(recipe, where)
     taxonomy = Taxonomy([d for m in manifests for d in m.domains])
@@ -232,7 +233,8 @@ def make_plan(recipe: Recipe, verify: bool = True) -> Plan:
             )
             used[path] = used.get(path, 0) + n
         stages.append(PlanStage(stage.name, nominal, samples * seq, steps, samples, datasets))
-    _save_idx_memo(recipe.data.cache_dir, memo)
+    if save_memo:
+        _save_idx_memo(recipe.data.cache_dir, memo)
     plan = Plan(
         recipe=recipe.name,
         seed=recipe.seed,
@@ -262,8 +264,10 @@ def _load(recipe: Recipe, where: str) -> list[Manifest]:
 
         want = load_tokenizer(recipe.tokenizer, ".", where=f"{where}: tokenizer").fingerprint
         if want != manifests[0].tokenizer["fingerprint"]:
-            raise AblateError(f"{where}: tokenizer: {want} does not match the manifests' tokenizer "
-                              f"{manifests[0].tokenizer['fingerprint']}")
+            raise AblateError(
+                f"{where}: tokenizer: {want} does not match the manifests' tokenizer "
+                f"{manifests[0].tokenizer['fingerprint']}"
+            )
     return manifests
 
 
@@ -280,8 +284,10 @@ def _entry_budgets(stage, at: str) -> dict[str, float]:
             )
         return absolute
     if abs(sum(shares.values()) - 1) > 1e-6:
-        raise AblateError(f"{at}.mix: shares sum to {sum(shares.values()):g}, not 1 "
-                          f"({', '.join(f'{k}: {v:g}' for k, v in shares.items())})")
+        raise AblateError(
+            f"{at}.mix: shares sum to {sum(shares.values()):g}, not 1 "
+            f"({', '.join(f'{k}: {v:g}' for k, v in shares.items())})"
+        )
     if stage.tokens is None:
         raise AblateError(
             f"{at}.tokens: required when the mix has shares (the budget the shares divide)"
@@ -313,8 +319,10 @@ def _split_entry(entry: MixEntry, budget: float, pool, taxonomy: Taxonomy, at: s
         for key, frac in entry.density.items():
             taxonomy.validate(key, f"{at}.density.{key}")
             if not is_under(key, entry.selector):
-                raise AblateError(f"{at}.density.{key}: is outside the domain {entry.selector!r} "
-                                  f"(density keys must be {entry.selector} or below it)")
+                raise AblateError(
+                    f"{at}.density.{key}: is outside the domain {entry.selector!r} "
+                    f"(density keys must be {entry.selector} or below it)"
+                )
             members = [(m, d) for m, d in selected if is_under(d.domain, key)]
             if frac > 0 and not members:
                 raise AblateError(f"{at}.density.{key}: selects no dataset")

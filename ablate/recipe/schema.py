@@ -5,8 +5,8 @@ dumped resolved, with every default filled in, into the run directory. The datac
 are the schema: each field's annotation (``Literal[...]`` for choices), its ``checked(...)``
 range or converter, and a ``validate`` hook for checks across fields are all that
 ``ablate.validate.build_dataclass`` needs, so compile, train and sweep expansion refuse the same
-things (non-finite numbers, out-of-range sizes, unknown keys) in the same words. (About 450
-lines: one concept, every section's dataclass side by side with the presets they name.) Sections:
+things (non-finite numbers, out-of-range sizes, unknown keys) in the same words. The model
+presets a recipe can name are in ``ablate.recipe.presets``. Sections:
 
 ``name, seed, run_dir, tokenizer``; ``data`` (manifests, index cache); ``model`` (a preset and/or
 megatron-core fields); ``parallelism`` (tp, pp, ep, cp; dp is what the world size leaves);
@@ -25,42 +25,21 @@ from typing import Any, Literal, Optional
 
 from ablate.errors import AblateError, show
 from ablate.recipe.budget import parse_tokens
-from ablate.validate import (COUNT_MAX, INT64_MAX, build_dataclass, check_choice, check_keys,
-                             check_names, check_number, check_type, checked, field_where,
-                             load_yaml_file, yaml_fields)
-
-# Named model shapes. A recipe names one and may override any field. The line above each
-# preset states its size as ``# NAME: total T / active A (vocab V)``, computed by
-# ``ablate.telemetry.flops.parameter_counts`` for a tokenizer of V tokens (active: what one
-# token uses, embedding and output layer included); tests/test_presets.py recomputes every
-# figure, so a change of shape needs its comment (and the README's table) updated.
-MODEL_PRESETS: dict[str, dict] = {
-    # toy-moe: total 3.51M / active 1.15M (vocab 258)
-    # Learns the toy world in minutes on 2 CPU cores (vocab 258: the byte tokenizer).
-    # 8 heads of 16: with 4 heads the operand-retrieval circuit the math probes need had not
-    # formed after 2.5M structured-math tokens; with 8 heads and 5M tokens it had (the first 8
-    # held-out math problems right). Heads and tokens changed together: see README.
-    "toy-moe": dict(num_layers=4, hidden_size=128, num_attention_heads=8, ffn_hidden_size=256,
-                    num_experts=8, moe_router_topk=2, max_position_embeddings=512),
-    # moe-100m: total 461M / active 97.4M (vocab 32000)
-    # A single-GPU sanity scale; the name is its active size (16 experts of 1408, top-2).
-    "moe-100m": dict(num_layers=12, hidden_size=512, num_attention_heads=8, ffn_hidden_size=1408,
-                     num_experts=16, moe_router_topk=2, max_position_embeddings=2048),
-    # moe-1.3b-a0.3b: total 1.30B / active 308M (vocab 32000)
-    # DeepSeekMath's ablation scale (its sec. 5.1 ablations train a 1.3B model) as an MoE:
-    # 24 layers of 1024 with 16 experts of 960, top-2, so that the total is 1.3B.
-    "moe-1.3b-a0.3b": dict(num_layers=24, hidden_size=1024, num_attention_heads=16,
-                           ffn_hidden_size=2816, moe_ffn_hidden_size=960, num_experts=16,
-                           moe_router_topk=2, max_position_embeddings=4096),
-    # moe-4b-a1b: total 3.86B / active 950M (vocab 32000)
-    # A dense 1.3B model's layout (24 layers of 2048) with every MLP made 16 experts of 1408,
-    # top-2. It was called moe-1b, for its active size; that name still loads it.
-    "moe-4b-a1b": dict(num_layers=24, hidden_size=2048, num_attention_heads=16,
-                       ffn_hidden_size=5632, moe_ffn_hidden_size=1408, num_experts=16,
-                       moe_router_topk=2, max_position_embeddings=4096),
-}
-# Old names, kept so that recipes naming them still load (the same shape, not a copy).
-MODEL_PRESETS["moe-1b"] = MODEL_PRESETS["moe-4b-a1b"]
+from ablate.recipe.presets import MODEL_PRESETS
+from ablate.validate import (
+    COUNT_MAX,
+    INT64_MAX,
+    build_dataclass,
+    check_choice,
+    check_keys,
+    check_names,
+    check_number,
+    check_type,
+    checked,
+    field_where,
+    load_yaml_file,
+    yaml_fields,
+)
 
 
 # Bounds shared by many fields: sizes and counts are positive and far inside int64; a seed is
@@ -299,8 +278,10 @@ class MixEntry:
             )
 
 
-MIX_FORMS = "a share (a fraction in (0, 1]), a token count (a whole number like 12000, or 150M) " \
-            "or {share|tokens, density, weights, max_epochs}"
+MIX_FORMS = (
+    "a share (a fraction in (0, 1]), a token count (a whole number like 12000, or 150M) "
+    "or {share|tokens, density, weights, max_epochs}"
+)
 
 
 def _parse_mix(raw: Any, where: str) -> list[MixEntry]:
@@ -422,8 +403,9 @@ def parse_recipe(raw: Any, origin: str) -> Recipe:
         preset = check_choice(model["preset"], MODEL_PRESETS, field_where(top, "model.preset"))
         model = {**MODEL_PRESETS[preset], **model}
     raw["model"] = model
-    recipe = build_dataclass(Recipe, raw, top, nested={"stages": _parse_stages},
-                             fixed={"source": origin})
+    recipe = build_dataclass(
+        Recipe, raw, top, nested={"stages": _parse_stages}, fixed={"source": origin}
+    )
     # fields are checked one by one above; these relate several sections
     if recipe.training.seq_length > recipe.model.max_position_embeddings:
         raise AblateError(
@@ -431,11 +413,15 @@ def parse_recipe(raw: Any, origin: str) -> Recipe:
             f"model's max_position_embeddings {recipe.model.max_position_embeddings}"
         )
     if recipe.parallelism.ep > 1 and recipe.model.num_experts % recipe.parallelism.ep:
-        raise AblateError(f"{origin}: parallelism.ep: {recipe.parallelism.ep} does not divide "
-                          f"model.num_experts {recipe.model.num_experts}")
+        raise AblateError(
+            f"{origin}: parallelism.ep: {recipe.parallelism.ep} does not divide "
+            f"model.num_experts {recipe.model.num_experts}"
+        )
     if recipe.model.num_attention_heads % recipe.parallelism.tp:
-        raise AblateError(f"{origin}: parallelism.tp: {recipe.parallelism.tp} does not divide "
-                          f"model.num_attention_heads {recipe.model.num_attention_heads}")
+        raise AblateError(
+            f"{origin}: parallelism.tp: {recipe.parallelism.tp} does not divide "
+            f"model.num_attention_heads {recipe.model.num_attention_heads}"
+        )
     return recipe
 
 

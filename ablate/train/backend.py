@@ -53,7 +53,7 @@ def pick_backend(recipe: Recipe) -> str:
     has_cuda = torch.cuda.is_available() and torch.cuda.device_count() > 0
     if wanted == "cuda" and not has_cuda:
         raise AblateError(
-            f"{recipe._path}: training.backend: 'cuda' asked for, but torch sees no GPU here"
+            f"{recipe.source}: training.backend: 'cuda' asked for, but torch sees no GPU here"
         )
     return "cuda" if wanted == "cuda" or (wanted == "auto" and has_cuda) else "cpu"
 
@@ -75,7 +75,7 @@ def init(recipe: Recipe) -> Layout:
     world, rank = dist.get_world_size(), dist.get_rank()
     check_layout(recipe, world, backend)
     par = recipe.parallelism
-    where = f"{recipe._path}: parallelism"
+    where = f"{recipe.source}: parallelism"
     model_parallel = par.tp * par.pp * par.cp
     dp = world // model_parallel
     if backend == "cuda" and world > torch.cuda.device_count() * int(
@@ -93,7 +93,7 @@ def init(recipe: Recipe) -> Layout:
     train = recipe.training
     if train.global_batch_size % (train.micro_batch_size * dp):
         raise AblateError(
-            f"{recipe._path}: training.global_batch_size: {train.global_batch_size} is not a "
+            f"{recipe.source}: training.global_batch_size: {train.global_batch_size} is not a "
             "multiple "
             f"of micro_batch_size x data-parallel size = {train.micro_batch_size} x {dp}"
         )
@@ -133,7 +133,7 @@ def check_layout(recipe: Recipe, world: int, backend: str) -> None:
     one line naming the field (pp that does not divide the layers, cp that does not divide the
     sequence, more model-parallel ranks than processes, a precision the device cannot do)."""
     par, model, train = recipe.parallelism, recipe.model, recipe.training
-    where = f"{recipe._path}: parallelism"
+    where = f"{recipe.source}: parallelism"
     chunks = par.pp * (par.vp if par.pp > 1 else 1)
     if model.num_layers % chunks:
         what = f"pp x vp = {par.pp} x {par.vp}" if par.vp > 1 else f"pp = {par.pp}"
@@ -165,12 +165,12 @@ def check_layout(recipe: Recipe, world: int, backend: str) -> None:
     half = train.precision
     if backend == "cpu" and half == "fp16":
         raise AblateError(
-            f"{recipe._path}: training.precision: fp16 is not supported on the CPU backend "
+            f"{recipe.source}: training.precision: fp16 is not supported on the CPU backend "
             "(use bf16 or fp32)"
         )
     if backend == "cuda" and half == "bf16" and not torch.cuda.is_bf16_supported():
         raise AblateError(
-            f"{recipe._path}: training.precision: bf16 is not supported by "
+            f"{recipe.source}: training.precision: bf16 is not supported by "
             f"{torch.cuda.get_device_name()} "
             "(use fp16 or fp32)"
         )
@@ -180,12 +180,11 @@ def check_layout(recipe: Recipe, world: int, backend: str) -> None:
             "streams)"
         )
     if backend == "cpu" and model.moe_grouped_gemm:
-        raise AblateError(f"{recipe._path}: model.moe_grouped_gemm: CUDA only")
+        raise AblateError(f"{recipe.source}: model.moe_grouped_gemm: CUDA only")
     if backend == "cpu" and model.moe_token_dispatcher_type == "alltoall":
         raise AblateError(
-            f"{recipe._path}: model.moe_token_dispatcher_type: alltoall is CUDA only (it creates a "
-            "CUDA "
-            "stream); use allgather or auto"
+            f"{recipe.source}: model.moe_token_dispatcher_type: alltoall is CUDA only "
+            "(it creates a CUDA stream); use allgather or auto"
         )
     # the world size last: the errors above hold at any size
     model_parallel = par.tp * par.pp * par.cp

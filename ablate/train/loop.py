@@ -100,7 +100,7 @@ def preflight(recipe: Recipe, resume: str, reset_optimizer: bool):
     from ablate.recipe.compile import prepare_cache_dir
     from ablate.recipe.plan import make_plan
 
-    where = recipe._path or recipe.name
+    where = recipe.source or recipe.name
     run = RunLayout(recipe.resolved_run_dir)
     refuse_non_directory(run.root, f"{where}: run_dir")
     refuse_non_directory(recipe.data.cache_dir, f"{where}: data.cache_dir")
@@ -114,7 +114,7 @@ def preflight(recipe: Recipe, resume: str, reset_optimizer: bool):
         if saved != plan.fingerprint:
             raise AblateError(
                 f"{run.plan}: compiled from a different recipe or data (plan {saved}, this "
-                f"recipe's {plan.fingerprint}); run 'ablate compile {recipe._path}' or use "
+                f"recipe's {plan.fingerprint}); run 'ablate compile {recipe.source}' or use "
                 "another run_dir"
             )
     ckpt.read_status(run.root)  # damaged: named, not overwritten
@@ -346,8 +346,8 @@ class Trainer:
             reason = ckpt.verify_checkpoint(path) if os.path.isdir(path) else "no such directory"
             if reason is not None:
                 raise AblateError(
-                    f"{self.recipe._path}: training.init_from: {path} is not a complete checkpoint "
-                    f"({reason})"
+                    f"{self.recipe.source}: training.init_from: {path} is not a complete "
+                    f"checkpoint ({reason})"
                 )
             ckpt.load_model_weights(path, self.engine.modules)
             self.engine.optimizer.reload_model_params()  # fp32 main params from the loaded weights
