@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from ablate.errors import AblateError
+from ablate.faults import Terminated
 from ablate.io import OS_REASONS, os_error_line
 
 
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {os_error_line(exc.filename or '.', exc)}", file=sys.stderr)
         return 2
+    except Terminated as exc:  # SIGTERM outside training's own handler; cleanup has run
+        print(f"stopped by {exc}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

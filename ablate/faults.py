@@ -5,19 +5,25 @@ writes themselves; this module finds the fault behind other libraries' wrapping)
   exception, however deep: megatron-core re-raises a dataset builder's ``OSError`` as a bare
   ``Exception`` ("write access"); dist_checkpointing's writer process sends its ``OSError``
   back to be wrapped in a ``RuntimeError`` inside torch's ``CheckpointException``.
-- ``terminated_as_exception()``: SIGTERM raises ``Terminated`` for the block, so a run stopped
-  before its own preemption handler exists still unwinds (status ``failed``, temporaries
-  removed) instead of vanishing.
+- ``terminated_as_exception()``: SIGTERM raises ``Terminated`` (once) for the block, so a
+  prepare or a run stopped before its own preemption handler exists still unwinds (status
+  ``failed``, temporaries removed) instead of vanishing; the CLI prints its one line, exit 143.
+- ``signal_when_parent_dies(sig, parent_pid)``: the kernel sends ``sig`` to this process when
+  its parent dies (Linux ``PR_SET_PDEATHSIG``): prepare's tokenizer workers, torchrun workers.
 """
 
 from __future__ import annotations
 
-import errno
+import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
-USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+from ablate.io import OS_REASONS
+
+USER_FIXABLE = set(OS_REASONS)  # full disk, quota, read-only, permissions
+_PR_SET_PDEATHSIG = 1
 
 
 def user_os_error(exc: BaseException | None, depth: int = 10) -> OSError | None:
@@ -44,19 +50,47 @@ class Terminated(BaseException):
     """SIGTERM arrived (a BaseException: no ``except Exception`` swallows it)."""
 
 
+class _RaiseOnce:
+    """The SIGTERM handler: raises ``Terminated`` the first time; ``armed = False`` (set by a
+    block's cleanup) keeps a second SIGTERM from cutting that cleanup short."""
+
+    armed = True
+
+    def __call__(self, signum, _frame):
+        if self.armed:
+            self.armed = False
+            raise Terminated(f"signal {signal.Signals(signum).name}")
+
+
 @contextmanager
 def terminated_as_exception():
     """Within the block (main thread only), SIGTERM raises ``Terminated``; the previous handler
-    is restored after. A handler installed inside the block (the trainer's preemption) wins."""
+    is restored after. A handler installed inside the block (the trainer's preemption) wins.
+    Yields the handler (``.armed``)."""
+    handler = _RaiseOnce()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield handler
         return
-
-    def handler(signum, _frame):
-        raise Terminated(f"signal {signal.Signals(signum).name}")
-
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def signal_when_parent_dies(sig: int, parent_pid: int) -> bool:
+    """Ask the kernel for ``sig`` when ``parent_pid`` (this process's parent) dies. Returns
+    whether the request was made (Linux only). A parent that died before the request would never
+    send it, so that case sends ``sig`` at once."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent_pid or parent_pid == 1:
+        os.kill(os.getpid(), sig)
+    return True

@@ -32,14 +32,29 @@ from dataclasses import dataclass, field
 
 from ablate.data.taxonomy import Taxonomy
 from ablate.errors import AblateError, show
-from ablate.validate import (INT64_MAX, check_fraction, check_keys, check_names, check_number,
-                             check_type, load_yaml_file)
+from ablate.validate import (
+    INT64_MAX,
+    check_fraction,
+    check_keys,
+    check_names,
+    check_number,
+    check_type,
+    load_yaml_file,
+)
 
 GENERATED_READERS = ("stdlib", "gsm8k", "toyworld")
 FILE_READERS = ("jsonl", "parquet")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SOURCE_KEYS = ("path", "name", "domain", "reader", "text_field", "domain_field", "eval_fraction",
-                "options")
+_SOURCE_KEYS = (
+    "path",
+    "name",
+    "domain",
+    "reader",
+    "text_field",
+    "domain_field",
+    "eval_fraction",
+    "options",
+)
 _TOP_KEYS = ("tokenizer", "seed", "eval_fraction", "domains", "sources")
 
 
@@ -81,9 +96,16 @@ class CorporaSpec:
             "seed": self.seed,
             "domains": list(self.domains),
             "sources": [
-                {"name": s.name, "reader": s.reader, "path": s.path, "domain": s.domain,
-                 "text_field": s.text_field, "domain_field": s.domain_field,
-                 "eval_fraction": s.eval_fraction, "options": s.options}
+                {
+                    "name": s.name,
+                    "reader": s.reader,
+                    "path": s.path,
+                    "domain": s.domain,
+                    "text_field": s.text_field,
+                    "domain_field": s.domain_field,
+                    "eval_fraction": s.eval_fraction,
+                    "options": s.options,
+                }
                 for s in self.sources
             ],
         }
@@ -118,8 +140,12 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
     taxonomy = Taxonomy(domains, where=f"{origin}: domains")
     seed = check_number(raw.get("seed", 1234), f"{origin}: seed", integer=True, ge=0, le=INT64_MAX)
     tokenizer = raw.get("tokenizer", "byte")
-    check_type(tokenizer, (str, dict), f"{origin}: tokenizer",
-               "byte, a tokenizer.json path or {kind: hf, path: ..., eod_token: ...}")
+    check_type(
+        tokenizer,
+        (str, dict),
+        f"{origin}: tokenizer",
+        "byte, a tokenizer.json path or {kind: hf, path: ..., eod_token: ...}",
+    )
     default_eval = check_fraction(raw.get("eval_fraction", 0.01), f"{origin}: eval_fraction")
     sources_raw = check_type(raw["sources"], list, f"{origin}: sources", "a list of sources")
     if not sources_raw:
@@ -131,8 +157,10 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
         reader = s.get("reader", "auto")
         readers = ("auto",) + FILE_READERS + GENERATED_READERS
         if not isinstance(reader, str) or reader not in readers:
-            raise AblateError(f"{where}.reader: {show(reader)} is not a reader "
-                              f"(allowed: auto, {', '.join(FILE_READERS + GENERATED_READERS)})")
+            raise AblateError(
+                f"{where}.reader: {show(reader)} is not a reader "
+                f"(allowed: auto, {', '.join(FILE_READERS + GENERATED_READERS)})"
+            )
         path = s.get("path")
         if path is None and reader not in GENERATED_READERS:
             raise AblateError(f"{where}: missing required key 'path'")
@@ -145,8 +173,10 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
         if name is None:
             name = _default_name(path, reader, i)
         if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 200:
-            raise AblateError(f"{where}.name: {show(name)} is not a source name "
-                              "(allowed: letters, digits, '_', '.' or '-', at most 200)")
+            raise AblateError(
+                f"{where}.name: {show(name)} is not a source name "
+                "(allowed: letters, digits, '_', '.' or '-', at most 200)"
+            )
         if any(o.name == name for o in sources):
             raise AblateError(
                 f"{where}.name: {show(name)} is used by another source (names must be unique)"

@@ -29,11 +29,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import sys
-import threading
 from concurrent.futures import as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +44,7 @@ from ablate.data.manifest import DatasetEntry, Manifest
 from ablate.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from ablate.data.workers import kill_workers, worker_pool
 from ablate.errors import AblateError, DataError, show
+from ablate.faults import terminated_as_exception
 from ablate.io import remove_path, remove_stale_temporaries, tmp_name
 
 
@@ -54,10 +52,6 @@ from ablate.io import remove_path, remove_stale_temporaries, tmp_name
 class PrepareResult:
     manifest: Manifest
     state: str  # created | unchanged | replaced
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM while preparing: unwinds like Ctrl-C, so the staging directory is removed."""
 
 
 def prepare(
@@ -77,7 +71,8 @@ def prepare(
     files = {s.name: resolve_files(s, spec.base_dir) for s in spec.sources if not s.generated}
     outdir.check_outside_inputs(out_dir, spec, files)
     outdir.check_out_dir(out_dir, spec, tokenizer, overwrite)
-    with _sigterm_interrupts() as sigterm:
+    # SIGTERM unwinds like an error, so the staging directory is removed (exit 143)
+    with terminated_as_exception() as sigterm:
         created = outdir.make_parents(out_dir)
         staging = tmp_name(out_dir)
         done = False
@@ -95,29 +90,6 @@ def prepare(
             remove_path(staging)
             if not done:
                 outdir.remove_made_parents(created)
-
-
-@contextmanager
-def _sigterm_interrupts():
-    """While the block runs (in the main thread), SIGTERM raises ``Terminated`` once."""
-
-    class Handler:
-        armed = True
-
-        def __call__(self, signum, frame):
-            if self.armed:
-                self.armed = False
-                raise Terminated("terminated (SIGTERM); the partial output was removed")
-
-    handler = Handler()
-    if threading.current_thread() is not threading.main_thread():
-        yield handler
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield handler
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _build(

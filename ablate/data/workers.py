@@ -17,23 +17,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import sys
 from concurrent.futures import ProcessPoolExecutor
 
-PR_SET_PDEATHSIG = 1
+from ablate.faults import signal_when_parent_dies
 
 
 def die_with_parent(parent_pid: int) -> None:
     """Pool initializer: SIGKILL this worker when ``parent_pid`` (its parent) dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # no prctl: the parent-pid check below still catches an orphan at start
-    if os.getppid() != parent_pid:  # the parent died before prctl: no signal will ever come
+    signal_when_parent_dies(signal.SIGKILL, parent_pid)
+    if os.getppid() != parent_pid:  # no prctl here and the parent is gone: an orphan at start
         os._exit(1)
 
 

@@ -100,17 +100,6 @@ def follow_parent_under_torchrun() -> bool:
     whether it was set. If the agent is already gone, SIGTERM is sent at once."""
     if not under_torchrun() or not sys.platform.startswith("linux"):
         return False
-    import ctypes
+    from ablate.faults import signal_when_parent_dies
 
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
-        return False
-    # the agent may have died before prctl: then we were re-parented and no signal will come
-    if os.getppid() != parent or parent == 1:
-        os.kill(os.getpid(), signal.SIGTERM)
-    return True
+    return signal_when_parent_dies(signal.SIGTERM, os.getppid())
