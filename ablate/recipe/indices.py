@@ -197,14 +197,7 @@ class IndexCache:
             )
         except (OSError, ValueError, EOFError):
             return None
-        if (
-            len(doc) != cached["epochs"] * int(cached["documents"])
-            or sample.ndim != 2
-            or len(sample) != cached["samples_built"] + 1
-            or len(shuffle) != cached["samples_built"]
-        ):
-            return None
-        return doc, sample, shuffle
+        return (doc, sample, shuffle) if _lengths_match(cached, doc, sample, shuffle) else None
 
     def _load_for_extension(self, cached: dict | None, block: int, epochs: int, samples: int):
         """The cached arrays, if they are a prefix of what is to be built (else None: rebuild)."""
@@ -223,15 +216,7 @@ class IndexCache:
             )
         except (OSError, ValueError):
             return None
-        doc, sample, shuffle = arrays
-        if (
-            len(doc) != cached["epochs"] * int(cached["documents"])
-            or sample.ndim != 2
-            or len(sample) != cached["samples_built"] + 1
-            or len(shuffle) != cached["samples_built"]
-        ):
-            return None
-        return arrays
+        return arrays if _lengths_match(cached, *arrays) else None
 
     def _read_meta(self) -> dict | None:
         path = os.path.join(self.dir, "meta.json")
@@ -365,3 +350,14 @@ class IndexCache:
                 os.rename(old, self.dir)  # the new one failed: keep the old, still valid
             remove_path(tmp)  # only left when something failed
             remove_path(old)
+
+
+def _lengths_match(cached: dict, doc, sample, shuffle) -> bool:
+    """The three index arrays have the lengths the entry's metadata records (a truncated or
+    mismatched file is a damaged entry, rebuilt)."""
+    return (
+        len(doc) == cached["epochs"] * int(cached["documents"])
+        and sample.ndim == 2
+        and len(sample) == cached["samples_built"] + 1
+        and len(shuffle) == cached["samples_built"]
+    )
