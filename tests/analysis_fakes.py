@@ -24,7 +24,8 @@ def route_tokens(rng, domain_T, L: int, E: int, k: int, logits_LDE):
 
 
 def counts_of(domain_T, topk_TKL, D: int, E: int):
-    """``count_LDE, ntok_LD`` of a set of routed tokens (vectorised; the brute force is in the tests)."""
+    """``count_LDE, ntok_LD`` of a set of routed tokens (vectorised; the brute force is in the
+    tests)."""
     T, k, L = topk_TKL.shape
     count = np.zeros((L, D, E), np.int64)
     ntok = np.zeros((L, D), np.int64)

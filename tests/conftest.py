@@ -45,7 +45,8 @@ def write_spec(path, sources, **top) -> str:
 
 SAMPLE_TEXTS = [
     "def add(a, b):\n    return a + b\n",
-    "Question: Mia has 3 apples. She finds 4 more. How many apples does Mia have now?\nStep 1: 3 + 4 = 7\nAnswer: 7",
+    "Question: Mia has 3 apples. She finds 4 more. How many apples does Mia have now?\n"
+    "Step 1: 3 + 4 = 7\nAnswer: 7",
     "Zürich liegt am See. 東京は大きい。 Emoji: 🙂",
     "The capital of Velmora is Tarsk.",
     "x = 5\nfor _ in range(3):\n    x = x + 2\nassert x == 11\n",
@@ -72,9 +73,10 @@ def bpe_tokenizer_json(tmp_path_factory) -> str:
 
 
 def assert_one_line_error(result: CliResult, *fragments: str) -> None:
-    """The bad-input contract: exit 2, one line on stderr, no traceback, the message names the place."""
+    """The bad-input contract: exit 2, one line on stderr, no traceback, the message names the
+    place."""
     assert result.rc == 2, (result.rc, result.err)
-    lines = [l for l in result.err.splitlines() if l.strip()]
+    lines = [line for line in result.err.splitlines() if line.strip()]
     assert len(lines) == 1, result.err
     assert "Traceback" not in result.err
     for frag in fragments:

@@ -212,7 +212,8 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
-    """A running single-node cluster; Slurm commands (and ``ablate sweep``) find it via SLURM_CONF."""
+    """A running single-node cluster; Slurm commands (and ``ablate sweep``) find it via
+    SLURM_CONF."""
     why = missing()
     if why:
         pytest.skip(why)

@@ -15,7 +15,8 @@ from ablate.analysis import routing_metrics as rm
 from analysis_fakes import route_tokens
 
 # ------------------------------------------------------------------ a case worked by hand
-# one layer, E = 4 experts, top-2. Domain 0: tokens routed to {0,1} and {0,2}; domain 1: {2,3} twice.
+# one layer, E = 4 experts, top-2. Domain 0: tokens routed to {0,1} and {0,2};
+# domain 1: {2,3} twice.
 HAND_TOPK = np.array([[0, 1], [0, 2], [2, 3], [2, 3]])[:, :, None]  # [T, k, L]
 HAND_DOMAIN = np.array([0, 0, 1, 1])
 HAND_COUNT = np.array([[[2, 1, 1, 0], [0, 0, 2, 2]]])  # [L, D, E]
@@ -37,7 +38,8 @@ def test_hand_case_entropy_js_load():
     p = rm.routing_distribution(HAND_COUNT, HAND_NTOK, 2)
     # H0 = (0.5 ln 2 + 2 * 0.25 ln 4) / ln 4 = 0.75; H1 = ln 2 / ln 4 = 0.5
     assert np.allclose(rm.normalized_entropy(p), [[0.75, 0.5]])
-    # JS in bits = 1.25 - 0.375 log2(3), worked out from KL(p||m) + KL(q||m), m = [1/4, 1/8, 3/8, 1/4]
+    # JS in bits = 1.25 - 0.375 log2(3), worked out from KL(p||m) + KL(q||m),
+    # m = [1/4, 1/8, 3/8, 1/4]
     js = rm.js_matrix(p)
     assert js[0, 0, 1] == pytest.approx(1.25 - 0.375 * math.log2(3), abs=1e-12)
     assert js[0, 1, 0] == js[0, 0, 1] and js[0, 0, 0] == 0 and js[0, 1, 1] == 0

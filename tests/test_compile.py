@@ -1,4 +1,5 @@
-"""``ablate compile``: every recipe validates; the built indices prove the budgets; caches are reused."""
+"""``ablate compile``: every recipe validates; the built indices prove the budgets; caches are
+reused."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def realized_samples(blend) -> np.ndarray:
 
 def test_every_recipe_in_recipes_loads_and_validates():
     paths = sorted(glob.glob(os.path.join(REPO, "recipes", "**", "*.yaml"), recursive=True))
-    # corpora specs and sweep files (recipes/sweeps/, recipes/study/: a `base` plus axes) are not recipes
+    # corpora specs and sweep files (recipes/sweeps/, recipes/study/: a `base` plus axes) are
+    # not recipes
     recipes = [
         p
         for p in paths

@@ -118,7 +118,8 @@ for p in paths:
     r = load_recipe(p)
     backend.check_layout(r, 32, 'cuda')
     config = model.transformer_config(r, 'cuda', te=False)
-    assert config.bf16 and not config.use_cpu_initialization and config.moe_token_dispatcher_type == 'alltoall'
+    assert config.bf16 and not config.use_cpu_initialization
+    assert config.moe_token_dispatcher_type == 'alltoall'
 print(len(paths), 'ok')
 """
     r = subprocess.run([PYTHON, "-c", code, REPO], capture_output=True, text=True, timeout=300)

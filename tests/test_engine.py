@@ -309,7 +309,7 @@ def test_layout_errors_are_one_line(world, par, changes, fragment):
     one_line_error(run(world, _recipe(world, "bad", par, **changes), timeout=120), fragment)
 
 
-# ------------------------------------------------------------------ async checkpoints, eval of any layout
+# ------------------------------------------------------------ async checkpoints, eval of any layout
 
 
 def test_async_checkpoints_complete_and_resume_bitwise(world, reference):
@@ -318,9 +318,8 @@ def test_async_checkpoints_complete_and_resume_bitwise(world, reference):
     such a checkpoint continues bitwise at the same layout."""
     _ensure_run(world, "dp2", LAYOUTS_2["dp2"])
     _ensure_run(world, "async", {}, cadence__async_checkpoint="on", cadence__checkpoint_every=4)
-    assert _losses(world, "async") == _losses(
-        world, "dp2"
-    )  # saving in the background changes nothing
+    # saving in the background changes nothing
+    assert _losses(world, "async") == _losses(world, "dp2")
     done = sorted(p.name for p in (world / "runs" / "async" / "checkpoints").iterdir())
     assert done == ["step_00000004", "step_00000008", "step_00000012", "step_00000016"]
     assert all(
@@ -347,7 +346,8 @@ def test_eval_loads_a_checkpoint_of_any_layout_into_one_process(world, reference
 import torch
 from ablate.evals.loading import load_eval_model
 from ablate.train import backend
-ref = {{k: v.float().clone() for k, v in load_eval_model({str(world / "runs" / "ref")!r}).model.state_dict().items()
+ref = {{k: v.float().clone()
+       for k, v in load_eval_model({str(world / "runs" / "ref")!r}).model.state_dict().items()
        if torch.is_tensor(v)}}
 backend.shutdown()
 for name in ("tp2", "pp2-vp2"):

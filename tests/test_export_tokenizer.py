@@ -1,4 +1,5 @@
-"""The exported tokenizer encodes and decodes exactly as the run's (byte, or a local tokenizer.json)."""
+"""The exported tokenizer encodes and decodes exactly as the run's (byte, or a local
+tokenizer.json)."""
 
 from __future__ import annotations
 

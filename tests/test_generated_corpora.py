@@ -23,7 +23,7 @@ GSM8K = os.environ.get("ABLATE_GSM8K", os.path.join(REPO, "..", "shared", "bench
 
 def read_jsonl(path):
     with open(path, encoding="utf-8") as f:
-        return [json.loads(l) for l in f]
+        return [json.loads(line) for line in f]
 
 
 # ---------------------------------------------------------------- toy world
@@ -148,13 +148,15 @@ def test_gsm8k_train_split_becomes_structured_math(tmp_path, capsys):
         [{"reader": "gsm8k", "path": os.path.abspath(GSM8K), "eval_fraction": 0.0}],
     )
     m = prepare(spec, str(tmp_path / "g"), workers=2).manifest
-    train_rows = sum(1 for l in open(os.path.join(GSM8K, "train.jsonl")) if l.strip())
+    train_rows = sum(1 for line in open(os.path.join(GSM8K, "train.jsonl")) if line.strip())
     by_domain = {e.domain: e for e in m.datasets}
     assert by_domain["math.structured"].documents == train_rows == 7473
     if not os.path.isfile(os.path.join(GSM8K, "train_socratic.jsonl")):
         assert "math.structured.socratic" not in by_domain
         assert "Socratic level is skipped" in capsys.readouterr().err
-    test_questions = {json.loads(l)["question"] for l in open(os.path.join(GSM8K, "test.jsonl"))}
+    test_questions = {
+        json.loads(line)["question"] for line in open(os.path.join(GSM8K, "test.jsonl"))
+    }
     raw = read_jsonl(os.path.join(m.root, "raw", "gsm8k.jsonl"))
     assert not any(r["text"].split("\n", 1)[0][len("Question: ") :] in test_questions for r in raw)
 
@@ -185,7 +187,20 @@ def test_gsm8k_levels_are_selectable(tmp_path):
 
 
 def test_stripping_keeps_code_and_drops_docstrings_and_comments():
-    src = '"""Module doc."""\nimport os  # why\n\n\ndef f(x):\n    """Doc\n    more."""\n    # note\n    return x  # tail\n\nclass C:\n    """Only a docstring."""\n'
+    src = (
+        '"""Module doc."""\n'
+        "import os  # why\n"
+        "\n"
+        "\n"
+        "def f(x):\n"
+        '    """Doc\n'
+        '    more."""\n'
+        "    # note\n"
+        "    return x  # tail\n"
+        "\n"
+        "class C:\n"
+        '    """Only a docstring."""\n'
+    )
     out = strip_docs_and_comments(src, ast.parse(src))
     assert out == "import os\n\ndef f(x):\n    return x\n\nclass C:\n    pass\n"
 

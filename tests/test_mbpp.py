@@ -1,4 +1,5 @@
-"""MBPP: the file's rows, the paper's 3-shot prompt, and every reference solution through the sandbox.
+"""MBPP: the file's rows, the paper's 3-shot prompt, and every reference solution through the
+sandbox.
 
 The reference-solution check runs 973 programs through the real sandbox (about 30 s on 2 cores).
 """

@@ -1,4 +1,5 @@
-"""Bad input to ``ablate data prepare``: one clear line, exit 2, no traceback, nothing left behind."""
+"""Bad input to ``ablate data prepare``: one clear line, exit 2, no traceback, nothing left
+behind."""
 
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def test_parquet_without_the_text_column(tmp_path, cli):
 
 
 def test_tokenizer_file_missing(tmp_path, cli):
-    path = write_jsonl(tmp_path / "c.jsonl", [GOOD])
+    write_jsonl(tmp_path / "c.jsonl", [GOOD])
     spec = write_spec(
         tmp_path / "corpora.yaml", [{"path": "c.jsonl"}], tokenizer="tok/tokenizer.json"
     )

@@ -23,7 +23,8 @@ UNIT = {"K": 1e3, "M": 1e6, "B": 1e9}
 
 
 def aliases() -> dict[str, str]:
-    """Old names: a preset that is another preset's very dict (``MODEL_PRESETS[old] = MODEL_PRESETS[new]``)."""
+    """Old names: a preset that is another preset's very dict
+    (``MODEL_PRESETS[old] = MODEL_PRESETS[new]``)."""
     out = {}
     for name, shape in MODEL_PRESETS.items():
         first = next(n for n, s in MODEL_PRESETS.items() if s is shape)
@@ -80,8 +81,14 @@ def test_readme_table_says_the_same():
     rows = dict(re.findall(r"^\| `(\S+)` (\|.*\|)$", text, flags=re.M))
     for name, s in stated().items():
         p = ModelConfig(**MODEL_PRESETS[name])
-        experts = f"{p.num_experts} of {p.moe_ffn_hidden_size or p.ffn_hidden_size}, top-{p.moe_router_topk}"
-        want = f"| {p.num_layers} x {p.hidden_size} | {experts} | {s['total']} | {s['active']} | {s['vocab']} |"
+        experts = (
+            f"{p.num_experts} of {p.moe_ffn_hidden_size or p.ffn_hidden_size}, "
+            f"top-{p.moe_router_topk}"
+        )
+        want = (
+            f"| {p.num_layers} x {p.hidden_size} | {experts} "
+            f"| {s['total']} | {s['active']} | {s['vocab']} |"
+        )
         assert rows.get(name) == want, name
 
 

@@ -1,4 +1,5 @@
-"""Sweeps without a scheduler: spec, expansion, pre-compile, the local executor, sbatch rendering, errors."""
+"""Sweeps without a scheduler: spec, expansion, pre-compile, the local executor, sbatch rendering,
+errors."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def test_paths_match_the_longest_key_and_name_list_items():
     ]
     with pytest.raises(
         AblateError,
-        match="no field .math.text. under stages.1.mix.math.density in the recipe .fields there: math, math.structured.",
+        match="no field .math.text. under stages.1.mix.math.density in the recipe "
+        ".fields there: math, math.structured.",
     ):
         resolve(tree, "stages.1.mix.math.density.math.text", "w")
     with pytest.raises(AblateError, match="has no item 'general'.*names code, math"):
@@ -337,7 +339,7 @@ def test_rendered_sbatch_for_four_nodes_of_eight_gpus(here, cli):
         with open(head.split(" (not written)")[0], "w") as f:
             f.write(script.split("\nrendered ")[0].rstrip("\n") + "\n")
     text = (run_dir / "slurm" / "train.sbatch").read_text()
-    sbatch = [l for l in text.splitlines() if l.startswith("#SBATCH")]
+    sbatch = [row for row in text.splitlines() if row.startswith("#SBATCH")]
     for line in (
         "--nodes=4",
         "--ntasks-per-node=1",
@@ -434,7 +436,7 @@ def test_local_sweep_runs_each_point_once_and_cancel_then_retry_resumes(here, cl
         and "31/31" in lines[2]
         and lines[-1] == "2 completed"
     )
-    states = [json.loads(l) for l in cli("sweep", "status", path, "--json").out.splitlines()]
+    states = [json.loads(row) for row in cli("sweep", "status", path, "--json").out.splitlines()]
     plan = json.load(open(root / "d0.75" / "plan.json"))
     assert (
         states[1]["tokens"]["math.structured"]
@@ -487,7 +489,8 @@ def test_local_sweep_runs_each_point_once_and_cancel_then_retry_resumes(here, cl
 
 
 def test_a_failed_point_is_shown_with_its_reason_and_retried_only_when_asked(here, cli, capsys):
-    # expert parallelism 2 needs 2 processes: valid on paper, fails when the local executor runs it alone
+    # expert parallelism 2 needs 2 processes: valid on paper, fails when the local executor runs
+    # it alone
     path = write_sweep(here, "fails", base=base(parallelism={"ep": 2}), point_name="p")
     r = cli("sweep", "submit", path)
     assert r.rc == 1  # a point that failed: exit 1, named on stderr

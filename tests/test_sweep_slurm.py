@@ -1,4 +1,5 @@
-"""Sweeps on a real Slurm: a single-node cluster (munged, slurmctld, slurmd) started for these tests.
+"""Sweeps on a real Slurm: a single-node cluster (munged, slurmctld, slurmd) started for these
+tests.
 
 Real jobs: every point trains the tiny toy-world MoE through the rendered sbatch script
 (srun -> torchrun c10d -> ablate train). Skipped, with the reason, where the Slurm binaries are
@@ -121,8 +122,10 @@ def test_rendered_script_passes_sbatch_test_only(here, cli, slurm_cluster):  # n
 
 
 def test_four_point_sweep_completes_with_planned_tokens_and_resubmit_adds_no_job(
-    here, cli, slurm_cluster
-):  # noqa: F811
+    here,
+    cli,
+    slurm_cluster,  # noqa: F811  (the module-scoped fixture imported above, requested by name)
+):
     path = slurm_sweep(
         here,
         "grid4",
@@ -270,7 +273,8 @@ def test_slurm_errors_are_one_line_naming_the_command(here, cli, slurm_cluster, 
     dead = here / "dead.conf"
     text = open(slurm_cluster.conf).read().splitlines()
     dead.write_text(
-        "\n".join("SlurmctldPort=9" if l.startswith("SlurmctldPort=") else l for l in text) + "\n"
+        "\n".join("SlurmctldPort=9" if line.startswith("SlurmctldPort=") else line for line in text)
+        + "\n"
     )
     monkeypatch.setenv("SLURM_CONF", str(dead))
     path = slurm_sweep(here, "unreachable", point_name="p")

@@ -1,4 +1,5 @@
-"""Training on CPU: budgets met at run time, DP and EP on 2 processes, exact resume, routing counts."""
+"""Training on CPU: budgets met at run time, DP and EP on 2 processes, exact resume, routing
+counts."""
 
 from __future__ import annotations
 
@@ -127,8 +128,8 @@ def _free_port() -> int:
 
 
 def assert_budgets_met(root, name: str):
-    """At the last step of every stage, tokens/<domain> equals the plan's cumulative realized tokens,
-    and a stage's steps consume only that stage's domains."""
+    """At the last step of every stage, tokens/<domain> equals the plan's cumulative realized
+    tokens, and a stage's steps consume only that stage's domains."""
     rows = {r["step"]: r for r in metrics(root, name)}
     plan = plan_of(root, name)
     step, cumulative = 0, {}
@@ -179,7 +180,8 @@ def test_two_processes_data_and_expert_parallel(world, parallel):
 
 
 def test_two_process_checkpoint_is_megatron_dist_checkpoint(world):
-    """megatron-core dist_checkpointing: sharded weights + optimizer, each rank's RNG, the layout."""
+    """megatron-core dist_checkpointing: sharded weights + optimizer, each rank's RNG, the
+    layout."""
     ck = sorted((world / "runs" / "two-2" / "checkpoints").glob("step_*"))[-1]
     assert sorted(p.name for p in ck.iterdir()) == ["rng", "train_state.json", "weights"]
     assert sorted(p.name for p in (ck / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
@@ -330,13 +332,12 @@ def one_line_error(r, *fragments):
     # 2 from our process; torchrun reports a failed worker with its own exit code 1
     torchrun = "torch.distributed.run" in r.args
     assert r.returncode == (1 if torchrun else 2), (r.returncode, r.stderr[-2000:])
-    lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, r.stderr[-2000:]
-    if (
-        torchrun
-    ):  # torchrun's agent prints its own ChildFailedError traceback; none may come from ablate
+    if torchrun:
+        # torchrun's agent prints its own ChildFailedError traceback; none may come from ablate
         assert "ablate/" not in "".join(
-            l for l in r.stderr.splitlines() if l.strip().startswith("File ")
+            line for line in r.stderr.splitlines() if line.strip().startswith("File ")
         ), r.stderr
     else:
         assert "Traceback" not in r.stderr, r.stderr[-2000:]
@@ -388,7 +389,8 @@ def test_a_checkpoint_from_a_different_recipe(world):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_backend_does_not_apply_the_cpu_adaptations(world):
     code = (
-        "import sys; sys.argv=['x']; from ablate.recipe.schema import load_recipe; from ablate.train import backend, cpu_compat;"
+        "import sys; sys.argv=['x']; from ablate.recipe.schema import load_recipe; "
+        "from ablate.train import backend, cpu_compat;"
         f"r=load_recipe({write(world, 'gpu')!r}); r.training.backend='cuda'; l=backend.init(r);"
         "assert l.backend=='cuda' and not cpu_compat.applied(); print('ok')"
     )
@@ -400,7 +402,8 @@ def test_cpu_backend_applies_them_once():
     code = (
         "import torch; from ablate.train import cpu_compat; cpu_compat.apply(); cpu_compat.apply();"
         "assert cpu_compat.applied() and torch.cuda.current_device() == torch.device('cpu');"
-        "import megatron.core.transformer.moe.moe_utils as m; assert m.te_general_gemm is None; print('ok')"
+        "import megatron.core.transformer.moe.moe_utils as m; assert m.te_general_gemm is None; "
+        "print('ok')"
     )
     r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr

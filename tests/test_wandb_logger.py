@@ -16,9 +16,9 @@ from ablate.telemetry.loggers import WandbLogger
 
 
 def wandb_records(path: str) -> list:
-    """The records of a ``run-<id>.wandb`` file: a 7-byte header (``:W&B``, magic 0xBEE1, version),
-    then LevelDB log framing (32 KiB blocks; each chunk: crc32c, length, type full/first/middle/last)
-    around protobuf ``Record`` messages."""
+    """The records of a ``run-<id>.wandb`` file: a 7-byte header (``:W&B``, magic 0xBEE1,
+    version), then LevelDB log framing (32 KiB blocks; each chunk: crc32c, length, type
+    full/first/middle/last) around protobuf ``Record`` messages."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = open(path, "rb").read()
