@@ -192,7 +192,7 @@ def test_output_directory_holding_something_else(tmp_path, cli):
         ({"reader": "csv", "path": "a.jsonl"}, ("sources[0].reader", "'csv' is not a reader")),
         (
             {"reader": "toyworld", "options": {"documents_per_domain": 0}},
-            ("documents_per_domain", "positive integer"),
+            ("documents_per_domain", "must be an integer in [1, "),
         ),
         (
             {"reader": "gsm8k", "path": ".", "options": {"splits": ["test"]}},
