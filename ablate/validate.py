@@ -31,6 +31,7 @@ COUNT_MAX = 2**62  # sizes and counts: far beyond any real run, safely inside in
 
 # ----------------------------------------------------------------------------------- checks
 
+
 def field_where(where: str, name: str | int) -> str:
     """The location of field ``name`` below ``where``: ``file: a.b`` (a top-level ``where`` is
     the file name alone, or ends with ':')."""
@@ -49,8 +50,10 @@ def check_keys(
     """Require ``mapping`` to be a dict with only ``allowed`` keys and all ``required`` ones."""
     allowed = list(allowed)
     if not isinstance(mapping, dict):
-        raise AblateError(f"{where}: expected a mapping (allowed keys: {', '.join(allowed)}), "
-                          f"got {kind_of(mapping)} {show(mapping, 40)}")
+        raise AblateError(
+            f"{where}: expected a mapping (allowed keys: {', '.join(allowed)}), "
+            f"got {kind_of(mapping)} {show(mapping, 40)}"
+        )
     for key in mapping:
         if key not in allowed:
             raise AblateError(f"{where}: unknown key {show(key)} (allowed: {', '.join(allowed)})")
@@ -104,8 +107,12 @@ def check_number(
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise AblateError(f"{where}: {show(value)} is not a finite number (allowed: {allowed})")
-    ok = ((gt is None or value > gt) and (ge is None or value >= ge)
-          and (lt is None or value < lt) and (le is None or value <= le))
+    ok = (
+        (gt is None or value > gt)
+        and (ge is None or value >= ge)
+        and (lt is None or value < lt)
+        and (le is None or value <= le)
+    )
     if not ok:
         raise AblateError(f"{where}: {show(value)} is out of range (allowed: {allowed})")
     return value
@@ -160,9 +167,18 @@ def check_positive(value: Any, where: str, allow_zero: bool = False) -> Any:
 
 # ----------------------------------------------------------------------------------- schema
 
-def checked(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
-            convert: Callable[[Any, str], Any] | None = None, gt=None, ge=None, lt=None, le=None,
-            internal: bool = False) -> Any:
+
+def checked(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    convert: Callable[[Any, str], Any] | None = None,
+    gt=None,
+    ge=None,
+    lt=None,
+    le=None,
+    internal: bool = False,
+) -> Any:
     """A dataclass field that ``build_dataclass`` validates: ``convert(value, where)`` replaces
     the type check (token counts like ``4K``); ``gt/ge/lt/le`` bound a number (after any
     conversion; None passes). ``internal``: not read from YAML nor written by ``to_dict``."""
@@ -187,8 +203,13 @@ _SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true o
 _RANGE = ("gt", "ge", "lt", "le")
 
 
-def build_dataclass(cls: type, raw: Any, where: str, nested: dict[str, Any] | None = None,
-                    fixed: dict[str, Any] | None = None):
+def build_dataclass(
+    cls: type,
+    raw: Any,
+    where: str,
+    nested: dict[str, Any] | None = None,
+    fixed: dict[str, Any] | None = None,
+):
     """Construct dataclass ``cls`` from a YAML mapping, checking keys, types and ranges.
 
     Fields whose annotation is a dataclass are built recursively; ``nested`` maps a field name
@@ -198,8 +219,11 @@ def build_dataclass(cls: type, raw: Any, where: str, nested: dict[str, Any] | No
     """
     raw = {} if raw is None else raw
     fields = {f.name: f for f in yaml_fields(cls)}
-    required = [n for n, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     check_keys(raw, fields, where, required=required)
     hints = typing.get_type_hints(cls)
     kwargs = dict(fixed or {})

@@ -49,8 +49,10 @@ class _Loader(yaml.SafeLoader):
                 line = key_node.start_mark.line + 1
                 # keys are names and become field paths in messages: a long one is no name
                 if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
-                    raise _Refusal(f"line {line}: a key of {len(key):,} characters {show(key, 30)} "
-                                   f"(allowed: at most {MAX_KEY_CHARS})")
+                    raise _Refusal(
+                        f"line {line}: a key of {len(key):,} characters {show(key, 30)} "
+                        f"(allowed: at most {MAX_KEY_CHARS})"
+                    )
                 try:
                     first = seen.get(key)
                 except TypeError:  # unhashable: the base class refuses it with its mark
@@ -77,7 +79,8 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    list("-+0123456789"),
+)
 
 
 def _expanded_size(root) -> int:
@@ -90,8 +93,10 @@ def _expanded_size(root) -> int:
         if id(node) in sizes:
             return sizes[id(node)]
         if id(node) in stack:
-            raise _Refusal(f"line {node.start_mark.line + 1}: an alias refers to itself (recursive "
-                           "structures are not allowed)")
+            raise _Refusal(
+                f"line {node.start_mark.line + 1}: an alias refers to itself (recursive "
+                "structures are not allowed)"
+            )
         if depth > 1000:
             raise _Refusal(f"line {node.start_mark.line + 1}: nested more than 1000 levels deep")
         stack.add(id(node))
@@ -141,8 +146,10 @@ def load_yaml_file(path: str, what: str, mapping: bool = True) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise AblateError(f"{path}: not valid YAML (not UTF-8 text: byte {data[exc.start]:#04x} "
-                          f"at offset {exc.start})") from None
+        raise AblateError(
+            f"{path}: not valid YAML (not UTF-8 text: byte {data[exc.start]:#04x} "
+            f"at offset {exc.start})"
+        ) from None
     try:
         loader = _Loader(text)
     except yaml.reader.ReaderError as exc:  # a control character: the reader names its offset
@@ -153,8 +160,10 @@ def load_yaml_file(path: str, what: str, mapping: bool = True) -> Any:
     try:
         node = loader.get_single_node()
         if node is not None and _expanded_size(node) - _distinct_nodes(node) > MAX_ALIAS_NODES:
-            raise _Refusal(f"aliases expand to more than {MAX_ALIAS_NODES:,} extra nodes "
-                           "(an alias bomb?); write the values out")
+            raise _Refusal(
+                f"aliases expand to more than {MAX_ALIAS_NODES:,} extra nodes "
+                "(an alias bomb?); write the values out"
+            )
         value = loader.construct_document(node) if node is not None else None
     except _Refusal as exc:
         raise AblateError(f"{path}: {exc}") from None
@@ -164,8 +173,9 @@ def load_yaml_file(path: str, what: str, mapping: bool = True) -> Any:
         problem = (exc.problem or exc.context or "syntax error").strip()
         raise AblateError(f"{path}: {where}not valid YAML ({_clip(problem)})") from None
     except RecursionError:  # the composer recurses once per level
-        raise AblateError(f"{path}: not valid YAML (nested too deeply; allowed: a few hundred "
-                          "levels)") from None
+        raise AblateError(
+            f"{path}: not valid YAML (nested too deeply; allowed: a few hundred levels)"
+        ) from None
     except yaml.YAMLError as exc:
         raise AblateError(f"{path}: not valid YAML ({_clip(str(exc).splitlines()[0])})") from None
     finally:

@@ -149,7 +149,7 @@ def _naming(spec: SweepSpec, point: Point):
         msg = str(exc)
         if msg.startswith(prefix):  # the plan names the point already (the recipe's source)
             raise
-        msg = msg[len(point.name) + 2:] if msg.startswith(f"{point.name}: ") else msg
+        msg = msg[len(point.name) + 2 :] if msg.startswith(f"{point.name}: ") else msg
         raise AblateError(f"{prefix}{msg}") from None
 
 
@@ -213,6 +213,7 @@ def show(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- internals
+
 
 def _base_tree(spec: SweepSpec, where: str) -> tuple[dict, dict]:
     """The base recipe resolved (every default filled in) as a mutable tree.
@@ -345,8 +346,10 @@ def _name(template: str, values: dict, indices: dict, where: str, variables: lis
         try:
             return format(v, fmt)
         except (ValueError, TypeError) as exc:
-            raise AblateError(f"{where}: point_name: {{{key}:{fmt}}} cannot format {show_value(v)} "
-                              f"({show_value(str(exc))[1:-1]})") from None
+            raise AblateError(
+                f"{where}: point_name: {{{key}:{fmt}}} cannot format {show_value(v)} "
+                f"({show_value(str(exc))[1:-1]})"
+            ) from None
 
     name = re.sub(r"[^A-Za-z0-9._=+-]", "_", _FIELD.sub(sub, template))
     if not name or name.startswith(".") or len(name) > 200:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ablate.errors import AblateError, show
 
+
 def resolve(tree: Any, path: str, where: str, optional: dict[tuple, tuple] | None = None) -> list:
     """The keys (and list indices) that ``path`` names in ``tree``; an error if it names nothing.
 
@@ -43,8 +44,10 @@ def resolve(tree: Any, path: str, where: str, optional: dict[tuple, tuple] | Non
                     keys.append(rest)
                     return keys
                 known = sorted(set(by_text) | set(extra))
-                raise AblateError(f"{where}: no field {show(segs[i])} under {here} in the recipe "
-                                  f"(fields there: {', '.join(known) or 'none'})")
+                raise AblateError(
+                    f"{where}: no field {show(segs[i])} under {here} in the recipe "
+                    f"(fields there: {', '.join(known) or 'none'})"
+                )
         elif isinstance(node, list):
             seg, index = segs[i], None
             if seg.isdigit() and int(seg) < len(node):
@@ -64,8 +67,9 @@ def resolve(tree: Any, path: str, where: str, optional: dict[tuple, tuple] | Non
                     if isinstance(item, dict) and "name" in item
                 ]
                 listed = f", names {', '.join(names)}" if names else ""
-                raise AblateError(f"{where}: {here} has no item {show(seg)} "
-                                  f"(indices 0-{len(node) - 1}{listed})")
+                raise AblateError(
+                    f"{where}: {here} has no item {show(seg)} (indices 0-{len(node) - 1}{listed})"
+                )
             keys.append(index)
             node, i = node[index], i + 1
         elif last_dict is not None and isinstance(node, (int, float, str, bool)):

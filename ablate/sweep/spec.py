@@ -153,7 +153,7 @@ class SweepSpec:
 def sbatch_option(line: str) -> str:
     """An ``extra`` line as an sbatch option: ``#SBATCH --qos=high`` and ``--qos=high`` alike."""
     line = line.strip()
-    return line[len("#SBATCH"):].strip() if line.startswith("#SBATCH") else line
+    return line[len("#SBATCH") :].strip() if line.startswith("#SBATCH") else line
 
 
 def load_sweep(path: str) -> SweepSpec:
