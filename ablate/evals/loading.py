@@ -13,7 +13,6 @@ reference every score can be compared against.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -62,26 +61,11 @@ def available_steps(run_dir: str) -> list[int]:
 
 def checkpoint_problem(run_dir: str, step: int) -> str | None:
     """What is wrong with the complete checkpoint at ``step`` (one phrase naming the file), or
-    None. The training side's ``verify_checkpoint`` (sizes and small files' hashes against the
-    record ``train_state.json`` keeps) where it exists; else a readable ``train_state.json`` and
-    a non-empty ``weights/``. Damage these checks miss is named when the weights fail to load."""
+    None: training's ``verify_checkpoint`` (sizes and small files' hashes against the record
+    ``train_state.json`` keeps). Damage it cannot see is named when the weights fail to load."""
     from ablate.train import checkpoint
 
-    path = checkpoint.checkpoint_dir(run_dir, step)
-    verify = getattr(checkpoint, "verify_checkpoint", None)
-    if verify is not None:
-        return verify(path)
-    try:
-        with open(os.path.join(path, "train_state.json"), encoding="utf-8") as f:
-            state = json.load(f)
-    except (OSError, ValueError) as exc:
-        return f"train_state.json is damaged ({type(exc).__name__})"
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        return "train_state.json is damaged (no step)"
-    weights = os.path.join(path, "weights")
-    if not os.path.isdir(weights) or not os.listdir(weights):
-        return "no weights/ directory"
-    return None
+    return checkpoint.verify_checkpoint(checkpoint.checkpoint_dir(run_dir, step))
 
 
 def usable_steps(run_dir: str, warn: bool = True) -> list[int]:
@@ -108,13 +92,8 @@ def usable_steps(run_dir: str, warn: bool = True) -> list[int]:
 def _skipped_line(run_dir: str, step: int, problem: str, instead: int | None) -> str:
     from ablate.train import checkpoint
 
-    path = checkpoint.checkpoint_dir(run_dir, step)
     other = None if instead is None else checkpoint.checkpoint_dir(run_dir, instead)
-    warning = getattr(checkpoint, "skipped_warning", None)
-    if warning is not None:
-        return warning(path, problem, other)
-    then = f"using the previous complete one, {other}" if other else "not used"
-    return f"warning: {path}: damaged checkpoint, skipped ({problem}); {then}"
+    return checkpoint.skipped_warning(checkpoint.checkpoint_dir(run_dir, step), problem, other)
 
 
 def choose_step(run_dir: str, step: int | None) -> int:
