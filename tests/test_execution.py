@@ -21,9 +21,24 @@ CASES = [
     ("sys.exit(0) first", "import sys\nsys.exit(0)\n" + ADD, "no-proof", None),
     ("raise SystemExit", ADD + "raise SystemExit\n", "no-proof", None),
     ("os._exit(0)", "import os\nos._exit(0)\n", "no-proof", None),
-    ("sys.exit(0) inside the tested function", "def add(a, b):\n    import sys\n    sys.exit(0)\n", "no-proof", None),
-    ("os._exit(0) inside the tested function", "def add(a, b):\n    import os\n    os._exit(0)\n", "no-proof", None),
-    ("SystemExit inside the tested function", "def add(a, b):\n    raise SystemExit(0)\n", "no-proof", None),
+    (
+        "sys.exit(0) inside the tested function",
+        "def add(a, b):\n    import sys\n    sys.exit(0)\n",
+        "no-proof",
+        None,
+    ),
+    (
+        "os._exit(0) inside the tested function",
+        "def add(a, b):\n    import os\n    os._exit(0)\n",
+        "no-proof",
+        None,
+    ),
+    (
+        "SystemExit inside the tested function",
+        "def add(a, b):\n    raise SystemExit(0)\n",
+        "no-proof",
+        None,
+    ),
     ("non-zero exit", "import sys\nsys.exit(3)\n", "no-proof", None),
     ("wrong answer", "def add(a, b):\n    return a - b\n", "assertion", "AssertionError"),
     ("exception", "def add(a, b):\n    return a + missing\n", "exception", "NameError"),
@@ -43,7 +58,9 @@ CASES = [
 def verdicts():
     # 8 s: under load (CI, 2 busy cores) a sandboxed interpreter can take seconds just to start;
     # with 2 s the memory case once ran out of wall time before reaching its allocation
-    return dict(zip([c[0] for c in CASES], check_programs([(c[1], TESTS) for c in CASES], timeout_s=8)))
+    return dict(
+        zip([c[0] for c in CASES], check_programs([(c[1], TESTS) for c in CASES], timeout_s=8))
+    )
 
 
 @pytest.mark.parametrize("name,candidate,reason,exception", CASES, ids=[c[0] for c in CASES])
@@ -58,7 +75,8 @@ def test_every_exit_path_gets_the_right_verdict(verdicts, name, candidate, reaso
 
 
 def test_tests_after_a_clean_exit_are_not_a_pass():
-    """The program exits 0 halfway through its own tests: the first assert passed, the second never ran."""
+    """The program exits 0 halfway through its own tests: the first assert passed, the second
+    never ran."""
     tests = "assert add(1, 2) == 3\nimport sys\nsys.exit(0)\nassert add(1, 1) == 5\n"
     (v,) = check_programs([(ADD, tests)])
     assert (v.passed, v.reason) == (False, "no-proof")
@@ -97,7 +115,9 @@ def test_all_164_humaneval_canonical_solutions_pass_and_all_empty_completions_fa
     cases += [humaneval.execution_case(p, "") for p in problems]
     verdicts = check_programs(cases, timeout_s=10)
     canonical, empty = verdicts[:164], verdicts[164:]
-    failed = [(p["task_id"], v.reason, v.detail) for p, v in zip(problems, canonical) if not v.passed]
+    failed = [
+        (p["task_id"], v.reason, v.detail) for p, v in zip(problems, canonical) if not v.passed
+    ]
     assert not failed
     assert not any(v.passed for v in empty)
     assert {v.reason for v in empty} <= {"assertion", "exception"}
@@ -106,7 +126,11 @@ def test_all_164_humaneval_canonical_solutions_pass_and_all_empty_completions_fa
 def test_hostile_humaneval_completions_fail(humaneval):
     p = humaneval.problems(1)[0]
     body = "    import sys\n    sys.exit(0)\n"
-    hostile = [body, "    raise SystemExit\n", "    import os\n    os._exit(0)\n",
-               p["canonical_solution"] + "\nimport sys\nsys.exit(0)\n"]
+    hostile = [
+        body,
+        "    raise SystemExit\n",
+        "    import os\n    os._exit(0)\n",
+        p["canonical_solution"] + "\nimport sys\nsys.exit(0)\n",
+    ]
     verdicts = check_programs([humaneval.execution_case(p, c) for c in hostile])
     assert [v.reason for v in verdicts] == ["no-proof"] * 4

@@ -72,9 +72,13 @@ def _live(run_id: str) -> list[int]:
 def kernel_layers(mode: str) -> None:
     """Skip a kernel-only containment check where the kernel isolates nothing from the user."""
     iso = set(ISOLATION[mode])
-    if mode == "kernel-only" and not ({"pidns", "mountns-ro"} & iso or any(x.startswith("uid:") for x in iso)):
-        pytest.skip("no namespaces and no other uid here (a user without user namespaces): "
-                    "only the audit hook protects the user's files, processes and environment")
+    if mode == "kernel-only" and not (
+        {"pidns", "mountns-ro"} & iso or any(x.startswith("uid:") for x in iso)
+    ):
+        pytest.skip(
+            "no namespaces and no other uid here (a user without user namespaces): "
+            "only the audit hook protects the user's files, processes and environment"
+        )
 
 
 def run(box, source, mode="full", hostile=True, func=None, **kw):
@@ -108,17 +112,42 @@ def test_isolation_layers_reported():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_print_exit_status_and_stdin(box, mode):
-    r = run(box, "import sys\nprint('h\u00e9llo', sys.stdin.read().upper())\n", mode, hostile=False, stdin="abc")
-    assert (r.ok, r.status, r.returncode, r.stdout, r.stderr) == (True, "ok", 0, "h\u00e9llo ABC\n", "")
-    r = run(box, "import sys\nprint('out'); print('err', file=sys.stderr); sys.exit(3)", mode, hostile=False)
-    assert (r.ok, r.status, r.returncode, r.stdout, r.stderr) == (False, "error", 3, "out\n", "err\n")
+    r = run(
+        box,
+        "import sys\nprint('h\u00e9llo', sys.stdin.read().upper())\n",
+        mode,
+        hostile=False,
+        stdin="abc",
+    )
+    assert (r.ok, r.status, r.returncode, r.stdout, r.stderr) == (
+        True,
+        "ok",
+        0,
+        "h\u00e9llo ABC\n",
+        "",
+    )
+    r = run(
+        box,
+        "import sys\nprint('out'); print('err', file=sys.stderr); sys.exit(3)",
+        mode,
+        hostile=False,
+    )
+    assert (r.ok, r.status, r.returncode, r.stdout, r.stderr) == (
+        False,
+        "error",
+        3,
+        "out\n",
+        "err\n",
+    )
     r = run(box, "x = 1 +", mode, hostile=False)
     assert r.status == "error" and "SyntaxError" in r.stderr
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_stdlib_and_files_inside_the_working_directory(box, mode):
-    r = run(box, """
+    r = run(
+        box,
+        """
         import calendar, collections, datetime, decimal, encodings.idna, fractions, hashlib, heapq
         import itertools, json, math, os, re, statistics, tempfile
         with open("data.txt", "w") as f:
@@ -130,20 +159,34 @@ def test_stdlib_and_files_inside_the_working_directory(box, mode):
         numbers = [int(x) for x in open("sub/data.txt").read().split(",")]
         print(statistics.mean(numbers), fractions.Fraction(3, 4), hashlib.md5(b"a").hexdigest()[:6],
               calendar.isleap(2024), sorted(os.listdir(".")), os.environ["HOME"] == os.getcwd())
-        """, mode, hostile=False)
+        """,
+        mode,
+        hostile=False,
+    )
     assert r.ok, r
     assert r.stdout == "21 3/4 0cc175 True ['sub'] True\n"
 
 
 def test_run_function_values(box):
-    cases = [("return 18", 18), ("return 18.5", 18.5), ("return (1, [2, 3])", [1, [2, 3]]),
-             ("return {'a': None}", {"a": None}), ("return 'text'", "text"), ("return None", None),
-             ("from fractions import Fraction\n    return Fraction(3, 4)", 0.75),
-             ("from decimal import Decimal\n    return Decimal('2.5')", 2.5),
-             ("return {1, 2}", "{1, 2}"), ("return 10 ** 30", 10 ** 30)]
+    cases = [
+        ("return 18", 18),
+        ("return 18.5", 18.5),
+        ("return (1, [2, 3])", [1, [2, 3]]),
+        ("return {'a': None}", {"a": None}),
+        ("return 'text'", "text"),
+        ("return None", None),
+        ("from fractions import Fraction\n    return Fraction(3, 4)", 0.75),
+        ("from decimal import Decimal\n    return Decimal('2.5')", 2.5),
+        ("return {1, 2}", "{1, 2}"),
+        ("return 10 ** 30", 10**30),
+    ]
     for body, value in cases:
-        r = run(box, f"import math\ndef solution():\n    {body}\nprint('side output')", func="solution",
-                hostile=False)
+        r = run(
+            box,
+            f"import math\ndef solution():\n    {body}\nprint('side output')",
+            func="solution",
+            hostile=False,
+        )
         assert (r.ok, r.value, r.stdout) == (True, value, "side output\n"), (body, r)
 
 
@@ -152,7 +195,12 @@ def test_run_function_failures(box):
     assert r.status == "error" and "solution" in r.stderr and r.value is None
     r = run(box, "def solution():\n    return 1 / 0", func="solution", hostile=False)
     assert r.status == "error" and "ZeroDivisionError" in r.stderr and r.value is None
-    r = run(box, "import sys\ndef solution():\n    return 1\nsys.exit(0)", func="solution", hostile=False)
+    r = run(
+        box,
+        "import sys\ndef solution():\n    return 1\nsys.exit(0)",
+        func="solution",
+        hostile=False,
+    )
     assert r.status == "error" and "exited before solution()" in r.detail
     r = run(box, "def answer():\n    return 7", func="answer", hostile=False)
     assert r.ok and r.value == 7
@@ -166,8 +214,12 @@ def test_run_many_keeps_order_and_runs_in_parallel(box):
     assert [r.stdout for r in results] == [f"{i}\n" for i in range(4)]
     assert all(r.ok for r in results)
     assert elapsed < 3.0, f"4 x 1 s sleeps took {elapsed:.1f} s with 4 workers: not parallel"
-    values = run_many([f"def solution():\n    return {i} * 2" for i in range(6)], workers=3, func="solution",
-                      tmp_root=box["root"])
+    values = run_many(
+        [f"def solution():\n    return {i} * 2" for i in range(6)],
+        workers=3,
+        func="solution",
+        tmp_root=box["root"],
+    )
     assert [r.value for r in values] == [0, 2, 4, 6, 8, 10]
     assert run_many([]) == []
     for r in results + values:
@@ -243,11 +295,17 @@ def test_bounded_fork_bomb_is_contained(box, mode):
 
 
 def test_fork_bomb_is_contained(box):
-    """A real, unbounded fork bomb, only where the kernel bounds processes (after the bounded one)."""
+    """A real, unbounded fork bomb, only where the kernel bounds processes (after the bounded
+    one)."""
     if "proc-watchdog" in ISOLATION["kernel-only"]:
         pytest.skip("processes are bounded only by the polling watchdog here: no real fork bomb")
-    r = run(box, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
-            "kernel-only", timeout_s=1.5, max_procs=8)
+    r = run(
+        box,
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        "kernel-only",
+        timeout_s=1.5,
+        max_procs=8,
+    )
     assert (r.ok, r.status) == (False, "timeout")
     r = run(box, "import os\nwhile True:\n    os.fork()", "full", timeout_s=1.5, max_procs=8)
     assert r.status == "blocked" and r.blocked[0] == "os.fork"
@@ -255,7 +313,9 @@ def test_fork_bomb_is_contained(box):
 
 def test_daemonised_orphan_does_not_survive(box):
     # run() asserts no process of the run is alive afterwards
-    r = run(box, """
+    r = run(
+        box,
+        """
         import os, time
         if os.fork() == 0:
             os.setsid()
@@ -264,7 +324,9 @@ def test_daemonised_orphan_does_not_survive(box):
             os._exit(0)
         time.sleep(0.2)
         print("parent done")
-        """, "kernel-only")
+        """,
+        "kernel-only",
+    )
     assert r.ok and r.stdout == "parent done\n"
 
 
@@ -298,9 +360,11 @@ def test_writes_outside_the_working_directory(box, mode):
 
 
 def _writes_outside(box, mode, escape):
-    r = run(box, f"""
+    r = run(
+        box,
+        f"""
         import os, shutil
-        canary, root, escape = {box['canary']!r}, {box['root']!r}, {escape!r}
+        canary, root, escape = {box["canary"]!r}, {box["root"]!r}, {escape!r}
         attempts = {{
             "append": lambda: open(canary, "a").write("x"),
             "relative": lambda: open("../../canary.txt", "w").write("x"),
@@ -318,13 +382,23 @@ def _writes_outside(box, mode, escape):
                 print("WROTE", name)
             except OSError as e:
                 print("refused", name, type(e).__name__)
-        """, mode)
+        """,
+        mode,
+    )
     assert r.ok, r
     wrote = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("WROTE")]
     refused = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("refused")]
     if mode in AUDITED:
         assert wrote == [] and len(refused) == 9, r.stdout
-        expected = {"open", "os.remove", "os.rename", "os.chmod", "shutil.rmtree", "os.symlink", "os.link"}
+        expected = {
+            "open",
+            "os.remove",
+            "os.rename",
+            "os.chmod",
+            "shutil.rmtree",
+            "os.symlink",
+            "os.link",
+        }
         assert expected <= set(r.blocked)
     elif "mountns-ro" in ISOLATION[mode]:
         assert wrote in ([], ["tmp"]), r.stdout  # /tmp is the run's private tmpfs
@@ -340,7 +414,9 @@ def _writes_outside(box, mode, escape):
 def test_huge_allocations(box, mode):
     r = run(box, "x = bytearray(10 ** 11)", mode)
     assert (r.ok, r.status) == (False, "memory"), r
-    r = run(box, "chunks = []\nwhile True:\n    chunks.append(bytearray(10 ** 7))", mode, memory_mb=256)
+    r = run(
+        box, "chunks = []\nwhile True:\n    chunks.append(bytearray(10 ** 7))", mode, memory_mb=256
+    )
     assert (r.ok, r.status) == (False, "memory"), r
 
 
@@ -351,20 +427,41 @@ def test_environment_secrets_do_not_leak(box, mode, monkeypatch):
     monkeypatch.setenv("ABLATE_TEST_SECRET", secret)
     # an entry of the evaluator's original environment (what /proc/PID/environ shows)
     with open("/proc/self/environ", "rb") as f:
-        original = [e for e in f.read().split(b"\0") if b"=" in e
-                    and e.split(b"=")[0] not in (b"PATH", b"LANG", b"LC_ALL", b"HOME", b"TMPDIR") and len(e) > 6]
-    r = run(box, f"""
+        original = [
+            e
+            for e in f.read().split(b"\0")
+            if b"=" in e
+            and e.split(b"=")[0] not in (b"PATH", b"LANG", b"LC_ALL", b"HOME", b"TMPDIR")
+            and len(e) > 6
+        ]
+    r = run(
+        box,
+        f"""
         import os
         print(sorted(os.environ))
-        for path in ("/proc/{os.getpid()}/environ", "/proc/{os.getppid()}/environ", "/proc/1/environ"):
+        for path in (
+            "/proc/{os.getpid()}/environ",
+            "/proc/{os.getppid()}/environ",
+            "/proc/1/environ",
+        ):
             try:
                 print(open(path, "rb").read())
             except OSError as e:
                 print("refused", path, type(e).__name__)
-        """, mode)
+        """,
+        mode,
+    )
     assert r.ok, r
     env_keys = eval(r.stdout.splitlines()[0])
-    assert set(env_keys) <= {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "ABLATE_SANDBOX_RUN", "LC_CTYPE"}
+    assert set(env_keys) <= {
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "HOME",
+        "TMPDIR",
+        "ABLATE_SANDBOX_RUN",
+        "LC_CTYPE",
+    }
     assert secret not in r.stdout
     for entry in original[:20]:
         assert entry.decode("utf-8", "replace") not in r.stdout
@@ -382,12 +479,16 @@ def test_no_network(box, mode):
     server.setblocking(False)
     port = server.getsockname()[1]
     try:
-        r = run(box, f"""
+        r = run(
+            box,
+            f"""
             import socket
             s = socket.create_connection(("127.0.0.1", {port}), timeout=2)
             s.sendall(b"exfiltrated")
             print("connected")
-            """, mode)
+            """,
+            mode,
+        )
         assert not r.ok and "connected" not in r.stdout
         if mode in AUDITED:
             assert r.status == "blocked"
@@ -407,7 +508,9 @@ def test_signals_to_the_evaluator(box, mode):
     received = []
     previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(1))
     try:
-        r = run(box, f"""
+        r = run(
+            box,
+            f"""
             import os, signal
             for action in (lambda: os.kill({os.getpid()}, signal.SIGUSR1),
                            lambda: os.killpg({os.getpgid(0)}, signal.SIGUSR1)):
@@ -416,7 +519,9 @@ def test_signals_to_the_evaluator(box, mode):
                     print("SENT")
                 except OSError as e:
                     print("refused", type(e).__name__)
-            """, mode)
+            """,
+            mode,
+        )
         time.sleep(0.2)
         assert received == [] and "SENT" not in r.stdout, r
         if mode in AUDITED:
@@ -430,12 +535,18 @@ def test_programs_killing_their_own_sandbox(box):
     # its own process group (supervisor included, where it may): the run still ends and reports
     r = run(box, "import os, signal\nos.killpg(0, signal.SIGKILL)", "kernel-only")
     assert not r.ok and r.status in ("killed", "crash")
-    r = run(box, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(30)",
-            "kernel-only", timeout_s=2.0)
+    r = run(
+        box,
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(30)",
+        "kernel-only",
+        timeout_s=2.0,
+    )
     assert not r.ok
     # every process it may signal: only inside its PID namespace (never the machine's)
     if {"pidns"} <= set(ISOLATION["kernel-only"]):
-        r = run(box, "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('alive')", "kernel-only")
+        r = run(
+            box, "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('alive')", "kernel-only"
+        )
         assert r.stdout == "alive\n" or not r.ok
     r = run(box, "import os, signal\nos.kill(-1, signal.SIGKILL)", "full")
     assert r.status == "blocked" and r.blocked == ("os.kill",)
@@ -448,21 +559,29 @@ def test_deep_recursion(box, mode):
     r = run(box, "def f(n):\n    return f(n + 1)\nf(0)", mode)
     assert r.status == "error" and "RecursionError" in r.stderr
     # past the interpreter's guard: the C stack overflows (SIGSEGV) or the interpreter refuses
-    r = run(box, """
+    r = run(
+        box,
+        """
         import sys
         sys.setrecursionlimit(10 ** 7)
         nested = ()
         for _ in range(5 * 10 ** 5):
             nested = (nested,)
         print(hash(nested))
-        """, mode)
+        """,
+        mode,
+    )
     assert not r.ok and r.status in ("crash", "error", "memory"), r
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_printing_gigabytes(box, mode):
-    r = run(box, "import sys\nchunk = 'x' * 10 ** 6\nwhile True:\n    sys.stdout.write(chunk)", mode,
-            max_output=10_000)
+    r = run(
+        box,
+        "import sys\nchunk = 'x' * 10 ** 6\nwhile True:\n    sys.stdout.write(chunk)",
+        mode,
+        max_output=10_000,
+    )
     assert (r.ok, r.status) == (False, "output") and r.stdout == "x" * 10_000
     r = run(box, "import os\nwhile True:\n    os.write(2, b'e' * 65536)", mode, max_output=10_000)
     assert (r.ok, r.status) == (False, "output") and len(r.stderr) == 10_000
@@ -470,10 +589,17 @@ def test_printing_gigabytes(box, mode):
 
 @pytest.mark.parametrize("mode", AUDITED)
 def test_native_code_and_secret_reads_are_refused(box, mode):
-    for source in ("import ctypes", "import _ctypes", "import _posixsubprocess", "import gc\ngc.get_objects()",
-                   "open('/dev/mem', 'rb')", "open('/proc/kcore', 'rb')", "open('/proc/self/mem', 'rb')",
-                   "import os\nos.chdir('/proc/1')\nopen('environ', 'rb')",
-                   "import os\nos.symlink('/proc/1/environ', 'e')\nopen('e', 'rb')"):
+    for source in (
+        "import ctypes",
+        "import _ctypes",
+        "import _posixsubprocess",
+        "import gc\ngc.get_objects()",
+        "open('/dev/mem', 'rb')",
+        "open('/proc/kcore', 'rb')",
+        "open('/proc/self/mem', 'rb')",
+        "import os\nos.chdir('/proc/1')\nopen('environ', 'rb')",
+        "import os\nos.symlink('/proc/1/environ', 'e')\nopen('e', 'rb')",
+    ):
         r = run(box, source, mode)
         assert r.status == "blocked", (source, r)
     r = run(box, "import os\nprint(len(os.urandom(4)), open('/dev/null', 'w').write('x'))", mode)

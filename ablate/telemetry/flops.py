@@ -63,10 +63,13 @@ def parameter_counts(model_cfg, vocab_size: int, tp: int = 1) -> dict:
     n_moe = _moe_layers(m)
     n_dense = L - n_moe
 
-    embedding = V * H + (m.max_position_embeddings * H if m.position_embedding_type == "learned_absolute" else 0)
+    embedding = V * H + (
+        m.max_position_embeddings * H if m.position_embedding_type == "learned_absolute" else 0
+    )
     output = V * H
     # q, k, v (3H x H) and the output projection (H x H); kv_channels = H / heads, no GQA
     attention = L * 4 * H * H
+
     def mlp(f: Optional[int]) -> int:  # SwiGLU: fc1 is 2f x H, fc2 is H x f
         return 3 * H * f if f else 0
 
@@ -80,13 +83,27 @@ def parameter_counts(model_cfg, vocab_size: int, tp: int = 1) -> dict:
 
     total = embedding + output + attention + dense_mlp + routed + shared + router + norms
     active = total - routed + routed_active
-    return dict(total=total, active=active, embedding=embedding, output=output, attention=attention,
-                dense_mlp=dense_mlp, routed_experts=routed, routed_experts_active=routed_active,
-                shared_experts=shared, router=router, norms=norms,
-                moe_layers=n_moe, dense_layers=n_dense, padded_vocab=V)
+    return dict(
+        total=total,
+        active=active,
+        embedding=embedding,
+        output=output,
+        attention=attention,
+        dense_mlp=dense_mlp,
+        routed_experts=routed,
+        routed_experts_active=routed_active,
+        shared_experts=shared,
+        router=router,
+        norms=norms,
+        moe_layers=n_moe,
+        dense_layers=n_dense,
+        padded_vocab=V,
+    )
 
 
-def flops_per_token(model_cfg, vocab_size: int, seq_length: int, *, causal: bool = True, tp: int = 1) -> float:
+def flops_per_token(
+    model_cfg, vocab_size: int, seq_length: int, *, causal: bool = True, tp: int = 1
+) -> float:
     """Model FLOPs of one training token (forward + backward), no recomputation counted.
 
     ``6 * N_matmul + attention``, the formula of PaLM (Chowdhery et al. 2022, appendix B, "6N +
@@ -106,8 +123,14 @@ def flops_per_token(model_cfg, vocab_size: int, seq_length: int, *, causal: bool
       ``causal=False`` gives PaLM's and the classic Megatron-LM figure, which yields a higher MFU.
     """
     c = parameter_counts(model_cfg, vocab_size, tp=tp)
-    matmul = (c["attention"] + c["dense_mlp"] + c["routed_experts_active"] + c["shared_experts"]
-              + c["router"] + c["output"])
+    matmul = (
+        c["attention"]
+        + c["dense_mlp"]
+        + c["routed_experts_active"]
+        + c["shared_experts"]
+        + c["router"]
+        + c["output"]
+    )
     attention = 12 * model_cfg.num_layers * model_cfg.hidden_size * seq_length
     if causal:
         attention /= 2
@@ -124,7 +147,12 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
     "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
     "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
-    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},  # 40GB and 80GB, SXM and PCIe
+    "A100": {
+        "bf16": 312.0,
+        "fp16": 312.0,
+        "tf32": 156.0,
+        "fp32": 19.5,
+    },  # 40GB and 80GB, SXM and PCIe
 }
 
 # torch.cuda.get_device_name() -> table row; first match wins, so variants come before the
@@ -142,8 +170,15 @@ _DEVICE_PATTERNS: list[tuple[str, str]] = [
     (r"\bA100\b", "A100"),
 ]
 
-_PRECISION_ALIASES = {"bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
-                      "tf32": "tf32", "fp32": "fp32", "float32": "fp32"}
+_PRECISION_ALIASES = {
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "tf32": "tf32",
+    "fp32": "fp32",
+    "float32": "fp32",
+}
 
 
 def device_row(device_name: str) -> Optional[str]:
@@ -159,7 +194,9 @@ def device_row(device_name: str) -> Optional[str]:
     return None
 
 
-def device_peak_flops(device_name: str, precision: str, override: Optional[float] = None) -> Optional[float]:
+def device_peak_flops(
+    device_name: str, precision: str, override: Optional[float] = None
+) -> Optional[float]:
     """Peak dense FLOP/s of one device at ``precision`` (bf16, fp16, tf32, fp32), or None.
 
     ``override`` (FLOP/s, e.g. ``989e12``) wins over the table. An unknown device, a MIG slice
@@ -170,19 +207,25 @@ def device_peak_flops(device_name: str, precision: str, override: Optional[float
         if not override > 0:
             raise ValueError(f"peak FLOP/s override must be positive, got {override}")
         if override < 1e9:
-            raise ValueError(f"peak FLOP/s override {override} is below 1 GFLOP/s: give FLOP/s "
-                             f"(e.g. 989e12), not TFLOP/s")
+            raise ValueError(
+                f"peak FLOP/s override {override} is below 1 GFLOP/s: give FLOP/s "
+                f"(e.g. 989e12), not TFLOP/s"
+            )
         return float(override)
     p = _PRECISION_ALIASES.get(precision.lower())
     if p is None:
-        raise ValueError(f"precision {precision!r}: one of {sorted(set(_PRECISION_ALIASES.values()))}")
+        raise ValueError(
+            f"precision {precision!r}: one of {sorted(set(_PRECISION_ALIASES.values()))}"
+        )
     row = device_row(device_name)
     if row is None or p not in PEAK_TFLOPS[row]:
         return None
     return PEAK_TFLOPS[row][p] * 1e12
 
 
-def mfu(tokens_per_s_per_device: float, flops_per_token: float, peak: Optional[float]) -> Optional[float]:
+def mfu(
+    tokens_per_s_per_device: float, flops_per_token: float, peak: Optional[float]
+) -> Optional[float]:
     """Model FLOPs utilisation, a fraction (0.24 = 24%): achieved model FLOP/s over ``peak``.
 
     None when ``peak`` is None (unknown device): no MFU rather than a wrong one.

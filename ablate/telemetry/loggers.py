@@ -12,11 +12,9 @@ import os
 
 
 class MetricLogger:
-    def log(self, step: int, metrics: dict) -> None:
-        ...
+    def log(self, step: int, metrics: dict) -> None: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 class NoOpLogger(MetricLogger):
@@ -68,24 +66,52 @@ class WandbLogger(MetricLogger):
     at its teardown: at process exit, or ``wandb.teardown()``.
     """
 
-    def __init__(self, project: str, name: str | None = None, *, dir: str, config: dict | None = None,
-                 mode: str | None = None, entity: str | None = None, group: str | None = None,
-                 tags: list[str] | None = None, run_id: str | None = None, resume: bool = False, **init_kwargs):
+    def __init__(
+        self,
+        project: str,
+        name: str | None = None,
+        *,
+        dir: str,
+        config: dict | None = None,
+        mode: str | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        run_id: str | None = None,
+        resume: bool = False,
+        **init_kwargs,
+    ):
         try:
             import wandb
         except ImportError:
             from ablate.errors import AblateError
 
-            raise AblateError("Weights & Biases logging needs the wandb package: pip install 'ablate[wandb]' "
-                              "(or pip install wandb)") from None
+            raise AblateError(
+                "Weights & Biases logging needs the wandb package: pip install 'ablate[wandb]' "
+                "(or pip install wandb)"
+            ) from None
         os.makedirs(dir, exist_ok=True)
-        self.run = wandb.init(project=project, name=name, dir=dir, config=config, mode=mode, entity=entity,
-                              group=group, tags=tags, id=run_id, resume="allow" if resume else None,
-                              reinit="create_new", **init_kwargs)
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            dir=dir,
+            config=config,
+            mode=mode,
+            entity=entity,
+            group=group,
+            tags=tags,
+            id=run_id,
+            resume="allow" if resume else None,
+            reinit="create_new",
+            **init_kwargs,
+        )
 
     def log(self, step: int, metrics: dict) -> None:
-        numbers = {k: v for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         self.run.log(numbers, step=step)
 
     def close(self) -> None:

@@ -12,8 +12,8 @@ holds for a contiguous sequence shard (sequence parallelism). Each micro-batch i
 in its forward: the training engine sets ``counting`` around its forward call, so a forward
 recomputed during backward (activation recomputation, where under pipelining the current
 domains belong to another micro-batch) and evaluation forwards are not counted. Used on its
-own (``counting`` None), it counts grad-enabled forwards only. ``flush`` all-reduces over the data-parallel group and
-zeroes the accumulators; nothing leaves the device between flushes.
+own (``counting`` None), it counts grad-enabled forwards only. ``flush`` all-reduces over the
+data-parallel group and zeroes the accumulators; nothing leaves the device between flushes.
 
 Under pipeline (and virtual pipeline) parallelism a rank holds only some layers: each router
 writes into its *global* MoE-layer row (from its layer's number), so after ``flush`` sums over
@@ -35,7 +35,9 @@ class RoutingCapture:
         chunks = model if isinstance(model, (list, tuple)) else [model]
         self.routers, rows = [], []
         for chunk in chunks:
-            for layer in (m for m in chunk.modules() if hasattr(m, "layer_number") and hasattr(m, "mlp")):
+            for layer in (
+                m for m in chunk.modules() if hasattr(m, "layer_number") and hasattr(m, "mlp")
+            ):
                 router = getattr(layer.mlp, "router", None)
                 if isinstance(router, TopKRouter):
                     self.routers.append(router)
@@ -54,8 +56,12 @@ class RoutingCapture:
         self.domain_B: torch.Tensor | None = None
         self._onehot: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (T, onehot_DT, ntok_D)
         self.enabled = True
-        self.counting: bool | None = None  # set by the engine around its forward; None: grad-enabled forwards
-        self._handles = [r.register_forward_hook(self._hook(row)) for row, r in zip(rows, self.routers)]
+        self.counting: bool | None = (
+            None  # set by the engine around its forward; None: grad-enabled forwards
+        )
+        self._handles = [
+            r.register_forward_hook(self._hook(row)) for row, r in zip(rows, self.routers)
+        ]
 
     def set_batch_domains(self, domain_B: torch.Tensor) -> None:
         """Call before each microbatch's forward: the domain id of every sample in it."""
@@ -66,7 +72,9 @@ class RoutingCapture:
         """``onehot_DT`` and ``ntok_D`` for this micro-batch's T router tokens: built once, every
         layer sees the same tokens, so each layer's update is two small matmuls."""
         if self._onehot is None or self._onehot[0] != T:
-            domain_T = self.domain_B.to(device).repeat(T // self.domain_B.shape[0])  # token t = s * B + b
+            domain_T = self.domain_B.to(device).repeat(
+                T // self.domain_B.shape[0]
+            )  # token t = s * B + b
             onehot_DT = torch.nn.functional.one_hot(domain_T, self.num_domains).T.to(torch.float32)
             self._onehot = (T, onehot_DT, onehot_DT.sum(1))
         return self._onehot[1], self._onehot[2]
@@ -77,11 +85,14 @@ class RoutingCapture:
             if not self.enabled or not counting or self.domain_B is None:
                 return
             probs_TE, routing_map_TE = output  # probs are zero outside each token's top-k
-            onehot_DT, ntok_D = self._domains_of_tokens(routing_map_TE.shape[0], routing_map_TE.device)
+            onehot_DT, ntok_D = self._domains_of_tokens(
+                routing_map_TE.shape[0], routing_map_TE.device
+            )
             with torch.no_grad():
                 self.count_LDE[layer] += onehot_DT @ routing_map_TE.to(torch.float32)
                 self.gate_LDE[layer] += onehot_DT @ probs_TE.to(torch.float32)
                 self.ntok_LD[layer] += ntok_D
+
         return hook
 
     def flush(self, group=None) -> dict[str, np.ndarray]:
@@ -90,8 +101,11 @@ class RoutingCapture:
         if dist.is_initialized() and dist.get_world_size(group) > 1:
             for t in stacked:
                 dist.all_reduce(t, group=group)
-        out = {"count": self.count_LDE.cpu().numpy().astype(np.int64), "gate": self.gate_LDE.cpu().numpy().astype(np.float64),
-               "ntok": self.ntok_LD.cpu().numpy().astype(np.int64)}
+        out = {
+            "count": self.count_LDE.cpu().numpy().astype(np.int64),
+            "gate": self.gate_LDE.cpu().numpy().astype(np.float64),
+            "ntok": self.ntok_LD.cpu().numpy().astype(np.int64),
+        }
         for t in stacked:
             t.zero_()
         return out
