@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from ablate.data.tokenizer import ByteTokenizer, HFTokenizer  # noqa: E402
-from ablate.evals.export_hf import hf_tokenizer  # noqa: E402
+from ablate.evals.export_tokenizer import hf_tokenizer  # noqa: E402
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",
