@@ -30,6 +30,9 @@ the distributed optimizer's load asks the checkpoint for a per-param ``step`` it
 (``KeyError: 'step'``); and ``load_state_dict`` puts one shared ``step`` tensor into every
 parameter's state, which silently breaks Adam's bias correction after a resume (each param
 gets its own copy).
+
+(About 540 lines: writing, choosing, verifying and loading a checkpoint are one file format and
+change together; the megatron workarounds above need the save and load paths side by side.)
 """
 
 from __future__ import annotations

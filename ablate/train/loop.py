@@ -17,6 +17,9 @@ a damaged newest checkpoint with a warning line (``checkpoint.latest_complete_ch
 What is not the loop's business is a callback, attached from the top (``cli.py`` /
 ``launchers/pretrain.py``): per-domain metrics and telemetry, routing capture, evaluation. The
 loop owns only what decides control flow: the plan, checkpoints and preemption.
+
+(About 450 lines, kept in one file on purpose: nanoGPT's rule, a training loop read top to
+bottom, with its start, failure and end paths beside it.)
 """
 
 from __future__ import annotations
