@@ -17,19 +17,25 @@ import signal
 import time
 
 
-def session_members(sid: int) -> list[int]:
-    pids = []
+def _proc_files(file: str):
+    """(pid, contents of /proc/<pid>/<file>) for every process whose file can be read now
+    (processes come and go while /proc is listed: those are passed over)."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
+            with open(f"/proc/{name}/{file}", "rb") as f:
+                yield int(name), f.read()
         except OSError:
             continue
+
+
+def session_members(sid: int) -> list[int]:
+    pids = []
+    for pid, stat in _proc_files("stat"):
         fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) > 3 and int(fields[3]) == sid:
-            pids.append(int(name))
+            pids.append(pid)
     return pids
 
 
@@ -37,17 +43,10 @@ def _sweep(marker: bytes) -> int:
     """SIGKILL every process whose environment carries this run's marker; return how many."""
     killed = 0
     me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if marker in env.split(b"\0"):
+    for pid, env in _proc_files("environ"):
+        if pid != me and marker in env.split(b"\0"):
             try:
-                os.kill(int(name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
                 killed += 1
             except OSError:
                 pass
