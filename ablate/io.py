@@ -166,6 +166,24 @@ def exclusive_lock(lock_path: str, what: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+@contextmanager
+def directory_lock(directory: str, what: str) -> Iterator[None]:
+    """``exclusive_lock`` on a directory itself (``flock`` on its descriptor): nothing is written
+    into it, so a refusal or a failure leaves the directory exactly as it was."""
+    with os_errors(directory):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AblateError(
+                f"{what}: in use by another ablate process (wait for it to finish, or stop it)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def read_json(path: str, what: str = "file") -> Any:
     """Parse a JSON file ablate wrote; a missing or damaged one is one line naming it."""
     try:

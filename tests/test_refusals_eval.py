@@ -52,6 +52,18 @@ def _plan_edit(change):
     return damage
 
 
+_HELD = []  # descriptors whose flock stands for an evaluation running in another process
+
+
+def _hold_lock(run):
+    """What a running ``ablate eval`` of ``run`` holds: a flock on the run directory itself."""
+    import fcntl
+
+    fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _HELD.append(fd)
+
+
 def _nothing(root, run):
     pass
 
@@ -185,6 +197,7 @@ EVAL_CASES = [
         [],
         ["eval", "not a directory"],
     ),
+    ("another-eval-running", lambda root, run: _hold_lock(run), [], ["evaluation of", "in use"]),
     (
         "scores-file-is-dir",
         lambda root, run: os.makedirs(os.path.join(run, "eval", "step_2.json")),

@@ -22,6 +22,7 @@ Faults:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from ablate.errors import AblateError
 from ablate.evals.tasks.base import EvalOptions, Task
 from ablate.io import (
+    directory_lock,
     os_error_line,
     os_errors,
     remove_path,
@@ -166,13 +168,33 @@ def evaluate(
     ``em``: an already loaded model (training passes its own, at its current step); ``write``:
     whether this process writes the results (training evaluates on every rank in lockstep,
     since expert-parallel ranks each hold part of the model, and rank 0 writes)."""
-    from ablate.evals.lm import LanguageModel
-    from ablate.evals.loading import load_eval_model, read_run
+    from ablate.evals.loading import read_run
 
     read_run(run_dir)  # a clear error before anything loads
-    if write and em is None:
-        check_writable(run_dir)
-        _remove_stale(os.path.join(run_dir, "eval"))
+    with contextlib.ExitStack() as held:
+        if write and em is None:
+            # one ``ablate eval`` of a run at a time (training's own evaluations run in the
+            # trainer, which holds the run directory's lock)
+            held.enter_context(directory_lock(run_dir, f"evaluation of {run_dir}"))
+            check_writable(run_dir)
+            _remove_stale(os.path.join(run_dir, "eval"))
+        return _evaluate_steps(run_dir, tasks, steps, options, chosen, quiet, em, write, backend)
+
+
+def _evaluate_steps(
+    run_dir: str,
+    tasks: list[Task],
+    steps: list[int | None],
+    options: EvalOptions,
+    chosen: bool,
+    quiet: bool,
+    em,
+    write: bool,
+    backend: str,
+) -> list[str]:
+    from ablate.evals.lm import LanguageModel
+    from ablate.evals.loading import load_eval_model
+
     written = []
     for step in steps:
         model = em if em is not None else load_eval_model(run_dir, step, backend)
