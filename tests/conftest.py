@@ -192,3 +192,17 @@ def link_toyworld(shared_root, here) -> None:
         os.path.join(str(shared_root), "data", "toyworld"),
         os.path.join(str(here), "data", "toyworld"),
     )
+
+
+@pytest.fixture(autouse=True)
+def no_process_group_left_behind():
+    """A command run in-process must not leave torch.distributed initialised (the next test's
+    compile or training would then join a dead world: 'initialize the default process group
+    twice'). Checked after every test; costs nothing where torch.distributed is not loaded."""
+    import sys
+
+    yield
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # so the tests after this one are not failed by it
+        pytest.fail("this test left a torch.distributed process group initialised")

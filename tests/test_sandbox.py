@@ -38,8 +38,12 @@ _HOSTILE_WALL: list[float] = []
 
 @pytest.fixture(scope="module")
 def box():
-    """The sandboxes' temporary root (traversable, like /tmp) with a canary file in it."""
-    root = tempfile.mkdtemp(prefix="ablate-sandbox-test-")
+    """The sandboxes' temporary root (traversable, like /tmp) with a canary file in it. Made in
+    /tmp itself: the session's own temp dir sits below pytest's 0700 base, which the sandbox's
+    unprivileged uid could not pass through."""
+    root = tempfile.mkdtemp(
+        prefix="ablate-sandbox-test-", dir="/tmp" if os.path.isdir("/tmp") else None
+    )
     os.chmod(root, 0o755)
     canary = os.path.join(root, "canary.txt")
     content = secrets.token_hex(16)

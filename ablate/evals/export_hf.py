@@ -325,7 +325,12 @@ def _prepare_out(out_dir: str, overwrite: bool, check_only: bool = False) -> str
 
 def export_hf(run_dir: str, out_dir: str, step: int | None = None, overwrite: bool = False) -> str:
     """Write the run's model at ``step`` (default: the latest checkpoint) to ``out_dir``."""
-    from ablate.evals.loading import available_steps, load_eval_model, read_run
+    from ablate.evals.loading import (
+        available_steps,
+        group_for_this_call,
+        load_eval_model,
+        read_run,
+    )
 
     _require_libraries()
     read_run(run_dir)
@@ -335,7 +340,8 @@ def export_hf(run_dir: str, out_dir: str, step: int | None = None, overwrite: bo
             "for the initialisation)"
         )
     _prepare_out(out_dir, overwrite, check_only=True)
-    return write_hf(load_eval_model(run_dir, step, backend="cpu"), out_dir, overwrite)
+    with group_for_this_call():
+        return write_hf(load_eval_model(run_dir, step, backend="cpu"), out_dir, overwrite)
 
 
 def _require_libraries() -> None:

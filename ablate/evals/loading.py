@@ -12,6 +12,7 @@ reference every score can be compared against.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -205,6 +206,23 @@ def resolve_manifests(recipe: Recipe, run_dir: str) -> list[str]:
             )
         out.append(found)
     return out
+
+
+@contextlib.contextmanager
+def group_for_this_call():
+    """The one-process group ``load_eval_model`` makes is destroyed when the block ends, if it
+    did not exist before: a caller running ``ablate eval`` or ``export`` in-process (a notebook,
+    a test) is not left in a world it did not ask for."""
+    import torch.distributed as dist
+
+    before = dist.is_available() and dist.is_initialized()
+    try:
+        yield
+    finally:
+        if not before and dist.is_available() and dist.is_initialized():
+            from ablate.train import backend
+
+            backend.shutdown()
 
 
 def load_eval_model(run_dir: str, step: int | None = None, backend: str = "auto") -> EvalModel:

@@ -168,10 +168,12 @@ def evaluate(
     ``em``: an already loaded model (training passes its own, at its current step); ``write``:
     whether this process writes the results (training evaluates on every rank in lockstep,
     since expert-parallel ranks each hold part of the model, and rank 0 writes)."""
-    from ablate.evals.loading import read_run
+    from ablate.evals.loading import group_for_this_call, read_run
 
     read_run(run_dir)  # a clear error before anything loads
     with contextlib.ExitStack() as held:
+        if em is None:  # the models are loaded here: so is the process group they need
+            held.enter_context(group_for_this_call())
         if write and em is None:
             # one ``ablate eval`` of a run at a time (training's own evaluations run in the
             # trainer, which holds the run directory's lock)
