@@ -8,6 +8,8 @@ writes themselves; this module finds the fault behind other libraries' wrapping)
 - ``terminated_as_exception()``: SIGTERM raises ``Terminated`` (once) for the block, so a
   prepare or a run stopped before its own preemption handler exists still unwinds (status
   ``failed``, temporaries removed) instead of vanishing; the CLI prints its one line, exit 143.
+- ``disk_full(path)``: whether a failed write was a full disk when the library reported it
+  without an errno (torch's zip writer: "unexpected pos"; numpy: "N requested and M written").
 - ``signal_when_parent_dies(sig, parent_pid)``: the kernel sends ``sig`` to this process when
   its parent dies (Linux ``PR_SET_PDEATHSIG``): prepare's tokenizer workers, torchrun workers.
 """
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 from ablate.io import OS_REASONS
 
 USER_FIXABLE = set(OS_REASONS)  # full disk, quota, read-only, permissions
+FULL_BELOW = 64 << 20  # a write that failed with less free space than this was a full disk
 _PR_SET_PDEATHSIG = 1
 
 
@@ -94,3 +97,14 @@ def signal_when_parent_dies(sig: int, parent_pid: int) -> bool:
     if os.getppid() != parent_pid or parent_pid == 1:
         os.kill(os.getpid(), sig)
     return True
+
+
+def disk_full(path: str) -> bool:
+    """Whether the file system holding ``path`` (or its nearest existing parent) is nearly full."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_BELOW

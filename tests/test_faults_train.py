@@ -390,3 +390,31 @@ def test_a_one_process_group_leaves_no_store(tmp_path, monkeypatch):
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith("ablate-pg")]
     assert not dist.is_initialized()
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ compile onto a full disk
+
+
+def test_compile_onto_a_full_disk_is_one_line_and_leaves_no_temporaries(
+    toyworld_root, tmp_path, monkeypatch, tmpfs, cli
+):
+    """The index cache on a tmpfs too small for it: one line naming the path and the full
+    disk (not megatron-core's 'write access' message), exit 2, no temporaries left on it; a
+    rerun with room then compiles."""
+    link_toyworld(toyworld_root, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    small = tmpfs("32k", "small")
+    recipe = write_recipe(
+        tmp_path, data={"manifests": ["data/toyworld/manifest.json"], "cache_dir": small}
+    )
+    r = cli("compile", recipe)
+    lines = [line for line in r.err.splitlines() if line.strip()]
+    assert r.rc == 2 and len(lines) == 1 and "Traceback" not in r.err, r.err
+    assert small in lines[0] and "no space left" in lines[0], lines[0]
+    assert not temporaries(small)
+    roomy = tmpfs("8m", "roomy")
+    recipe = write_recipe(
+        tmp_path, data={"manifests": ["data/toyworld/manifest.json"], "cache_dir": roomy}
+    )
+    r = cli("compile", recipe)
+    assert r.rc == 0, r.err

@@ -17,6 +17,7 @@ any error and the next writer removes if the writer was killed; a full disk is o
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -38,7 +39,7 @@ from ablate.io import (
 from ablate.recipe.budget import format_tokens
 from ablate.recipe.plan import Plan, make_plan
 from ablate.recipe.schema import Recipe
-from ablate.faults import user_os_error
+from ablate.faults import disk_full, user_os_error
 from ablate.run_layout import RunLayout, refuse_non_directory, run_lock
 
 
@@ -112,6 +113,9 @@ def cache_errors(cache_dir: str):
         raise
     except Exception as exc:
         cause = user_os_error(exc)
+        if cause is None and disk_full(cache_dir):
+            # numpy reports a short write without an errno ("N requested and M written")
+            cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), cache_dir)
         if cause is None:
             raise
         raise AblateError(os_error_line(cache_dir, cause)) from None

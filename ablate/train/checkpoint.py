@@ -51,6 +51,7 @@ import torch
 import torch.distributed as dist
 
 from ablate.errors import AblateError
+from ablate.faults import disk_full
 from ablate.io import atomic_path, read_json, utc_timestamp, write_json_atomic, write_text_atomic
 from ablate.run_layout import RunLayout
 
@@ -329,20 +330,6 @@ def save_to(
         raise
     _barrier()
     return path
-
-
-FULL_BELOW = 64 << 20  # a failed save with less free space than this was a full disk
-
-
-def disk_full(path: str) -> bool:
-    """Whether the file system holding ``path`` (or its nearest existing parent) is nearly full."""
-    while path and not os.path.exists(path):
-        path = os.path.dirname(path)
-    try:
-        st = os.statvfs(path or ".")
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < FULL_BELOW
 
 
 def read_train_state(path: str) -> dict:
