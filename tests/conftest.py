@@ -206,3 +206,36 @@ def no_process_group_left_behind():
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()  # so the tests after this one are not failed by it
         pytest.fail("this test left a torch.distributed process group initialised")
+
+
+# --- The tiny MoE every training test runs (2 layers of 64, 4 experts, sequences of 64) ----------
+
+TINY_MODEL = {
+    "preset": "toy-moe",
+    "num_layers": 2,
+    "hidden_size": 64,
+    "ffn_hidden_size": 128,
+    "num_experts": 4,
+    "max_position_embeddings": 128,
+}
+TINY_TRAINING = {
+    "seq_length": 64,
+    "global_batch_size": 8,
+    "micro_batch_size": 2,
+    "schedule": {"warmup_steps": 2},
+}
+TINY_CADENCE = {
+    "log_every": 1,
+    "checkpoint_every": 2,
+    "routing_flush_every": 3,
+    "tensorboard": False,
+}
+
+
+def tiny_recipe(name: str, stages: list, **sections) -> dict:
+    """A recipe of the tiny model with these ``stages``; ``sections`` add or replace top-level
+    sections (``cadence``, ``data``, ``training``...). A fresh copy on every call."""
+    import copy
+
+    raw = {"name": name, "seed": 7, "model": TINY_MODEL, "training": TINY_TRAINING}
+    return copy.deepcopy({**raw, **sections, "stages": stages})

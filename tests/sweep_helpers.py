@@ -7,33 +7,12 @@ import os
 
 import yaml
 
-# The training tests' TINY model (2 layers, hidden 64, 4 experts, seq 64), one mixed stage.
-TINY_BASE = {
-    "name": "base",
-    "seed": 7,
-    "data": {"manifests": ["data/toyworld/manifest.json"], "cache_dir": "cache"},
-    "model": {
-        "preset": "toy-moe",
-        "num_layers": 2,
-        "hidden_size": 64,
-        "ffn_hidden_size": 128,
-        "num_experts": 4,
-        "max_position_embeddings": 128,
-    },
-    "training": {
-        "seq_length": 64,
-        "global_batch_size": 8,
-        "micro_batch_size": 2,
-        "schedule": {"warmup_steps": 2},
-    },
-    "cadence": {
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "routing_flush_every": 3,
-        "tensorboard": False,
-        "keep_checkpoints": 2,
-    },
-    "stages": [
+from conftest import TINY_CADENCE, tiny_recipe
+
+# The training tests' tiny model, one mixed stage: 8 steps of 512 tokens.
+TINY_BASE = tiny_recipe(
+    "base",
+    [
         {
             "name": "mixed",
             "mix": {
@@ -41,8 +20,10 @@ TINY_BASE = {
                 "general": {"tokens": "1K"},
             },
         }
-    ],  # 8 steps of 512 tokens
-}
+    ],
+    data={"manifests": ["data/toyworld/manifest.json"], "cache_dir": "cache"},
+    cadence={**TINY_CADENCE, "keep_checkpoints": 2},
+)
 
 DENSITY = "stages.mixed.mix.math.density.math.structured"
 TEXT = "stages.mixed.mix.math.density.math.text"

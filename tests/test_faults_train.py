@@ -22,40 +22,19 @@ import time
 import pytest
 import yaml
 
-from conftest import link_toyworld
+from conftest import TINY_CADENCE, link_toyworld, tiny_recipe
 from tmpfs import tmpfs_fixture  # noqa: F401  (the ``tmpfs`` fixture: mounted, always unmounted)
 
 PYTHON = sys.executable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {
-    "name": "tiny",
-    "seed": 7,
-    "model": {
-        "preset": "toy-moe",
-        "num_layers": 2,
-        "hidden_size": 64,
-        "ffn_hidden_size": 128,
-        "num_experts": 4,
-        "max_position_embeddings": 128,
-    },
-    "training": {
-        "seq_length": 64,
-        "global_batch_size": 8,
-        "micro_batch_size": 2,
-        "schedule": {"warmup_steps": 2},
-    },
-    "cadence": {
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "routing_flush_every": 3,
-        "tensorboard": False,
-        "keep_checkpoints": 100,
-    },
-    "stages": [
+TINY = tiny_recipe(
+    "tiny",
+    [
         {"name": "code", "mix": {"code": {"tokens": "2K"}}},  # 4 steps
-        {"name": "math", "mix": {"math": {"tokens": "1.5K"}, "general": {"tokens": "0.5K"}}},
-    ],  # 4 steps
-}
+        {"name": "math", "mix": {"math": {"tokens": "1.5K"}, "general": {"tokens": "0.5K"}}},  # 4
+    ],
+    cadence={**TINY_CADENCE, "keep_checkpoints": 100},
+)
 STEPS = 8
 
 

@@ -18,33 +18,11 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import assert_refused, link_toyworld, tree_state
+from conftest import TINY_CADENCE, assert_refused, link_toyworld, tiny_recipe, tree_state
 
-TINY = {
-    "name": "tiny",
-    "seed": 7,
-    "model": {
-        "preset": "toy-moe",
-        "num_layers": 2,
-        "hidden_size": 64,
-        "ffn_hidden_size": 128,
-        "num_experts": 4,
-        "max_position_embeddings": 128,
-    },
-    "training": {
-        "seq_length": 64,
-        "global_batch_size": 8,
-        "micro_batch_size": 2,
-        "schedule": {"warmup_steps": 2},
-    },
-    "cadence": {
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "routing_flush_every": 3,
-        "tensorboard": False,
-    },
-    "stages": [{"name": "code", "mix": {"code": {"tokens": "1K"}}}],
-}
+TINY = tiny_recipe(
+    "tiny", [{"name": "code", "mix": {"code": {"tokens": "1K"}}}], cadence=TINY_CADENCE
+)
 RUN = "runs/tiny"
 
 

@@ -15,40 +15,19 @@ import pytest
 import torch
 import yaml
 
-from conftest import link_toyworld
+from conftest import TINY_CADENCE, link_toyworld, tiny_recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 
-TINY = {
-    "name": "tiny",
-    "seed": 7,
-    "model": {
-        "preset": "toy-moe",
-        "num_layers": 2,
-        "hidden_size": 64,
-        "ffn_hidden_size": 128,
-        "num_experts": 4,
-        "max_position_embeddings": 128,
-    },
-    "training": {
-        "seq_length": 64,
-        "global_batch_size": 8,
-        "micro_batch_size": 2,
-        "schedule": {"warmup_steps": 2},
-    },
-    "cadence": {
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "routing_flush_every": 3,
-        "tensorboard": False,
-        "keep_checkpoints": 100,
-    },
-    "stages": [
+TINY = tiny_recipe(
+    "tiny",
+    [
         {"name": "code", "mix": {"code": {"tokens": "4K"}}},  # 8 steps
-        {"name": "math", "mix": {"math": {"tokens": "3K"}, "general": {"tokens": "1K"}}},
-    ],  # 8 steps
-}
+        {"name": "math", "mix": {"math": {"tokens": "3K"}, "general": {"tokens": "1K"}}},  # 8
+    ],
+    cadence={**TINY_CADENCE, "keep_checkpoints": 100},
+)
 
 
 @pytest.fixture(scope="module")
