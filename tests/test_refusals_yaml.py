@@ -19,7 +19,7 @@ import time
 import pytest
 import yaml
 
-from conftest import assert_refused, link_toyworld
+from conftest import assert_refused, link_toyworld, tiny_recipe
 
 # A valid recipe that compiles against the toy world in a second (64K tokens, 128 steps).
 BASE = {
@@ -750,20 +750,9 @@ def test_data_prepare_refuses_a_damaged_corpora_spec(
 
 # ------------------------------------------------------------ sweep files: ablate sweep expand
 
-TINY = {
-    "name": "base",
-    "seed": 7,
-    "data": {"manifests": ["data/toyworld/manifest.json"], "cache_dir": "cache"},
-    "model": {
-        "preset": "toy-moe",
-        "num_layers": 2,
-        "hidden_size": 64,
-        "ffn_hidden_size": 128,
-        "num_experts": 4,
-        "max_position_embeddings": 128,
-    },
-    "training": {"seq_length": 64, "global_batch_size": 8, "micro_batch_size": 2},
-    "stages": [
+TINY = tiny_recipe(
+    "base",
+    [
         {
             "name": "mixed",
             "mix": {
@@ -772,7 +761,9 @@ TINY = {
             },
         }
     ],
-}
+    data={"manifests": ["data/toyworld/manifest.json"], "cache_dir": "cache"},
+    training={"seq_length": 64, "global_batch_size": 8, "micro_batch_size": 2},
+)
 DENSITY = "stages.mixed.mix.math.density.math.structured"
 TEXT = "stages.mixed.mix.math.density.math.text"
 
