@@ -17,7 +17,21 @@ sources:
     path: ../shared/benchmarks/gsm8k
   - reader: toyworld
     options: {documents_per_domain: 20000}
+  - path: code-dump/                # untagged real data: a tagger decides each document's domain
+    reader: files                   # every file below is one document (.py, .ipynb, .md, ...)
+    tagger: code                    # code | math (ablate.data.tagging.registry)
+    tagger_options: {segment: cells}
+    thresholds: {prose_ratio: 0.2}  # re-decides the domain from stored scores, no re-tagging
+    on_invalid: skip                # a document the tagger cannot read: skip and count it
+decontaminate:                      # default: against every eval set the project scores
+  against: [gsm8k, math500, humaneval, mbpp]   # names, lm_eval:<task>, or files
+  ngram: 13
+  action: drop                      # drop | keep (count only)
 ```
+
+``decontaminate: false`` turns decontamination off. Without the key, documents are checked
+against the built-in eval sets that can be found (the files ``ablate eval`` scores); the
+manifest records which ones and how many documents each caught.
 
 Relative paths are relative to the YAML file. The built-in name ``toyworld`` stands for a spec
 with one ``toyworld`` source and the byte tokenizer.
@@ -38,12 +52,13 @@ from ablate.validate import (
     check_keys,
     check_names,
     check_number,
+    check_choice,
     check_type,
     load_yaml_file,
 )
 
-GENERATED_READERS = ("stdlib", "gsm8k", "toyworld")
-FILE_READERS = ("jsonl", "parquet")
+GENERATED_READERS = ("stdlib", "gsm8k", "toyworld", "mbpp", "hendrycks_math")
+FILE_READERS = ("jsonl", "parquet", "files")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SOURCE_KEYS = (
     "path",
@@ -54,8 +69,15 @@ _SOURCE_KEYS = (
     "domain_field",
     "eval_fraction",
     "options",
+    "tagger",
+    "tagger_options",
+    "thresholds",
+    "on_invalid",
+    "kind",
 )
-_TOP_KEYS = ("tokenizer", "seed", "eval_fraction", "domains", "sources")
+_TOP_KEYS = ("tokenizer", "seed", "eval_fraction", "domains", "sources", "decontaminate")
+DEFAULT_EVAL_SETS = ("gsm8k", "math500", "humaneval", "mbpp")
+_DECONTAMINATE_KEYS = ("against", "ngram", "action")
 
 
 @dataclass
@@ -69,10 +91,26 @@ class Source:
     eval_fraction: float = 0.01
     options: dict = field(default_factory=dict)
     where: str = ""  # "spec.yaml: sources[i]" for messages
+    tagger: str | None = None  # a tagger decides each document's domain (registry name)
+    tagger_options: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)  # the tagger's defaults, the YAML's merged in
+    on_invalid: str = "error"  # a document the tagger cannot read: error | skip (and count)
+    kind: str = "auto"  # how rows are read by the tagger (ablate.data.tagging.base.KINDS)
 
     @property
     def generated(self) -> bool:
         return self.reader in GENERATED_READERS
+
+
+@dataclass
+class Decontaminate:
+    against: list = field(default_factory=lambda: list(DEFAULT_EVAL_SETS))
+    ngram: int = 13
+    action: str = "drop"  # drop | keep
+    explicit: bool = False  # the YAML named the sets: a missing one is an error, not a note
+
+    def to_dict(self) -> dict:
+        return {"against": list(self.against), "ngram": self.ngram, "action": self.action}
 
 
 @dataclass
@@ -84,6 +122,7 @@ class CorporaSpec:
     domains: list[str] = field(default_factory=list)
     base_dir: str = "."
     origin: str = "<spec>"
+    decontaminate: Decontaminate | None = field(default_factory=Decontaminate)
 
     @property
     def taxonomy(self) -> Taxonomy:
@@ -105,9 +144,21 @@ class CorporaSpec:
                     "domain_field": s.domain_field,
                     "eval_fraction": s.eval_fraction,
                     "options": s.options,
+                    **(
+                        {
+                            "tagger": s.tagger,
+                            "tagger_options": s.tagger_options,
+                            "thresholds": s.thresholds,
+                            "on_invalid": s.on_invalid,
+                            "kind": s.kind,
+                        }
+                        if s.tagger
+                        else {}
+                    ),
                 }
                 for s in self.sources
             ],
+            "decontaminate": self.decontaminate.to_dict() if self.decontaminate else False,
         }
 
 
@@ -183,6 +234,12 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
             )
         options = s.get("options") or {}
         check_names(options, f"{where}.options", "a mapping of reader options")
+        tagging = _tagging_fields(s, where)
+        if reader == "files" and domain is None and not tagging:
+            raise AblateError(
+                f"{where}: a 'files' source needs a 'domain' or a 'tagger' (its files carry no "
+                "domain of their own)"
+            )
         sources.append(
             Source(
                 name=name,
@@ -200,6 +257,7 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
                 ),
                 options=options,
                 where=where,
+                **tagging,
             )
         )
     return CorporaSpec(
@@ -210,7 +268,58 @@ def parse_corpora_spec(raw: object, origin: str, base_dir: str) -> CorporaSpec:
         domains=taxonomy.extra,
         base_dir=base_dir,
         origin=origin,
+        decontaminate=_decontaminate(raw.get("decontaminate", True), f"{origin}: decontaminate"),
     )
+
+
+def _tagging_fields(s: dict, where: str) -> dict:
+    """The tagging keys of one source, validated against the tagger they name (unknown tagger,
+    bad option, a threshold on a score the tagger does not decide on: one line each)."""
+    keys = ("tagger_options", "thresholds", "on_invalid", "kind")
+    if "tagger" not in s:
+        for key in keys:
+            if key in s:
+                raise AblateError(f"{where}.{key}: only meaningful with 'tagger' (code or math)")
+        return {}
+    from ablate.data.tagging.base import KINDS
+    from ablate.data.tagging.registry import check_thresholds, tagger_class
+
+    cls = tagger_class(s["tagger"], f"{where}.tagger")
+    if "domain" in s:
+        raise AblateError(
+            f"{where}.domain: a tagged source gets its domains from the tagger; drop 'domain' "
+            "or 'tagger'"
+        )
+    options = check_names(
+        s.get("tagger_options") or {}, f"{where}.tagger_options", "a mapping of tagger options"
+    )
+    tagger = cls(options, f"{where}.tagger_options")
+    return {
+        "tagger": s["tagger"],
+        "tagger_options": tagger.describe()["options"],
+        "thresholds": check_thresholds(tagger, s.get("thresholds"), f"{where}.thresholds"),
+        "on_invalid": check_choice(
+            s.get("on_invalid", "error"), ("error", "skip"), f"{where}.on_invalid"
+        ),
+        "kind": check_choice(s.get("kind", "auto"), KINDS, f"{where}.kind"),
+    }
+
+
+def _decontaminate(value: object, where: str) -> Decontaminate | None:
+    if value is False:
+        return None
+    if value is True:
+        return Decontaminate()
+    check_keys(value, _DECONTAMINATE_KEYS, where)
+    against = value.get("against", list(DEFAULT_EVAL_SETS))
+    check_type(against, list, f"{where}.against", "a list of eval set names or files")
+    if not against:
+        raise AblateError(f"{where}.against: the list is empty (or set decontaminate: false)")
+    for i, name in enumerate(against):
+        check_type(name, str, f"{where}.against[{i}]", "an eval set name or a file")
+    ngram = check_number(value.get("ngram", 13), f"{where}.ngram", integer=True, ge=1, le=64)
+    action = check_choice(value.get("action", "drop"), ("drop", "keep"), f"{where}.action")
+    return Decontaminate(list(against), ngram, action, explicit="against" in value)
 
 
 def _default_name(path: str | None, reader: str, index: int) -> str:
@@ -235,6 +344,8 @@ def resolve_files(source: Source, base_dir: str) -> list[str]:
     from ablate.data.ingest import file_format
 
     pattern = os.path.join(base_dir, source.path)
+    if source.reader == "files":  # raw documents: every file, whatever its extension
+        return _raw_document_files(source, pattern)
     if os.path.isdir(pattern):
         found = [os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs]
         files = sorted(f for f in found if file_format(f))
@@ -259,4 +370,23 @@ def resolve_files(source: Source, base_dir: str) -> list[str]:
                 f"{source.where}.path: cannot tell the format of {show(f)} (use .jsonl, .json, "
                 ".jsonl.gz or .parquet, or set 'reader')"
             )
+    return files
+
+
+def _raw_document_files(source: Source, pattern: str) -> list[str]:
+    """The files of a ``reader: files`` source, sorted (hidden files and directories and
+    ``__pycache__`` left out: they are not documents anyone meant to train on)."""
+    if os.path.isdir(pattern):
+        files = []
+        for d, dirs, names in os.walk(pattern):
+            dirs[:] = sorted(x for x in dirs if not x.startswith(".") and x != "__pycache__")
+            files.extend(os.path.join(d, n) for n in sorted(names) if not n.startswith("."))
+    elif any(c in source.path for c in "*?["):
+        files = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
+    elif os.path.isfile(pattern):
+        files = [pattern]
+    else:
+        raise AblateError(f"{source.where}.path: {show(source.path)} does not exist")
+    if not files:
+        raise AblateError(f"{source.where}.path: {show(source.path)} holds no file")
     return files

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from ablate.data.benchmark_corpora import materialize_hendrycks_math, materialize_mbpp
 from ablate.data.corpora import GENERATED_READERS, Source
 from ablate.data.gsm8k import materialize_gsm8k
 from ablate.data.rawfiles import Materialized, write_jsonl
@@ -26,6 +27,10 @@ MATERIALIZERS: dict[str, Callable[[Source, str, int, str], Materialized]] = {
     "toyworld": lambda source, raw_dir, seed, base_dir: materialize_toyworld(source, raw_dir, seed),
     "stdlib": lambda source, raw_dir, seed, base_dir: materialize_stdlib(source, raw_dir),
     "gsm8k": lambda source, raw_dir, seed, base_dir: materialize_gsm8k(source, raw_dir, base_dir),
+    "mbpp": lambda source, raw_dir, seed, base_dir: materialize_mbpp(source, raw_dir, base_dir),
+    "hendrycks_math": lambda source, raw_dir, seed, base_dir: materialize_hendrycks_math(
+        source, raw_dir, base_dir
+    ),
 }
 assert set(MATERIALIZERS) == set(GENERATED_READERS), "a generated reader without a materializer"
 

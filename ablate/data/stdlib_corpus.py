@@ -6,9 +6,16 @@
 * ``code.nl``: every docstring of at least ``min_words`` words (module, class or function), with
   the ``def``/``class`` line it documents: prose about code, doctests included.
 
-Test suites are left out (``test/``, ``tests/``, ``idle_test/``): they are not standalone
-programs and would dominate the corpus. Options: ``root`` (another stdlib directory),
-``main_only``, ``min_words`` (default 8).
+Two more kinds of document, for corpora whose domains a tagger decides (``tagger: code``):
+
+* ``modules``: every module as shipped, docstrings and comments kept (default tag ``code.nl``);
+* ``topics``: the help topics of ``pydoc_data/topics.py`` (the language reference pages that
+  ``help("FOR")`` prints), prose about code (default tag ``code.text``).
+
+Option ``documents`` picks which (default ``[exec, nl]``: the two above). Test suites are left
+out (``test/``, ``tests/``, ``idle_test/``): they are not standalone programs and would dominate
+the corpus. Options: ``root`` (another stdlib directory), ``main_only``, ``min_words`` (default
+8), ``documents``.
 """
 
 from __future__ import annotations
@@ -108,12 +115,30 @@ def _indent(text: str) -> str:
     return text.replace("\n", "\n    ")
 
 
+DOCUMENTS = ("exec", "nl", "modules", "topics")
+
+
+def topic_documents() -> list[str]:
+    """pydoc's help topics, in sorted key order: prose about the language, with examples."""
+    from pydoc_data.topics import topics
+
+    return [topics[key].strip() + "\n" for key in sorted(topics) if topics[key].strip()]
+
+
 def materialize_stdlib(source: Source, raw_dir: str) -> Materialized:
-    opts = check_keys(source.options, ("root", "main_only", "min_words"), f"{source.where}.options")
+    opts = check_keys(
+        source.options, ("root", "main_only", "min_words", "documents"), f"{source.where}.options"
+    )
     root = opts.get("root") or sysconfig.get_paths()["stdlib"]
     if not os.path.isdir(root):
         raise AblateError(f"{source.where}.options.root: {root!r} is not a directory")
     min_words = int(opts.get("min_words", 8))
+    kinds = opts.get("documents", ["exec", "nl"])
+    if not isinstance(kinds, list) or not kinds or any(k not in DOCUMENTS for k in kinds):
+        raise AblateError(
+            f"{source.where}.options.documents: {kinds!r} is not a list of document kinds "
+            f"(allowed: {', '.join(DOCUMENTS)})"
+        )
     rows = []
     for path in stdlib_files(root):
         try:
@@ -123,7 +148,9 @@ def materialize_stdlib(source: Source, raw_dir: str) -> Materialized:
         except (UnicodeDecodeError, SyntaxError, ValueError):
             continue  # a handful of deliberately broken files exist (e.g. lib2to3 fixtures)
         module = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
-        if (
+        if "modules" in kinds:
+            rows.append({"text": text, "domain": "code.nl", "module": module})
+        if "exec" in kinds and (
             not opts.get("main_only")
             or '__name__ == "__main__"' in text
             or "__name__ == '__main__'" in text
@@ -131,10 +158,13 @@ def materialize_stdlib(source: Source, raw_dir: str) -> Materialized:
             code = strip_docs_and_comments(text, tree)
             if code and code.strip():
                 rows.append({"text": code, "domain": "code.exec"})
-        rows.extend(
-            {"text": d, "domain": "code.nl"}
-            for d in docstring_documents(text, tree, module, min_words)
-        )
+        if "nl" in kinds:
+            rows.extend(
+                {"text": d, "domain": "code.nl"}
+                for d in docstring_documents(text, tree, module, min_words)
+            )
+    if "topics" in kinds:
+        rows.extend({"text": t, "domain": "code.text"} for t in topic_documents())
     out = os.path.join(raw_dir, f"{source.name}.jsonl")
     write_jsonl(out, rows)
     return Materialized([out])
