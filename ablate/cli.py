@@ -20,8 +20,17 @@ from ablate.io import OS_REASONS, os_error_line
 def _data_prepare(args) -> None:
     from ablate.data.prepare import prepare, summary_line
 
-    result = prepare(args.spec, args.out, workers=args.workers, overwrite=args.overwrite)
+    result = prepare(
+        args.spec, args.out, workers=args.workers, overwrite=args.overwrite, tagged=args.tagged
+    )
     print(summary_line(result))
+
+
+def _data_tag(args) -> None:
+    from ablate.data.tagging.command import summary_line, tag_corpora
+
+    sources = tag_corpora(args.spec, args.out, workers=args.workers, overwrite=args.overwrite)
+    print(summary_line(args.out, sources))
 
 
 def _data_inspect(args) -> None:
@@ -92,7 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a different dataset already in --out"
     )
+    p.add_argument(
+        "--tagged",
+        metavar="DIR",
+        default=None,
+        help="reuse the shards 'ablate data tag' wrote to DIR (sources tagged from the same "
+        "inputs with the same tagger; the YAML's thresholds decide the domains again)",
+    )
     p.set_defaults(func=_data_prepare)
+
+    p = data.add_parser(
+        "tag",
+        help="tag the sources that name a tagger (code, math) into shards with domain and scores",
+    )
+    p.add_argument("spec", help="a corpora YAML whose sources say 'tagger: code' or 'tagger: math'")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="tagging processes (default: all cores)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier 'ablate data tag' output"
+    )
+    p.set_defaults(func=_data_tag)
 
     p = data.add_parser("inspect", help="per-domain token table of a manifest")
     p.add_argument("manifest", help="DIR/manifest.json (or DIR)")

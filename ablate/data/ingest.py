@@ -50,6 +50,11 @@ class IngestJob:
     text_field: str
     domain_field: str
     eval_fraction: float
+    # a tagged source: (tagger, options JSON, thresholds JSON); the domain is decided again from
+    # each row's stored scores, so new thresholds need no new tagging
+    decide: tuple | None = None
+    decontam: str | None = None  # the eval n-grams (``Decontaminator.save``): check each row
+    decontam_action: str = "drop"  # drop | keep (count only)
 
 
 @dataclass
@@ -57,6 +62,9 @@ class TaskResult:
     index: int
     rows: int = 0
     skipped_empty: int = 0
+    contaminated: int = 0  # documents sharing an n-gram with an eval set
+    dropped: int = 0  # of those, the ones left out (action drop)
+    by_eval_set: dict = field(default_factory=dict)  # eval set -> documents it caught
     # (domain, split) -> [documents, tokens, utf-8 bytes]
     counts: dict = field(default_factory=dict)
     content_hash: str = ""  # of the raw bytes this task read: the input's fingerprint
@@ -201,6 +209,30 @@ def _state(
     return _worker_state["tok"], _worker_state["tax"]
 
 
+def _decontaminator(path: str):
+    if _worker_state.get("decontam_path") != path:
+        from ablate.data.tagging.decontam import Decontaminator
+
+        _worker_state["decontam_path"] = path
+        _worker_state["decontam"] = Decontaminator.load(path)
+    return _worker_state["decontam"]
+
+
+def _decider(decide: tuple):
+    """``scores -> domain`` for a tagged source, with the YAML's thresholds."""
+    import json
+
+    from ablate.data.tagging.run import cached_tagger
+
+    name, options_json, thresholds_json = decide
+    tagger = cached_tagger(name, options_json)
+    thresholds = json.loads(thresholds_json)
+    return lambda scores: tagger.decide(scores, thresholds)
+
+
+DECONTAM_BATCH_DOCS = 512  # documents checked per vectorised lookup
+
+
 def run_task(
     task: IngestJob,
     tokenizer_spec: dict,
@@ -236,6 +268,27 @@ def run_task(
         c[1] += int(lengths.sum())
         c[2] += sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
 
+    decide = _decider(task.decide) if task.decide else None
+    decontam = _decontaminator(task.decontam) if task.decontam else None
+    checking: list[tuple[str, str]] = []  # (domain, text) waiting for the decontamination check
+
+    def route(batch: list[tuple[str, str]]) -> None:
+        """Check a batch against the eval n-grams, then queue the kept documents to tokenize."""
+        hits = decontam.hits_batch([t for _, t in batch]) if decontam and batch else None
+        for i, (domain, text) in enumerate(batch):
+            if hits is not None and hits[i]:
+                result.contaminated += 1
+                for name in hits[i]:
+                    result.by_eval_set[name] = result.by_eval_set.get(name, 0) + 1
+                if task.decontam_action == "drop":
+                    result.dropped += 1
+                    continue
+            split = "eval" if is_eval(seed_key, text, task.eval_fraction) else "train"
+            bucket = pending.setdefault((domain, split), [])
+            bucket.append(text)
+            if len(bucket) >= ENCODE_BATCH_DOCS:
+                flush((domain, split))
+
     try:
         for where, row in _rows(task, hasher):
             if not isinstance(row, dict):
@@ -252,6 +305,11 @@ def run_task(
                 )
             if task.domain is not None:
                 domain = task.domain
+            elif decide is not None:
+                scores = row.get("scores")
+                if not isinstance(scores, dict):
+                    raise DataError(f"{where}: a tagged row needs its 'scores' (a mapping)")
+                domain = taxonomy.validate(decide(scores), lambda: f"{where}: decided domain")
             else:
                 if task.domain_field not in row:
                     raise DataError(
@@ -265,11 +323,11 @@ def run_task(
             if not text:
                 result.skipped_empty += 1
                 continue
-            split = "eval" if is_eval(seed_key, text, task.eval_fraction) else "train"
-            bucket = pending.setdefault((domain, split), [])
-            bucket.append(text)
-            if len(bucket) >= ENCODE_BATCH_DOCS:
-                flush((domain, split))
+            checking.append((domain, text))
+            if len(checking) >= DECONTAM_BATCH_DOCS:
+                route(checking)
+                checking = []
+        route(checking)
         for key in list(pending):
             flush(key)
     finally:

@@ -11,13 +11,18 @@
       "eval_datasets": [ENTRY, ...],      # held-out documents of the same (source, domain)
       "probes": {"math_answer": {"path": "probes/math_answer.jsonl", "count": 200}, ...},
       "spec": {...},                      # the normalized corpora spec it was made from
-      "inputs": {"<source>": "<sha256 of the raw input>", ...}
+      "inputs": {"<source>": "<sha256 of the raw input>", ...},
+      "tagging": {"<source>": {"tagger": {name, version, options}, "thresholds", "parts",
+                  "documents", "segments", "skipped", "domains", "inputs_sha256"}},  # if any
+      "decontamination": {"enabled", "ngram", "action", "missing", "against": {sets...},
+                          "sources": {"<source>": {"documents", "contaminated", "dropped",
+                                                   "by_eval_set"}}}
     }
 
     ENTRY = {"domain", "prefix" (relative to DIR), "source", "split", "documents", "tokens",
              "bytes" (UTF-8 bytes of the text, for bits-per-byte), "dtype",
              "tokenizer" (fingerprint), "fingerprint" (content of .bin + .idx),
-             "index_sha256" (the .idx alone)}
+             "index_sha256" (the .idx alone)[, "provenance": {tagger, thresholds}]}
 
 The manifest holds no timestamps or host names: the same input gives a byte-identical file.
 ``load_manifest`` checks every field above (type, range, paths that stay inside DIR), so a
@@ -49,6 +54,9 @@ class DatasetEntry:
     tokenizer: str
     fingerprint: str
     index_sha256: str  # of the .idx alone: a quick check that scales to any corpus size
+    # a tagged source's datasets: the tagger (name, version, options) and thresholds that
+    # decided their domain (absent otherwise)
+    provenance: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +69,8 @@ class Manifest:
     probes: dict = field(default_factory=dict)
     spec: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
+    tagging: dict = field(default_factory=dict)  # tagged source -> tagger, thresholds, counts
+    decontamination: dict = field(default_factory=dict)  # eval sets, counts per source
     path: str = ""  # where it was loaded from (not serialized)
 
     @property
@@ -80,12 +90,16 @@ class Manifest:
             "tokenizer": self.tokenizer,
             "seed": self.seed,
             "domains": self.domains,
-            "datasets": [asdict(d) for d in self.datasets],
-            "eval_datasets": [asdict(d) for d in self.eval_datasets],
+            "datasets": [_entry_dict(d) for d in self.datasets],
+            "eval_datasets": [_entry_dict(d) for d in self.eval_datasets],
             "probes": self.probes,
             "spec": self.spec,
             "inputs": self.inputs,
         }
+        if self.tagging:
+            body["tagging"] = self.tagging
+        if self.decontamination:
+            body["decontamination"] = self.decontamination
         return json.dumps(body, indent=2, sort_keys=False) + "\n"
 
     def verify(
@@ -125,6 +139,13 @@ class Manifest:
                     f"{self.path}: dataset {entry.prefix!r}: files no longer match their "
                     f"fingerprint {entry.fingerprint} (re-run 'ablate data prepare')"
                 )
+
+
+def _entry_dict(entry: DatasetEntry) -> dict:
+    body = asdict(entry)
+    if not body["provenance"]:
+        del body["provenance"]  # untagged datasets read as they always did
+    return body
 
 
 def verify_datasets(pairs, memo: dict | None = None, threads: int = 2) -> None:
@@ -206,7 +227,10 @@ def load_manifest(path: str) -> Manifest:
     taxonomy = Taxonomy(raw["domains"], where=f"{path}: domains")
     entries = {}
     for key in ("datasets", "eval_datasets"):
-        entries[key] = [DatasetEntry(**{f: e[f] for f in _ENTRY_FIELDS}) for e in raw[key]]
+        entries[key] = [
+            DatasetEntry(**{f: e[f] for f in _ENTRY_FIELDS + _ENTRY_OPTIONAL if f in e})
+            for e in raw[key]
+        ]
         for i, e in enumerate(entries[key]):
             taxonomy.validate(e.domain, f"{path}: {key}[{i}].domain")
             if e.tokenizer != raw["tokenizer"]["fingerprint"]:
@@ -223,11 +247,14 @@ def load_manifest(path: str) -> Manifest:
         probes=raw["probes"],
         spec=raw["spec"],
         inputs=raw["inputs"],
+        tagging=raw["tagging"],
+        decontamination=raw["decontamination"],
         path=path,
     )
 
 
-_ENTRY_FIELDS = tuple(DatasetEntry.__dataclass_fields__)
+_ENTRY_OPTIONAL = ("provenance",)
+_ENTRY_FIELDS = tuple(f for f in DatasetEntry.__dataclass_fields__ if f not in _ENTRY_OPTIONAL)
 _ENTRY_COUNTS = ("documents", "tokens", "bytes")
 _DTYPES = ("uint16", "int32")  # what ``tokenizer.token_dtype`` writes
 
@@ -267,9 +294,15 @@ def _check_manifest(path: str, raw: dict) -> None:
     domains = raw.setdefault("domains", [])
     if not isinstance(domains, list):
         fail("domains", f"{show(domains)} must be a list of domain tags")
-    for key in ("probes", "spec", "inputs"):
+    for key in ("probes", "spec", "inputs", "tagging", "decontamination"):
         if not isinstance(raw.setdefault(key, {}), dict):
             fail(key, f"{show(raw[key])} must be a mapping")
+    for name, record in raw["tagging"].items():
+        parts = record.get("parts", []) if isinstance(record, dict) else None
+        if not isinstance(parts, list):
+            fail(f"tagging.{name}.parts", f"{show(parts)} must be a list of files")
+        for i, part in enumerate(parts):
+            _relative(part, f"tagging.{name}.parts[{i}]", fail)  # --overwrite deletes them
     for name, probe in raw["probes"].items():
         if not isinstance(probe, dict):
             fail(f"probes.{name}", f"{show(probe)} must be a mapping with path and count")
@@ -289,6 +322,8 @@ def _check_manifest(path: str, raw: dict) -> None:
                     integer(value, f"{where}.{f}")
                 elif not isinstance(value, str):
                     fail(f"{where}.{f}", f"{show(value)} must be a string")
+            if not isinstance(e.setdefault("provenance", {}), dict):
+                fail(f"{where}.provenance", f"{show(e['provenance'])} must be a mapping")
             if e["dtype"] not in _DTYPES:
                 fail(
                     f"{where}.dtype",

@@ -120,9 +120,12 @@ def own_files(out_dir: str, manifest: Manifest) -> set[str]:
         if (
             isinstance(source, dict)
             and isinstance(source.get("name"), str)
-            and source.get("reader") in generated.MATERIALIZERS
+            and (source.get("reader") in generated.MATERIALIZERS or source.get("reader") == "files")
         ):
             own.add(generated.raw_file(source["name"]))
+    for record in manifest.tagging.values():  # tagged shards kept as the record of the tagging
+        parts = record.get("parts") if isinstance(record, dict) else None
+        own.update(p for p in parts or [] if isinstance(p, str))
     return {os.path.normpath(p) for p in own}
 
 

@@ -27,6 +27,7 @@ What it promises (nothing lost, nothing left behind):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -38,6 +39,7 @@ from tqdm import tqdm
 
 from ablate.data import generated, outdir
 from ablate.data.corpora import CorporaSpec, load_corpora_spec, resolve_files
+from ablate.data.files_corpus import materialize_files
 from ablate.data.indexed import sharded_builder
 from ablate.data.ingest import IngestJob, TaskResult, file_format, run_task, shard_paths, split_file
 from ablate.data.manifest import DatasetEntry, Manifest
@@ -60,6 +62,7 @@ def prepare(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    tagged: str | None = None,
 ) -> PrepareResult:
     if workers is not None and (
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
@@ -81,7 +84,7 @@ def prepare(
                 remove_stale_temporaries(os.path.dirname(out_dir))
                 remove_path(staging)  # a dead run's whose pid was ours (pids restart in containers)
                 os.mkdir(staging)  # 0o777 & ~umask: the data directory is meant to be shared
-                manifest = _build(spec, tokenizer, staging, files, workers, progress)
+                manifest = _build(spec, tokenizer, staging, files, workers, progress, tagged)
                 result = PrepareResult(*outdir.install(staging, out_dir, manifest, overwrite))
             done = True
             return result
@@ -99,21 +102,40 @@ def _build(
     source_files: dict,
     workers: int | None,
     progress: bool | None,
+    tagged_dir: str | None = None,
 ) -> Manifest:
     raw_dir = os.path.join(staging, "raw")
     shard_dir = os.path.join(staging, ".shards")
     os.makedirs(shard_dir)
     probes: dict = {}
-    tasks: list[IngestJob] = []
+    inputs_by_source: dict[str, list[str]] = {}
+    materialized: set[str] = set()
     for source in spec.sources:
         if source.generated:
             made = generated.materialize(source, raw_dir, spec.seed, spec.base_dir)
-            files = made.files
+            inputs_by_source[source.name] = made.files
+            materialized.add(source.name)
             for name, info in made.probes.items():
                 probes[name] = {**info, "path": os.path.relpath(info["path"], staging)}
+        elif source.reader == "files":
+            made = materialize_files(source, source_files[source.name], raw_dir, spec.base_dir)
+            inputs_by_source[source.name] = made.files
+            materialized.add(source.name)
         else:
-            files = source_files[source.name]
-        for path in files:
+            inputs_by_source[source.name] = source_files[source.name]
+    tagging = _tag(spec, staging, inputs_by_source, materialized, tagged_dir, workers, progress)
+    decontam_path, decontamination = _decontaminator(spec, staging)
+
+    tasks: list[IngestJob] = []
+    for source in spec.sources:
+        decide = None
+        if source.tagger:  # its rows are the tagged shards: text, scores, domain
+            decide = (
+                source.tagger,
+                json.dumps(tagging[source.name]["tagger"]["options"], sort_keys=True),
+                json.dumps(source.thresholds, sort_keys=True),
+            )
+        for path in inputs_by_source[source.name]:
             fmt = file_format(path) or source.reader
             for start, end in split_file(path, fmt):
                 tasks.append(
@@ -124,10 +146,13 @@ def _build(
                         fmt,
                         start,
                         end,
-                        source.domain,
-                        source.text_field,
-                        source.domain_field,
+                        None if source.tagger else source.domain,
+                        "text" if source.tagger else source.text_field,
+                        "domain" if source.tagger else source.domain_field,
                         source.eval_fraction,
+                        decide=decide,
+                        decontam=decontam_path,
+                        decontam_action=spec.decontaminate.action if decontam_path else "drop",
                     )
                 )
 
@@ -149,6 +174,13 @@ def _build(
         merger.abort()
         raise
     shutil.rmtree(shard_dir)
+    if decontam_path:
+        os.remove(decontam_path)
+        decontamination["sources"] = _decontamination_counts(spec, tasks, results)
+    for entry in datasets + eval_datasets:
+        if entry.source in tagging:  # each tagged dataset names its tagger and thresholds
+            record = tagging[entry.source]
+            entry.provenance = {"tagger": record["tagger"], "thresholds": record["thresholds"]}
 
     rows_per_file: dict[str, int] = {}
     for task in tasks:
@@ -178,11 +210,122 @@ def _build(
         probes=probes,
         spec=spec.to_dict(),
         inputs=inputs,
+        tagging=tagging,
+        decontamination=decontamination,
         path=os.path.join(staging, "manifest.json"),
     )
     with open(manifest.path, "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
     return manifest
+
+
+def _tag(spec, staging, inputs_by_source, materialized, tagged_dir, workers, progress) -> dict:
+    """Tag the sources that name a tagger, or reuse an earlier ``ablate data tag`` output for
+    the ones it tagged from the same inputs with the same tagger; their inputs become the
+    tagged shards. Returns each tagged source's record (for the manifest)."""
+    from ablate.data.tagging.run import (
+        files_fingerprint,
+        load_tagged,
+        tag_sources,
+        tagging_identity,
+    )
+
+    tagging: dict = {}
+    earlier = load_tagged(tagged_dir) if tagged_dir else {}
+    to_tag = []
+    for source in (s for s in spec.sources if s.tagger):
+        record = earlier.get(source.name)
+        fresh = {**tagging_identity(source), "inputs_sha256": None}
+        if record is not None:
+            fresh["inputs_sha256"] = files_fingerprint(inputs_by_source[source.name])
+            same = all(record.get(k) == v for k, v in fresh.items())
+            if same:
+                inputs_by_source[source.name] = [
+                    os.path.join(tagged_dir, p) for p in record["parts"]
+                ]
+                tagging[source.name] = {
+                    **record,
+                    "thresholds": source.thresholds,
+                    "parts": [],  # not in this data directory: see reused
+                    "reused": record["parts"],
+                }
+                continue
+            changed = next(k for k, v in fresh.items() if record.get(k) != v)
+            print(
+                f"note: {source.where}: tagging again ({tagged_dir} was tagged with another "
+                f"{changed.replace('_sha256', '')})",
+                file=sys.stderr,
+            )
+        to_tag.append(source)
+    if to_tag:
+        done = tag_sources(
+            to_tag,
+            inputs_by_source,
+            spec.base_dir,
+            os.path.join(staging, "tagged"),
+            workers,
+            progress,
+            frozenset(materialized),
+        )
+        for name, t in done.items():
+            inputs_by_source[name] = t.parts
+            tagging[name] = {
+                **t.record,
+                "thresholds": next(s.thresholds for s in to_tag if s.name == name),
+                "parts": [os.path.join("tagged", p) for p in t.record["parts"]],
+            }
+    return tagging
+
+
+def _decontaminator(spec: CorporaSpec, staging: str) -> tuple[str | None, dict]:
+    """The eval n-grams saved for the workers, and the manifest's record of what they hold.
+    Sets the YAML names must exist; of the default sets, the ones not found are noted."""
+    if spec.decontaminate is None:
+        return None, {"enabled": False}
+    from ablate.data.tagging.decontam import Decontaminator, load_eval_sets
+
+    cfg = spec.decontaminate
+    where = f"{spec.origin}: decontaminate.against"
+    sets, missing = [], []
+    for i, name in enumerate(cfg.against):
+        try:
+            sets.extend(load_eval_sets([name], spec.base_dir, f"{where}[{i}]"))
+        except AblateError:
+            if cfg.explicit:
+                raise
+            missing.append(name)
+    if missing:
+        print(
+            "note: decontamination: default eval sets not found, not checked: "
+            + ", ".join(missing),
+            file=sys.stderr,
+        )
+    record = {"enabled": bool(sets), "ngram": cfg.ngram, "action": cfg.action, "missing": missing}
+    if not sets:
+        return None, record
+    dc = Decontaminator(sets, n=cfg.ngram)
+    path = os.path.join(staging, "decontam.npz")
+    dc.save(path)
+    record["against"] = dc.describe()
+    return path, record
+
+
+def _decontamination_counts(spec: CorporaSpec, tasks, results) -> dict:
+    """Per source: documents checked, caught (by eval set) and dropped."""
+    counts = {}
+    for source in spec.sources:
+        mine = [results[t.index] for t in tasks if t.source == source.name]
+        by_set: dict[str, int] = {}
+        for r in mine:
+            for name, n in r.by_eval_set.items():
+                by_set[name] = by_set.get(name, 0) + n
+        counts[source.name] = {
+            "documents": sum(r.rows - r.skipped_empty for r in mine),
+            "contaminated": sum(r.contaminated for r in mine),
+            "dropped": sum(r.dropped for r in mine),
+            "by_eval_set": dict(sorted(by_set.items())),
+        }
+    return counts
 
 
 @dataclass
