@@ -256,6 +256,9 @@ def test_measure_covers_every_class_of_the_split(docs):
             collections.Counter(d.label for d in mine)
         )
         assert sum(sum(row.values()) for row in r["confusion"].values()) == len(mine)
+        assert sum(n for _, _, n, _ in r["by_source"]) == len(mine)
+        correct = sum(c for _, _, _, c in r["by_source"])
+        assert correct == round(r["accuracy"] * len(mine)) == len(mine) - len(r["errors"])
     with pytest.raises(AblateError, match="allowed: dev, test, all"):
         measure(docs, split="train")
 

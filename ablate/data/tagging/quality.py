@@ -66,6 +66,13 @@ def scores_of(gold: list[str], predicted: list[str]) -> dict:
     }
 
 
+def source_of(doc: LabelledDoc) -> str:
+    """Where a document comes from, for the per-source accuracy: its reference kind, with the
+    render for GSM8K (``gsm8k/prose``)."""
+    kind = doc.ref.get("kind", "?")
+    return f"{kind}/{doc.ref['render']}" if kind == "gsm8k" else kind
+
+
 def measure(docs: list[LabelledDoc], split: str = "test") -> dict:
     """``{tagger name: scores_of(...) plus its version and the split}`` for every tagger the
     documents of ``split`` (``dev``, ``test`` or ``all``) name, in name order."""
@@ -77,10 +84,19 @@ def measure(docs: list[LabelledDoc], split: str = "test") -> dict:
         tagger = build_tagger(name, {}, "quality")
         mine = [d for d in chosen if d.tagger == name]
         predicted = [predict(tagger, d) for d in mine]
+        by_source: dict[tuple[str, str], dict[str, int]] = {}
+        for d, p in zip(mine, predicted, strict=True):
+            entry = by_source.setdefault((source_of(d), d.label), {"documents": 0, "correct": 0})
+            entry["documents"] += 1
+            entry["correct"] += p == d.label
         result[name] = {
             "version": tagger.version,
             "split": split,
             **scores_of([d.label for d in mine], predicted),
+            # (source, label, documents, correctly decided), sorted by source and label
+            "by_source": [
+                (*key, v["documents"], v["correct"]) for key, v in sorted(by_source.items())
+            ],
             "errors": [
                 (d.id, d.label, p) for d, p in zip(mine, predicted, strict=True) if p != d.label
             ],
@@ -109,6 +125,12 @@ def render(result: dict, markdown: bool = False) -> str:
         out.append("Confusion (rows: label, columns: decided):" if markdown else "confusion:")
         out += [""] if markdown else []
         out += _table(["label \\ decided", *predicted], matrix, markdown) + [""]
+        sources = [
+            [src, label, str(n), f"{correct / n:.3f}"] for src, label, n, correct in r["by_source"]
+        ]
+        out.append("By source:" if markdown else "by source:")
+        out += [""] if markdown else []
+        out += _table(["source", "label", "documents", "accuracy"], sources, markdown) + [""]
     return "\n".join(out).rstrip() + "\n"
 
 
