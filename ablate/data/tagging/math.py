@@ -119,23 +119,33 @@ _DISPLAY = re.compile(
     _S,
 )
 _MULTIROW_ENV = re.compile(r"\\begin\{(?:align|eqnarray|gather|multline|flalign|alignat)")
-_INLINE = re.compile(r"(?<![\\$])\$(?!\$)[^$\n]+?(?<!\\)\$|\\\([^\n]*?\\\)")
+# Speed: CPython's regex engine skips quickly to a literal (or one-character-class) first
+# character, but tries a pattern starting with ``^``, a lookbehind or an optional part at every
+# position. So every pattern starts with a literal: line patterns run on the text with a
+# newline put in front and start at that newline ("\n" + line), and "lines holding X" patterns
+# are X followed by the rest of its line (a second X on that line is consumed, not counted).
+_INLINE = re.compile(r"\$(?<![\\$]\$)(?!\$)[^$\n]+?(?<!\\)\$|\\\([^\n]*?\\\)")
 _ARITH = re.compile(
-    r"\$?\d[\d,]*(?:\.\d+)?%?(?:[ \t]*(?:[-+*/×÷^]|x(?= ))[ \t]*\$?\(?\d[\d,]*(?:\.\d+)?%?\)?)*"
+    r"\d[\d,]*(?:\.\d+)?%?(?:[ \t]*(?:[-+*/×÷^]|x(?= ))[ \t]*\$?\(?\d[\d,]*(?:\.\d+)?%?\)?)*"
     r"[ \t]*=[ \t]*\$?-?\d[\d,]*(?:\.\d+)?%?"
 )
 _DISPLAY_MARK = "\x01"  # a line of display math, in the skeleton text
 _RELATION = (
-    r"(?:(?<![<>=!])=(?![=>])|\\(?:leq?|geq?|neq?|equiv|approx|cong|lt|gt)(?![A-Za-z])|\x01)"
+    r"(?:=(?<![<>=!]=)(?![=>])|\\(?:leq?|geq?|neq?|equiv|approx|cong|lt|gt)(?![A-Za-z])|\x01)"
 )
-_NONBLANK = re.compile(r"^[ \t]*\S", _M)
-_SHORT = r"(?=[^\n]{1," + str(SHORT_LINE) + r"}$)"
-_EQ_LINE = re.compile(r"^" + _SHORT + r"[^\n]*?" + _RELATION, _M)
-# a sentence (split at newlines and at . ! ? followed by whitespace) holding a relation
-_NOT_END = r"(?:[^\n.!?]|[.!?](?![ \t]))"
-_EQ_SENTENCE = re.compile(_NOT_END + r"*?" + _RELATION + _NOT_END + r"*")
+_NONBLANK = re.compile(r"\n[ \t]*[^\s]")
+_SHORT = r"(?=[^\n]{1," + str(SHORT_LINE) + r"}(?:\n|\Z))"
+# an equation line: short, one sentence (no sentence end with more text after it on the line:
+# two sentences on a line are a paragraph, however short), holding a relation
+_ONE_SENTENCE = r"(?![^\n]*?[.!?]\$?[ \t]+[^\s*])"
+_EQ_LINE = re.compile(r"\n" + _SHORT + _ONE_SENTENCE + r"[^\n]*?" + _RELATION)
+# sentences holding a relation: sentence ends (. ! ? before a space) become line breaks, then
+# lines holding a relation are counted (a regex matching whole sentences around a relation
+# backtracks quadratically on sentences without one)
+_SENTENCE_END = re.compile(r"(?<=[.!?])[ \t]+")
+_HAS_RELATION = re.compile(_RELATION + r"[^\n]*")
 _STEP = re.compile(
-    r"^[ \t]*(?:"
+    r"\n[ \t]*(?:"
     r"(?:Step|STEP|Part)[ \t]*\d+"
     r"|\d{1,2}[.)](?=[ \t])"
     r"|\([a-hA-H1-9]\)(?=[ \t])|[a-h]\)(?=[ \t])"
@@ -144,26 +154,25 @@ _STEP = re.compile(
     r"|(?:First|Second|Third|Fourth|Fifth|Next|Then|Finally|Lastly)\b"
     r"|[QA]\d*[:.](?=[ \t])"
     r"|[^\n]*?\?[ \t]*\*\*"  # Socratic: "How many ...? ** answer"
-    r")",
-    _M,
+    r")"
 )
-_CALC_LINE = re.compile(r"^[^\n]*?<<[^<>\n]*=[^<>\n]*>>", _M)
-_FINAL = re.compile(
-    r"^####[ \t]*\S|\\boxed\{|\\fbox\{|\b[Tt]he (?:final )?answer is\b"
-    r"|^(?:Final )?[Aa]nswer[ \t]*:",
-    _M,
-)
-_UNIT_END = re.compile(r"^" + _SHORT + r"[^\n]*?(?:[.!?:;$})\]\d]|\\\\|\x01)[ \t]*$", _M)
+_CALC_LINE = re.compile(r"<<[^<>\n]*=[^<>\n]*>>[^\n]*")
+_FINAL_LINE = re.compile(r"\n(?:####[ \t]*\S|(?:Final )?[Aa]nswer[ \t]*:)")
+_ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is\b")
+_UNIT_END = re.compile(r"\n" + _SHORT + r"[^\n]*(?:[.!?:;$})\]\d\x01]|\\\\)[ \t]*(?=\n|\Z)")
 # Python candidate lines: a statement keyword, an assignment, a call, a comment, or indentation
 _PY_LINE = (
     r"[ \t]*(?:#|(?:def|class|for|while|if|elif|else|try|except|finally|with|return|import|from"
     r"|print|assert|raise|yield|async|await)\b|[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?"
     r"(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*[ \t]*(?:[-+*/%]|//|\*\*)?=(?!=)"
-    r"|[A-Za-z_][\w.]*\(.*\)[ \t]*$)"
+    r"|[A-Za-z_][\w.]*\(.*\)[ \t]*(?=\n|\Z))"
     r"|[ \t]+\S"
 )
-_PY_RUN = re.compile(r"^(?:(?:" + _PY_LINE + r")[^\n]*(?:\n|\Z)(?:[ \t]*\n)*)+", _M)
+# a run of candidate lines (blank lines inside it included), each line matched from the
+# newline before it (the text is scanned with a newline put in front)
+_PY_RUN = re.compile(r"(?:\n(?:" + _PY_LINE + r")[^\n]*(?:\n[ \t]*(?=\n))*)+")
 _INDENT = re.compile(r"^([ \t]*)(\S?)", _M)
+_NONBLANK_LINE = re.compile(r"^[ \t]*\S", _M)
 _COMMENT = re.compile(r"(?<![\w'\"])#[^\n]*")
 _BLANK_SEP = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
 
@@ -173,7 +182,7 @@ class MathTagger(Tagger):
     version = "1"
     domains = ("math.structured", "math.text", "math.code")
     scores = ("structure_score", "code_ratio", "reasoning_ratio", *FEATURES)
-    thresholds = {"structure_score": 0.5, "code_ratio": 0.3, "reasoning_ratio": 0.05}
+    thresholds = {"structure_score": 0.45, "code_ratio": 0.2, "reasoning_ratio": 0.05}
 
     def __init__(self, options: dict | None = None, where: str = "tagger_options"):
         super().__init__(options, where)
@@ -233,24 +242,34 @@ def structure_features(text: str) -> dict[str, float]:
             rows += breaks + 1
         return "\n" + (_DISPLAY_MARK + "\n") * (breaks + 1)
 
-    skeleton = _DISPLAY.sub(mark, text)
-    math_chars += sum(_nonspace(s) for s in _INLINE.findall(skeleton))
-    math_chars += sum(_nonspace(s) for s in _ARITH.findall(_INLINE.sub("", skeleton)))
+    # the skeleton starts with a newline: line patterns start at the newline before a line
+    skeleton = "\n" + (_DISPLAY.sub(mark, text) if "\\" in text or "$$" in text else text)
+    if "$" in skeleton or "\\(" in skeleton:
+        math_chars += sum(_nonspace(s) for s in _INLINE.findall(skeleton))
+        math_chars += sum(_nonspace(s) for s in _ARITH.findall(_INLINE.sub("", skeleton)))
+    else:
+        math_chars += sum(_nonspace(s) for s in _ARITH.findall(skeleton))
 
     nonblank = len(_NONBLANK.findall(skeleton))
     if nonblank == 0:
         return dict.fromkeys(FEATURES, 0.0)
     lines = max(nonblank, MIN_LINES)
     eq_lines = len(_EQ_LINE.findall(skeleton))
-    eq_sentences = len(_EQ_SENTENCE.findall(skeleton))
+    eq_sentences = len(_HAS_RELATION.findall(_SENTENCE_END.sub("\n", skeleton)))
     own_line = min(1.0, eq_lines / eq_sentences) if eq_sentences else 0.0
+    final = (
+        "\\boxed{" in skeleton
+        or "\\fbox{" in skeleton
+        or _FINAL_LINE.search(skeleton) is not None
+        or ("nswer is" in skeleton and _ANSWER_IS.search(skeleton) is not None)
+    )
     return {
         "equation_lines": eq_lines / lines * own_line,
         "numbered_steps": min(1.0, len(_STEP.findall(skeleton)) / lines),
         "calc_annotations": min(1.0, calc_lines / lines),
         "align_envs": min(1.0, rows / lines),
         "equation_prose_ratio": min(1.0, math_chars / nonspace) if nonspace else 0.0,
-        "final_answer": 1.0 if _FINAL.search(skeleton) else 0.0,
+        "final_answer": 1.0 if final else 0.0,
         "line_structure": len(_UNIT_END.findall(skeleton)) / lines,
     }
 
@@ -295,18 +314,19 @@ def score_text(text: str, kind: str = "auto") -> dict[str, float]:
 
 
 def _is_program(source: str) -> tuple[bool, int]:
-    """Whether ``source`` parses as Python with at least one statement that is not a bare name
-    or constant (a prose word parses as a name), and the number of statements."""
+    """Whether ``source`` parses as Python, and its number of statements that are not a bare
+    name or constant (a prose word parses as a name). Comments and blank lines alone parse,
+    with no statement: they may sit inside a program."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False, 0
-    real = [
-        s
-        for s in tree.body
-        if not (isinstance(s, ast.Expr) and isinstance(s.value, (ast.Name, ast.Constant)))
-    ]
-    return bool(real), sum(isinstance(n, ast.stmt) for n in ast.walk(tree))
+    statements = sum(
+        not (isinstance(s, ast.Expr) and isinstance(s.value, (ast.Name, ast.Constant)))
+        for s in ast.walk(tree)
+        if isinstance(s, ast.stmt)
+    )
+    return statements > 0 or not tree.body, statements
 
 
 def _comment_chars(code: str) -> int:
@@ -332,18 +352,22 @@ def code_regions(text: str, kind: str) -> tuple[list[tuple[int, int]], int]:
             return [(0, len(text))], _comment_chars(text) + docstrings
     spans: list[tuple[int, int]] = []
     comments = 0
-    fences = [(m.start(), m.end()) for m in _FENCE.finditer(text)]
+    fences = [(m.start(), m.end()) for m in _FENCE.finditer(text)] if "```" in text else []
     for a, b in fences:
         comments += _comment_chars(text[a:b])
     bounds = [0]
     for a, b in fences:
         bounds += [a, b]
     bounds.append(len(text))
+    lined = "\n" + text  # lined[i + 1] is text[i]
     for gap in range(0, len(bounds), 2):
         lo, hi = bounds[gap], bounds[gap + 1]
-        for m in _PY_RUN.finditer(text, lo, hi):
-            for a, b, n_comments in _program_spans(m.group(0)):
-                spans.append((m.start() + a, m.start() + b))
+        for m in _PY_RUN.finditer(lined, lo, hi + 1):
+            start, run = m.start(), lined[m.start() + 1 : m.end()]
+            if "\n" not in run.strip():
+                continue  # one line: no program (see _program_spans)
+            for a, b, n_comments in _program_spans(run):
+                spans.append((start + a, start + b))
                 comments += n_comments
     spans += fences
     spans.sort()
@@ -354,7 +378,8 @@ def _program_spans(run: str) -> list[tuple[int, int, int]]:
     """The parts of a run of Python-looking lines that are programs: the run is cut before
     each line at its least indentation (one top-level statement group each, so an indented
     prose paragraph costs one failing parse per line, not a quadratic search); maximal
-    sequences of groups that parse, holding at least two statements, are programs. Returns
+    sequences of groups that parse (comment-only groups included) are programs when they hold
+    a real statement and two non-blank lines. Returns
     ``(start, end, comment characters)`` within ``run``."""
     indent = min((len(m.group(1)) for m in _INDENT.finditer(run) if m.group(2)), default=0)
     top = re.compile(r"^[ \t]{%d}(?=\S)" % indent, _M)
@@ -370,8 +395,11 @@ def _program_spans(run: str) -> list[tuple[int, int, int]]:
             statements += n
         if start is not None and (not good or i == len(cuts) - 2):
             end = cuts[i + 1] if good else cuts[i]
-            if statements >= 2:
-                found.append((start, end, _comment_chars(run[start:end])))
+            part = run[start:end]
+            # a program: one real statement at least, over two lines at least (a lone "x = 3"
+            # line in a math page is an equation, not a program)
+            if statements and _NONBLANK_LINE.subn("", part)[1] >= 2:
+                found.append((start, end, _comment_chars(part)))
             start, statements = None, 0
     return found
 
