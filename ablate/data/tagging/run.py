@@ -110,19 +110,23 @@ def run_tag_job(job: TagJob) -> TagJobResult:
             kind = job.kind
             if kind == "auto" and row.get("kind") in KINDS:
                 kind = row["kind"]  # a 'files' row knows its file's kind
+            number = (first_line + where.i) if hasattr(where, "i") else _row_number(where)
+            ref = {k: row[k] for k in REF_FIELDS if k in row}
             try:
                 segments = tagger.segments(Document(text, kind))
             except SkipDocument as exc:
                 if job.on_invalid != "skip":
+                    # name what the user has: the file a 'files' row came from, never staging
+                    origin = ref.get("path") or (
+                        f"{job.shown_path}: line {number}" if job.shown_path[:1] == "<" else where
+                    )
                     raise DataError(
-                        f"{where}: {exc} (set on_invalid: skip on the source to skip and count "
+                        f"{origin}: {exc} (set on_invalid: skip on the source to skip and count "
                         "such documents)"
                     ) from None
                 reason = str(exc)
                 result.skipped[reason] = result.skipped.get(reason, 0) + 1
                 continue
-            number = (first_line + where.i) if hasattr(where, "i") else _row_number(where)
-            ref = {k: row[k] for k in REF_FIELDS if k in row}
             for i, seg in enumerate(segments):
                 domain = tagger.decide(seg.scores, thresholds)
                 record = {
