@@ -150,7 +150,10 @@ def test_gsm8k_train_split_becomes_structured_math(tmp_path, capsys):
     m = prepare(spec, str(tmp_path / "g"), workers=2).manifest
     train_rows = sum(1 for line in open(os.path.join(GSM8K, "train.jsonl")) if line.strip())
     by_domain = {e.domain: e for e in m.datasets}
-    assert by_domain["math.structured"].documents == train_rows == 7473
+    # decontamination (on by default) drops the 11 train problems sharing a 13-gram with test
+    caught = m.decontamination["sources"]["gsm8k"]
+    assert caught["dropped"] == caught["by_eval_set"]["gsm8k"] == 11
+    assert by_domain["math.structured"].documents == train_rows - 11 == 7462
     if not os.path.isfile(os.path.join(GSM8K, "train_socratic.jsonl")):
         assert "math.structured.socratic" not in by_domain
         assert "Socratic level is skipped" in capsys.readouterr().err
@@ -173,6 +176,7 @@ def test_gsm8k_levels_are_selectable(tmp_path):
                 "options": {"levels": ["text", "structured"]},
             }
         ],
+        decontaminate=False,  # the levels alone: every train problem in both
     )
     m = prepare(spec, str(tmp_path / "g"), workers=1).manifest
     docs = {e.domain: e.documents for e in m.datasets}
