@@ -20,7 +20,13 @@ import pytest
 
 from ablate.data.stdlib_corpus import stdlib_files, strip_docs_and_comments
 from ablate.data.tagging.base import Document, SkipDocument
-from ablate.data.tagging.code import CodeTagger, comment_spans, notebook_code, read_notebook
+from ablate.data.tagging.code import (
+    CodeTagger,
+    comment_spans,
+    comments,
+    notebook_code,
+    read_notebook,
+)
 from ablate.data.tagging.registry import build_tagger, check_thresholds
 from ablate.errors import AblateError
 
@@ -74,6 +80,7 @@ def test_fast_comments_equal_tokenize_on_stdlib_modules(sample_modules):
     for name, source in sample_modules[:50]:
         expected = tokenize_comments(source)
         assert comment_spans(source) == expected, name
+        assert comments(source) == [source[a:b] for a, b in expected], name
         total += len(expected)
     assert total > 1000  # the sample is not trivially comment-free
 
@@ -94,6 +101,30 @@ def test_fast_comments_equal_tokenize_on_stdlib_modules(sample_modules):
 def test_fast_comments_equal_tokenize_on_tricky_strings(source):
     ast.parse(source)
     assert comment_spans(source) == tokenize_comments(source)
+
+
+def test_prose_counts_docstrings_and_comments_once():
+    source = 'def f():\n    ("doc one"  # note\n     "doc two")\n    return 1  # one\n'
+    [(domain, scores)] = tag(source, "python")
+    prose = len('"docone"#note"doctwo"#one')  # non-whitespace: the note counted once
+    total = len("".join(source.split()))
+    assert scores["prose_ratio"] == round(prose / total, 4)
+    assert scores["code_ratio"] == round(1 - prose / total, 4)
+    assert domain == "code.nl"
+    # no statement, no program: empty files, comments alone, a notebook without code cells
+    assert tag("", "python")[0][1]["parses"] == 0.0
+    assert tag("# only a comment\n", "python")[0][0] == "code.text"
+    prose_only = json.dumps({"cells": [{"cell_type": "markdown", "source": "Just words."}]})
+    assert tag(prose_only)[0] == (
+        "code.text",
+        {
+            "parses": 0.0,
+            "prose_ratio": 1.0,
+            "code_ratio": 0.0,
+            "doctest_lines": 0.0,
+            "markdown_cells": 1.0,
+        },
+    )
 
 
 def test_stdlib_modules_stripped_are_exec_and_shipped_are_nl():
@@ -133,8 +164,9 @@ def test_mbpp_programs_are_exec():
         rows = [json.loads(line) for line in f]
     # outside the test range 11-510: programs a training corpus may hold
     programs = [r["code"] for r in rows if not 11 <= r["task_id"] <= 510][::20]
-    decided = [tag(p)[0][0] for p in programs]
-    assert len(programs) >= 20 and decided.count("code.exec") == len(programs)
+    for kind in ("auto", "text", "python"):
+        decided = [tag(p, kind)[0][0] for p in programs]
+        assert len(programs) >= 20 and decided.count("code.exec") == len(programs)
 
 
 def test_markdown_with_fences_is_code_text_and_mostly_code_is_code():

@@ -2,9 +2,17 @@
 (``code.nl``) vs prose about code (``code.text``), and ``code`` (the parent tag) for code that is
 not a standalone program.
 
+Document kinds (``base.KINDS``): ``python`` is read as Python; ``notebook`` as ``.ipynb`` JSON,
+cell by cell (outputs ignored; JSON that is not nbformat 3/4-shaped is ``SkipDocument``);
+``markdown`` as prose with code blocks; ``auto`` (a JSONL row) is a notebook if it is a JSON
+object with ``cells``, else Python if it parses and is more than bare words ("Hello" parses),
+else prose with code blocks; ``text`` (any other file: ``.txt``, an unknown extension) is read
+as ``auto`` is, without the notebook check.
+
 Scores (floats rounded to 4 decimals, so that stored scores are stable byte for byte):
 
-* ``parses``: 1.0 if the code parses as Python 3 (``ast``). Python: the file. Notebook: its code
+* ``parses``: 1.0 if the code parses as Python 3 (``ast``) and holds at least one statement (an
+  empty file, or comments alone, is no program). Python: the file. Notebook: its code
   cells joined, IPython magics and shell lines (``%...``, ``!...``) dropped, and cells run by a
   non-Python cell magic (``%%bash``, ``%%html``, ...) left out. Markdown/prose: 0.0 (the
   document as a whole is not a program, whatever its code blocks hold).
@@ -56,6 +64,7 @@ import json
 import math
 import re
 import warnings
+from itertools import accumulate
 
 from ablate.data.tagging.base import KINDS, Document, Segment, SkipDocument, Tagger
 from ablate.errors import AblateError, show
@@ -63,13 +72,13 @@ from ablate.validate import check_choice, check_keys
 
 # Comments and string literals (all prefixes read the same way: the prefix letters precede the
 # quote and a backslash always escapes the next character, even in a raw string, as far as where
-# the literal ends). Alternation order matters: a triple quote is tried before a single one.
+# the literal ends). A triple quote is tried before an empty string. Each literal is written as
+# "normal* (special normal*)*" with disjoint normal and special characters, so that a literal
+# that never ends (in text that does not parse) fails in linear time, without backtracking.
 _LEXEME = re.compile(
     r"""(?P<comment>\#[^\r\n]*)"""
-    r"""|'''(?:[^'\\]|\\.|'(?!''))*'''"""
-    r'''|"""(?:[^"\\]|\\.|"(?!""))*"""'''
-    r"""|'(?:[^'\\\r\n]|\\.)*'"""
-    r'''|"(?:[^"\\\r\n]|\\.)*"''',
+    r"""|'(?:''[^'\\]*(?:(?:\\.|'(?!''))[^'\\]*)*'''|[^'\\\r\n]*(?:\\.[^'\\\r\n]*)*')"""
+    r'''|"(?:""[^"\\]*(?:(?:\\.|"(?!""))[^"\\]*)*"""|[^"\\\r\n]*(?:\\.[^"\\\r\n]*)*")''',
     re.S,
 )
 _DOCTEST_LINE = re.compile(r"^[ \t]*>>>", re.M)
@@ -104,48 +113,64 @@ def comment_spans(source: str) -> list[tuple[int, int]]:
     return [m.span() for m in _LEXEME.finditer(source) if m.lastgroup == "comment"]
 
 
+def comments(source: str) -> list[str]:
+    """The text of every comment, in order (the same as ``comment_spans``; ``findall`` builds no
+    match objects, which is most of the cost on a file of many short strings)."""
+    return [c for c in _LEXEME.findall(source) if c]
+
+
 def _line_starts(source: str) -> list[int]:
     """Character offset of each line's start; lines split on '\\n' as ``ast`` counts them (a
     '\\r\\n' line keeps its '\\r'; form feeds do not end a line)."""
-    starts = [0]
-    pos = 0
-    for line in source.split("\n")[:-1]:
-        pos += len(line) + 1
-        starts.append(pos)
-    return starts
+    lengths = accumulate(map(len, source.split("\n")), initial=0)
+    return [n + i for i, n in enumerate(lengths)]
 
 
 def _offset(source: str, starts: list[int], lineno: int, col_bytes: int) -> int:
     """Character offset of ``ast``'s (lineno, UTF-8 byte column)."""
     start = starts[lineno - 1]
-    end = starts[lineno] if lineno < len(starts) else len(source)
-    line = source[start:end]
+    line = source[start : starts[lineno]]
     if line.isascii():
         return start + col_bytes
     return start + len(line.encode("utf-8")[:col_bytes].decode("utf-8", "replace"))
 
 
-def _string_statements(tree: ast.Module):
+# The statement lists of compound statements: only these are walked for string statements.
+_BLOCKS = {
+    ast.FunctionDef: ("body",),
+    ast.AsyncFunctionDef: ("body",),
+    ast.ClassDef: ("body",),
+    ast.If: ("body", "orelse"),
+    ast.For: ("body", "orelse"),
+    ast.AsyncFor: ("body", "orelse"),
+    ast.While: ("body", "orelse"),
+    ast.With: ("body",),
+    ast.AsyncWith: ("body",),
+    ast.Try: ("body", "orelse", "finalbody"),
+}
+if hasattr(ast, "TryStar"):
+    _BLOCKS[ast.TryStar] = ("body", "orelse", "finalbody")
+
+
+def _string_statements(tree: ast.Module) -> list[ast.Constant]:
     """Every bare string expression statement (docstrings included), walking statement lists
     only: the expressions below them are most of a tree's nodes and hold no statements."""
+    found = []
     todo = [tree.body]
     while todo:
         for stmt in todo.pop():
-            if (
-                isinstance(stmt, ast.Expr)
-                and isinstance(stmt.value, ast.Constant)
-                and isinstance(stmt.value.value, str)
-            ):
-                yield stmt.value
-                continue
-            for name in ("body", "orelse", "finalbody"):
-                block = getattr(stmt, name, None)
-                if isinstance(block, list):
-                    todo.append(block)
-            for handler in getattr(stmt, "handlers", ()):
-                todo.append(handler.body)
-            for case in getattr(stmt, "cases", ()):
-                todo.append(case.body)
+            kind = type(stmt)
+            if kind is ast.Expr:
+                value = stmt.value
+                if type(value) is ast.Constant and type(value.value) is str:
+                    found.append(value)
+            elif kind in _BLOCKS:
+                todo.extend(getattr(stmt, name) for name in _BLOCKS[kind])
+                for handler in getattr(stmt, "handlers", ()):
+                    todo.append(handler.body)
+            elif kind.__name__ == "Match":
+                todo.extend(case.body for case in stmt.cases)
+    return found
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -159,7 +184,7 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _spans_nonspace(text: str, spans: list[tuple[int, int]]) -> int:
-    return sum(_nonspace(text[a:b]) for a, b in _merged(spans))
+    return _nonspace("".join(text[a:b] for a, b in _merged(spans)))
 
 
 def parse_python(source: str) -> ast.Module | None:
@@ -175,17 +200,17 @@ def parse_python(source: str) -> ast.Module | None:
 
 def python_counts(source: str, tree: ast.Module | None) -> tuple[int, int]:
     """(prose, total) non-whitespace characters: prose = comments + string statements."""
-    spans = comment_spans(source)
+    prose = _nonspace("".join(comments(source)))
     if tree is not None:
-        starts = _line_starts(source)
-        for node in _string_statements(tree):
-            spans.append(
-                (
-                    _offset(source, starts, node.lineno, node.col_offset),
-                    _offset(source, starts, node.end_lineno, node.end_col_offset),
-                )
-            )
-    return _spans_nonspace(source, spans), _nonspace(source)
+        nodes = _string_statements(tree)
+        starts = _line_starts(source) if nodes else []
+        for node in nodes:
+            start = _offset(source, starts, node.lineno, node.col_offset)
+            text = source[start : _offset(source, starts, node.end_lineno, node.end_col_offset)]
+            prose += _nonspace(text)
+            if "#" in text:  # implicitly concatenated strings with a comment between them,
+                prose -= _nonspace("".join(comments(text)))  # counted once, as a comment
+    return prose, _nonspace(source)
 
 
 def code_block_spans(text: str) -> list[tuple[int, int]]:
@@ -194,6 +219,10 @@ def code_block_spans(text: str) -> list[tuple[int, int]]:
     spans += [m.span("body") for m in _LITERAL.finditer(text)]
     spans += [m.span() for m in _DOCTEST_BLOCK.finditer(text)]
     return spans
+
+
+def _is_program(tree: ast.Module | None) -> bool:
+    return tree is not None and len(tree.body) > 0
 
 
 def _bare_words(tree: ast.Module) -> bool:
@@ -226,6 +255,11 @@ def read_notebook(text: str) -> list[tuple[str, str]]:
         nb = json.loads(text)
     except (ValueError, RecursionError):
         raise SkipDocument(_NOT_NOTEBOOK) from None
+    return notebook_cells(nb)
+
+
+def notebook_cells(nb: object) -> list[tuple[str, str]]:
+    """``read_notebook`` on JSON already loaded."""
     if not isinstance(nb, dict):
         raise SkipDocument(_NOT_NOTEBOOK)
     if "cells" in nb:  # nbformat 4
@@ -265,14 +299,16 @@ def notebook_code(cells: list[tuple[str, str]]) -> str:
     return "\n".join(parts) + "\n" if parts else ""
 
 
-def _is_notebook_json(text: str) -> bool:
+def _notebook_json(text: str) -> dict | None:
+    """An "auto" row's JSON if it is a JSON object with "cells" (or nbformat 3's "worksheets"):
+    it claims to be a notebook, and is read (or skipped) as one."""
     if not text.lstrip().startswith("{"):
-        return False
+        return None
     try:
         nb = json.loads(text)
     except (ValueError, RecursionError):
-        return False
-    return isinstance(nb, dict) and ("cells" in nb or "worksheets" in nb)
+        return None
+    return nb if isinstance(nb, dict) and ("cells" in nb or "worksheets" in nb) else None
 
 
 class CodeTagger(Tagger):
@@ -325,7 +361,7 @@ class CodeTagger(Tagger):
     def _python_scores(self, text: str, tree: ast.Module | None) -> dict[str, float]:
         prose, total = python_counts(text, tree)
         scores = {
-            "parses": 1.0 if tree is not None else 0.0,
+            "parses": 1.0 if _is_program(tree) else 0.0,
             "prose_ratio": prose / total if total else 0.0,
             "code_ratio": (total - prose) / total if total else 0.0,
             "doctest_lines": len(_DOCTEST_LINE.findall(text)),
@@ -354,7 +390,7 @@ class CodeTagger(Tagger):
         total = sum(_nonspace(s) for _, s in cells)
         prose = min(total, markdown + code_prose)
         scores = {
-            "parses": 1.0 if tree is not None else 0.0,
+            "parses": 1.0 if _is_program(tree) else 0.0,
             "prose_ratio": prose / total if total else 0.0,
             "code_ratio": (total - prose) / total if total else 0.0,
             "doctest_lines": sum(len(_DOCTEST_LINE.findall(s)) for _, s in cells),
@@ -372,8 +408,9 @@ class CodeTagger(Tagger):
             )
         text = doc.text
         kind = doc.kind
-        if kind == "auto" and _is_notebook_json(text):
-            kind = "notebook"
+        nb = _notebook_json(text) if kind == "auto" else None
+        if nb is not None:
+            return self._notebook_segments(notebook_cells(nb))
         if kind == "notebook":
             return self._notebook_segments(read_notebook(text))
         if kind == "markdown":
