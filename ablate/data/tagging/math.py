@@ -182,11 +182,12 @@ class MathTagger(Tagger):
     version = "1"
     domains = ("math.structured", "math.text", "math.code")
     scores = ("structure_score", "code_ratio", "reasoning_ratio", *FEATURES)
-    thresholds = {"structure_score": 0.45, "code_ratio": 0.2, "reasoning_ratio": 0.05}
+    thresholds = {"structure_score": 0.45, "code_ratio": 0.04, "reasoning_ratio": 0.05}
 
     def __init__(self, options: dict | None = None, where: str = "tagger_options"):
+        # checked before the base class copies it (dict() of a list is a TypeError, not a line)
+        check_keys({} if options is None else options, OPTIONS, where)
         super().__init__(options, where)
-        check_keys(self.options, OPTIONS, where)
         segment = self.options.get("segment", "none")
         check_choice(segment, SEGMENT_MODES, field_where(where, "segment"))
         min_chars = self.options.get("min_chars", DEFAULT_MIN_CHARS)
@@ -307,7 +308,8 @@ def score_text(text: str, kind: str = "auto") -> dict[str, float]:
         "reasoning_ratio": (nonspace - code_chars + comment_chars) / nonspace if nonspace else 0.0,
         **features,
     }
-    return {k: round(min(1.0, max(0.0, v)), 4) for k, v in scores.items()}
+    # in the declared order, whatever order the features were computed in
+    return {k: round(min(1.0, max(0.0, scores[k])), 4) for k in MathTagger.scores}
 
 
 # ------------------------------------------------------------------------------- code
