@@ -186,6 +186,10 @@ def test_markdown_with_fences_is_code_text_and_mostly_code_is_code():
     doctest = "Add numbers:\n\n>>> 1 + 1\n2\n>>> sum([1, 2])\n3\n\nEasy."
     [(_, scores)] = tag(doctest, "text")
     assert scores["doctest_lines"] == 2 and scores["code_ratio"] > 0.3
+    # a plain-text file of another language is code, not prose (markdown must mark its code)
+    c_file = '#include <stdio.h>\n\nint main(void) {\n    printf("hi\\n");\n    return 0;\n}\n'
+    assert tag(c_file, "text")[0][0] == "code"
+    assert tag(c_file, "markdown")[0][0] == "code.text"
     # a bare word parses as Python, but is prose
     assert tag("Hello")[0][0] == "code.text"
     # a Python file that does not parse (Python 2) is code, not a program

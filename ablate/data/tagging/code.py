@@ -92,6 +92,14 @@ _LITERAL = re.compile(
     re.M,
 )
 _DOCTEST_BLOCK = re.compile(r"^[ \t]*>>>[^\n]*\n(?:[ \t]*\S[^\n]*\n)*", re.M)
+# In a plain-text file (no fences: a C or JavaScript file, a shell script) lines that only code
+# writes: ending in ';', '{' or '}', starting with '}', a C comment or preprocessor line, or a
+# Python def/class header. Prose wraps on such a line rarely (at most 8 lines of a pydoc topic).
+_CODE_LINE = re.compile(
+    r"^[ \t]*(?:\#include\b|\#define\b|//|/\*|\}|(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(.*\)[^\n]*:"
+    r"|class[ \t]+\w+[^\n]*:)[^\n]*$|^[^\n]*[;{}][ \t]*$",
+    re.M,
+)
 _MAGIC_LINE = re.compile(r"^[ \t]*[%!][^\n]*\n?", re.M)
 # Cell magics whose body is Python (the cell stays, without its magic line); any other cell
 # magic (%%bash, %%html, %%writefile, ...) runs something else, so the cell is not Python code.
@@ -369,10 +377,15 @@ class CodeTagger(Tagger):
         }
         return self._finish(scores, text)
 
-    def _prose_scores(self, text: str) -> dict[str, float]:
+    def _prose_scores(self, text: str, code_lines: bool) -> dict[str, float]:
+        """Scores of a text read as prose with code in it; ``code_lines``: a plain-text file,
+        where code lines outside any block count as code too (markdown marks its code)."""
         total = _nonspace(text)
         padded = text if text.endswith("\n") else text + "\n"
-        code = _spans_nonspace(padded, code_block_spans(padded))
+        spans = code_block_spans(padded)
+        if code_lines:
+            spans += [m.span() for m in _CODE_LINE.finditer(padded)]
+        code = _spans_nonspace(padded, spans)
         scores = {
             "parses": 0.0,
             "prose_ratio": (total - code) / total if total else 0.0,
@@ -414,14 +427,14 @@ class CodeTagger(Tagger):
         if kind == "notebook":
             return self._notebook_segments(read_notebook(text))
         if kind == "markdown":
-            return [Segment(text, self._prose_scores(text))]
+            return [Segment(text, self._prose_scores(text, code_lines=False))]
         tree = parse_python(text)
         if kind == "python":
             return [Segment(text, self._python_scores(text, tree))]
         # auto / text: Python if it parses and does something; prose (with code blocks) else
         if tree is not None and not _bare_words(tree):
             return [Segment(text, self._python_scores(text, tree))]
-        return [Segment(text, self._prose_scores(text))]
+        return [Segment(text, self._prose_scores(text, code_lines=True))]
 
     def _notebook_segments(self, cells: list[tuple[str, str]]) -> list[Segment]:
         groups: list[list[tuple[str, str]]] = []
