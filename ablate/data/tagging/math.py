@@ -160,10 +160,11 @@ _CALC_LINE = re.compile(r"<<[^<>\n]*=[^<>\n]*>>[^\n]*")
 _FINAL_LINE = re.compile(r"\n(?:####[ \t]*\S|(?:Final )?[Aa]nswer[ \t]*:)")
 _ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is\b")
 _UNIT_END = re.compile(r"\n" + _SHORT + r"[^\n]*(?:[.!?:;$})\]\d\x01]|\\\\)[ \t]*(?=\n|\Z)")
-# Python candidate lines: a statement keyword, an assignment, a call, a comment, or indentation
+# Python candidate lines: a statement keyword, an assignment, a call, a comment (not GSM8K's
+# "#### N" answer line), or indentation
 _PY_LINE = (
-    r"[ \t]*(?:#|(?:def|class|for|while|if|elif|else|try|except|finally|with|return|import|from"
-    r"|print|assert|raise|yield|async|await)\b|[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?"
+    r"[ \t]*(?:#(?!###)|(?:def|class|for|while|if|elif|else|try|except|finally|with|return"
+    r"|import|from|print|assert|raise|yield|async|await)\b|[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?"
     r"(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*[ \t]*(?:[-+*/%]|//|\*\*)?=(?!=)"
     r"|[A-Za-z_][\w.]*\(.*\)[ \t]*(?=\n|\Z))"
     r"|[ \t]+\S"
