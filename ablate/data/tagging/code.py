@@ -23,7 +23,9 @@ Scores (floats rounded to 4 decimals, so that stored scores are stable byte for 
 * ``code_ratio``: non-whitespace characters of code outside comments and docstrings over all;
   for markdown/prose the characters inside code blocks (fenced ````` ``` ````` / ``~~~`` blocks,
   indented literal blocks after a line ending in ``:`` or ``::`` (rst source, and rst rendered as
-  text as in ``pydoc_data``), and ``>>>`` doctest blocks).
+  text as in ``pydoc_data``), and ``>>>`` doctest blocks); a plain-text file (``text``, or an
+  ``auto`` row that is not Python) also counts lines only code writes (ending in ``;``/``{``/``}``,
+  C comments, ``#include``, ``def``/``class`` headers), so that a C file is not prose.
 * ``doctest_lines``: lines starting with ``>>>``; ``markdown_cells``: notebook markdown cells.
 * ``executes`` (only with option ``execute: true``): 1.0 if the program ran to completion with
   exit status 0 within ``timeout_s`` in the project's sandbox (``ablate.evals.sandbox``), else
@@ -36,10 +38,13 @@ Decision (``score >= threshold`` passes), in this order:
    ``code.exec`` nor ``code.nl`` (both say "this is Python code") can be claimed. With
    ``code_ratio < thresholds["code_ratio"]`` it is prose about code, ``code.text``; otherwise it
    is mostly code we cannot read as a program (another language, Python 2, a fragment): ``code``.
+   (Prose that mentions code is the common case among texts that do not parse, and a corpus of
+   code.text must not receive source files of other languages: hence the two-way cut.)
 2. It parses and has notebook markdown cells or ``prose_ratio >= thresholds["prose_ratio"]``:
    ``code.nl`` (markdown cells are natural language interleaved with the code by construction).
 3. It parses with little prose: ``code.exec``, unless execution is on and
    ``executes < thresholds["executes"]``: then ``code`` (code that is not standalone-executable).
+   The sandbox has the standard library only: a program importing numpy does not execute.
 
 Options: ``segment`` (``none``, default, or ``cells``: a notebook is cut into segments, each a
 markdown cell with the code cells that follow it, and a run of code cells before the first
@@ -53,8 +58,10 @@ together hold every cell once, in order.
 Comments are found by one regular expression that matches comments and string literals, the way
 ``tokenize`` reads them, at C speed (the pure-Python ``tokenize`` is the slow part of a
 straightforward tagger); for code that parses the comments found are exactly ``tokenize``'s
-(tested on standard-library modules). On Python >= 3.12 an f-string may nest quotes of its own
-kind, which this expression does not follow; such code is rare and only miscounts its comments.
+(tested on standard-library modules; all 13,341 ``.py`` files under a 3.11 stdlib directory
+agree). With ``ast`` doing the parsing this runs about 3x faster than ``ast`` + ``tokenize`` per
+document. On Python >= 3.12 an f-string may nest quotes of its own kind, which this expression
+does not follow; such code is rare and only miscounts its comments.
 """
 
 from __future__ import annotations
