@@ -248,7 +248,11 @@ def materialize_gsm8k(source: Source, raw_dir: str, base_dir: str) -> Materializ
                         f"{path}: line {i + 1}: expected 'question' and 'answer' strings"
                     )
                 rows.append(
-                    {"text": render(row["question"], row["answer"]), "domain": LEVEL_DOMAINS[lv]}
+                    {
+                        "text": render(row["question"], row["answer"]),
+                        "domain": LEVEL_DOMAINS[lv],
+                        "id": f"{name}:{i + 1}:{lv}",  # provenance: file, row, rendering
+                    }
                 )
     out = os.path.join(raw_dir, f"{source.name}.jsonl")
     write_jsonl(out, rows)

