@@ -58,6 +58,9 @@ def test_real_data_tagged_decontaminated_and_trained(tmp_path, monkeypatch, cli)
         assert e.provenance["tagger"]["name"] in ("code", "math")
         assert e.provenance["tagger"]["version"] and e.provenance["thresholds"]
     assert set(SIX) <= set(by_domain), by_domain
+    shown = cli("data", "inspect", "data/real-study")
+    assert "math500: 500 of 500 documents overlap (math500 500), 500 dropped" in shown.out
+    assert "tagged: gsm8k by math v" in shown.out and "[reused shards]" in shown.out
     assert all(by_domain[d] > 300_000 for d in SIX), by_domain
 
     # the recipe, shrunk to the tiny model and a few steps, trains to its exact budget

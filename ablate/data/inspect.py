@@ -66,4 +66,40 @@ def domain_table(manifest: Manifest) -> str:
             "probes: "
             + ", ".join(f"{k} ({v['count']})" for k, v in sorted(manifest.probes.items()))
         )
+    out += _tagging_lines(manifest) + _decontamination_lines(manifest)
     return "\n".join(out)
+
+
+def _tagging_lines(manifest: Manifest) -> list[str]:
+    """Which tagger decided each tagged source's domains, with what thresholds."""
+    lines = []
+    for source, rec in sorted(manifest.tagging.items()):
+        tagger = rec.get("tagger") or {}
+        thresholds = ", ".join(f"{k} >= {v}" for k, v in sorted(rec.get("thresholds", {}).items()))
+        skipped = sum((rec.get("skipped") or {}).values())
+        lines.append(
+            f"tagged: {source} by {tagger.get('name')} v{tagger.get('version')} ({thresholds})"
+            + (f", {skipped:,} documents skipped" if skipped else "")
+            + (" [reused shards]" if rec.get("reused") else "")
+        )
+    return lines
+
+
+def _decontamination_lines(manifest: Manifest) -> list[str]:
+    """Per source: documents that share an n-gram with an eval set, and what was done."""
+    dc = manifest.decontamination
+    if not dc:
+        return []
+    if not dc.get("enabled"):
+        return ["decontamination: off"]
+    sets = ", ".join(s["name"] for s in dc.get("against", {}).get("sets", []))
+    lines = [f"decontamination: {dc.get('ngram')}-grams against {sets}; action {dc.get('action')}"]
+    for source, c in sorted(dc.get("sources", {}).items()):
+        by_set = ", ".join(f"{k} {v:,}" for k, v in c.get("by_eval_set", {}).items())
+        lines.append(
+            f"  {source}: {c.get('contaminated', 0):,} of {c.get('documents', 0):,} documents"
+            f" overlap{f' ({by_set})' if by_set else ''}, {c.get('dropped', 0):,} dropped"
+        )
+    if dc.get("missing"):
+        lines.append("  not found, not checked: " + ", ".join(dc["missing"]))
+    return lines
