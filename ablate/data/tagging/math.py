@@ -124,26 +124,25 @@ _MULTIROW_ENV = re.compile(r"\\begin\{(?:align|eqnarray|gather|multline|flalign|
 # position. So every pattern starts with a literal: line patterns run on the text with a
 # newline put in front and start at that newline ("\n" + line), and "lines holding X" patterns
 # are X followed by the rest of its line (a second X on that line is consumed, not counted).
-_INLINE = re.compile(r"\$(?<![\\$]\$)(?!\$)[^$\n]+?(?<!\\)\$|\\\([^\n]*?\\\)")
-_ARITH = re.compile(
-    r"\d[\d,]*(?:\.\d+)?%?(?:[ \t]*(?:[-+*/×÷^]|x(?= ))[ \t]*\$?\(?\d[\d,]*(?:\.\d+)?%?\)?)*"
-    r"[ \t]*=[ \t]*\$?-?\d[\d,]*(?:\.\d+)?%?"
-)
+# inline math: $...$ (escaped \$ inside allowed; the body read greedily, not lazily) or \(...\)
+_INLINE = re.compile(r"\$(?<![\\$]\$)(?!\$)[^$\n\\]*(?:\\[^\n][^$\n\\]*)*\$|\\\([^\n]*?\\\)")
+# outside LaTeX, plain-text computations ("48/2 = 24") count by their digits and operators
+_ARITH_CHARS = "0123456789+-*/=×÷%^"
 _DISPLAY_MARK = "\x01"  # a line of display math, in the skeleton text
 _RELATION = (
     r"(?:=(?<![<>=!]=)(?![=>])|\\(?:leq?|geq?|neq?|equiv|approx|cong|lt|gt)(?![A-Za-z])|\x01)"
 )
 _NONBLANK = re.compile(r"\n[ \t]*[^\s]")
-_SHORT = r"(?=[^\n]{1," + str(SHORT_LINE) + r"}(?:\n|\Z))"
-# an equation line: short, one sentence (no sentence end with more text after it on the line:
-# two sentences on a line are a paragraph, however short), holding a relation
-_ONE_SENTENCE = r"(?![^\n]*?[.!?]\$?[ \t]+[^\s*])"
-_EQ_LINE = re.compile(r"\n" + _SHORT + _ONE_SENTENCE + r"[^\n]*?" + _RELATION)
-# sentences holding a relation: sentence ends (. ! ? before a space) become line breaks, then
-# lines holding a relation are counted (a regex matching whole sentences around a relation
-# backtracks quadratically on sentences without one)
-_SENTENCE_END = re.compile(r"(?<=[.!?])[ \t]+")
-_HAS_RELATION = re.compile(_RELATION + r"[^\n]*")
+# lines holding a relation: the relation and the rest of its line (a second relation on the
+# line is consumed, not counted); whether the line is short and one sentence is checked on
+# these few lines only
+_RELATION_LINE = re.compile(_RELATION + r"[^\n]*")
+# a sentence end with more text after it on the same line: two sentences on a line are a
+# paragraph, however short
+_TWO_SENTENCES = re.compile(r"[.!?]\$?[ \t]+[^\s*]")
+# sentences holding a relation: a relation and the rest of its sentence (to . ! ? before a
+# space or tab, or to the end of the line), so one match per such sentence
+_EQ_SENTENCE = re.compile(_RELATION + r"[^\n.!?]*(?:[.!?](?![ \t])[^\n.!?]*)*")
 _STEP = re.compile(
     r"\n[ \t]*(?:"
     r"(?:Step|STEP|Part)[ \t]*\d+"
@@ -153,25 +152,46 @@ _STEP = re.compile(
     r"|[-*\u2022](?=[ \t])"
     r"|(?:First|Second|Third|Fourth|Fifth|Next|Then|Finally|Lastly)\b"
     r"|[QA]\d*[:.](?=[ \t])"
-    r"|[^\n]*?\?[ \t]*\*\*"  # Socratic: "How many ...? ** answer"
     r")"
 )
+_SOCRATIC = re.compile(r"\?[ \t]*\*\*[^\n]*")  # "How many ...? ** answer": once per line
 _CALC_LINE = re.compile(r"<<[^<>\n]*=[^<>\n]*>>[^\n]*")
 _FINAL_LINE = re.compile(r"\n(?:####[ \t]*\S|(?:Final )?[Aa]nswer[ \t]*:)")
 _ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is\b")
-_UNIT_END = re.compile(r"\n" + _SHORT + r"[^\n]*(?:[.!?:;$})\]\d\x01]|\\\\)[ \t]*(?=\n|\Z)")
-# Python candidate lines: a statement keyword, an assignment, a call, a comment (not GSM8K's
-# "#### N" answer line), or indentation
-_PY_LINE = (
-    r"[ \t]*(?:#(?!###)|(?:def|class|for|while|if|elif|else|try|except|finally|with|return"
-    r"|import|from|print|assert|raise|yield|async|await)\b|[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?"
-    r"(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*[ \t]*(?:[-+*/%]|//|\*\*)?=(?!=)"
-    r"|[A-Za-z_][\w.]*\(.*\)[ \t]*(?=\n|\Z))"
-    r"|[ \t]+\S"
+# a line ending a unit: the newline after a sentence end, a number, closing math or a row
+# break (up to two blanks before the newline); long lines are taken out after
+_UNIT_END = re.compile(
+    r"\n(?:(?<=[.!?:;$})\]\d\x01]\n)|(?<=[.!?:;$})\]\d\x01][ \t]\n)"
+    r"|(?<=[.!?:;$})\]\d\x01][ \t][ \t]\n)|(?<=\\\\\n)|(?<=\\\\[ \t]\n))"
 )
-# a run of candidate lines (blank lines inside it included), each line matched from the
-# newline before it (the text is scanned with a newline put in front)
-_PY_RUN = re.compile(r"(?:\n(?:" + _PY_LINE + r")[^\n]*(?:\n[ \t]*(?=\n))*)+")
+_LONG_LINE = re.compile(r"\n[^\n]{%d}[^\n]*" % (SHORT_LINE + 1))
+_UNIT_TAIL = re.compile(r"(?:[.!?:;$})\]\d\x01]|\\\\)[ \t]?\Z")
+
+# Python candidate lines: a statement keyword, an assignment, a call, a comment (not GSM8K's
+# "#### N" answer line), or indentation. "(?=(X))\1" matches X atomically (no atomic groups
+# before Python 3.11): a prose line's first word is read once, not backtracked letter by letter
+# for each alternative.
+
+
+def _py_line(group: int) -> str:
+    """The candidate-line pattern; ``group``: the number its identifier group has in the
+    compiled pattern (the line pattern appears twice in ``_PY_RUN``)."""
+    return (
+        r"[ \t]*(?:#(?!###)|(?:def|class|for|while|if|elif|else|try|except|finally|with|return"
+        r"|import|from|print|assert|raise|yield|async|await)\b"
+        r"|(?=([A-Za-z_][\w.]*))\%d(?:"
+        % group
+        + r"(?:\[[^\]\n]*\])?(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*)*[ \t]*(?:[-+*/%]|//|\*\*)?=(?!=)"
+        r"|\(.*\)[ \t]*(?=\n|\Z)))"
+        r"|[ \t]+\S"
+    )
+
+
+# a run of candidate lines (blank lines inside it included), each line matched from the newline
+# before it (the text is scanned with a newline put in front); the first line is spelled out
+# so that the pattern starts with a literal (a repeated group first is tried at every position)
+_PY_RUN_LINE = r"\n(?:%s)[^\n]*(?:\n[ \t]*(?=\n))*"
+_PY_RUN = re.compile(_PY_RUN_LINE % _py_line(1) + "(?:" + _PY_RUN_LINE % _py_line(2) + ")*")
 _INDENT = re.compile(r"^([ \t]*)(\S?)", _M)
 _NONBLANK_LINE = re.compile(r"^[ \t]*\S", _M)
 _COMMENT = re.compile(r"(?<![\w'\"])#[^\n]*")
@@ -220,14 +240,15 @@ class MathTagger(Tagger):
 
 
 def _nonspace(text: str) -> int:
-    return len(text) - sum(map(text.count, " \t\n\r\f\v"))
+    """Characters other than spaces, tabs and newlines (three C-level counts)."""
+    return len(text) - text.count(" ") - text.count("\n") - text.count("\t")
 
 
 def structure_features(text: str) -> dict[str, float]:
     """The seven structure features of ``text`` (code and figures already taken out),
     unrounded."""
     nonspace = _nonspace(text)
-    math_chars = sum(_nonspace(s) for s in _CALC.findall(text))
+    math_chars = _nonspace("".join(_CALC.findall(text)))
     calc_lines = len(_CALC_LINE.findall(text))
     text = _CALC.sub("", text)
 
@@ -246,19 +267,29 @@ def structure_features(text: str) -> dict[str, float]:
 
     # the skeleton starts with a newline: line patterns start at the newline before a line
     skeleton = "\n" + (_DISPLAY.sub(mark, text) if "\\" in text or "$$" in text else text)
-    if "$" in skeleton or "\\(" in skeleton:
-        math_chars += sum(_nonspace(s) for s in _INLINE.findall(skeleton))
-        math_chars += sum(_nonspace(s) for s in _ARITH.findall(_INLINE.sub("", skeleton)))
-    else:
-        math_chars += sum(_nonspace(s) for s in _ARITH.findall(skeleton))
+    plain = skeleton
+    # "$" delimits math only in LaTeX text: without any backslash it is a currency sign
+    # (GSM8K's "$12 an hour ... $10"), and the inline-math scan is skipped
+    if "\\" in skeleton:
+        math_chars += _nonspace("".join(_INLINE.findall(skeleton)))
+        plain = _INLINE.sub("", skeleton)
+    math_chars += sum(map(plain.count, _ARITH_CHARS))
 
     nonblank = len(_NONBLANK.findall(skeleton))
     if nonblank == 0:
         return dict.fromkeys(FEATURES, 0.0)
     lines = max(nonblank, MIN_LINES)
-    eq_lines = len(_EQ_LINE.findall(skeleton))
-    eq_sentences = len(_HAS_RELATION.findall(_SENTENCE_END.sub("\n", skeleton)))
+    eq_lines = 0
+    for m in _RELATION_LINE.finditer(skeleton):
+        line = skeleton[skeleton.rfind("\n", 0, m.start()) + 1 : m.end()]
+        eq_lines += len(line) <= SHORT_LINE and not _TWO_SENTENCES.search(line)
+    eq_sentences = len(_EQ_SENTENCE.findall(skeleton))
     own_line = min(1.0, eq_lines / eq_sentences) if eq_sentences else 0.0
+    ended = skeleton + "\n"
+    unit_lines = len(_UNIT_END.findall(ended)) - sum(
+        _UNIT_TAIL.search(line) is not None for line in _LONG_LINE.findall(skeleton)
+    )
+    steps = len(_STEP.findall(skeleton)) + len(_SOCRATIC.findall(skeleton))
     final = (
         "\\boxed{" in skeleton
         or "\\fbox{" in skeleton
@@ -267,12 +298,12 @@ def structure_features(text: str) -> dict[str, float]:
     )
     return {
         "equation_lines": eq_lines / lines * own_line,
-        "numbered_steps": min(1.0, len(_STEP.findall(skeleton)) / lines),
+        "numbered_steps": min(1.0, steps / lines),
         "calc_annotations": min(1.0, calc_lines / lines),
         "align_envs": min(1.0, rows / lines),
         "equation_prose_ratio": min(1.0, math_chars / nonspace) if nonspace else 0.0,
         "final_answer": 1.0 if final else 0.0,
-        "line_structure": len(_UNIT_END.findall(skeleton)) / lines,
+        "line_structure": unit_lines / lines,
     }
 
 
