@@ -319,7 +319,7 @@ def _decontaminator(spec: CorporaSpec) -> tuple[str | None, dict]:
     record = {"enabled": bool(sets), "ngram": cfg.ngram, "action": cfg.action, "missing": missing}
     if not sets:
         return None, record
-    dc = Decontaminator(sets, n=cfg.ngram)
+    dc = Decontaminator.cached(sets, n=cfg.ngram)
     fd, path = tempfile.mkstemp(prefix="ablate-decontam-", suffix=".npz")
     os.close(fd)
     try:
