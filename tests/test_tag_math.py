@@ -342,3 +342,51 @@ def test_deterministic_across_processes_and_hash_seeds(gsm8k_train):
         for s in MathTagger({"min_chars": 50, "segment": "paragraphs"}).segments(Document(d))
     ]
     assert json.dumps(here) == outs[0]
+
+
+def _per_line_features(text: str) -> dict[str, float]:
+    """The line features of a text without LaTeX, computed the plain way (a loop over its
+    lines), to check the whole-text regexes' bookkeeping (a pattern that consumes the newline
+    after a line silently skips the next one)."""
+    from ablate.data.tagging import math as m
+
+    calc_lines = sum(1 for line in text.split("\n") if re.search(r"<<[^<>\n]*=[^<>\n]*>>", line))
+    lines = [line for line in m._CALC.sub("", text).split("\n") if line.strip(" \t")]
+    rel = re.compile(m._RELATION)
+    step = re.compile(m._STEP.pattern[2:])  # the label patterns, less their leading r"\n"
+    n = max(len(lines), m.MIN_LINES)
+    eq = sum(
+        len(line) <= m.SHORT_LINE and not m._TWO_SENTENCES.search(line) and bool(rel.search(line))
+        for line in lines
+    )
+    sentences = sum(
+        bool(rel.search(s)) for line in lines for s in re.split(r"(?<=[.!?])[ \t]+", line)
+    )
+    unit = 0
+    for line in lines:
+        body = line[:-1] if line.endswith((" ", "\t")) else line
+        body = body[:-1] if body.endswith((" ", "\t")) and not body.endswith("\\\\ ") else body
+        unit += len(line) <= m.SHORT_LINE and (
+            body[-1:] in set(".!?:;$})]0123456789") or body.endswith("\\\\")
+        )
+    steps = sum(bool(step.match(line)) or "?" in line and "**" in line for line in lines)
+    return {
+        "equation_lines": eq / n * min(1.0, eq / sentences) if sentences else 0.0,
+        "numbered_steps": min(1.0, steps / n),
+        "calc_annotations": min(1.0, calc_lines / n),
+        "line_structure": unit / n,
+    }
+
+
+@needs_gsm8k
+def test_whole_text_counts_match_a_per_line_loop(gsm8k_train):
+    from ablate.data.tagging.math import structure_features
+
+    rows = gsm8k_train[:400] + _rows(GSM8K / "test_socratic.jsonl", limit=200)
+    texts = [as_structured(r["question"], r["answer"]) for r in rows]
+    texts += [as_prose(r["question"], r["answer"]) for r in rows[:100]]
+    texts += ["Step 1. 3 + 4 = 7.  \n\n(a) 7 * 2 = 14\n- then 14 - 1 = 13\nSo: 13"]
+    for text in texts:
+        got = structure_features(text)
+        for name, value in _per_line_features(text).items():
+            assert got[name] == pytest.approx(value, abs=1e-12), (name, text)
