@@ -260,6 +260,39 @@ def test_planted_test_problems_are_caught(tmp_path, cli, action):
     assert counts["mbpp"]["by_eval_set"] == {"mbpp": 57} and counts["mbpp"]["documents"] == 474
 
 
+def test_local_lm_eval_task_is_an_eval_set(tmp_path, cli):
+    """A local lm-eval task's documents (tests/data/lm_eval_tasks) planted into a corpus are
+    dropped; the task directory is named in the corpora YAML."""
+    import shutil
+
+    pytest.importorskip("lm_eval")
+    tasks = tmp_path / "tasks"
+    shutil.copytree(os.path.join(REPO, "tests", "data", "lm_eval_tasks"), tasks)
+    for yaml_file in tasks.glob("*.yaml"):  # lm-eval resolves data_files from the cwd
+        yaml_file.write_text(yaml_file.read_text().replace("DATA_DIR", str(tasks)))
+    with open(os.path.join(tasks, "toy_text.jsonl"), encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f if line.strip()]
+    text = " ".join(str(v) for v in docs[0].values() if isinstance(v, str))
+    write_jsonl(
+        tmp_path / "in" / "a.jsonl",
+        [{"text": "Seen in training: " + text.upper()}, {"text": "unrelated words " * 20}],
+    )
+    spec = write_spec(
+        tmp_path / "c.yaml",
+        [{"path": "in", "domain": "general"}],
+        decontaminate={"against": ["lm_eval:toy_text"], "lm_eval_include": "tasks"},
+    )
+    assert cli("data", "prepare", spec, "--out", tmp_path / "d", "--workers", "1").rc == 0
+    with open(tmp_path / "d" / "manifest.json", encoding="utf-8") as f:
+        caught = json.load(f)["decontamination"]["sources"]["in"]
+    assert caught == {
+        "documents": 2,
+        "contaminated": 1,
+        "dropped": 1,
+        "by_eval_set": {"lm_eval:toy_text": 1},
+    }
+
+
 # --- refusals: one line, nothing written ----------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ decontaminate:                      # default: against every eval set the projec
   against: [gsm8k, math500, humaneval, mbpp]   # names, lm_eval:<task>, or files
   ngram: 13
   action: drop                      # drop | keep (count only)
+  lm_eval_include: tasks/           # where local lm-eval task YAMLs are (for lm_eval:<task>)
 ```
 
 ``decontaminate: false`` turns decontamination off. Without the key, documents are checked
@@ -77,7 +78,7 @@ _SOURCE_KEYS = (
 )
 _TOP_KEYS = ("tokenizer", "seed", "eval_fraction", "domains", "sources", "decontaminate")
 DEFAULT_EVAL_SETS = ("gsm8k", "math500", "humaneval", "mbpp")
-_DECONTAMINATE_KEYS = ("against", "ngram", "action")
+_DECONTAMINATE_KEYS = ("against", "ngram", "action", "lm_eval_include")
 
 
 @dataclass
@@ -108,9 +109,13 @@ class Decontaminate:
     ngram: int = 13
     action: str = "drop"  # drop | keep
     explicit: bool = False  # the YAML named the sets: a missing one is an error, not a note
+    lm_eval_include: str | None = None  # local lm-eval task YAMLs (for lm_eval:<task>)
 
     def to_dict(self) -> dict:
-        return {"against": list(self.against), "ngram": self.ngram, "action": self.action}
+        body = {"against": list(self.against), "ngram": self.ngram, "action": self.action}
+        if self.lm_eval_include:
+            body["lm_eval_include"] = self.lm_eval_include
+        return body
 
 
 @dataclass
@@ -319,7 +324,10 @@ def _decontaminate(value: object, where: str) -> Decontaminate | None:
         check_type(name, str, f"{where}.against[{i}]", "an eval set name or a file")
     ngram = check_number(value.get("ngram", 13), f"{where}.ngram", integer=True, ge=1, le=64)
     action = check_choice(value.get("action", "drop"), ("drop", "keep"), f"{where}.action")
-    return Decontaminate(list(against), ngram, action, explicit="against" in value)
+    include = value.get("lm_eval_include")
+    if include is not None:
+        check_type(include, str, f"{where}.lm_eval_include", "a directory of lm-eval task YAMLs")
+    return Decontaminate(list(against), ngram, action, "against" in value, include)
 
 
 def _default_name(path: str | None, reader: str, index: int) -> str:

@@ -305,7 +305,11 @@ def _decontaminator(spec: CorporaSpec) -> tuple[str | None, dict]:
     sets, missing = [], []
     for i, name in enumerate(cfg.against):
         try:
-            sets.extend(load_eval_sets([name], spec.base_dir, f"{where}[{i}]"))
+            sets.extend(
+                load_eval_sets(
+                    [name], spec.base_dir, f"{where}[{i}]", lm_eval_include=cfg.lm_eval_include
+                )
+            )
         except AblateError:
             if cfg.explicit:
                 raise
