@@ -390,3 +390,18 @@ def test_whole_text_counts_match_a_per_line_loop(gsm8k_train):
         got = structure_features(text)
         for name, value in _per_line_features(text).items():
             assert got[name] == pytest.approx(value, abs=1e-12), (name, text)
+
+
+@pytest.mark.parametrize(
+    "opener", ["\\[ x = 1 ", "\\( y ", "\\begin{align} x \\\\ ", "[asy] draw ", "```py\nx = 1\n"]
+)
+def test_unclosed_delimiters_cost_linear_time(opener):
+    """20000 unclosed openers: a lazy '.*?' from each one ran to the end of the text (17-24 s
+    for \\[ and \\( before the spans stopped at the next opener); now ~0.02 s."""
+    import time
+
+    text = opener * 20000
+    start = time.perf_counter()
+    score_text(text)
+    paragraph_spans(text, 200)
+    assert time.perf_counter() - start < 3.0

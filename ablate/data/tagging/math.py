@@ -128,18 +128,19 @@ DEFAULT_MIN_CHARS = 200
 
 # ------------------------------------------------------------------------------- patterns
 _M = re.M
-_S = re.S
 
-_ASY = re.compile(r"\[asy\].*?\[/asy\]", _S)
-_FENCE = re.compile(r"^[ \t]*```[^\n]*\n.*?^[ \t]*```[ \t]*$", _S | _M)
+# Delimited spans never scan past the next opening delimiter, so that text with many unclosed
+# openers costs linear time, not quadratic (a lazy ".*?" from each opener runs to the end).
+_ASY = re.compile(r"\[asy\](?:[^\[]|\[(?!/?asy\]))*\[/asy\]")
+# a fence: an opening ``` line, lines not starting with ```, a closing ``` line alone
+_FENCE = re.compile(r"^[ \t]*```[^\n]*\n(?:(?![ \t]*```)[^\n]*\n)*?[ \t]*```[ \t]*$", _M)
 _CALC = re.compile(r"<<[^<>\n]*>>")
 # display math: environments, \[..\], $$..$$ (non-greedy, DOTALL)
 _DISPLAY = re.compile(
     r"\\begin\{(align|eqnarray|gather|multline|equation|flalign|alignat|split|gathered|aligned"
-    r"|array|cases)(\*?)\}.*?\\end\{\1\2\}"
-    r"|\\\[.*?\\\]"
-    r"|\$\$.*?\$\$",
-    _S,
+    r"|array|cases)(\*?)\}(?:[^\\]|\\(?!begin\{\1\2\}|end\{\1\2\}))*\\end\{\1\2\}"
+    r"|\\\[(?:[^\\]|\\(?![\[\]]))*\\\]"
+    r"|\$\$(?:[^$]|\$(?!\$))*\$\$"
 )
 _MULTIROW_ENV = re.compile(r"\\begin\{(?:align|eqnarray|gather|multline|flalign|alignat)")
 # Speed: CPython's regex engine skips quickly to a literal (or one-character-class) first
@@ -148,7 +149,9 @@ _MULTIROW_ENV = re.compile(r"\\begin\{(?:align|eqnarray|gather|multline|flalign|
 # newline put in front and start at that newline ("\n" + line), and "lines holding X" patterns
 # are X followed by the rest of its line (a second X on that line is consumed, not counted).
 # inline math: $...$ (escaped \$ inside allowed; the body read greedily, not lazily) or \(...\)
-_INLINE = re.compile(r"\$(?<![\\$]\$)(?!\$)[^$\n\\]*(?:\\[^\n][^$\n\\]*)*\$|\\\([^\n]*?\\\)")
+_INLINE = re.compile(
+    r"\$(?<![\\$]\$)(?!\$)[^$\n\\]*(?:\\[^\n][^$\n\\]*)*\$|\\\((?:[^\\\n]|\\(?![()]))*\\\)"
+)
 # outside LaTeX, plain-text computations ("48/2 = 24") count by their digits and operators
 # (one C-level pass: the length lost when they are deleted)
 _ARITH_CHARS = "0123456789+-*/=×÷%^"
