@@ -54,7 +54,9 @@ class Tagger:
     thresholds: ClassVar[dict[str, float]]  # score -> default threshold (score >= t decides)
 
     def __init__(self, options: dict | None = None, where: str = "tagger_options"):
-        self.options = dict(options or {})
+        from ablate.validate import check_names
+
+        self.options = dict(check_names(options or {}, where, "a mapping of tagger options"))
         self.where = where
 
     def segments(self, doc: Document) -> list[Segment]:

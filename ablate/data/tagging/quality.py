@@ -143,6 +143,50 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> list[str
     return [fmt.format(*header)] + [fmt.format(*row) for row in rows]
 
 
+# tagger -> the score its first decision cuts on (the one a researcher moves in a sweep)
+DECIDING_SCORE = {"code": "prose_ratio", "math": "structure_score"}
+
+
+def score_figures(docs: list[LabelledDoc], split: str, out_dir: str) -> list[str]:
+    """One PNG per tagger: the distribution of its deciding score per labelled class, with the
+    default threshold drawn in, so a reader sees how far apart the classes sit and what moving
+    the threshold would cost. Returns the files written."""
+    import os
+
+    from matplotlib.figure import Figure
+
+    from ablate.data.tagging.base import Document
+
+    chosen = [d for d in docs if split == "all" or d.split == split]
+    written = []
+    for name in sorted({d.tagger for d in chosen}):
+        tagger = build_tagger(name, {}, "quality")
+        score = DECIDING_SCORE[name]
+        values: dict[str, list[float]] = {}
+        for d in chosen:
+            if d.tagger == name:
+                segments = tagger.segments(Document(d.text, d.kind))
+                values.setdefault(d.label, []).append(segments[0].scores.get(score, 0.0))
+        fig = Figure(figsize=(7, 3.2), dpi=110)
+        ax = fig.add_subplot()
+        bins = [i / 40 for i in range(41)]
+        for label in sorted(values):
+            ax.hist(values[label], bins=bins, alpha=0.55, label=f"{label} ({len(values[label])})")
+        cut = tagger.thresholds[score]
+        ax.axvline(cut, color="black", linestyle="--", linewidth=1)
+        ax.text(cut, ax.get_ylim()[1] * 0.95, f" threshold {cut}", va="top", fontsize=8)
+        ax.set_xlabel(f"{score} (tagger {name} v{tagger.version})")
+        ax.set_ylabel("documents")
+        ax.set_title(f"{name} tagger: {score} by labelled class, split {split}", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{name}-{score.replace('_', '-')}.png")
+        os.makedirs(out_dir, exist_ok=True)
+        fig.savefig(path, metadata={"Software": None})  # no version stamp: same input, same bytes
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ablate.data.tagging.quality",
@@ -155,9 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--errors", action="store_true", help="also list the misclassified documents"
     )
+    parser.add_argument(
+        "--figures", metavar="DIR", default=None, help="also write score histograms (PNG) to DIR"
+    )
     args = parser.parse_args(argv)
     try:
-        result = measure(load_labelled(args.labels, args.benchmarks), args.split)
+        docs = load_labelled(args.labels, args.benchmarks)
+        result = measure(docs, args.split)
+        if args.figures:
+            for path in score_figures(docs, args.split, args.figures):
+                print(f"wrote {path}", file=sys.stderr)
     except AblateError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
