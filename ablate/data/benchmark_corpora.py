@@ -71,7 +71,7 @@ def materialize_mbpp(source: Source, raw_dir: str, base_dir: str) -> Materialize
         program = code.replace("\r\n", "\n").strip("\n") + "\n"
         if opts.get("with_prompt"):
             program = f"# {text.strip()}\n{program}"
-        rows.append({"text": program, "domain": "code.exec", "task_id": task_id})
+        rows.append({"text": program, "domain": "code.exec", "task_id": task_id, "kind": "python"})
     out = os.path.join(raw_dir, f"{source.name}.jsonl")
     write_jsonl(out, rows)
     return Materialized([out])

@@ -118,11 +118,16 @@ def _indent(text: str) -> str:
 DOCUMENTS = ("exec", "nl", "modules", "topics")
 
 
-def topic_documents() -> list[str]:
-    """pydoc's help topics, in sorted key order: prose about the language, with examples."""
+def topic_items() -> list[tuple[str, str]]:
+    """pydoc's help topics as (key, text), in sorted key order: prose about the language, with
+    examples."""
     from pydoc_data.topics import topics
 
-    return [topics[key].strip() + "\n" for key in sorted(topics) if topics[key].strip()]
+    return [(key, topics[key].strip() + "\n") for key in sorted(topics) if topics[key].strip()]
+
+
+def topic_documents() -> list[str]:
+    return [text for _, text in topic_items()]
 
 
 def materialize_stdlib(source: Source, raw_dir: str) -> Materialized:
@@ -149,7 +154,7 @@ def materialize_stdlib(source: Source, raw_dir: str) -> Materialized:
             continue  # a handful of deliberately broken files exist (e.g. lib2to3 fixtures)
         module = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
         if "modules" in kinds:
-            rows.append({"text": text, "domain": "code.nl", "module": module})
+            rows.append({"text": text, "domain": "code.nl", "module": module, "kind": "python"})
         if "exec" in kinds and (
             not opts.get("main_only")
             or '__name__ == "__main__"' in text
@@ -157,14 +162,16 @@ def materialize_stdlib(source: Source, raw_dir: str) -> Materialized:
         ):
             code = strip_docs_and_comments(text, tree)
             if code and code.strip():
-                rows.append({"text": code, "domain": "code.exec"})
+                rows.append(
+                    {"text": code, "domain": "code.exec", "module": module, "kind": "python"}
+                )
         if "nl" in kinds:
             rows.extend(
                 {"text": d, "domain": "code.nl"}
                 for d in docstring_documents(text, tree, module, min_words)
             )
     if "topics" in kinds:
-        rows.extend({"text": t, "domain": "code.text"} for t in topic_documents())
+        rows.extend({"text": t, "domain": "code.text", "kind": "text"} for t in topic_documents())
     out = os.path.join(raw_dir, f"{source.name}.jsonl")
     write_jsonl(out, rows)
     return Materialized([out])
