@@ -151,6 +151,7 @@ def fast_job(path: str, start: int, end: int, tagger_name: str, table: str) -> d
     from ablate.data.tagging.base import Document
     from ablate.data.tagging.run import cached_tagger
 
+    cpu = time.process_time()
     tagger = cached_tagger(tagger_name, "{}")
     thresholds = tagger.thresholds
     decontam = _decontaminator(table)
@@ -175,6 +176,7 @@ def fast_job(path: str, start: int, end: int, tagger_name: str, table: str) -> d
                 pending = []
     if pending:
         check(pending)
+    out["cpu"] = time.process_time() - cpu
     return out
 
 
@@ -324,7 +326,7 @@ _B_STEP = re.compile(
 _B_SOCRATIC = re.compile(r"\?[ \t]*\*\*")
 _B_FINAL = re.compile(r"####[ \t]*\S|(?:Final )?[Aa]nswer[ \t]*:")
 _B_ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is\b")
-_B_UNIT = re.compile(r"(?:[.!?:;$})\]\d\x01]|\\\\)[ \t]?$")
+_B_UNIT = re.compile(r"(?:[.!?:;$})\]\d\x01][ \t]{0,2}|\\\\[ \t]?)$")
 _B_PY_LINE = re.compile(
     r"[ \t]*(?:#(?!###)|(?:def|class|for|while|if|elif|else|try|except|finally|with|return"
     r"|import|from|print|assert|raise|yield|async|await)\b"
@@ -421,10 +423,13 @@ def _structure(prose: str) -> float:
     lines = "".join(pieces).split("\n")
     nonblank = eq_lines = eq_sentences = units = steps = 0
     final = False
+    latex = "\\" in text  # "$" is math only in text with a backslash, else a currency sign
     for line in lines:
-        for m in _B_INLINE.findall(line):
-            math_chars += _mnonspace(m)
-        plain = _B_INLINE.sub("", line)
+        plain = line
+        if latex:
+            for m in _B_INLINE.findall(line):
+                math_chars += _mnonspace(m)
+            plain = _B_INLINE.sub("", line)
         math_chars += sum(1 for ch in plain if ch in "0123456789+-*/=×÷%^")
         if not line.strip():
             continue
@@ -461,7 +466,7 @@ def _structure(prose: str) -> float:
     }
     keep = 1.0
     for name, weight in _WEIGHTS.items():
-        keep *= 1.0 - weight * round(min(1.0, max(0.0, features[name])), 4)
+        keep *= 1.0 - weight * features[name]
     return round(1.0 - keep, 4)
 
 
@@ -527,6 +532,7 @@ def base_hits(text: str, grams: dict) -> frozenset:
 
 def base_job(path: str, start: int, end: int, tagger_name: str, table: str) -> dict:
     """One job the straightforward way: a line at a time, each document decided and checked."""
+    cpu = time.process_time()
     grams = _base_grams(table)
     decide = base_code if tagger_name == "code" else base_math
     out = {"documents": 0, "bytes": 0, "domains": {}, "contaminated": 0}
@@ -543,6 +549,7 @@ def base_job(path: str, start: int, end: int, tagger_name: str, table: str) -> d
             domain = decide(text)
             out["domains"][domain] = out["domains"].get(domain, 0) + 1
             out["contaminated"] += bool(base_hits(text, grams))
+    out["cpu"] = time.process_time() - cpu
     return out
 
 
@@ -600,6 +607,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="an 8 MB corpus: a smoke test")
     ap.add_argument("--workers", default="1,2", help="worker counts, comma-separated (default 1,2)")
     ap.add_argument("--sample", type=int, default=2000, help="documents in the agreement check")
+    ap.add_argument("--paths", default="baseline,ablate", help="which paths to time (default both)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     mb = 8 if args.quick else args.mb
@@ -634,7 +642,8 @@ def main() -> None:
             for start, end in split_file(path, "jsonl")
         ]
         paths = {"baseline": (base_job, base_table), "ablate": (fast_job, table)}
-        rows = {}  # (path, workers) -> (seconds, documents, bytes)
+        paths = {k: v for k, v in paths.items() if k in args.paths.split(",")}
+        rows = {}  # (path, workers) -> (seconds, documents, bytes, CPU seconds in the jobs)
         for workers in workers_list:
             for label, (fn, tab) in paths.items():
                 seconds, results = run_path(fn, [j[:4] + (tab,) for j in jobs], workers)
@@ -645,10 +654,13 @@ def main() -> None:
                     for d, n in r["domains"].items():
                         domains[d] = domains.get(d, 0) + n
                 bad = sum(r["contaminated"] for r in results)
-                rows[label, workers] = (seconds, docs, nbytes)
+                cpu = [r["cpu"] for r in results]
+                rows[label, workers] = (seconds, docs, nbytes, sum(cpu))
                 print(
                     f"  {label} {workers}w: {seconds:.1f}s, {docs:,} documents, "
-                    f"{bad:,} contaminated, {dict(sorted(domains.items()))}",
+                    f"{bad:,} contaminated, {dict(sorted(domains.items()))}; job CPU "
+                    f"{sum(cpu):.1f}s (longest job {max(cpu):.1f}s); load average after "
+                    f"{os.getloadavg()[0]:.1f}",
                     file=sys.stderr,
                 )
         print_table(rows, workers_list, len(jobs), mb)
@@ -663,11 +675,11 @@ def print_table(rows: dict, workers_list: list[int], jobs: int, mb: int) -> None
     )
     head = (
         f"{'path':<9} {'workers':>7} {'seconds':>8} {'docs/s':>9} {'MB/s':>7} "
-        f"{'vs baseline':>12} {'scaling':>8}"
+        f"{'vs baseline':>12} {'scaling':>8} {'job CPU s':>10} {'cores busy':>10}"
     )
     print(head)
     print("-" * len(head))
-    for (label, w), (seconds, docs, nbytes) in rows.items():
+    for (label, w), (seconds, docs, nbytes, cpu) in rows.items():
         ratio = scaling = ""
         if label == "ablate" and ("baseline", w) in rows:
             ratio = f"{rows['baseline', w][0] / seconds:.2f}x"
@@ -675,8 +687,13 @@ def print_table(rows: dict, workers_list: list[int], jobs: int, mb: int) -> None
             scaling = f"{rows[label, workers_list[0]][0] / seconds:.2f}x"
         print(
             f"{label:<9} {w:>7} {seconds:>8.1f} {docs / seconds:>9,.0f} "
-            f"{nbytes / 1e6 / seconds:>7.2f} {ratio:>12} {scaling:>8}"
+            f"{nbytes / 1e6 / seconds:>7.2f} {ratio:>12} {scaling:>8} {cpu:>10.1f} "
+            f"{cpu / seconds:>10.2f}"
         )
+    print(
+        "job CPU s: CPU time spent inside the jobs (summed over workers); cores busy: that over "
+        "the wall time (ideal: the worker count)"
+    )
     print("\ntargets (issue): >=2x the baseline at equal workers; near-linear 1->2 worker scaling")
 
 
