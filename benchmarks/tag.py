@@ -641,6 +641,14 @@ def main() -> None:
             for name, path in files
             for start, end in split_file(path, "jsonl")
         ]
+        if len(jobs) < 4 * max(workers_list):
+            # two files of uneven cost per byte, a job or two each: the workers wait on the
+            # longest job, so the scaling column says little (the ratios still hold)
+            print(
+                f"note: {len(jobs)} jobs for up to {max(workers_list)} workers: the scaling "
+                "figures need the full size (--mb 200)",
+                file=sys.stderr,
+            )
         paths = {"baseline": (base_job, base_table), "ablate": (fast_job, table)}
         paths = {k: v for k, v in paths.items() if k in args.paths.split(",")}
         rows = {}  # (path, workers) -> (seconds, documents, bytes, CPU seconds in the jobs)
