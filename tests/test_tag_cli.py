@@ -114,6 +114,25 @@ def test_files_are_tagged_with_provenance_and_skips_counted(code_dump, tmp_path,
     assert "broken" not in json.dumps(by_file)
 
 
+def test_overwrite_replaces_only_an_earlier_tag_output(code_dump, tmp_path, cli, capsys):
+    root, spec = code_dump
+    out = tmp_path / "t"
+    assert cli("data", "tag", spec, "--out", out, "--workers", "1").rc == 0
+    first = _contents(out)
+    again = cli("data", "tag", spec, "--out", out, "--workers", "1")
+    assert again.rc == 2 and "pass --overwrite" in again.err
+    assert cli("data", "tag", spec, "--out", out, "--workers", "1", "--overwrite").rc == 0
+    assert _contents(out) == first and not list(tmp_path.glob("t.tmp-*"))
+    (out / "src" / "notes.txt").write_text("mine")
+    assert_refused(
+        ["data", "tag", spec, "--out", out, "--workers", "1", "--overwrite"],
+        "--overwrite",
+        "'src/notes.txt' was not written by 'ablate data tag'",
+        watch=(tmp_path,),
+        capsys=capsys,
+    )
+
+
 def test_same_output_whatever_the_worker_count(tmp_path, monkeypatch, cli):
     """Many jobs (small slices) over real GSM8K rows: 1 and 2 workers write the same bytes,
     tagged shards and prepared datasets alike."""

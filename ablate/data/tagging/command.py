@@ -84,9 +84,17 @@ def tag_corpora(
                 remove_path(raw_dir)
                 write_tagged_json(staging, tagged)
                 if old is not None:
-                    _remove_old(out_dir, old)
-                    os.rmdir(out_dir)
-                os.rename(staging, out_dir)
+                    # swap by two renames (a reader sees the old shards or the new ones), then
+                    # delete only what the old tagged.json lists; a kill in between leaves an
+                    # owned temporary that the next run here removes
+                    trash = tmp_name(out_dir, "0")
+                    remove_path(trash)
+                    os.rename(out_dir, trash)
+                    os.rename(staging, out_dir)
+                    _remove_old(trash, old)
+                    os.rmdir(trash)
+                else:
+                    os.rename(staging, out_dir)
             done = True
             return load_tagged(out_dir)
         finally:
@@ -135,7 +143,7 @@ def _remove_old(out_dir: str, old: dict) -> None:
     os.remove(os.path.join(out_dir, "tagged.json"))
     for d, _, _ in os.walk(out_dir, topdown=False):
         if d != out_dir:
-            os.rmdir(d)
+            os.rmdir(d)  # emptied: _check_out refused any file tagged.json does not list
 
 
 def summary_line(out_dir: str, sources: dict) -> str:
