@@ -11,7 +11,10 @@ corpus) and each worker count (1, 2) it times, best of --repeat runs:
   ``json.loads``, tokenize one document at a time, append the end-of-document id and call
   megatron-core's ``IndexedDatasetBuilder.add_document`` per document (2 workers:
   ``multiprocessing.Pool(2).imap(..., chunksize=64)``, the main process writing);
-* ablate: ``ablate.data.prepare.prepare`` on a corpora YAML naming the same file.
+* ablate: ``ablate.data.prepare.prepare`` on a corpora YAML naming the same file, with
+  decontamination off (the baseline's work: tokenize and write) unless ``--decontaminate``
+  (ablate's default: every document also checked against the eval sets' 13-grams; action
+  ``keep``, so both sides still write the same tokens).
 
 It prints one row per (tokenizer, workers): raw tokens/s of both, ablate's speedup over the
 baseline at equal workers, and the 2-worker/1-worker scaling of both, then the issue's targets
@@ -214,6 +217,13 @@ def main() -> None:
         "--train-mb", type=int, default=8, help="MB of the corpus the BPE is trained on"
     )
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--decontaminate",
+        action="store_true",
+        help="ablate also checks every document against the eval sets' 13-grams (its default; "
+        "action keep, so both sides still write the same tokens); off: tokenizing and writing "
+        "alone, the baseline's work",
+    )
     args = ap.parse_args()
     workers_list = [int(w) for w in args.workers.split(",")]
     kinds = args.tokenizers.split(",")
@@ -259,6 +269,11 @@ def main() -> None:
                 "seed: 1\neval_fraction: 0.0\n"
                 f"sources:\n  - path: {os.path.basename(corpus)}\n"
                 "    name: corpus\n    domain: general\n"
+                + (
+                    "decontaminate: {action: keep}\n"
+                    if args.decontaminate
+                    else "decontaminate: false\n"
+                )
             )
         for workers in workers_list:
             out = os.path.join(args.workdir, f"out-{kind}-{workers}w")
