@@ -21,6 +21,9 @@ rows exactly, keeping its hand-labelled MATH-500 rows; tests/data/tagging/PROVEN
 rules. ``split`` (dev: tune on it; test: report it) comes from a SHA-256 of the document's
 *group* (the id without its render: a GSM8K problem's three renders, or a module's two, share
 a split), so tuning never sees a test problem in another format.
+
+(Over 400 lines as ruff lays it out: each reference kind's rebuild sits beside the rule that
+selects it, so the file and PROVENANCE.md can be checked against each other.)
 """
 
 from __future__ import annotations

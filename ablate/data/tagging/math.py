@@ -93,6 +93,9 @@ Speed: every pattern starts with a literal character (see the note above the pat
 few per-line checks left (length, one sentence) run only on lines a pattern found; about
 12 MB/s on GSM8K + MATH-500 text on one core, 1.5x a per-line loop computing the same
 features.
+
+(Over 400 lines as ruff lays it out: the features, their weights and the decision are one
+definition of "structured", tuned and versioned together.)
 """
 
 from __future__ import annotations
