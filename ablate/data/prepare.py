@@ -265,9 +265,12 @@ def _tag(spec, staging, inputs_by_source, materialized, tagged_dir, workers, pro
                 }
                 continue
             changed = next(k for k, v in fresh.items() if record.get(k) != v)
+            what = {"tagger": "tagger or tagger options", "inputs_sha256": "input"}.get(
+                changed, changed
+            )
             print(
-                f"note: {source.where}: tagging again ({tagged_dir} was tagged with another "
-                f"{changed.replace('_sha256', '')})",
+                f"note: {source.where}: tagging again (the shards in {tagged_dir} differ in "
+                f"their {what})",
                 file=sys.stderr,
             )
         to_tag.append(source)
