@@ -188,14 +188,10 @@ def _nonspace(text: str) -> int:
 
 
 def _bare_words(tree: ast.Module) -> bool:
-    return all(
-        isinstance(s, ast.Expr)
-        and (
-            isinstance(s.value, ast.Name)
-            or (isinstance(s.value, ast.Constant) and not isinstance(s.value.value, str))
-        )
-        for s in tree.body
-    )
+    """The code tagger's own rule (a decision, not a cost: the baseline must decide alike)."""
+    from ablate.data.tagging.code import _bare_words as rule
+
+    return rule(tree)
 
 
 def _code_python(text: str, tree: ast.Module) -> str:

@@ -45,8 +45,8 @@ from ablate.data.indexed import sharded_builder
 from ablate.data.ingest import IngestJob, TaskResult, file_format, run_task, shard_paths, split_file
 from ablate.data.manifest import DatasetEntry, Manifest
 from ablate.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
-from ablate.data.workers import kill_workers, worker_pool
-from ablate.errors import AblateError, DataError, show
+from ablate.data.workers import check_workers, kill_workers, worker_pool
+from ablate.errors import AblateError, DataError
 from ablate.faults import terminated_as_exception
 from ablate.io import remove_path, remove_stale_temporaries, tmp_name
 
@@ -65,10 +65,7 @@ def prepare(
     progress: bool | None = None,
     tagged: str | None = None,
 ) -> PrepareResult:
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-    ):
-        raise AblateError(f"--workers: must be >= 1 (got {show(workers)})")
+    check_workers(workers)
     spec = load_corpora_spec(spec_arg)
     tokenizer = load_tokenizer(spec.tokenizer, spec.base_dir, where=f"{spec.origin}: tokenizer")
     out_dir = os.path.realpath(out_dir)  # a symlinked --out is written where it points

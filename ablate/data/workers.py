@@ -22,6 +22,16 @@ from concurrent.futures import ProcessPoolExecutor
 from ablate.faults import signal_when_parent_dies
 
 
+def check_workers(workers: object) -> None:
+    """``--workers``: None (every core) or an integer >= 1; anything else is one line."""
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        from ablate.errors import AblateError, show
+
+        raise AblateError(f"--workers: must be >= 1 (got {show(workers)})")
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Pool initializer: SIGKILL this worker when ``parent_pid`` (its parent) dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

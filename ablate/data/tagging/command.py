@@ -19,6 +19,7 @@ from ablate.data.corpora import load_corpora_spec, resolve_files
 from ablate.data.files_corpus import materialize_files
 from ablate.data.outdir import make_parents, remove_made_parents, write_errors
 from ablate.errors import AblateError, show
+from ablate.data.workers import check_workers
 from ablate.faults import terminated_as_exception
 from ablate.io import remove_path, remove_stale_temporaries, tmp_name
 
@@ -33,10 +34,7 @@ def tag_corpora(
     """Tag; return the ``tagged.json`` body's sources."""
     from ablate.data.tagging.run import load_tagged, tag_sources, write_tagged_json
 
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-    ):
-        raise AblateError(f"--workers: must be >= 1 (got {show(workers)})")
+    check_workers(workers)
     spec = load_corpora_spec(spec_arg)
     sources = [s for s in spec.sources if s.tagger]
     if not sources:
