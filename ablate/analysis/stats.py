@@ -109,6 +109,15 @@ def _check_labels(labels, K: int):
     return labels
 
 
+def _sd(x_KS) -> np.ndarray:
+    """Row standard deviations (ddof 1, NaN skipped); rounding noise of an all-equal row (0.2 x 3
+    has a mean of 0.19999999999999998) is set to exactly 0, so that row reads as noise-free."""
+    sd_K = np.nanstd(x_KS, 1, ddof=1)
+    with np.errstate(all="ignore"):
+        scale_K = np.nanmax(np.abs(x_KS), 1)
+    return np.where(sd_K <= 1e-12 * scale_K, 0.0, sd_K)
+
+
 def _t_from(mean_K, se_K, df_K, ci):
     """t, two-sided p and the interval; se = 0 means no noise was seen (see the module doc)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -129,7 +138,7 @@ def paired_t(deltas_KS, *, ci: float = 0.95, labels=None) -> TTest:
     n_K = (~np.isnan(d_KS)).sum(1)
     _need_two(n_K, labels)
     mean_K = np.nanmean(d_KS, 1)
-    se_K = np.nanstd(d_KS, 1, ddof=1) / np.sqrt(n_K)
+    se_K = _sd(d_KS) / np.sqrt(n_K)
     df_K = (n_K - 1).astype(float)
     t_K, p_K, lo_K, hi_K = _t_from(mean_K, se_K, df_K, ci)
     return TTest(mean_K, se_K, df_K, t_K, p_K, lo_K, hi_K, n_K, ci)
@@ -146,7 +155,7 @@ def welch_t(a_KS, b_KS, *, ci: float = 0.95, labels=None) -> TTest:
     na_K, nb_K = (~np.isnan(a)).sum(1), (~np.isnan(b)).sum(1)
     _need_two(na_K, labels, " in the first arm")
     _need_two(nb_K, labels, " in the second arm")
-    va_K, vb_K = np.nanvar(a, 1, ddof=1) / na_K, np.nanvar(b, 1, ddof=1) / nb_K
+    va_K, vb_K = _sd(a) ** 2 / na_K, _sd(b) ** 2 / nb_K
     mean_K = np.nanmean(a, 1) - np.nanmean(b, 1)
     se_K = np.sqrt(va_K + vb_K)
     with np.errstate(divide="ignore", invalid="ignore"):
