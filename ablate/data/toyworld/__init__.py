@@ -14,6 +14,8 @@ max_operand          9       largest number in a problem: larger = harder arithm
 max_steps            2       most operations per problem: more = longer reasoning chains
 max_value            20      largest running total: larger = more arithmetic facts to learn
 probes_per_task      200     held-out probes per capability: more = tighter confidence intervals
+ladder               []      step counts of the difficulty-ladder probes, e.g. [1, 2, 3] (each
+                             1..20, may exceed max_steps: longer chains than training has)
 seed                 spec's  the world itself (names, facts, problems)
 ==================== ======= ==============================================================
 
@@ -23,6 +25,19 @@ Probes (``DIR/probes/<task>.jsonl``, one JSON object per line with ``id``, ``pro
 * ``math_answer``: unseen word problems; ``solutions`` holds the gold solution in each math style.
 * ``program_output``: unseen programs cut at ``assert <var> == ``; the answer is the value.
 * ``fact_recall``: every fact of the world, asked in a phrasing seen in training.
+
+With ``ladder: [k, ...]``, per rung k (``probes_per_task`` each, with ``steps`` = k and
+``choices``, 10 distinct candidate answers as strings, the answer among them, for scoring by
+likelihood with chance at 10%):
+
+* ``math_ladder_<k>``: unseen k-step word problems in the neutral ``Q: <story>`` / ``A:`` frame,
+  gold `` <answer>\n``; no solution styles (none is in this frame).
+* ``program_ladder_<k>``: unseen k-assignment chains, ``Q: <program>`` / ``What is <var>?`` /
+  ``A:``, gold `` <value>\n``.
+
+Each rung draws from its own stream (the seed and k), so a rung's probes do not depend on which
+other rungs are listed, and listing none leaves the world byte-identical. Training avoids the
+rungs' questions and (in code.exec's chain form) their programs, as it avoids the other probes.
 """
 
 from __future__ import annotations
@@ -34,11 +49,12 @@ from dataclasses import dataclass, field, fields
 from ablate.data.corpora import Source
 from ablate.data.rawfiles import Materialized, write_jsonl
 from ablate.data.toyworld import render
-from ablate.data.toyworld.world import ATTRIBUTES, make_entities, sample_problem
+from ablate.data.toyworld.world import ATTRIBUTES, answer_choices, make_entities, sample_problem
 from ablate.errors import AblateError, show
 
 DOMAINS = ("code.exec", "code.nl", "math.text", "math.structured", "math.code", "general")
 _MIX = 0x9E3779B9  # decorrelates the probe stream from the training stream of the same seed
+LADDER_MAX_STEPS = 20  # a rung's chain names k + 1 variables out of render's 22
 
 
 # Bounds that keep a typo from starting a generation that never ends (2**70 documents) or a
@@ -66,6 +82,7 @@ class ToyWorldConfig:
     max_steps: int = 2
     max_value: int = 20
     probes_per_task: int = 200
+    ladder: list = field(default_factory=list)
     where: str = "toyworld"  # where the options came from, for messages
 
     def __post_init__(self):
@@ -87,6 +104,17 @@ class ToyWorldConfig:
                     f"{self.where}.domain_documents.{d}: {show(n)} must be an integer in "
                     f"[0, {most:,}]"
                 )
+        ladder = self.ladder
+        if (
+            not isinstance(ladder, (list, tuple))
+            or any(isinstance(k, bool) or not isinstance(k, int) for k in ladder)
+            or any(not 1 <= k <= LADDER_MAX_STEPS for k in ladder)
+            or len(set(ladder)) != len(ladder)
+        ):
+            raise AblateError(
+                f"{self.where}.ladder: {show(ladder)} must be a list of distinct integers in "
+                f"[1, {LADDER_MAX_STEPS}] (the step counts of the ladder's rungs, e.g. [1, 2, 3])"
+            )
         if self.max_operand < 2:
             raise AblateError(f"{self.where}.max_operand: must be at least 2")
         if self.max_value < 2 * self.max_operand:
@@ -146,6 +174,7 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
                 "gold": answer,
             }
         )
+    ladder_probes: dict[str, list[dict]] = {}
     fact_probes = []
     for e in entities:
         for a in ATTRIBUTES:
@@ -158,6 +187,12 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
                     "gold": answer,
                 }
             )
+
+    for k in cfg.ladder:
+        rung = _ladder_rung(cfg, k)
+        held_questions |= rung.pop("questions")
+        held_programs |= rung.pop("programs")
+        ladder_probes.update(rung)
 
     def fresh_problem():
         while True:
@@ -186,10 +221,68 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
         "math_answer": math_probes,
         "program_output": program_probes,
         "fact_recall": fact_probes,
+        **ladder_probes,
+    }
+
+
+def _ladder_rung(cfg: ToyWorldConfig, k: int) -> dict:
+    """Rung ``k``'s probes (``math_ladder_<k>``, ``program_ladder_<k>``) and what training must
+    avoid (``questions``: the word problems' ``Question:`` lines, ``programs``: code.exec's form
+    of each chain). Its own stream: the seed and k, nothing else, decide it."""
+    rng = random.Random(f"toyworld-ladder/{cfg.seed}/{k}")
+
+    def distinct(render_one, what: str) -> tuple[list, set]:
+        made, seen, repeats = [], set(), 0
+        while len(made) < cfg.probes_per_task:
+            p = sample_problem(rng, cfg.max_operand, cfg.max_steps, cfg.max_value, steps=k)
+            out = render_one(p)
+            if out[0] in seen:
+                repeats += 1
+                if repeats > _MAX_REPEATS:
+                    raise AblateError(
+                        f"{cfg.where}.ladder: {cfg.probes_per_task} distinct {k}-step {what} do "
+                        f"not exist with max_operand {cfg.max_operand} and max_value "
+                        f"{cfg.max_value} (found {len(seen)}; lower probes_per_task or raise those)"
+                    )
+                continue
+            repeats = 0
+            seen.add(out[0])
+            # each probe's distractors from its own stream, seeded from the rung's: how they are
+            # drawn does not move the problems
+            choices = answer_choices(p, cfg.max_value, random.Random(rng.getrandbits(64)))
+            made.append((p, out, choices))
+        return made, seen
+
+    def record(task: str, i: int, p, prompt: str, gold: str, choices: list[str]) -> dict:
+        return {
+            "id": f"{task}-{i}",
+            "prompt": prompt,
+            "answer": str(p.answer),
+            "gold": gold,
+            "steps": k,
+            "choices": choices,
+        }
+
+    maths, _ = distinct(lambda p: (*render.neutral_question(p), render.question(p)), "problems")
+    programs, _ = distinct(lambda p: render.neutral_program(p, rng), "programs")
+    m_task, p_task = f"math_ladder_{k}", f"program_ladder_{k}"
+    return {
+        m_task: [record(m_task, i, p, o[0], o[1], c) for i, (p, o, c) in enumerate(maths)],
+        p_task: [record(p_task, i, p, o[0], o[1], c) for i, (p, o, c) in enumerate(programs)],
+        "questions": {o[2] for _, o, _ in maths},
+        "programs": {o[2] for _, o, _ in programs},
     }
 
 
 _CAPABILITY = {"math_answer": "math", "program_output": "code", "fact_recall": "knowledge"}
+_LADDER_CAPABILITY = {"math_ladder_": "math", "program_ladder_": "code"}
+
+
+def capability(task: str) -> str:
+    """The capability a probe file measures (``math_ladder_3`` -> math)."""
+    if task in _CAPABILITY:
+        return _CAPABILITY[task]
+    return next(c for prefix, c in _LADDER_CAPABILITY.items() if task.startswith(prefix))
 
 
 def materialize_toyworld(source: Source, raw_dir: str, seed: int) -> Materialized:
@@ -211,6 +304,6 @@ def materialize_toyworld(source: Source, raw_dir: str, seed: int) -> Materialize
         made[task] = {
             "path": path,
             "count": write_jsonl(path, records),
-            "capability": _CAPABILITY[task],
+            "capability": capability(task),
         }
     return Materialized([out], made)

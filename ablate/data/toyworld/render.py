@@ -5,6 +5,10 @@ code paired with each reasoning step (math.code); its arithmetic also appears, w
 story, in plain programs (code.exec) and in documented functions with doctests (code.nl).
 All math formats begin with the same ``Question: ...`` line, so a probe's prompt is format
 neutral and the model answers in whatever style its training mix taught it.
+
+The difficulty-ladder probes use a frame no training domain writes verbatim, ``Q: ...`` then
+``A:`` and the bare answer (``neutral_question``, ``neutral_program``): a model that never saw
+one solution style is not penalised for the style, only for not knowing the number.
 """
 
 from __future__ import annotations
@@ -86,10 +90,7 @@ def program(p: Problem, rng: random.Random, max_value: int = 99) -> tuple[str, s
         form = "chain"
     if form == "chain":
         names = rng.sample(_VARS, len(p.steps) + 1)
-        lines = [f"{names[0]} = {p.start}"]
-        for i, s in enumerate(p.steps):
-            lines.append(f"{names[i + 1]} = {names[i]} {OPS[s.op][1]} {s.amount}")
-        body, result = "\n".join(lines), names[-1]
+        body, result = _chain(p, names), names[-1]
     elif form == "loop":
         # repeated addition: the same arithmetic as multiplication, written as a loop
         amount = p.steps[0].amount
@@ -105,6 +106,35 @@ def program(p: Problem, rng: random.Random, max_value: int = 99) -> tuple[str, s
         fname = rng.choice(("f", "g", "step", "update", "compute"))
         body, result = f"def {fname}(x):\n    return {expr}\n\ny = {fname}({p.start})", "y"
     return f"{body}\nassert {result} == ", str(p.answer)
+
+
+def _chain(p: Problem, names: list[str]) -> str:
+    """``p`` as one assignment per line: the start, then one line per step."""
+    lines = [f"{names[0]} = {p.start}"]
+    for i, s in enumerate(p.steps):
+        lines.append(f"{names[i + 1]} = {names[i]} {OPS[s.op][1]} {s.amount}")
+    return "\n".join(lines)
+
+
+def neutral_question(p: Problem) -> tuple[str, str]:
+    """(prompt, gold): the story of ``question`` in the ``Q:``/``A:`` frame, the bare answer."""
+    story = question(p).removeprefix("Question: ")
+    return f"Q: {story}A:", f" {p.answer}\n"
+
+
+def neutral_program(p: Problem, rng: random.Random) -> tuple[str, str, str]:
+    """(prompt, gold, training form): ``p`` as a chain of assignments, exactly one line per step,
+    asked for in the ``Q:``/``A:`` frame; the training form is the text code.exec would write
+    for the same chain (``... assert <var> == ``), which training then steers clear of."""
+    if len(p.steps) + 1 > len(_VARS):
+        raise ValueError(f"a chain of {len(p.steps)} steps needs more than {len(_VARS)} names")
+    names = rng.sample(_VARS, len(p.steps) + 1)
+    body = _chain(p, names)
+    return (
+        f"Q: {body}\nWhat is {names[-1]}?\nA:",
+        f" {p.answer}\n",
+        f"{body}\nassert {names[-1]} == ",
+    )
 
 
 def documented_function(p: Problem, rng: random.Random) -> str:

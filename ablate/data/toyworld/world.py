@@ -165,13 +165,22 @@ def apply(op: str, value: int, amount: int) -> int:
 
 
 def sample_problem(
-    rng: random.Random, max_operand: int, max_steps: int, max_value: int = 99
+    rng: random.Random,
+    max_operand: int,
+    max_steps: int,
+    max_value: int = 99,
+    steps: int | None = None,
 ) -> Problem:
-    """A problem whose running totals stay within 0..max_value (no negatives, two digits)."""
+    """A problem whose running totals stay within 0..max_value (no negatives, two digits).
+
+    ``steps=None``: 1..max_steps operations (a chain cut short when no operation fits). ``steps=k``:
+    exactly k operations, whatever ``max_steps`` says (the difficulty ladder probes chains longer
+    than training's); a chain that cannot be continued is drawn again. ``None`` draws exactly the
+    random numbers it always did, so existing worlds stay byte-identical."""
     while True:
         start = rng.randint(2, max_operand)
-        steps, value = [], start
-        for _ in range(rng.randint(1, max_steps)):
+        chain, value = [], start
+        for _ in range(rng.randint(1, max_steps) if steps is None else steps):
             for _try in range(10):  # redraw a step that would leave the range
                 op = rng.choice(("add", "add", "sub", "sub", "mul"))
                 amount = rng.randint(2, 3) if op == "mul" else rng.randint(1, max_operand)
@@ -180,10 +189,35 @@ def sample_problem(
             else:
                 break
             verb = _MUL_WORD[amount] if op == "mul" else rng.choice(OPS[op][0])
-            steps.append(Step(op, amount, verb))
+            chain.append(Step(op, amount, verb))
             value = apply(op, value, amount)
-        if steps:
-            return Problem(rng.choice(NAMES), rng.choice(ITEMS), start, tuple(steps))
+        if chain and (steps is None or len(chain) == steps):
+            return Problem(rng.choice(NAMES), rng.choice(ITEMS), start, tuple(chain))
+
+
+def answer_choices(p: Problem, max_value: int, rng: random.Random, count: int = 10) -> list[str]:
+    """``count`` distinct candidate answers, ``p.answer`` among them, in a shuffled order.
+
+    The distractors are the mistakes a model plausibly makes: stopping early (the start and the
+    intermediate totals), an off-by-a-little result (answer +-1, +-2, +-each operand), and
+    failing those, any other value in 0..max_value (then above it, for tiny worlds)."""
+    answer = p.answer
+    near = {answer + d for d in (1, -1, 2, -2)}
+    near |= {answer + sign * s.amount for s in p.steps for sign in (1, -1)}
+    plausible = sorted(({p.start, *p.values} | near) - {answer})
+    picked = [v for v in plausible if v >= 0]
+    picked = rng.sample(picked, min(count - 1, len(picked)))
+    if len(picked) < count - 1:
+        taken = set(picked) | {answer}
+        rest = [v for v in range(max_value + 1) if v not in taken]
+        picked += rng.sample(rest, min(count - 1 - len(picked), len(rest)))
+        beyond = max(max_value, *picked, answer) + 1  # a tiny world has too few values
+        while len(picked) < count - 1:
+            picked.append(beyond)
+            beyond += 1
+    choices = [str(v) for v in picked + [answer]]
+    rng.shuffle(choices)
+    return choices
 
 
 @dataclass(frozen=True)
