@@ -9,10 +9,11 @@ order of a dataset's samples does not depend on how many are asked for:
 * samples are packed from it with megatron-core's own ``build_sample_idx``;
 * samples are shuffled within fixed blocks (one epoch's worth), one permutation per block.
 
-Each permutation is seeded by (recipe seed, dataset content fingerprint, epoch or block). So
-the first N samples are the same whether the cache was built for N or for 10N, and a recipe
-takes a prefix (or, in a later stage, the next slice) of the one cached order. The cache key is
-(content fingerprint, sequence length, seed, index format version); a request beyond what is
+Each permutation is seeded by (the plan's seed, dataset content fingerprint, epoch or block); the
+plan's seed is the recipe's data-order seed (``data_seed``, else ``seed``). So the first N
+samples are the same whether the cache was built for N or for 10N, and a recipe takes a prefix
+(or, in a later stage, the next slice) of the one cached order. The cache key is (content
+fingerprint, sequence length, seed, index format version); a request beyond what is
 cached extends it: the cached arrays are kept and the new epochs, blocks and samples appended,
 exactly what a build from nothing would give. A cache whose metadata does not match its key is
 rebuilt, never used; so is one whose metadata is damaged or whose arrays do not have the

@@ -78,6 +78,8 @@ class PlanStage:
 @dataclass
 class Plan:
     recipe: str
+    # the data order's seed (the recipe's data_seed, else its seed; the name predates data_seed
+    # and stays, so plans and fingerprints of recipes without one are unchanged)
     seed: int
     seq_length: int
     global_batch_size: int
@@ -237,7 +239,7 @@ def make_plan(recipe: Recipe, verify: bool = True, save_memo: bool = True) -> Pl
         _save_idx_memo(recipe.data.cache_dir, memo)
     plan = Plan(
         recipe=recipe.name,
-        seed=recipe.seed,
+        seed=recipe.resolved_data_seed,
         seq_length=seq,
         global_batch_size=gbs,
         tokenizer=manifests[0].tokenizer,

@@ -10,10 +10,18 @@ presets a recipe can name are in ``ablate.recipe.presets``. (About 440 lines: ev
 dataclass in one place, as torchtitan's job_config.py, so the whole schema reads as one page.)
 Sections:
 
-``name, seed, run_dir, tokenizer``; ``data`` (manifests, index cache); ``model`` (a preset and/or
-megatron-core fields); ``parallelism`` (tp, pp, ep, cp; dp is what the world size leaves);
-``training`` (sequence length, batches, optimizer, LR schedule, precision, backend); ``cadence``
-(logging, eval, checkpoints, routing flushes); ``stages`` (token budget + mix), see ``Stage``.
+``name, seed, data_seed, run_dir, tokenizer``; ``data`` (manifests, index cache); ``model`` (a
+preset and/or megatron-core fields); ``parallelism`` (tp, pp, ep, cp; dp is what the world size
+leaves); ``training`` (sequence length, batches, optimizer, LR schedule, precision, backend);
+``cadence`` (logging, eval, checkpoints, routing flushes); ``stages`` (token budget + mix), see
+``Stage``.
+
+Two seeds: ``seed`` draws the model's initialisation; ``data_seed`` the data order (the
+per-dataset permutations and so the index cache keys). Unset, ``data_seed`` follows ``seed``, as
+it did before the field existed; ``to_dict`` then leaves it out, so an old recipe dumps (and
+plans, and keys its cache) byte for byte as before, and a sweep's ``seeds:`` axis over such a
+base still varies both. The effective value is ``Recipe.resolved_data_seed`` (plan.json's
+``seed``).
 """
 
 from __future__ import annotations
@@ -341,7 +349,9 @@ def _run_name(value: Any, where: str) -> str:
 @dataclass
 class Recipe:
     name: str = checked(convert=_run_name)
-    seed: int = checked(1234, ge=0, le=INT64_MAX)
+    seed: int = checked(1234, ge=0, le=INT64_MAX)  # the initialisation (and dropout)
+    # the data order; None: follows ``seed`` (see the module doc)
+    data_seed: Optional[int] = checked(None, ge=0, le=INT64_MAX)
     run_dir: Optional[str] = None  # default runs/<name>
     tokenizer: Optional[Any] = None  # if given, must match the manifests' tokenizer
     data: DataConfig = field(default_factory=DataConfig)
@@ -363,6 +373,11 @@ class Recipe:
     def resolved_run_dir(self) -> str:
         return self.run_dir or os.path.join("runs", self.name)
 
+    @property
+    def resolved_data_seed(self) -> int:
+        """The seed of the data order: ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def to_dict(self) -> dict:
         """The resolved recipe: every default filled in, loadable again with ``parse_recipe``."""
         out = {}
@@ -372,6 +387,8 @@ class Recipe:
                 value = [_stage_to_dict(s) for s in value]
             elif dataclasses.is_dataclass(value):
                 value = dataclasses.asdict(value)
+            if f.name == "data_seed" and value is None:
+                continue  # unset: the dump of a recipe without it stays as it was (module doc)
             out[f.name] = copy.deepcopy(value)
         out["run_dir"] = self.resolved_run_dir
         return out
