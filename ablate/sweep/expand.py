@@ -231,6 +231,8 @@ def _base_tree(spec: SweepSpec, where: str) -> tuple[dict, dict]:
         recipe = parse_recipe(spec.base, origin=f"{where}: base")
         raw = spec.base
     tree = recipe.to_dict()
+    # to_dict leaves an unset data_seed out; here it is a field a sweep may set (data_seeds)
+    tree.setdefault("data_seed", None)
     tree["model"] = copy.deepcopy(raw.get("model") or {})
     for stage in tree["stages"]:
         for selector, entry in stage["mix"].items():
@@ -253,7 +255,7 @@ def _strip_unset_mix_fields(raw: dict) -> None:
 
 
 def _axes(spec: SweepSpec, tree: dict, where: str, optional: dict) -> tuple[list[_Axis], dict]:
-    """The axes in product order (grid paths, zips, variants, seeds) and short aliases.
+    """The axes in product order (grid paths, zips, variants, seeds, data seeds) and short aliases.
 
     An axis over a path is labelled by the path as written; its alias is the last field it
     resolves to (``math.structured``, ``lr``), usable in ``point_name`` when no other axis
@@ -298,17 +300,20 @@ def _axes(spec: SweepSpec, tree: dict, where: str, optional: dict) -> tuple[list
                 ],
             )
         )
-    if spec.seeds:
-        axes.append(
-            _Axis(
-                "seeds",
-                [_Choice({"seed": s}, [("seed", s, "seeds")], i) for i, s in enumerate(spec.seeds)],
+    # the init and data-order seeds: two axes, so both together give their product
+    for kind, label in (("seeds", "seed"), ("data_seeds", "data_seed")):
+        values = getattr(spec, kind)
+        if values:
+            axes.append(
+                _Axis(
+                    kind,
+                    [_Choice({label: s}, [(label, s, kind)], i) for i, s in enumerate(values)],
+                )
             )
-        )
     counts: dict[str, int] = {}
     for k in last_key.values():
         counts[k] = counts.get(k, 0) + 1
-    reserved = {"sweep", "index", "variant", "seed"}
+    reserved = {"sweep", "index", "variant", "seed", "data_seed"}
     aliases = {k: p for p, k in last_key.items() if counts[k] == 1 and k not in reserved and k != p}
     return axes, aliases
 
@@ -323,6 +328,8 @@ def _default_template(axes: list[_Axis], aliases: dict) -> str:
             parts.append(f"{label}={{{label}}}")
         elif axis.kind == "variants":
             parts.append("{variant}")
+        elif axis.kind == "data_seeds":
+            parts.append("d{data_seed}")
         else:
             parts.append("s{seed}")
     return "-".join(parts)

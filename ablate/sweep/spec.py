@@ -13,7 +13,9 @@ zip:                                # one axis: equal-length lists taken togethe
 variants:                           # one axis of named points
   - {name: small, set: {model.num_layers: 2}}
   - {name: large, set: {model.num_layers: 4}}
-seeds: [1, 2]                       # an axis over the recipe's `seed`
+seeds: [1, 2]                       # an axis over the recipe's `seed` (init; data order too,
+                                    # unless the recipe or data_seeds sets data_seed)
+data_seeds: [7, 8]                  # an axis over the recipe's `data_seed` (the data order)
 point_name: "{sweep}-d{math.structured}-s{seed}"   # optional naming template
 executor: local                     # default for `ablate sweep submit` (local | slurm)
 local: {nproc_per_node: 1}
@@ -130,6 +132,7 @@ class SweepSpec:
     zip: list = field(default_factory=list)  # of dicts
     variants: list = field(default_factory=list)  # of Variant
     seeds: Optional[list] = None
+    data_seeds: Optional[list] = None
     point_name: Optional[str] = None
     executor: str = "local"
     local: LocalConfig = field(default_factory=LocalConfig)
@@ -229,15 +232,8 @@ def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec
             )
         zip_axes.append(axes)
     variants = _variants(raw.get("variants"), f"{origin}: variants")
-    seeds = raw.get("seeds")
-    if seeds is not None:
-        check_type(seeds, list, f"{origin}: seeds", "a list of integer seeds")
-        if not seeds:
-            raise AblateError(f"{origin}: seeds: empty axis (give at least one seed)")
-        for i, s in enumerate(seeds):
-            check_number(s, f"{origin}: seeds[{i}]", integer=True, ge=0, le=INT64_MAX)
-        if len(set(seeds)) != len(seeds):
-            raise AblateError(f"{origin}: seeds: {show(seeds)} repeats a seed")
+    seeds = _seed_axis(raw.get("seeds"), f"{origin}: seeds")
+    data_seeds = _seed_axis(raw.get("data_seeds"), f"{origin}: data_seeds")
     point_name = raw.get("point_name")
     if point_name is not None:
         check_type(
@@ -257,12 +253,27 @@ def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec
         zip=zip_axes,
         variants=variants,
         seeds=seeds,
+        data_seeds=data_seeds,
         point_name=point_name,
         executor=executor,
         local=local,
         slurm=slurm,
         eval=ev,
     )
+
+
+def _seed_axis(seeds: Any, where: str) -> Optional[list]:
+    """``seeds`` / ``data_seeds``: a non-empty list of distinct integer seeds, or None."""
+    if seeds is None:
+        return None
+    check_type(seeds, list, where, "a list of integer seeds")
+    if not seeds:
+        raise AblateError(f"{where}: empty axis (give at least one seed)")
+    for i, s in enumerate(seeds):
+        check_number(s, f"{where}[{i}]", integer=True, ge=0, le=INT64_MAX)
+    if len(set(seeds)) != len(seeds):
+        raise AblateError(f"{where}: {show(seeds)} repeats a seed")
+    return seeds
 
 
 def _assignments(raw: Any, where: str) -> dict:
