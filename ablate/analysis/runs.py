@@ -3,11 +3,14 @@
 ``load_runs(["runs/*"])`` reads every run directory a pattern matches; ``runs_frame(runs)`` is
 one row per run with every recipe field as a dotted column (``seed``, ``model.num_experts``,
 ``stages.0.mix.math.tokens``...), plus ``run``, ``path``, ``state``, ``step``, ``condition``.
+``data_seed`` is always the effective data-order seed (a run without one: its ``seed``).
 
 A **condition** is what an ablation varies: runs whose recipes agree on every field except
-those in ``NOT_CONDITION`` (name, seed, where files go, logging cadence, parallel layout) are
-seeds of one condition. Its label is the runs' common name without a seed suffix
-(``codemath-s1``, ``codemath-s2`` -> ``codemath``), or the run's name when it is alone.
+those in ``NOT_CONDITION`` (name, the init and data-order seeds, where files go, logging
+cadence, parallel layout) are seeds of one condition. Its label is the runs' common name without
+a seed suffix (``codemath-s1``, ``codemath-s2`` -> ``codemath``; ``ctl-s1-d2`` -> ``ctl``), or the
+run's name when it is alone. ``seed_design`` says which of the two seeds varied within
+conditions; ``seed_key`` is what pairs a run with its counterpart in another condition.
 
 Reading is checking: every file a run is read from (``recipe.yaml``, ``status.json``,
 ``plan.json``, ``metrics.jsonl``, ``eval/step_<N>.json``) is checked for the shape this module
@@ -33,6 +36,7 @@ from ablate.run_layout import RunLayout
 NOT_CONDITION = (
     "name",
     "seed",
+    "data_seed",
     "run_dir",
     "cadence.*",
     "data.cache_dir",
@@ -40,7 +44,11 @@ NOT_CONDITION = (
     "training.backend",
     "training.micro_batch_size",
 )
-_SEED_SUFFIX = re.compile(r"([-_.]?(seed|s|rep|r)?[-_]?\d+)$", re.I)
+# an init-seed suffix (-s1, _seed2, -r3, 4) and/or a data-seed one (-d2, -ds2, _data_seed2), in
+# either order: the sweep's default names end -s{seed}-d{data_seed}
+_INIT_SUFFIX = r"(?:[-_.]?(?:seed|s|rep|r)?[-_]?\d+)"
+_DATA_SUFFIX = r"(?:[-_.]?(?:data[-_]?seed|dseed|ds|d)[-_]?\d+)"
+_SEED_SUFFIX = re.compile(f"{_DATA_SUFFIX}?{_INIT_SUFFIX}?{_DATA_SUFFIX}?$", re.I)
 
 
 @dataclass
@@ -56,7 +64,14 @@ class Run:
     # ---- recipe facts
     @property
     def seed(self) -> int:
+        """The initialisation seed."""
         return self.recipe.get("seed")
+
+    @property
+    def data_seed(self) -> int:
+        """The data-order seed: the recipe's ``data_seed``, else (every run before it) ``seed``."""
+        value = self.recipe.get("data_seed")
+        return self.seed if value is None else value
 
     @property
     def k(self) -> int:
@@ -336,11 +351,63 @@ def runs_frame(runs: list[Run], exclude=NOT_CONDITION):
     rows = []
     for r in runs:
         row = {"run": r.name, "path": r.path, "state": r.state, "step": r.status.get("step")}
-        row.update(flatten(r.recipe))
+        for key, value in flatten(r.recipe).items():
+            if key != "data_seed":  # the effective one, beside seed, for every run
+                row[key] = value
+            if key == "seed":
+                row["data_seed"] = r.data_seed
+        row.setdefault("data_seed", r.data_seed)  # a recipe kept as written, without a seed
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame.insert(4, "condition", condition_labels(frame, exclude))
     return frame
+
+
+def seed_key(run: Run) -> tuple:
+    """What pairs a run with its counterpart in another condition: (init seed, data seed)."""
+    return (run.seed, run.data_seed)
+
+
+def seed_design(frame) -> dict:
+    """Which seeds varied within conditions: ``init`` and ``data`` (bools), ``pairs`` (every
+    (seed, data_seed) of the frame, sorted), ``together`` (both varied, but in lockstep: in each
+    condition every init seed has one data seed and the other way round, as when data_seed
+    followed seed) and ``summary``, a line for reports (``seeds varied: data order only``...)."""
+    seeds = [_norm(v) for v in frame["seed"]]
+    data = [_norm(v) for v in frame["data_seed"]] if "data_seed" in frame.columns else seeds
+    data = [s if d is None else d for s, d in zip(seeds, data)]
+    by_condition: dict = {}
+    for c, s, d in zip(frame["condition"], seeds, data):
+        by_condition.setdefault(c, set()).add((s, d))
+    groups = list(by_condition.values())
+    init = any(len({s for s, _ in g}) > 1 for g in groups)
+    varied_data = any(len({d for _, d in g}) > 1 for g in groups)
+    together = (
+        init
+        and varied_data
+        and all(len({s for s, _ in g}) == len(g) == len({d for _, d in g}) for g in groups)
+    )
+    pairs = sorted(set(zip(seeds, data)), key=lambda p: tuple(-1 if x is None else x for x in p))
+    if together:
+        old = all(s == d for s, d in pairs)
+        what = "init and data order together" + (
+            " (old style)" if old else " (each init seed with its own data seed)"
+        )
+    elif init and varied_data:
+        what = "init and data order independently"
+    elif init:
+        what = "init only (one data order)"
+    elif varied_data:
+        what = "data order only (one initialisation)"
+    else:
+        what = "none (one seed per condition)"
+    return {
+        "init": init,
+        "data": varied_data,
+        "pairs": pairs,
+        "together": together,
+        "summary": f"seeds varied: {what}",
+    }
 
 
 def condition_columns(frame, exclude=NOT_CONDITION) -> list[str]:
