@@ -6,7 +6,7 @@ are the schema: each field's annotation (``Literal[...]`` for choices), its ``ch
 range or converter, and a ``validate`` hook for checks across fields are all that
 ``ablate.validate.build_dataclass`` needs, so compile, train and sweep expansion refuse the same
 things (non-finite numbers, out-of-range sizes, unknown keys) in the same words. The model
-presets a recipe can name are in ``ablate.recipe.presets``. (About 440 lines: every section's
+presets a recipe can name are in ``ablate.recipe.presets``. (About 460 lines: every section's
 dataclass in one place, as torchtitan's job_config.py, so the whole schema reads as one page.)
 Sections:
 
