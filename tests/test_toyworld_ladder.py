@@ -167,6 +167,18 @@ def test_bad_ladder_values_are_one_line_errors(bad):
     assert "distinct integers in [1, 20]" in message
 
 
+TINY_WORLD = dict(documents_per_domain=5, max_operand=2, max_value=4, max_steps=1)  # 2337 programs
+
+
+def test_a_world_too_small_for_its_probes_is_one_line_not_a_hang():
+    # more distinct programs asked for than exist: the program probe sampler gives up
+    with pytest.raises(AblateError, match=r"^toyworld\.probes_per_task: 3000 distinct programs"):
+        generate(ToyWorldConfig(probes_per_task=3000, **TINY_WORLD))
+    # every program held out by the probes: training has none left to write
+    with pytest.raises(AblateError, match=r"^toyworld: the probes hold out every program"):
+        generate(ToyWorldConfig(probes_per_task=2337, **TINY_WORLD))
+
+
 def test_bad_ladder_through_prepare_is_one_line_and_leaves_nothing(tmp_path, cli):
     spec = write_spec(
         tmp_path / "corpora.yaml",

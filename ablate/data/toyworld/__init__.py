@@ -158,13 +158,21 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
                 "solutions": sols,
             }
         )
-    program_probes, held_programs = [], set()
+    program_probes, held_programs, repeats = [], set(), 0
     while len(program_probes) < cfg.probes_per_task:
         prompt, answer = render.program(
             sample_problem(prng, cfg.max_operand, cfg.max_steps, cfg.max_value), prng, cfg.max_value
         )
         if prompt in held_programs:
+            repeats += 1
+            if repeats > _MAX_REPEATS:
+                raise AblateError(
+                    f"{cfg.where}.probes_per_task: {cfg.probes_per_task} distinct programs do "
+                    f"not exist with max_operand {cfg.max_operand} and max_steps {cfg.max_steps} "
+                    f"(found {len(held_programs)}; lower it or raise those)"
+                )
             continue
+        repeats = 0
         held_programs.add(prompt)
         program_probes.append(
             {
@@ -174,7 +182,6 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
                 "gold": answer,
             }
         )
-    ladder_probes: dict[str, list[dict]] = {}
     fact_probes = []
     for e in entities:
         for a in ATTRIBUTES:
@@ -188,17 +195,28 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
                 }
             )
 
+    ladder_probes: dict[str, list[dict]] = {}
     for k in cfg.ladder:
         rung = _ladder_rung(cfg, k)
         held_questions |= rung.pop("questions")
         held_programs |= rung.pop("programs")
         ladder_probes.update(rung)
 
+    def held_out_everything(what: str) -> AblateError:
+        # a tiny world whose probes (a ladder rung included) hold out every problem training
+        # could draw would otherwise loop for ever; counting rejections draws nothing
+        return AblateError(
+            f"{cfg.where}: the probes hold out every {what} training can draw with max_operand "
+            f"{cfg.max_operand}, max_steps {cfg.max_steps} and max_value {cfg.max_value} "
+            "(lower probes_per_task or the ladder's rungs, or raise those)"
+        )
+
     def fresh_problem():
-        while True:
+        for _ in range(_MAX_REPEATS):
             p = sample_problem(rng, cfg.max_operand, cfg.max_steps, cfg.max_value)
             if render.question(p) not in held_questions:
                 return p
+        raise held_out_everything("word problem")
 
     rows: list[dict] = []
     for domain in DOMAINS:
@@ -207,10 +225,12 @@ def generate(cfg: ToyWorldConfig) -> tuple[list[dict], dict[str, list[dict]]]:
                 p = fresh_problem()
                 text = render.question(p) + render.MATH_RENDERERS[domain](p)
             elif domain == "code.exec":
-                while True:
+                for _ in range(_MAX_REPEATS):
                     prompt, answer = render.program(fresh_problem(), rng, cfg.max_value)
                     if prompt not in held_programs:
                         break
+                else:
+                    raise held_out_everything("program")
                 text = prompt + answer + "\n"
             elif domain == "code.nl":
                 text = render.documented_function(fresh_problem(), rng)
@@ -231,7 +251,7 @@ def _ladder_rung(cfg: ToyWorldConfig, k: int) -> dict:
     of each chain). Its own stream: the seed and k, nothing else, decide it."""
     rng = random.Random(f"toyworld-ladder/{cfg.seed}/{k}")
 
-    def distinct(render_one, what: str) -> tuple[list, set]:
+    def distinct(render_one, what: str) -> list[tuple]:
         made, seen, repeats = [], set(), 0
         while len(made) < cfg.probes_per_task:
             p = sample_problem(rng, cfg.max_operand, cfg.max_steps, cfg.max_value, steps=k)
@@ -251,7 +271,7 @@ def _ladder_rung(cfg: ToyWorldConfig, k: int) -> dict:
             # drawn does not move the problems
             choices = answer_choices(p, cfg.max_value, random.Random(rng.getrandbits(64)))
             made.append((p, out, choices))
-        return made, seen
+        return made
 
     def record(task: str, i: int, p, prompt: str, gold: str, choices: list[str]) -> dict:
         return {
@@ -263,8 +283,8 @@ def _ladder_rung(cfg: ToyWorldConfig, k: int) -> dict:
             "choices": choices,
         }
 
-    maths, _ = distinct(lambda p: (*render.neutral_question(p), render.question(p)), "problems")
-    programs, _ = distinct(lambda p: render.neutral_program(p, rng), "programs")
+    maths = distinct(lambda p: (*render.neutral_question(p), render.question(p)), "problems")
+    programs = distinct(lambda p: render.neutral_program(p, rng), "programs")
     m_task, p_task = f"math_ladder_{k}", f"program_ladder_{k}"
     return {
         m_task: [record(m_task, i, p, o[0], o[1], c) for i, (p, o, c) in enumerate(maths)],
