@@ -280,3 +280,24 @@ def test_dose_response_needs_two_levels_and_two_seeds():
         S.dose_response([0.1, 0.1, 0.2, 0.3, 0.3], [1.0, 2.0, 3.0, 4.0, 5.0], name="share")
     with pytest.raises(AblateError, match=r"at least 3 values over 2 doses"):
         S.dose_response_many([0.1, 0.2, 0.3], [[1.0, np.nan, np.nan]], labels=["H/L0/code"])
+
+
+def test_several_families_at_once_equal_one_by_one():
+    rng = np.random.default_rng(30)
+    t = S.paired_t(rng.normal(0.4, 1.0, (3 * 8, 4)))
+    fam = [x.reshape(3, 8) for x in (t.p_K, t.mean_K, t.se_K, t.df_K)]
+    for method in ("holm", "bh"):
+        together = S.correct(*fam, method=method)
+        for row in range(3):
+            alone = S.correct(*(x[row] for x in fam), method=method)
+            assert np.array_equal(together.p_adj_K[row], alone.p_adj_K)
+            assert together.lo_adj_K[row] == pytest.approx(alone.lo_adj_K)
+            assert together.level_adj[row] == pytest.approx(alone.level_adj)
+
+
+def test_logistic_separation_is_one_line():
+    dose = np.repeat([0.0, 1.0, 2.0], 2)
+    with pytest.raises(AblateError, match=r"^mix: the logistic fit does not converge"):
+        S.dose_response(dose, [0, 0, 0, 0, 1, 1], kind="logistic", trials_N=[50] * 6, name="mix")
+    with pytest.raises(AblateError, match=r"needs trials_N"):
+        S.dose_response(dose, [0.1, 0.2, 0.3, 0.3, 0.5, 0.6], kind="logistic")
