@@ -103,9 +103,10 @@ def test_report_on_toy_world_runs(report):
     for section in ("Router saturation", "Vocabulary specialization", "Numbering-free comparison"):
         assert section in text
     images = report_images(text)
-    assert (
-        len(images) == 11
-    )  # bars, loss, 2 x curves, 2 x (heatmaps, over training), JS pair, saturation, co-activation
+    assert "Verdicts after correction" in text and "Learning curves" in text
+    # bars, verdict bars (raw and adjusted intervals), learning curves (two evaluated steps),
+    # loss, 2 x curves, 2 x (heatmaps, over training), JS pair, saturation, co-activation
+    assert len(images) == 13
     for data in images:
         png_ok(data)
 

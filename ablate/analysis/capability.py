@@ -73,6 +73,8 @@ def scores_frame(runs, frame=None, step: int | None = None):
                         "run": r.name,
                         "condition": cond.get(r.name, r.name),
                         "seed": r.seed,
+                        "data_seed": r.data_seed,
+                        "pair": pair_key(r),
                         "step": int(body.get("step", -1)),
                         "task": task,
                         "metric": metric,
@@ -90,6 +92,8 @@ def scores_frame(runs, frame=None, step: int | None = None):
             "run",
             "condition",
             "seed",
+            "data_seed",
+            "pair",
             "step",
             "task",
             "metric",
@@ -103,6 +107,22 @@ def scores_frame(runs, frame=None, step: int | None = None):
     )
     out.attrs["missing"] = missing
     return out
+
+
+def pair_key(run):
+    """What pairs a run with its counterpart in another condition: its seed when the data order
+    follows it (every run before ``data_seed``, and the usual design), else ``"<seed>/d<data>"``
+    so that two arms pair only where both seeds agree."""
+    return run.seed if run.data_seed == run.seed else f"{run.seed}/d{run.data_seed}"
+
+
+def _pair_column(df) -> str:
+    # frames built by hand (tests, notebooks) may carry only ``seed``
+    return "pair" if "pair" in df.columns else "seed"
+
+
+def _plain(key):
+    return int(key) if isinstance(key, (int, np.integer)) else key
 
 
 def summary(scores):
@@ -190,7 +210,7 @@ def compare(
             excluded.append(f"{score}: the control has no value")
             continue
         ident = (ctrl["version"].iloc[0], ctrl["fingerprint"].iloc[0])
-        ctrl_by_seed = ctrl.groupby("seed")["value"].mean()
+        ctrl_by_seed = ctrl.groupby(_pair_column(ctrl))["value"].mean()
         lower = bool(sdf["lower_is_better"].iloc[0])
         for cond, cdf in sdf.groupby("condition", sort=False):
             if cond == control:
@@ -205,20 +225,23 @@ def compare(
             cdf = cdf.drop(bad.index)
             if cdf.empty:
                 continue
-            by_seed = cdf.groupby("seed")["value"].mean()
-            common = sorted(set(by_seed.index) & set(ctrl_by_seed.index))
-            paired = len(common) >= 2 and len(common) == len(by_seed) == len(ctrl_by_seed)
+            by_seed = cdf.groupby(_pair_column(cdf))["value"].mean()
+            common = sorted(set(by_seed.index) & set(ctrl_by_seed.index), key=str)
+            # paired when the control ran every seed pair the condition ran (it may have more:
+            # e.g. its A/A runs in other data orders, which then sit this comparison out)
+            paired = len(common) >= 2 and len(common) == len(by_seed)
             if common:
-                per_seed = {int(s): float(by_seed[s] - ctrl_by_seed[s]) for s in common}
+                per_seed = {_plain(s): float(by_seed[s] - ctrl_by_seed[s]) for s in common}
             else:
-                per_seed = {int(s): float(v - ctrl_by_seed.mean()) for s, v in by_seed.items()}
+                per_seed = {_plain(s): float(v - ctrl_by_seed.mean()) for s, v in by_seed.items()}
             a = by_seed.loc[common].to_numpy() if paired else by_seed.to_numpy()
             b = ctrl_by_seed.loc[common].to_numpy() if paired else ctrl_by_seed.to_numpy()
             if method == "bootstrap":
                 lo, hi = bootstrap_ci(a, b, paired=paired, n_boot=n_boot, ci=ci, rng=rng)
             else:
                 lo, hi = t_ci(a, b, paired=paired, ci=ci)
-            delta = float(by_seed.mean() - ctrl_by_seed.mean())
+            control_mean = float(b.mean()) if paired else float(ctrl_by_seed.mean())
+            delta = float(by_seed.mean()) - control_mean
             sign = -1.0 if lower else 1.0
             noise = None if np.isnan(lo) else bool(lo <= 0 <= hi)
             verdict = (
@@ -234,13 +257,13 @@ def compare(
                     "score": score,
                     "task": cdf["task"].iloc[0],
                     "metric": cdf["metric"].iloc[0],
-                    "control_mean": float(ctrl_by_seed.mean()),
+                    "control_mean": control_mean,
                     "mean": float(by_seed.mean()),
                     "delta": delta,
                     "lo": lo,
                     "hi": hi,
                     "n": len(by_seed),
-                    "n_control": len(ctrl_by_seed),
+                    "n_control": len(b),
                     "paired": paired,
                     "per_seed": per_seed,
                     "within_noise": noise,

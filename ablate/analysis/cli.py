@@ -12,6 +12,9 @@ def _report(args) -> None:
         step=args.step,
         method=args.ci,
         threshold=args.lift_threshold,
+        correction=args.correction,
+        dose=args.dose,
+        aa=args.aa,
     )
     print(path)
 
@@ -51,5 +54,27 @@ def add_commands(sub) -> None:
         default=1.5,
         help="an expert is 'high' for a domain above this lift "
         "(shared/exclusive experts; default 1.5)",
+    )
+    p.add_argument(
+        "--correction",
+        choices=("auto", "holm", "bh", "none"),
+        default="auto",
+        help="multiple-comparison correction of each table of verdicts: Holm (family-wise "
+        "error), Benjamini-Hochberg (false discovery rate), auto (default: Holm for families of "
+        "up to 20 comparisons, BH above) or none",
+    )
+    p.add_argument(
+        "--dose",
+        metavar="FIELD",
+        default=None,
+        help="a numeric recipe field the runs vary (a density, a share, a token budget, e.g. "
+        "stages.0.mix.math.density.math.structured, as the report's run table names it): fit "
+        "every score's trend in it",
+    )
+    p.add_argument(
+        "--aa",
+        action="store_true",
+        help="A/A calibration: compare the control's runs in another data order (data_seed "
+        "other than seed) against its usual runs and report the observed false-positive rate",
     )
     p.set_defaults(func=_report)

@@ -281,3 +281,103 @@ def plot_saturation(frame, title: str = "router saturation against the final che
     ax.set(xlabel="checkpoint step", ylabel="mean |S_t ∩ S_final| / k", title=title, ylim=(0, 1.05))
     ax.legend(fontsize=7)
     return fig
+
+
+def _panels(n: int, cols_max: int = 4, w: float = 3.2, h: float = 2.6):
+    n = max(1, n)
+    cols = min(cols_max, n)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(w * cols, h * rows + 0.4), layout="constrained")
+    return fig, np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+
+
+def plot_verdict_bars(verdicts, max_scores: int = 24) -> Figure:
+    """Δ against the control per score, a bar per condition: the raw interval (thin, capped) and
+    the multiplicity-adjusted one (thick, light); the colour is the verdict after correction."""
+    scores = list(dict.fromkeys(verdicts["score"]))[:max_scores]
+    fig, axes = _panels(len(scores))
+    for ax, score in zip(axes, scores):
+        s = verdicts[verdicts["score"] == score]
+        x = np.arange(len(s))
+        d = s["delta"].to_numpy(float)
+        ax.bar(x, d, color=[_VERDICT_COLOR.get(v, "0.5") for v in s["verdict_adj"]], width=0.6)
+        for lo_c, hi_c, lw, color, cap in (
+            ("lo_adj", "hi_adj", 5, "#00000040", 0),
+            ("lo", "hi", 1, "black", 3),
+        ):
+            lo, hi = s[lo_c].to_numpy(float), s[hi_c].to_numpy(float)
+            ok = ~np.isnan(lo)
+            ax.errorbar(
+                x[ok],
+                d[ok],
+                yerr=[np.maximum(d[ok] - lo[ok], 0), np.maximum(hi[ok] - d[ok], 0)],
+                fmt="none",
+                ecolor=color,
+                elinewidth=lw,
+                capsize=cap,
+            )
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, s["condition"], rotation=30, ha="right", fontsize=7)
+        arrow = "↓ better" if s["lower_is_better"].iloc[0] else "↑ better"
+        ax.set_title(f"{score}\nΔ vs control ({arrow})", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes[len(scores) :]:
+        ax.set_axis_off()
+    if len(verdicts):
+        fig.suptitle(
+            f"thin: raw {verdicts.attrs.get('ci', 0.95):.0%} interval; thick: adjusted "
+            f"({verdicts.attrs.get('correction', '')}, family of "
+            f"{verdicts.attrs.get('family_size', '?')}); colour: verdict after correction",
+            fontsize=8,
+        )
+    return fig
+
+
+def plot_learning_curves(curves, scores, title: str = "") -> Figure:
+    """Each score against tokens trained, one line per condition (mean over seeds), the band
+    spanning its seeds' lowest and highest values."""
+    fig, axes = _panels(len(scores))
+    conditions = list(dict.fromkeys(curves["condition"]))
+    colors = {c: f"C{i % 10}" for i, c in enumerate(conditions)}
+    for ax, score in zip(axes, scores):
+        s = curves[curves["score"] == score]
+        for cond, g in s.groupby("condition", sort=False):
+            by = g.groupby("tokens")["value"]
+            t = by.mean().index.to_numpy(float) / 1e6
+            ax.plot(t, by.mean().to_numpy(), color=colors[cond], label=cond, lw=1.4)
+            ax.fill_between(
+                t, by.min().to_numpy(), by.max().to_numpy(), color=colors[cond], alpha=0.15
+            )
+        ax.set_title(score, fontsize=8)
+        ax.set_xlabel("tokens trained (M)", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(scores) :]:
+        ax.set_axis_off()
+    if len(scores):
+        axes[0].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_dose_response(scores, frame, fits, field: str, max_scores: int = 12) -> Figure:
+    """Each score against the dose: every run (dots), the mean per dose level (line) and the
+    fitted trend (dashed), titled with the slope, its interval and the monotonicity verdict."""
+    shown = fits.head(max_scores)
+    fig, axes = _panels(len(shown))
+    dose = dict(zip(frame["run"], frame[field]))
+    for ax, f in zip(axes, shown.itertuples(index=False)):
+        s = scores[scores["score"] == f.score]
+        ax.scatter([float(dose[r]) for r in s["run"]], s["value"], s=10, color="0.5")
+        ax.plot(f.levels, f.means, color="C0", lw=1.4, marker="o", ms=3)
+        ax.plot(f.levels, f.fitted, color="C3", lw=1, ls="--")
+        ax.set_title(
+            f"{f.score}\n{f.kind} slope {f.slope:+.3g} [{f.lo:+.3g}, {f.hi:+.3g}]: "
+            f"{f.monotonicity}",
+            fontsize=7,
+        )
+        ax.set_xlabel(field.split(".")[-1] if "." in field else field, fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(shown) :]:
+        ax.set_axis_off()
+    return fig

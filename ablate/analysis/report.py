@@ -42,6 +42,9 @@ def build_report(
     n_boot: int = 2000,
     threshold: float = 1.5,
     max_conditions: int = 12,
+    correction: str = "auto",
+    dose: str | None = None,
+    aa: bool = False,
 ) -> str:
     """Write the report for the runs ``paths`` (directories or globs) against ``control``."""
     from ablate.analysis.routing_store import cache_writes_after_success
@@ -56,7 +59,8 @@ def build_report(
         if r.eval_steps():
             r.eval_results(step)
     with cache_writes_after_success():
-        page = _page(runs, control, step, method, n_boot, threshold, max_conditions)
+        stats_options = {"correction": correction, "dose": dose, "aa": aa}
+        page = _page(runs, control, step, method, n_boot, threshold, max_conditions, stats_options)
         from ablate.io import remove_stale_temporaries, write_text_atomic
 
         remove_stale_temporaries(os.path.dirname(os.path.abspath(out)))
@@ -86,7 +90,14 @@ def _check_out(out: str, runs=()) -> None:
 
 
 def _page(
-    runs, control: str, step, method: str, n_boot: int, threshold: float, max_conditions: int
+    runs,
+    control: str,
+    step,
+    method: str,
+    n_boot: int,
+    threshold: float,
+    max_conditions: int,
+    stats_options: dict | None = None,
 ) -> str:
     from ablate.analysis import capability as cap
     from ablate.analysis.runs import (
@@ -120,6 +131,9 @@ def _page(
     vary = varying_columns(frame)
     overview = frame[["run", "condition", "seed", "state", "step"] + vary[:12]]
     parts.append("<h2>Runs</h2>" + table(overview, left=("run", "condition", "state")))
+    from ablate.analysis.runs import seed_design
+
+    parts.append(f"<p class='note'>{html.escape(seed_design(frame)['summary'])}</p>")
     diffs = differences(frame, control)
     unset = lambda v: "(unset)" if v is None else fmt(v)  # noqa: E731
     rows = [
@@ -139,6 +153,13 @@ def _page(
     # ---- capability
     parts.append("<h2>Capabilities</h2>")
     scores = cap.scores_frame(runs, frame, step)
+    curves = None
+    if step is None:  # learning-curve summaries join the end-point scores
+        from ablate.analysis.curves import curve_frame, curve_scores
+
+        curves = curve_frame(runs, frame)
+        if len(curves):
+            scores = pd.concat([scores, curve_scores(curves)], ignore_index=True)
     steps = scores.groupby("run")["step"].first() if len(scores) else None
     if steps is not None and steps.nunique() > 1:
         notes.append(
@@ -156,6 +177,7 @@ def _page(
         comparison = cap.compare(scores, control, method=method, n_boot=n_boot)
         notes += comparison.attrs.get("excluded", [])
         parts.append(_capability_section(cap, scores, comparison, control, runs, frame, method))
+        parts.append(_stats_sections(scores, frame, curves, control, stats_options or {}))
 
     # ---- training
     parts.append("<h2>Training</h2>")
@@ -186,6 +208,24 @@ def _page(
         f"{html.escape(control)}"
         f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
     )
+
+
+def _stats_sections(scores, frame, curves, control: str, options: dict) -> str:
+    """Corrected verdicts with power, learning curves, dose-response, A/A calibration."""
+    from ablate.analysis import report_stats as rs
+    from ablate.analysis import verdicts as vd
+
+    correction = options.get("correction", "auto")
+    parts = [rs.verdict_section(vd.verdicts(scores, control, correction=correction))]
+    if curves is not None and len(curves):
+        parts.append(rs.curves_section(curves))
+    if options.get("dose"):
+        fits = vd.dose_fits(scores, frame, options["dose"], correction=correction)
+        parts.append(rs.dose_section(scores, frame, fits))
+    if options.get("aa"):
+        v, rates = vd.aa_calibration(scores, control, correction=correction)
+        parts.append(rs.aa_section(v, rates))
+    return "".join(parts)
 
 
 def _capability_section(cap, scores, comparison, control, runs, frame, method) -> str:

@@ -48,7 +48,9 @@ NOT_CONDITION = (
 # either order: the sweep's default names end -s{seed}-d{data_seed}
 _INIT_SUFFIX = r"(?:[-_.]?(?:seed|s|rep|r)?[-_]?\d+)"
 _DATA_SUFFIX = r"(?:[-_.]?(?:data[-_]?seed|dseed|ds|d)[-_]?\d+)"
-_SEED_SUFFIX = re.compile(f"{_DATA_SUFFIX}?{_INIT_SUFFIX}?{_DATA_SUFFIX}?$", re.I)
+# (?<=.): the suffix never takes the whole name, so a condition named like a seed ("d1", "s2")
+# keeps its name: "d1-s1" -> "d1", not "" -> "d1-s1"
+_SEED_SUFFIX = re.compile(f"(?<=.)(?:{_DATA_SUFFIX}?{_INIT_SUFFIX}?{_DATA_SUFFIX}?)$", re.I)
 
 
 @dataclass

@@ -357,7 +357,11 @@ def _check_sd(sd) -> np.ndarray:
 
 def _power_nc(nc, df, alpha):
     q = st.t.ppf(1 - alpha / 2, df)
-    return st.nct.sf(q, df, nc) + st.nct.cdf(-q, df, nc)
+    # scipy's noncentral t returns NaN for some far-tail values (df = 1, nc = 8: the lower tail,
+    # ~1e-12); the far tail of a shifted distribution is ~0, so read NaN there as 0
+    upper = np.nan_to_num(st.nct.sf(q, df, np.abs(nc)), nan=0.0)
+    lower = np.nan_to_num(st.nct.cdf(-q, df, np.abs(nc)), nan=0.0)
+    return upper + lower
 
 
 def power(effect, sd, n, alpha: float = 0.05):
