@@ -45,6 +45,12 @@ class EvalOptions:
     limit: int | None = option(
         None, "score only the first N samples of each task (default: all)", ge=1, metavar="N"
     )
+    probes: str | None = option(
+        None,
+        "the probes task scores only these probe files (comma-separated, e.g. "
+        "math_answer,math_ladder_1: cheap evaluation inside training; default: all)",
+        metavar="NAMES",
+    )
     batch_size: int = option(16, "sequences per forward pass", ge=1)
     bpb_tokens: int = option(65_536, "held-out tokens per domain for bpb (whole documents)", ge=1)
     routing_tokens: int = option(4_096, "held-out tokens per domain for the routing capture", ge=1)

@@ -121,6 +121,17 @@ class Probes(Task):
         for manifest in ctx.em.manifests:
             for probe, info in manifest.probes.items():
                 files[probe] = os.path.join(manifest.root, info["path"])
+        wanted = ctx.options.probes
+        if wanted:
+            names = [n.strip() for n in wanted.split(",") if n.strip()]
+            unknown = [n for n in names if n not in files]
+            if unknown or not names:
+                bad = unknown[0] if unknown else wanted
+                raise AblateError(
+                    f"probes: {bad!r} is not a probe file of this "
+                    f"run's data (available: {', '.join(sorted(files)) or 'none'})"
+                )
+            files = {n: files[n] for n in names}
         return files
 
     def data_identity(self, ctx) -> dict:
