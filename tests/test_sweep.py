@@ -162,11 +162,14 @@ def test_expand_precompiles_every_point_with_shared_indices(here, cli):
     assert "steps" in r.out and "dens-math.structured=0.25" in r.out
 
 
-def test_every_sweep_file_in_recipes_expands(monkeypatch):
+def test_every_sweep_file_in_recipes_expands(monkeypatch, tmp_path, toyworld_root):
     from ablate.sweep.expand import build_points
     from ablate.sweep.spec import load_sweep
 
-    monkeypatch.chdir(REPO)  # their paths are relative to the repository root
+    # their paths are relative to the repository root; a swarm reads the prepared toy world
+    os.symlink(os.path.join(REPO, "recipes"), tmp_path / "recipes")
+    link_toyworld(toyworld_root, tmp_path)
+    monkeypatch.chdir(tmp_path)
     paths = sorted(
         os.path.join("recipes", folder, f)
         for folder in ("sweeps", "study")

@@ -43,6 +43,7 @@ class Point:
     recipe: Any = None  # the parsed Recipe
     text: str = ""  # recipe.yaml as written
     plan: Any = None
+    swarm: Any = None  # the sweep's Swarm (shared by its points), if it has a swarm axis
 
     @property
     def recipe_path(self) -> str:
@@ -70,7 +71,14 @@ def build_points(spec: SweepSpec) -> list[Point]:
     tree, optional = _base_tree(spec, where)
     for path, value in spec.set.items():
         assign(tree, resolve(tree, path, f"{where}: set.{path}", optional), value)
-    axes, aliases = _axes(spec, tree, where, optional)
+    swarm = _swarm(spec, tree, where)
+    # the swarm owns its stage's budget and mix: another axis there would change its caps and sums
+    owned = (
+        [["stages", swarm.stage_index, "mix"], ["stages", swarm.stage_index, "tokens"]]
+        if swarm
+        else []
+    )
+    axes, aliases = _axes(spec, tree, where, optional, swarm)
     root = spec.resolved_root
     variables = (
         ["sweep", "index"]
@@ -101,6 +109,12 @@ def build_points(spec: SweepSpec) -> list[Point]:
         for choice in combo:
             for path, value, at in choice.sets:
                 keys = resolve(raw, path, f"{where}: {at}", optional)
+                if at != "swarm" and any(_nested(keys, o) for o in owned):
+                    raise AblateError(
+                        f"{where}: {at}: sets {dotted(keys)}, inside stage "
+                        f"{show_value(swarm.stage_name)}'s budget or mix, which the swarm draws "
+                        "(put a fixed change in set:, or swarm another stage)"
+                    )
                 if tuple(keys) in touched and touched[tuple(keys)] != at:
                     raise AblateError(
                         f"{where}: {at}: sets {dotted(keys)}, which {touched[tuple(keys)]} "
@@ -116,8 +130,35 @@ def build_points(spec: SweepSpec) -> list[Point]:
         text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
         short = {path: alias for alias, path in aliases.items()}
         shown = {short.get(k, k): v for k, v in values.items() if k not in aliases}
-        points.append(Point(name, index, shown, run_dir, recipe, text))
+        points.append(Point(name, index, shown, run_dir, recipe, text, swarm=swarm))
     return points
+
+
+def _swarm(spec: SweepSpec, tree: dict, where: str):
+    """The swarm axis's mixtures, drawn over the base after ``set:`` (None without one)."""
+    if spec.swarm is None:
+        return None
+    from ablate.recipe.schema import parse_recipe
+    from ablate.sweep.swarm import build_swarm
+
+    raw = copy.deepcopy(tree)
+    _strip_unset_mix_fields(raw)
+    recipe = parse_recipe(raw, origin=f"{where}: base")
+    swarm = build_swarm(spec.swarm, recipe, where)
+    # its stage's entries in full form (a set: may have written shorthand like `general: 30K`),
+    # so the swarm's paths (mix.<entry>.share, .tokens, .density) exist in every point's tree
+    stage = tree["stages"][swarm.stage_index]
+    stage["mix"] = {
+        e.selector: {f: getattr(e, f) for f in MIX_FIELDS}
+        for e in recipe.stages[swarm.stage_index].mix
+    }
+    stage.setdefault("tokens", None)
+    return swarm
+
+
+def _nested(a: list, b: list) -> bool:
+    """One field path lies inside the other (or they are the same)."""
+    return a[: len(b)] == b or b[: len(a)] == a
 
 
 def plan_points(spec: SweepSpec, points: list[Point], verify: bool = True) -> None:
@@ -168,18 +209,18 @@ def write_points(spec: SweepSpec, points: list[Point]) -> None:
     for p in points:
         os.makedirs(p.run_dir, exist_ok=True)
         write_text_atomic(p.recipe_path, p.text)
-    write_json_atomic(
-        os.path.join(spec.resolved_root, "sweep.json"),
-        {
-            "format": SWEEP_FORMAT,
-            "name": spec.name,
-            "spec": os.path.abspath(spec._path) if spec._path else None,
-            "points": [
-                {"name": p.name, "index": p.index, "run_dir": p.run_dir, "values": p.values}
-                for p in points
-            ],
-        },
-    )
+    record = {
+        "format": SWEEP_FORMAT,
+        "name": spec.name,
+        "spec": os.path.abspath(spec._path) if spec._path else None,
+        "points": [
+            {"name": p.name, "index": p.index, "run_dir": p.run_dir, "values": p.values}
+            for p in points
+        ],
+    }
+    if points and points[0].swarm is not None:
+        record["swarm"] = points[0].swarm.record()
+    write_json_atomic(os.path.join(spec.resolved_root, "sweep.json"), record)
 
 
 def started(run_dir: str) -> bool:
@@ -254,8 +295,11 @@ def _strip_unset_mix_fields(raw: dict) -> None:
                     stage["mix"][selector] = {k: v for k, v in entry.items() if v is not None}
 
 
-def _axes(spec: SweepSpec, tree: dict, where: str, optional: dict) -> tuple[list[_Axis], dict]:
-    """The axes in product order (grid paths, zips, variants, seeds, data seeds) and short aliases.
+def _axes(
+    spec: SweepSpec, tree: dict, where: str, optional: dict, swarm=None
+) -> tuple[list[_Axis], dict]:
+    """The axes in product order (grid paths, zips, variants, swarm, seeds, data seeds) and short
+    aliases.
 
     An axis over a path is labelled by the path as written; its alias is the last field it
     resolves to (``math.structured``, ``lr``), usable in ``point_name`` when no other axis
@@ -300,6 +344,16 @@ def _axes(spec: SweepSpec, tree: dict, where: str, optional: dict) -> tuple[list
                 ],
             )
         )
+    if swarm is not None:  # one choice per mixture, labelled by its index and shares
+        axes.append(
+            _Axis(
+                "swarm",
+                [
+                    _Choice(swarm.labels(i), [(p, v, "swarm") for p, v in swarm.sets(i)], i)
+                    for i in range(len(swarm.tokens_NK))
+                ],
+            )
+        )
     # the init and data-order seeds: two axes, so both together give their product
     for kind, label in (("seeds", "seed"), ("data_seeds", "data_seed")):
         values = getattr(spec, kind)
@@ -313,7 +367,7 @@ def _axes(spec: SweepSpec, tree: dict, where: str, optional: dict) -> tuple[list
     counts: dict[str, int] = {}
     for k in last_key.values():
         counts[k] = counts.get(k, 0) + 1
-    reserved = {"sweep", "index", "variant", "seed", "data_seed"}
+    reserved = {"sweep", "index", "variant", "mixture", "seed", "data_seed"}
     aliases = {k: p for p, k in last_key.items() if counts[k] == 1 and k not in reserved and k != p}
     return axes, aliases
 
@@ -328,6 +382,8 @@ def _default_template(axes: list[_Axis], aliases: dict) -> str:
             parts.append(f"{label}={{{label}}}")
         elif axis.kind == "variants":
             parts.append("{variant}")
+        elif axis.kind == "swarm":  # w000, w001, ... (wider for a swarm of 1,000 or more)
+            parts.append(f"w{{mixture:0{max(3, len(str(len(axis.choices) - 1)))}d}}")
         elif axis.kind == "data_seeds":
             parts.append("d{data_seed}")
         else:

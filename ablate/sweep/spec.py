@@ -13,6 +13,8 @@ zip:                                # one axis: equal-length lists taken togethe
 variants:                           # one axis of named points
   - {name: small, set: {model.num_layers: 2}}
   - {name: large, set: {model.num_layers: 4}}
+swarm: {n: 20, concentration: 10, seed: 0}   # one axis of N mixtures of one stage's mix,
+                                    # drawn around a prior (ablate.sweep.swarm has every field)
 seeds: [1, 2]                       # an axis over the recipe's `seed` (init; data order too,
                                     # unless the recipe or data_seeds sets data_seed)
 data_seeds: [7, 8]                  # an axis over the recipe's `data_seed` (the data order)
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ablate.errors import AblateError, show
+from ablate.sweep.swarm import SwarmSpec, parse_swarm
 from ablate.validate import (
     INT64_MAX,
     build_dataclass,
@@ -131,6 +134,7 @@ class SweepSpec:
     grid: dict = field(default_factory=dict)
     zip: list = field(default_factory=list)  # of dicts
     variants: list = field(default_factory=list)  # of Variant
+    swarm: Optional[SwarmSpec] = None
     seeds: Optional[list] = None
     data_seeds: Optional[list] = None
     point_name: Optional[str] = None
@@ -232,6 +236,8 @@ def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec
             )
         zip_axes.append(axes)
     variants = _variants(raw.get("variants"), f"{origin}: variants")
+    swarm = raw.get("swarm")
+    swarm = parse_swarm(swarm, f"{origin}: swarm") if swarm is not None else None
     seeds = _seed_axis(raw.get("seeds"), f"{origin}: seeds")
     data_seeds = _seed_axis(raw.get("data_seeds"), f"{origin}: data_seeds")
     point_name = raw.get("point_name")
@@ -252,6 +258,7 @@ def parse_sweep(raw: Any, origin: str, base_dir: str | None = None) -> SweepSpec
         grid=grid,
         zip=zip_axes,
         variants=variants,
+        swarm=swarm,
         seeds=seeds,
         data_seeds=data_seeds,
         point_name=point_name,
