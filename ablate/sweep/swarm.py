@@ -271,25 +271,28 @@ def draw_mixtures(
         if draws >= max_draws or close >= max_close:
             raise AblateError(_exhausted(where, accepted, n, draws, below, over, close))
         x_BK = rng.dirichlet(alpha_K, size=BATCH)
-        draws += BATCH
         t_BK = round_to_total(x_BK, total)
         low = (t_BK < floor).any(axis=1)
         high = (t_BK > cap_K).any(axis=1) & ~low
-        below += int(low.sum())
-        over += int(high.sum())
-        for t_K in t_BK[~(low | high)]:
-            s_K = t_K / total
+        examined = BATCH  # the draws looked at: all of the batch unless it stops inside it
+        for b in np.flatnonzero(~(low | high)):
+            s_K = t_BK[b] / total
             if accepted and min_distance > 0:
                 tv = 0.5 * np.abs(shares_NK[:accepted] - s_K).sum(axis=1).min()
                 if tv < min_distance:
                     close += 1
                     if close >= max_close:
+                        examined = b + 1
                         break
                     continue
-            shares_NK[accepted], tokens_NK[accepted] = s_K, t_K
+            shares_NK[accepted], tokens_NK[accepted] = s_K, t_BK[b]
             accepted += 1
             if accepted == n:
+                examined = b + 1
                 break
+        draws += examined
+        below += int(low[:examined].sum())
+        over += int(high[:examined].sum())
     return tokens_NK
 
 
@@ -309,7 +312,7 @@ def _exhausted(where, accepted, n, draws, below, over, close) -> str:
     reasons, relax = [], []
     if below:
         reasons.append(f"{below:,} below min_share (or 1 token)")
-        relax.append("lower min_share")
+        relax.append("lower min_share (or raise concentration)")
     if over:
         reasons.append(f"{over:,} over a repetition cap")
         relax.append("raise max_epochs")
