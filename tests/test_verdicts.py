@@ -212,6 +212,8 @@ def test_report_refusals(runs_root, tmp_path, cli):
     runs = os.path.join(str(runs_root), "d[12]-s[123]")
     r = cli("report", runs, "--control", "d1", "--dose", "no.such.field", "-o", out)
     assert_one_line_error(r, "dose axis 'no.such.field' is not a recipe field")
+    r = cli("report", runs, "--control", "d1", "--dose", "name", "-o", out)  # a string field
+    assert_one_line_error(r, "dose axis name", "needs numbers")
     # the control's one init seed in both data orders: no interval
     one = [os.path.join(str(runs_root), p) for p in ("d1-s1*", "d2-s[12]")]
     r = cli("report", *one, "--control", "d1", "--aa", "-o", out)
