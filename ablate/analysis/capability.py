@@ -29,6 +29,13 @@ NOT_SCORE_TASKS = ("routing",)
 _NOT_SCORE_METRIC = re.compile(r"^(tokens|samples|elapsed)(/|$)")
 
 
+# the columns of a scores frame (``scores_frame``; the learning-curve scores share them)
+SCORE_COLUMNS = [
+    "run", "condition", "seed", "data_seed", "pair", "step", "task", "metric", "score", "value",
+    "version", "fingerprint", "samples", "lower_is_better",
+]  # fmt: skip
+
+
 def is_score(task: str, metric: str) -> bool:
     return task not in NOT_SCORE_TASKS and not _NOT_SCORE_METRIC.match(metric)
 
@@ -86,25 +93,7 @@ def scores_frame(runs, frame=None, step: int | None = None):
                         "lower_is_better": lower_is_better(metric),
                     }
                 )
-    out = pd.DataFrame(
-        rows,
-        columns=[
-            "run",
-            "condition",
-            "seed",
-            "data_seed",
-            "pair",
-            "step",
-            "task",
-            "metric",
-            "score",
-            "value",
-            "version",
-            "fingerprint",
-            "samples",
-            "lower_is_better",
-        ],
-    )
+    out = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     out.attrs["missing"] = missing
     return out
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ablate.analysis.capability import is_score, pair_key, score_label
+from ablate.analysis.capability import SCORE_COLUMNS, is_score, pair_key, score_label
 
 TASK = "curve"
 DEFAULT_THRESHOLDS = (0.25, 0.5)
@@ -81,22 +81,7 @@ def curve_frame(runs, frame=None):
                             "samples": t.get("samples"),
                         }
                     )
-    columns = [
-        "run",
-        "condition",
-        "seed",
-        "data_seed",
-        "pair",
-        "step",
-        "tokens",
-        "task",
-        "metric",
-        "score",
-        "value",
-        "version",
-        "fingerprint",
-        "samples",
-    ]
+    columns = [*SCORE_COLUMNS[:6], "tokens", *SCORE_COLUMNS[6:-1]]  # no lower_is_better yet
     return pd.DataFrame(rows, columns=columns).sort_values(["run", "score", "step"], kind="stable")
 
 
@@ -168,20 +153,4 @@ def curve_scores(curves, thresholds=DEFAULT_THRESHOLDS):
                     "lower_is_better": lower,
                 }
             )
-    columns = [
-        "run",
-        "condition",
-        "seed",
-        "data_seed",
-        "pair",
-        "step",
-        "task",
-        "metric",
-        "score",
-        "value",
-        "version",
-        "fingerprint",
-        "samples",
-        "lower_is_better",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
