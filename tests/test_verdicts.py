@@ -232,3 +232,26 @@ def test_report_refusals(runs_root, tmp_path, cli):
     )
     assert r.rc == 0, r.err
     assert "Benjamini" in out.read_text()
+
+
+def test_report_family_of_one_with_a_named_correction(tmp_path, cli):
+    """One score, two conditions: a family of one comparison. Auto reports it uncorrected;
+    naming a method is one line (there is nothing to correct), and nothing is written."""
+    rng = np.random.default_rng(1)
+    for cond, shift, tokens in (("ctl", 0.0, "1K"), ("arm", 0.2, "2K")):
+        for s in SEEDS:
+            path = write_run(tmp_path / "runs", f"{cond}-s{s}", seed=s, stages=_stages(tokens))
+            write_scores(
+                path,
+                f"{cond}-s{s}",
+                9,
+                {"probes": {"accuracy/math": 0.3 + shift + rng.normal(0, 0.01)}},
+            )
+    out = tmp_path / "r.html"
+    runs = str(tmp_path / "runs" / "*")
+    r = cli("report", runs, "--control", "ctl", "--correction", "holm", "-o", out)
+    assert_one_line_error(r, "a family of 1 testable comparison", "--correction none")
+    assert not out.exists()
+    r = cli("report", runs, "--control", "ctl", "-o", out)
+    assert r.rc == 0, r.err
+    assert "none: family of 1" in out.read_text()
