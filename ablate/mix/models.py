@@ -12,7 +12,8 @@
   resamples with fixed seeds.
 - ``GaussianProcess``: scikit-learn's ``GaussianProcessRegressor`` with a constant x RBF kernel plus
   white noise on the weights; its posterior std is the uncertainty, and the white-noise level it
-  learns is its estimate of the seed noise.
+  learns is its estimate of the seed noise. Fitted on several metrics at once (``fit_many``) the
+  kernel's hyperparameters are shared between the (standardised) metrics.
 
 Every model is deterministic given its ``seed``. ``fit_many`` fits one model per column of
 ``Y_NM``; ``LogLinear`` overrides it to build the design matrix and the least-squares start once for
@@ -144,7 +145,11 @@ def _boosted_regressor(seed: int, n: int):
         num_leaves=15,
         min_child_samples=leaf,
         random_state=seed,
+        # one thread: on a few hundred rows threads only contend (a shared 2-core machine ran
+        # 100x slower with LightGBM's default of every core); deterministic row-wise histograms
+        n_jobs=1,
         deterministic=True,
+        force_row_wise=True,
         verbose=-1,
     )
 
@@ -185,10 +190,10 @@ class GaussianProcess:
     name = "gp"
 
     def __init__(self, seed: int = 0):
-        self.seed = seed
+        self.seed, self.column = seed, None
 
-    def fit(self, W_ND, y_N):
-        from sklearn.exceptions import ConvergenceWarning
+    @staticmethod
+    def _regressor(seed: int):
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
@@ -196,21 +201,45 @@ class GaussianProcess:
             0.1, (1e-8, 1e1)
         )
         # no restarts: the optimiser starts from the kernel above, so the fit is deterministic
-        self.gp_ = GaussianProcessRegressor(
-            kernel, normalize_y=True, n_restarts_optimizer=0, random_state=self.seed
+        return GaussianProcessRegressor(
+            kernel, normalize_y=True, n_restarts_optimizer=0, random_state=seed
         )
+
+    @staticmethod
+    def _fit(gp, W, Y):
+        from sklearn.exceptions import ConvergenceWarning
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            self.gp_.fit(np.asarray(W_ND, float), np.asarray(y_N, float))
+            gp.fit(np.asarray(W, float), Y)
+        return gp
+
+    def fit(self, W_ND, y_N):
+        self.gp_ = self._fit(self._regressor(self.seed), W_ND, np.asarray(y_N, float))
         return self
 
     @classmethod
     def fit_many(cls, W_ND, Y_NM, **kw) -> list:
+        """One GP for all metrics: each metric standardised (``normalize_y``), the kernel's
+        length scale and noise-to-signal ratio shared and fitted on the metrics' summed log
+        marginal likelihood; the posterior means and stds stay per metric. One hyperparameter
+        search instead of M (the GP's cost at 512 runs is the O(N^3) factorisations of that
+        search); with one metric it is ``fit``."""
         Y = np.asarray(Y_NM, float)
-        return [cls(**kw).fit(W_ND, Y[:, m]) for m in range(Y.shape[1])]
+        if Y.shape[1] == 1:
+            return [cls(**kw).fit(W_ND, Y[:, 0])]
+        shared = cls._fit(cls._regressor(kw.get("seed", 0)), W_ND, Y)
+        out = []
+        for m in range(Y.shape[1]):
+            model = cls(**kw)
+            model.gp_, model.column = shared, m
+            out.append(model)
+        return out
 
     def predict(self, W_ND):
         mean, std = self.gp_.predict(np.asarray(W_ND, float), return_std=True)
+        if self.column is not None:
+            mean, std = mean[:, self.column], std[:, self.column]
         return mean, std
 
 
