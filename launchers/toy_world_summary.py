@@ -111,6 +111,9 @@ def ci(lo: float, hi: float) -> str:
 
 
 def direction(v_row, paper: dict, control: str) -> str:
+    """The paper's direction, for math scores (the papers' claims are about math reasoning)."""
+    if "math" not in v_row["score"]:
+        return ""
     expected = paper.get((control, v_row["condition"]))
     if v_row["verdict_adj"] not in ("better", "worse") or expected is None:
         return ""
