@@ -64,7 +64,7 @@ def test_cli_fit_and_propose(sweep, capsys):
             "propose",
             str(sweep / "fit"),
             "--objective",
-            "'mixlaw/y' - 0.5*(mixlaw/z)".replace("(mixlaw/z)", "'mixlaw/z'"),
+            "'mixlaw/y' - 0.5*('mixlaw/z')",
             "--pin",
             "general=0.1",
             "-o",
@@ -306,3 +306,20 @@ def test_proposal_compiles_on_the_toy_world(toyworld_root, tmp_path, monkeypatch
     r = cli("compile", "--dry-run", "proposal.yaml")
     assert r.rc == 0, r.err
     assert "code.exec" in r.out
+
+
+def test_help_stays_light():
+    """``ablate --help`` and ``ablate mix fit --help`` load neither pandas nor scikit-learn."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom ablate.cli import main\n"
+        "for argv in (['--help'], ['mix', 'fit', '--help'], ['mix', 'propose', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "heavy = [m for m in ('pandas', 'sklearn', 'lightgbm', 'scipy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--objective EXPR" in r.stdout and "--target METRIC[,METRIC]" in r.stdout

@@ -64,7 +64,7 @@ def fig_partial(body, fitted) -> Figure:
             s, y = partial_effects(model, prior, d, caps)
             ax.plot(s, y, color=colors[name], label=name, lw=1.4)
         ax.set_title(f"{t} ({body['metrics'][t]['chosen']})", fontsize=9)
-        ax.set_xlabel("share of the domain (others: prior proportions)")
+        ax.set_xlabel("domain share (others: prior ratios)", fontsize=8)
     axes[0].legend(fontsize=7)
     return fig
 
