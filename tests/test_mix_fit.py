@@ -14,7 +14,7 @@ import yaml
 from ablate.mix.fit import fit_mixture, load_fit
 from ablate.mix.propose import project, propose_mixture
 from ablate.mix.validate import kfold_indices, noise_floor
-from tests.mix_fakes import loglinear_law, write_sweep
+from mix_fakes import loglinear_law, write_sweep
 
 DOMAINS = ["code.exec", "general", "math.structured", "math.text"]
 B = np.array([0.05, 0.10, 0.15, 0.20])

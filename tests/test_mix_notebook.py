@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from tests.mix_fakes import loglinear_law, write_sweep
+from mix_fakes import loglinear_law, write_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

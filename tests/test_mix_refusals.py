@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import assert_refused, link_toyworld
-from tests.mix_fakes import loglinear_law, write_mix_run, write_sweep
+from conftest import assert_refused, link_toyworld
+from mix_fakes import loglinear_law, write_mix_run, write_sweep
 
 DOMAINS = ["code.exec", "general", "math.structured", "math.text"]
 B = np.array([0.05, 0.10, 0.15, 0.20])
@@ -249,7 +249,7 @@ def test_proposal_compiles_on_the_toy_world(toyworld_root, tmp_path, monkeypatch
     """Runs planned by the real budget arithmetic over the toy world; the proposal compiles."""
     from ablate.recipe.plan import make_plan
     from ablate.recipe.schema import parse_recipe
-    from tests.mix_fakes import SEQ, resolved
+    from mix_fakes import SEQ, resolved
 
     link_toyworld(toyworld_root, tmp_path)
     monkeypatch.chdir(tmp_path)
