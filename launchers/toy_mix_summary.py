@@ -52,9 +52,10 @@ def _sweep(path: str, name: str, base: str, seeds: list[int]) -> None:
         "executor": "local",
         "eval": {"tasks": ["bpb", "probes"], "args": ["--bpb-tokens", "16384", "--limit", "100"]},
     }
+    shown = os.path.relpath(path)
     head = (
         f"# {name}: confirmation runs of the mixture study (launchers/toy_mix_study.sh)\n"
-        f"#   ablate sweep expand {path} && ablate sweep submit {path}\n"
+        f"#   ablate sweep expand {shown} && ablate sweep submit {shown}\n"
     )
     with open(path + ".tmp", "w") as f:
         f.write(head + yaml.safe_dump(body, sort_keys=False))
@@ -73,7 +74,7 @@ def pick(args) -> int:
     _sweep(os.path.join(out, "confirm-proposal.yaml"), "mix-proposal", "proposal.yaml", seeds)
     for arm, run in (("best", best), ("median", median)):
         # the swarm's own run is the first seed: only the others are trained again
-        recipe = os.path.join(by_name[run].path, "recipe.yaml")
+        recipe = os.path.abspath(os.path.join(by_name[run].path, "recipe.yaml"))
         _sweep(os.path.join(out, f"confirm-{arm}.yaml"), f"mix-{arm}", recipe, seeds[1:])
     with open(os.path.join(out, "picked.json"), "w") as f:
         json.dump(
