@@ -1,7 +1,10 @@
 """``ablate report``: one self-contained HTML page comparing runs against a control.
 
 Sections: the runs and what differs between them; capability deltas with confidence intervals
-(capability x recipe table, data-change x capability interaction table, bars); training curves;
+(capability x recipe table, data-change x capability interaction table, bars); the verdicts
+corrected for multiple comparisons with the design's power, learning curves where runs evaluated
+during training, a dose-response fit (``--dose``) and the A/A calibration (``--aa``), see
+``report_stats`` and ``verdicts``; training curves;
 training-time routing (numbering-free comparison with the control, specialization heatmaps, JS
 matrices side by side, specialization over training, shared / exclusive experts); eval-time
 routing where ``ablate eval`` wrote it (saturation, vocabulary specialization, co-activation).
@@ -105,6 +108,7 @@ def _page(
         metrics_frame,
         resolve_control,
         runs_frame,
+        seed_design,
         varying_columns,
     )
 
@@ -131,8 +135,6 @@ def _page(
     vary = varying_columns(frame)
     overview = frame[["run", "condition", "seed", "state", "step"] + vary[:12]]
     parts.append("<h2>Runs</h2>" + table(overview, left=("run", "condition", "state")))
-    from ablate.analysis.runs import seed_design
-
     parts.append(f"<p class='note'>{html.escape(seed_design(frame)['summary'])}</p>")
     diffs = differences(frame, control)
     unset = lambda v: "(unset)" if v is None else fmt(v)  # noqa: E731
