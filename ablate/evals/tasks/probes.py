@@ -121,7 +121,7 @@ class Probes(Task):
         for manifest in ctx.em.manifests:
             for probe, info in manifest.probes.items():
                 files[probe] = os.path.join(manifest.root, info["path"])
-        wanted = ctx.options.probes
+        wanted = getattr(ctx.options, "probes", None)  # options built by hand may lack it
         if wanted:
             names = [n.strip() for n in wanted.split(",") if n.strip()]
             unknown = [n for n in names if n not in files]
