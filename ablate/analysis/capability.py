@@ -40,6 +40,19 @@ def is_score(task: str, metric: str) -> bool:
     return task not in NOT_SCORE_TASKS and not _NOT_SCORE_METRIC.match(metric)
 
 
+def score_entries(body: dict):
+    """``(task, task entry, metric, value)`` of every numeric score of an eval result (the
+    bookkeeping entries, booleans and missing values left out)."""
+    for task, t in body["tasks"].items():
+        for metric, value in t["metrics"].items():
+            if (
+                is_score(task, metric)
+                and not isinstance(value, bool)
+                and isinstance(value, (int, float))
+            ):
+                yield task, t, metric, value
+
+
 def lower_is_better(metric: str) -> bool:
     return bool(_LOWER.search(metric))
 
@@ -66,33 +79,25 @@ def scores_frame(runs, frame=None, step: int | None = None):
             missing.append(r.name)
             continue
         body = r.eval_results(step)
-        for task, t in body["tasks"].items():
-            for metric, value in t["metrics"].items():
-                if (
-                    not is_score(task, metric)
-                    or value is None
-                    or isinstance(value, bool)
-                    or not isinstance(value, (int, float))
-                ):
-                    continue
-                rows.append(
-                    {
-                        "run": r.name,
-                        "condition": cond.get(r.name, r.name),
-                        "seed": r.seed,
-                        "data_seed": r.data_seed,
-                        "pair": pair_key(r),
-                        "step": int(body.get("step", -1)),
-                        "task": task,
-                        "metric": metric,
-                        "score": score_label(task, metric),
-                        "value": float(value),
-                        "version": t.get("version"),
-                        "fingerprint": t.get("fingerprint"),
-                        "samples": t.get("samples"),
-                        "lower_is_better": lower_is_better(metric),
-                    }
-                )
+        for task, t, metric, value in score_entries(body):
+            rows.append(
+                {
+                    "run": r.name,
+                    "condition": cond.get(r.name, r.name),
+                    "seed": r.seed,
+                    "data_seed": r.data_seed,
+                    "pair": pair_key(r),
+                    "step": int(body.get("step", -1)),
+                    "task": task,
+                    "metric": metric,
+                    "score": score_label(task, metric),
+                    "value": float(value),
+                    "version": t.get("version"),
+                    "fingerprint": t.get("fingerprint"),
+                    "samples": t.get("samples"),
+                    "lower_is_better": lower_is_better(metric),
+                }
+            )
     out = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     out.attrs["missing"] = missing
     return out

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ablate.analysis.capability import SCORE_COLUMNS, is_score, pair_key, score_label
+from ablate.analysis.capability import SCORE_COLUMNS, pair_key, score_entries, score_label
 
 TASK = "curve"
 DEFAULT_THRESHOLDS = (0.25, 0.5)
@@ -55,32 +55,25 @@ def curve_frame(runs, frame=None):
         per_step = tokens_per_step(r)
         for step in steps:
             body = r.eval_results(step)
-            for task, t in body["tasks"].items():
-                for metric, value in t["metrics"].items():
-                    if (
-                        not is_score(task, metric)
-                        or isinstance(value, bool)
-                        or not isinstance(value, (int, float))
-                    ):
-                        continue
-                    rows.append(
-                        {
-                            "run": r.name,
-                            "condition": cond.get(r.name, r.name),
-                            "seed": r.seed,
-                            "data_seed": r.data_seed,
-                            "pair": pair_key(r),
-                            "step": step,
-                            "tokens": step * per_step,
-                            "task": task,
-                            "metric": metric,
-                            "score": score_label(task, metric),
-                            "value": float(value),
-                            "version": t.get("version"),
-                            "fingerprint": t.get("fingerprint"),
-                            "samples": t.get("samples"),
-                        }
-                    )
+            for task, t, metric, value in score_entries(body):
+                rows.append(
+                    {
+                        "run": r.name,
+                        "condition": cond.get(r.name, r.name),
+                        "seed": r.seed,
+                        "data_seed": r.data_seed,
+                        "pair": pair_key(r),
+                        "step": step,
+                        "tokens": step * per_step,
+                        "task": task,
+                        "metric": metric,
+                        "score": score_label(task, metric),
+                        "value": float(value),
+                        "version": t.get("version"),
+                        "fingerprint": t.get("fingerprint"),
+                        "samples": t.get("samples"),
+                    }
+                )
     columns = [*SCORE_COLUMNS[:6], "tokens", *SCORE_COLUMNS[6:-1]]  # no lower_is_better yet
     return pd.DataFrame(rows, columns=columns).sort_values(["run", "score", "step"], kind="stable")
 
