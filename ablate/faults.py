@@ -53,16 +53,39 @@ class Terminated(BaseException):
     """SIGTERM arrived (a BaseException: no ``except Exception`` swallows it)."""
 
 
+_RETRY_S = 0.05
+
+
+def _in_import(frame) -> bool:
+    """Whether ``frame`` is inside an ``import``. An exception raised there can cross a C++
+    frame that calls back into Python (torch's ``import torch.distributed`` runs pybind11 code
+    that imports): pybind11 cannot carry it and the process aborts ("terminate called after
+    throwing an instance of 'pybind11::error_already_set'") instead of unwinding."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _RaiseOnce:
     """The SIGTERM handler: raises ``Terminated`` the first time; ``armed = False`` (set by a
-    block's cleanup) keeps a second SIGTERM from cutting that cleanup short."""
+    block's cleanup) keeps a second SIGTERM from cutting that cleanup short. A SIGTERM that
+    lands inside an import is sent again a moment later (a timer thread), until the main thread
+    is out of it: the import finishes, then the block unwinds as usual."""
 
     armed = True
 
-    def __call__(self, signum, _frame):
-        if self.armed:
-            self.armed = False
-            raise Terminated(f"signal {signal.Signals(signum).name}")
+    def __call__(self, signum, frame):
+        if not self.armed:
+            return
+        if _in_import(frame):
+            timer = threading.Timer(_RETRY_S, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
+        self.armed = False
+        raise Terminated(f"signal {signal.Signals(signum).name}")
 
 
 @contextmanager
