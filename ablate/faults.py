@@ -85,7 +85,26 @@ class _RaiseOnce:
             timer.start()
             return
         self.armed = False
+        _quiet_half_built_destructors()
         raise Terminated(f"signal {signal.Signals(signum).name}")
+
+
+def _quiet_half_built_destructors() -> None:
+    """From here on, drop the ``AttributeError`` of a ``__del__`` instead of printing "Exception
+    ignored in ..." with a traceback. SIGTERM can cut an ``__init__`` short (megatron-core's
+    ``IndexedDataset`` reading its index); the half-built object's destructor then reaches for
+    an attribute that was never set. The process is stopping anyway: that is noise beside the
+    one line that says why."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, AttributeError) and (
+            getattr(unraisable.object, "__name__", None) == "__del__"
+        ):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 @contextmanager

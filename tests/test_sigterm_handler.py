@@ -1,6 +1,7 @@
 """``ablate.faults.terminated_as_exception``: SIGTERM unwinds the block as ``Terminated``; one that
 lands inside an import waits for the import to finish (raising there can cross a pybind11 frame,
-torch's ``import torch.distributed``, and abort the process with a C++ trace instead)."""
+torch's ``import torch.distributed``, and abort the process with a C++ trace instead); an object
+whose ``__init__`` it cut short is destroyed without "Exception ignored in ..." on stderr."""
 
 import subprocess
 import sys
@@ -41,8 +42,26 @@ MODULE = textwrap.dedent(
 )
 
 
+# megatron-core's IndexedDataset: __init__ reads the index, __del__ deletes it
+HALF_BUILT = textwrap.dedent(
+    """
+    import os, signal, time
+
+    class Half:
+        def __init__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            self.index = 1
+
+        def __del__(self):
+            del self.index
+    """
+)
+
+
 def _run(tmp_path, body):
     (tmp_path / "slow_mod.py").write_text(MODULE)
+    (tmp_path / "half_mod.py").write_text(HALF_BUILT)
     script = SCRIPT.replace("{body}", body)
     return subprocess.run(
         [sys.executable, "-c", script, ROOT],
@@ -62,9 +81,11 @@ def _run(tmp_path, body):
             "terminated: signal SIGTERM | module finished: False",
         ),
         ("import slow_mod", "terminated: signal SIGTERM | module finished: True"),
+        ("import half_mod; half_mod.Half()", "terminated: signal SIGTERM | module finished: False"),
     ],
-    ids=["plain", "inside-an-import"],
+    ids=["plain", "inside-an-import", "inside-an-init"],
 )
 def test_sigterm_unwinds_the_block_after_any_import_it_landed_in(tmp_path, body, expected):
     r = _run(tmp_path, body)
     assert r.returncode == 0 and r.stdout.strip() == expected, (r.stdout, r.stderr)
+    assert r.stderr == "", r.stderr  # no "Exception ignored in ..." from a half-built object
