@@ -2,7 +2,8 @@
 # The toy-world study: the seed ablations of RESEARCH.md (DeepSeekMath's four designs,
 # structured-math density, executable code vs Code-NL, a math-code share), 3 seeds each, plus
 # each design's A/A calibration (its control again, same init seeds, another data order: the
-# <design>-aa sweeps), run, scored and compared through the public interface only:
+# <design>-aa sweeps), every point an anneal from one shared base (recipes/study/base.yaml, trained
+# first), run, scored and compared through the public interface only:
 #
 #   ablate data prepare  ->  ablate sweep expand | submit (local executor; trains each point with
 #   launchers/pretrain.py, then `ablate eval`)  ->  ablate report --aa (one HTML page per design,
@@ -14,7 +15,8 @@
 #   launchers/toy_world_study.sh            # all four designs, LANES=2 sweeps at a time
 #   DESIGNS="density" launchers/toy_world_study.sh
 #
-# Writes runs/<design>/<point>/ and runs/<design>-aa/<point>/ (run dirs, eval/),
+# Writes runs/study-base/ (the shared base, trained first on both cores), runs/<design>/<point>/
+# and runs/<design>-aa/<point>/ (run dirs, eval/),
 # docs/study/<design>.html (reports), docs/study/summary.md, the figures and study.json in
 # docs/toy-world-results/ and docs/study/timings.tsv (wall seconds per pipeline stage). The sweep files in recipes/study/
 # state each design's token budgets and batch arithmetic; re-running skips completed points.
@@ -38,6 +40,12 @@ timed() {  # timed STAGE DESIGN command...
 
 if [ ! -f data/toyworld/manifest.json ]; then
   timed prepare all ablate data prepare toyworld --out data/toyworld
+fi
+# the shared base every point starts from (recipes/study/base.yaml), trained once on both cores
+base_state() { python -c 'import json; print(json.load(open("runs/study-base/status.json"))["state"])' 2>/dev/null || true; }
+if [ "$(base_state)" != completed ]; then
+  timed base all ablate compile recipes/study/base.yaml > /dev/null
+  timed base all torchrun --nproc-per-node 2 launchers/pretrain.py recipes/study/base.yaml --resume auto > docs/study/base.log 2>&1
 fi
 for d in $DESIGNS; do
   timed expand+compile "$d" ablate sweep expand "recipes/study/$d.yaml" > /dev/null

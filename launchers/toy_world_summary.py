@@ -294,6 +294,37 @@ def design_section(design: str, spec: dict, root: str, figures: str) -> tuple[li
     return out + [""], facts
 
 
+def base_section(root: str) -> tuple[list[str], dict]:
+    """The shared base every point starts from (``runs/study-base``): its probe accuracies along
+    its training, i.e. where each design's anneal begins. Nothing when the study ran without one."""
+    path = os.path.join(root, "study-base")
+    if not os.path.isdir(os.path.join(path, "eval")):
+        return [], {}
+    points = cv.curve_frame(A.load_runs([path]))
+    acc = points[points["score"].map(cv.is_accuracy)]
+    if acc.empty:
+        return [], {}
+    table = acc.pivot_table(index=["step", "tokens"], columns="score", values="value")
+    lines = [
+        "## The shared base (recipes/study/base.yaml)",
+        "",
+        "Every point of every design starts from this base's last checkpoint and decays the "
+        "learning rate on its own mix. Its probe accuracies along its training:",
+        "",
+        "| step | tokens | " + " | ".join(table.columns) + " |",
+        "|---|---|" + "---|" * len(table.columns),
+    ]
+    for (step, tokens), row in table.iterrows():
+        lines.append(f"| {step} | {tokens:,} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    last = table.iloc[-1]
+    facts = {
+        "steps": int(table.index[-1][0]),
+        "tokens": int(table.index[-1][1]),
+        "final": {k: float(v) for k, v in last.items()},
+    }
+    return lines + [""], facts
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs", help="where the study's sweeps put their run dirs")
@@ -311,6 +342,10 @@ def main(argv=None) -> int:
         "",
     ]
     facts = {}
+    base_lines, base = base_section(args.runs)
+    lines += base_lines
+    if base:
+        facts["base"] = base
     for design in args.designs.split(","):
         if design not in DESIGNS:
             print(f"error: --designs: unknown design {design!r} (known: {', '.join(DESIGNS)})")

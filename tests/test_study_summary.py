@@ -90,6 +90,10 @@ def study_root(tmp_path_factory):
             2.0 + rng.normal(0, 0.05),
             data_seed=s + 100,
         )
+    # the shared base the points start from: its accuracies along its own training
+    base = write_run(str(root), "study-base", seed=1234, stages=_stages(0.5))
+    for step, acc in ((3, 0.04), (6, 0.06), (9, 0.125)):
+        write_scores(base, "study-base", step, {"probes": {"accuracy/math_answer": acc}})
     return root
 
 
@@ -113,7 +117,12 @@ def test_summary_tables_figures_and_facts(study_root, tmp_path):
     assert "**Primary family** (accuracies and their learning-curve areas, holm" in text
     assert "A/A calibration: density-0.00 against itself in another data order" in text
     assert "dose-response over `stages.0.mix.math.density.math.structured`" in text
-    facts = json.loads((figs / "study.json").read_text())["density"]
+    assert "## The shared base (recipes/study/base.yaml)" in text
+    assert "| 9 | " in text and "| 0.125 |" in text
+    study = json.loads((figs / "study.json").read_text())
+    assert study["base"]["steps"] == 9
+    assert study["base"]["final"] == {"probes/accuracy/math_answer": 0.125}
+    facts = study["density"]
     assert facts["runs"] == 15  # (the fakes' plans carry no per-stage tokens to compare)
     ctl = facts["controls"]["density-0.00"]
     # the accuracy effect of density survives the correction, in the paper's direction
