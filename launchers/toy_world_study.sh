@@ -2,7 +2,7 @@
 # The toy-world study: the seed ablations of RESEARCH.md (DeepSeekMath's four designs,
 # structured-math density, executable code vs Code-NL, a math-code share), 3 seeds each, plus
 # each design's A/A calibration (its control again, same init seeds, another data order: the
-# <design>-aa sweeps), every point an anneal from one shared base (recipes/study/base.yaml, trained
+# <design>-aa sweeps), every point an anneal from one shared base (recipes/toy/study-base.yaml, trained
 # first), run, scored and compared through the public interface only:
 #
 #   ablate data prepare  ->  ablate sweep expand | submit (local executor; trains each point with
@@ -41,11 +41,11 @@ timed() {  # timed STAGE DESIGN command...
 if [ ! -f data/toyworld/manifest.json ]; then
   timed prepare all ablate data prepare toyworld --out data/toyworld
 fi
-# the shared base every point starts from (recipes/study/base.yaml), trained once on both cores
+# the shared base every point starts from (recipes/toy/study-base.yaml), trained once on both cores
 base_state() { python -c 'import json; print(json.load(open("runs/study-base/status.json"))["state"])' 2>/dev/null || true; }
 if [ "$(base_state)" != completed ]; then
-  timed base all ablate compile recipes/study/base.yaml > /dev/null
-  timed base all torchrun --nproc-per-node 2 launchers/pretrain.py recipes/study/base.yaml --resume auto > docs/study/base.log 2>&1
+  timed base all ablate compile recipes/toy/study-base.yaml > /dev/null
+  timed base all torchrun --nproc-per-node 2 launchers/pretrain.py recipes/toy/study-base.yaml --resume auto > docs/study/base.log 2>&1
 fi
 for d in $DESIGNS; do
   timed expand+compile "$d" ablate sweep expand "recipes/study/$d.yaml" > /dev/null

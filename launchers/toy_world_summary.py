@@ -306,7 +306,7 @@ def base_section(root: str) -> tuple[list[str], dict]:
         return [], {}
     table = acc.pivot_table(index=["step", "tokens"], columns="score", values="value")
     lines = [
-        "## The shared base (recipes/study/base.yaml)",
+        "## The shared base (recipes/toy/study-base.yaml)",
         "",
         "Every point of every design starts from this base's last checkpoint and decays the "
         "learning rate on its own mix. Its probe accuracies along its training:",

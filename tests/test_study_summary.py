@@ -117,7 +117,7 @@ def test_summary_tables_figures_and_facts(study_root, tmp_path):
     assert "**Primary family** (accuracies and their learning-curve areas, holm" in text
     assert "A/A calibration: density-0.00 against itself in another data order" in text
     assert "dose-response over `stages.0.mix.math.density.math.structured`" in text
-    assert "## The shared base (recipes/study/base.yaml)" in text
+    assert "## The shared base (recipes/toy/study-base.yaml)" in text
     assert "| 9 | " in text and "| 0.125 |" in text
     study = json.loads((figs / "study.json").read_text())
     assert study["base"]["steps"] == 9
